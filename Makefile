@@ -1,0 +1,41 @@
+# relabel: `make demo` sets everything up and runs the engine; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+export DAGSTER_HOME := $(CURDIR)/data/dagster_home
+
+.PHONY: demo test test-fast ui install lock clean
+
+$(INSTALLED): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	# torch first, exactly this version: the CPU wheel on local disk, never a CUDA build
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+demo: install
+	$(BIN)/relabel demo
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+ui: install
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# re-pin every dependency from a fresh resolve (commit the result)
+lock:
+	rm -rf /tmp/relabel-lock && $(PYTHON) -m venv /tmp/relabel-lock
+	/tmp/relabel-lock/bin/pip install --quiet torch==2.13.0
+	/tmp/relabel-lock/bin/pip install --quiet '.[dev]'
+	/tmp/relabel-lock/bin/pip freeze --exclude relabel > requirements.lock
+
+clean:
+	rm -rf $(VENV) data

@@ -1,0 +1,100 @@
+"""Typed view of ``params.yaml``, the one home of relabel's configuration.
+
+Dagster reads it through the ``ProjectResource`` (pipelines/resources.py) and DVC reads the
+same file for its stage params, so there is no second copy of any number.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    # a misspelt key in params.yaml must be an error, not a silently ignored setting
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ShardParams(_Strict):
+    count: int = Field(4, ge=1, le=1024)
+
+
+class HumanNoiseParams(_Strict):
+    unlabelled_image_rate: float = Field(0.12, ge=0, le=1)
+    missing_object_rate: float = Field(0.3, ge=0, le=1)
+    box_jitter: float = Field(0.08, ge=0, le=1)
+    wrong_category_rate: float = Field(0.08, ge=0, le=1)
+    caption_rate: float = Field(0.6, ge=0, le=1)
+    alt_text_rate: float = Field(0.5, ge=0, le=1)
+    alt_text_noise_rate: float = Field(0.35, ge=0, le=1)
+    # a handful of the defects real collections have (a truncated file, a duplicate image,
+    # a box outside the image, a zero-area box, bytes that are not UTF-8) so that the demo
+    # shows the quarantine at work; the ground truth never contains them
+    inject_defects: bool = True
+
+
+class WorldParams(_Strict):
+    seed: int = 7
+    n_images: int = Field(240, ge=1)
+    width: int = Field(320, ge=64)
+    height: int = Field(240, ge=64)
+    max_objects: int = Field(6, ge=1)
+    text_probability: float = Field(0.45, ge=0, le=1)
+    human: HumanNoiseParams = HumanNoiseParams()
+
+
+class SourceParams(_Strict):
+    """One input collection. ``coco``: COCO JSON (instances and/or captions) over an image
+    folder; ``folder``: an image folder with an optional alt-text sidecar (JSONL or CSV);
+    ``parquet``: a folder holding ``images.parquet`` and ``labels.parquet`` in the label
+    schema."""
+
+    name: str
+    kind: Literal["coco", "folder", "parquet"]
+    images: str | None = None
+    instances: str | None = None
+    captions: str | None = None
+    sidecar: str | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_its_paths(self) -> SourceParams:
+        needed = {"coco": ("images",), "folder": ("images",), "parquet": ("path",)}[self.kind]
+        missing = [key for key in needed if getattr(self, key) is None]
+        if missing:
+            raise ValueError(f"source {self.name!r} of kind {self.kind} needs {missing}")
+        return self
+
+
+class IngestParams(_Strict):
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    sources: tuple[SourceParams, ...] = ()
+
+
+class DvcParams(_Strict):
+    remote_name: str = "local"
+    remote_url: str = "data/dvc_remote"
+    push: bool = True
+
+
+class Params(_Strict):
+    data_dir: str = "data"
+    shards: ShardParams = ShardParams()
+    world: WorldParams = WorldParams()
+    ingest: IngestParams = IngestParams()
+    dvc: DvcParams = DvcParams()
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a params file; a wrong or unknown key raises with its location."""
+    with open(path, encoding="utf-8") as handle:
+        return Params.model_validate(yaml.safe_load(handle) or {})
+
+
+def resolve(root: str | Path, path: str) -> Path:
+    """A filesystem path from params, made absolute against the project root."""
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else Path(root) / candidate

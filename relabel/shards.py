@@ -1,0 +1,39 @@
+"""Deterministic assignment of images to shards and to the train / eval split.
+
+Both depend only on the image's content hash, so the same image lands in the same shard and
+split on every machine and in every iteration, whichever source it came from.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+
+def shard_keys(count: int) -> list[str]:
+    """The partition keys of ``count`` shards: ``shard-00``, ``shard-01``, ..."""
+    width = max(2, len(str(count - 1)))
+    return [f"shard-{index:0{width}d}" for index in range(count)]
+
+
+def shard_of(image_id: str, count: int) -> str:
+    """The shard key of one image."""
+    return shard_keys(count)[_bucket(image_id, 0) % count]
+
+
+def split_of(image_id: str, eval_fraction: float) -> str:
+    """``eval`` for a stable ``eval_fraction`` share of images, ``train`` for the rest.
+
+    Uses other hash digits than the shard, so every shard holds its share of eval images.
+    """
+    return "eval" if (_bucket(image_id, 8) % 10_000) < eval_fraction * 10_000 else "train"
+
+
+def in_shard(frame: pl.DataFrame, shard: str, count: int) -> pl.DataFrame:
+    """The rows of ``frame`` (with an ``image_id`` column) that belong to ``shard``."""
+    keys = shard_keys(count)
+    buckets = frame["image_id"].str.slice(0, 8).str.to_integer(base=16)
+    return frame.filter((buckets % count) == keys.index(shard))
+
+
+def _bucket(image_id: str, offset: int) -> int:
+    return int(image_id[offset : offset + 8], 16)
