@@ -1,0 +1,100 @@
+"""Image files: listing, content hashing, full decoding and uris."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from PIL import Image, ImageFile
+
+from relabel.ingest.records import Problem
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+_CHUNK = 1 << 20
+
+
+def absolute(path: str | Path) -> Path:
+    """``path`` made absolute and normalised, without resolving symlinks (a linked file keeps
+    the path it was named by)."""
+    return Path(os.path.abspath(path))
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` (subfolders too), by extension, in a stable order."""
+    return sorted(
+        absolute(path)
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    )
+
+
+def hash_file(path: Path) -> str:
+    """The image id of a file: the SHA-256 hex digest of its bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def uri_for(path: Path, data_dir: Path) -> str:
+    """The uri stored for an image: relative to the data directory when under it, else absolute."""
+    path, data_dir = absolute(path), absolute(data_dir)
+    if path.is_relative_to(data_dir):
+        return path.relative_to(data_dir).as_posix()
+    return path.as_posix()
+
+
+def path_of_uri(uri: str, data_dir: Path) -> Path:
+    """The file a stored uri names (the inverse of ``uri_for``)."""
+    path = Path(uri)
+    return absolute(path if path.is_absolute() else data_dir / path)
+
+
+def decode_image(path: Path, image_id: str) -> tuple[int, int] | Problem:
+    """Width and height of a fully decoded image, or the problem that stops it being used.
+
+    The bytes are hashed again as they are decoded, so what is decoded is exactly the image
+    the id names (a file changed since it was catalogued is caught, not silently mislabelled).
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return Problem("missing_file", f"image file {path} does not exist")
+    except OSError as error:
+        return Problem("unreadable_image", f"cannot read {path}: {error}")
+    if hashlib.sha256(data).hexdigest() != image_id:
+        return Problem("changed_file", f"{path} changed after it was catalogued as {image_id}")
+    with _strict_decoding():
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Exception as error:  # PIL raises many types for files it cannot identify
+            return Problem("unreadable_image", f"{path} is not a readable image: {error}")
+        try:
+            image.load()
+        except Exception as error:
+            reason = "truncated_image" if _is_truncation(error) else "unreadable_image"
+            return Problem(
+                reason, f"{path} ({image.format}, {len(data)} bytes) fails to decode: {error}"
+            )
+    return image.size
+
+
+def _is_truncation(error: Exception) -> bool:
+    return isinstance(error, EOFError) or "truncated" in str(error).lower()
+
+
+@contextmanager
+def _strict_decoding() -> Iterator[None]:
+    # with LOAD_TRUNCATED_IMAGES on, PIL pads a cut file with grey and reports success; a
+    # library elsewhere in the process may have switched it on, so force it off here
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
