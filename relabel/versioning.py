@@ -17,7 +17,7 @@ import fcntl
 import hashlib
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import chdir, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,8 +83,7 @@ def commit_stage(root: Path, stage: str, written: Path, push: bool) -> FileVersi
     md5 = file_md5(written)
     if os.environ.get(UNDER_DVC_REPRO):
         return FileVersion(relative, md5, stage, None)
-    # DVC resolves a bare stage name against the working directory, not the repository
-    target = f"{root / 'dvc.yaml'}:{stage}"
+    target = f"dvc.yaml:{stage}"
     with _dvc_lock(root):
         repo = Repo(str(root))
         try:
@@ -130,10 +129,12 @@ def _contains(out: object, relative: str) -> bool:
 @contextmanager
 def _dvc_lock(root: Path) -> Iterator[None]:
     # flock on the repository directory itself: it exists before `dvc init`, and nothing
-    # else locks it
+    # else locks it. DVC resolves some paths (params files of a stage) against the working
+    # directory, so its calls run from the repository root.
     descriptor = os.open(root, os.O_RDONLY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
+        with chdir(root):
+            yield
     finally:
         os.close(descriptor)

@@ -1,0 +1,119 @@
+"""Ingest: the input collections, catalogued once, then read into the label store per shard."""
+
+
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetOut,
+    Output,
+    PartitionsDefinition,
+    multi_asset,
+)
+
+from assets.world import embedded_world
+from pipelines.io_manager import TABLE_METADATA_KEY
+from pipelines.resources import ProjectResource
+from relabel.ingest import catalog_sources, ingest_shard
+
+INGEST_STAGE = "ingest"
+SOURCE_CATALOG = AssetKey([INGEST_STAGE, "source_catalog"])
+
+
+def build_ingest_assets(shards: PartitionsDefinition) -> list:
+    """The ingest assets over the given shard partitions."""
+
+    @multi_asset(
+        outs={
+            "source_catalog": AssetOut(
+                key=SOURCE_CATALOG,
+                description="Every image record of every source with its content hash and shard.",
+            ),
+            "catalog_quarantine": AssetOut(
+                key_prefix=[INGEST_STAGE],
+                description="What no shard can hold: unreadable source files, missing images and their labels.",
+                metadata={TABLE_METADATA_KEY: "quarantine"},
+            ),
+        },
+        deps=[embedded_world],
+        group_name=INGEST_STAGE,
+        compute_kind="polars",
+    )
+    def source_catalog(context: AssetExecutionContext, project: ProjectResource):
+        params = project.params
+        catalog = catalog_sources(
+            params.ingest.sources, Path(project.root), project.data_dir, params.shards.count
+        )
+        records_in = {f"records_in/{kind}": n for kind, n in sorted(catalog.records_in.items())}
+        yield Output(
+            catalog.files,
+            "source_catalog",
+            metadata={"image_files": len(catalog.files), **records_in, **_by_column(catalog.files, "shard")},
+        )
+        yield Output(
+            catalog.quarantine,
+            "catalog_quarantine",
+            metadata=_by_column(catalog.quarantine, "reason"),
+        )
+
+    @multi_asset(
+        outs={
+            "images": AssetOut(
+                key_prefix=[INGEST_STAGE],
+                description="The shard's distinct images (content hash, size, source, split).",
+                metadata={TABLE_METADATA_KEY: "images"},
+            ),
+            "human_labels": AssetOut(
+                key_prefix=[INGEST_STAGE],
+                description="Every human label of the shard's images: boxes, polygons, captions, alt-text.",
+                metadata={TABLE_METADATA_KEY: "labels"},
+            ),
+            "ingest_quarantine": AssetOut(
+                key_prefix=[INGEST_STAGE],
+                description="Images and labels of the shard that ingest refused, each with its reason.",
+                metadata={TABLE_METADATA_KEY: "quarantine"},
+            ),
+        },
+        ins={"source_catalog": AssetIn(key=SOURCE_CATALOG)},
+        partitions_def=shards,
+        group_name=INGEST_STAGE,
+        compute_kind="polars",
+    )
+    def ingested_shard(
+        context: AssetExecutionContext, project: ProjectResource, source_catalog: pl.DataFrame
+    ):
+        params = project.params
+        result = ingest_shard(
+            source_catalog,
+            params.ingest.sources,
+            Path(project.root),
+            project.data_dir,
+            shard=context.partition_key,
+            shard_count=params.shards.count,
+            eval_fraction=params.ingest.eval_fraction,
+        )
+        result.check_accounting()
+        accounting = {f"records_in/{kind}": n for kind, n in sorted(result.records_in.items())}
+        yield Output(
+            result.images,
+            "images",
+            metadata={**accounting, **_by_column(result.images, "split"), **_by_column(result.images, "dataset")},
+        )
+        yield Output(
+            result.labels,
+            "human_labels",
+            metadata={**_by_column(result.labels, "annotation_type"), **_by_column(result.labels, "task")},
+        )
+        yield Output(result.quarantine, "ingest_quarantine", metadata=_by_column(result.quarantine, "reason"))
+
+    return [source_catalog, ingested_shard]
+
+
+def _by_column(frame: pl.DataFrame, column: str) -> dict[str, int]:
+    """Row counts per value of ``column``, as metadata entries ``column/value``."""
+    counts = Counter(str(value) for value in frame[column].to_list()) if len(frame) else Counter()
+    return {f"{column}/{value}": n for value, n in sorted(counts.items())}

@@ -1,0 +1,44 @@
+"""The embedded default world: the data the demo and the tests run on."""
+
+
+import base64
+import io
+import shutil
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from pipelines.resources import DvcResource, ProjectResource
+from relabel.world import render_world, world_preview
+
+WORLD_STAGE = "world"
+
+
+@asset(key_prefix=[WORLD_STAGE], group_name=WORLD_STAGE, compute_kind="python")
+def embedded_world(
+    context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource
+) -> MaterializeResult:
+    """Procedurally rendered scenes with their noisy, partial "human" labels (COCO JSON and
+    web alt-text, as a real collection would have) and, stored apart, the full ground truth
+    for all three annotation types, which no phase of the engine reads."""
+    world_dir = project.data_dir / "world"
+    truth_dir = project.data_dir / "ground_truth"
+    for stale in (world_dir, truth_dir):
+        shutil.rmtree(stale, ignore_errors=True)
+    summary = render_world(project.params.world, world_dir, truth_dir, progress=True)
+    version = dvc.commit(stage=WORLD_STAGE, written=world_dir / "ontology.json")
+    context.log.info(f"rendered {summary.as_metadata()}")
+    return MaterializeResult(
+        metadata={
+            **summary.as_metadata(),
+            "world_dir": MetadataValue.path(str(world_dir)),
+            "dvc_stage_hash": version.stage_hash or "(committed by dvc repro)",
+            "preview": MetadataValue.md(_png_markdown(world_preview(world_dir, truth_dir))),
+        }
+    )
+
+
+def _png_markdown(image) -> str:  # noqa: ANN001 - a PIL image
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f"![ground truth of the first scenes](data:image/png;base64,{encoded})"

@@ -1,0 +1,1 @@
+"""Label-quality gates: blocking Dagster asset checks over the label store."""

@@ -1,0 +1,1 @@
+"""Dagster wiring: Definitions, partitions, resources and the shard IO manager."""

@@ -1,0 +1,127 @@
+"""``relabel``: run the data engine's phases against the local Dagster instance.
+
+``relabel demo`` materializes every asset for every shard and prints what it made;
+``relabel materialize PHASE`` runs one phase (this is also what each ``dvc.yaml`` stage runs).
+Runs go to the persistent instance in ``$DAGSTER_HOME`` (``data/dagster_home`` by default),
+so they show in the Dagster UI afterwards (``make ui``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import polars as pl
+from dvc.repo import Repo
+
+from relabel.config import load_params, resolve
+
+PHASES = ("world", "ingest")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relabel", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=os.getcwd(), help="project root holding params.yaml")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("demo", help="materialize every phase for every shard and summarise")
+    materialize = commands.add_parser("materialize", help="materialize one phase for every shard")
+    materialize.add_argument("phase", choices=PHASES)
+    args = parser.parse_args(argv)
+
+    root = Path(args.root).resolve()
+    _point_dagster_at(root)
+    started = time.monotonic()
+    phases = PHASES if args.command == "demo" else (args.phase,)
+    for phase in phases:
+        materialize_phase(phase, root)
+    if args.command == "demo":
+        print(demo_summary(root, time.monotonic() - started))
+    return 0
+
+
+def _point_dagster_at(root: Path) -> None:
+    # the job subprocesses re-import pipelines.definitions, which reads the root from here
+    os.environ["RELABEL_ROOT"] = str(root)
+    params = load_params(root / "params.yaml")
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(resolve(root, params.data_dir) / "dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+
+
+def materialize_phase(phase: str, root: Path) -> None:
+    """Run the jobs of ``phase``: unpartitioned ones once, shard jobs once per shard, shards
+    in parallel processes."""
+    from pipelines import definitions
+
+    for job_name in definitions.PHASE_JOBS[phase]:
+        job = definitions.defs.resolve_job_def(job_name)
+        keys = job.partitions_def.get_partition_keys() if job.partitions_def else [None]
+        workers = min(len(keys), os.cpu_count() or 1)
+        print(f"[relabel] {phase}: {job_name} over {len(keys) if keys != [None] else 1} run(s)", flush=True)
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            outcomes = list(pool.map(_execute, [job_name] * len(keys), keys))
+        failed = [key or job_name for key, ok in zip(keys, outcomes) if not ok]
+        if failed:
+            raise SystemExit(f"[relabel] {job_name} failed for {failed}; see the runs in the Dagster UI")
+
+
+def _execute(job_name: str, partition_key: str | None) -> bool:
+    from dagster import DagsterInstance, execute_job, reconstructable
+
+    from pipelines import definitions
+
+    tags = {"dagster/partition": partition_key} if partition_key else None
+    with DagsterInstance.get() as instance:
+        result = execute_job(
+            reconstructable(definitions.JOB_FACTORIES[job_name]),
+            instance=instance,
+            tags=tags,
+            # the full event stream is in the UI; the terminal gets the phases' own messages
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        )
+    return result.success
+
+
+def demo_summary(root: Path, seconds: float) -> str:
+    """What the demo made, and where to look at it."""
+    params = load_params(root / "params.yaml")
+    data = resolve(root, params.data_dir)
+    ingest = data / "ingest"
+    images = pl.read_parquet(ingest / "images" / "*.parquet")
+    labels = pl.read_parquet(ingest / "human_labels" / "*.parquet")
+    quarantine = pl.concat(
+        [pl.read_parquet(ingest / "ingest_quarantine" / "*.parquet"), pl.read_parquet(ingest / "catalog_quarantine.parquet")]
+    )
+    with Repo(str(root)) as repo:
+        in_sync = not repo.status() and not repo.status(cloud=True)
+    by_task = labels.group_by("task").len().sort("task")
+    by_reason = quarantine.group_by("record_kind", "reason").len().sort("record_kind", "reason")
+    lines = [
+        "",
+        f"relabel demo finished in {seconds:.0f} s",
+        f"  world:      {data / 'world'} (ground truth apart in {data / 'ground_truth'})",
+        f"  shards:     {params.shards.count} partitions under {data / 'ingest'}",
+        f"  images:     {len(images)} kept ({images.filter(pl.col('split') == 'eval').height} in the eval split)",
+        f"  labels:     {len(labels)} human labels kept: "
+        + ", ".join(f"{row['task']} {row['len']}" for row in by_task.iter_rows(named=True)),
+        f"  quarantine: {len(quarantine)} rows: "
+        + ", ".join(f"{r['record_kind']}/{r['reason']} {r['len']}" for r in by_reason.iter_rows(named=True)),
+        "",
+        f"  dvc:        {'every output committed (dvc.lock) and pushed' if in_sync else 'OUT OF SYNC: run dvc status'}",
+        "",
+        "Look at it:",
+        "  make ui                          Dagster UI on http://127.0.0.1:3000 (runs, assets, metadata)",
+        "  .venv/bin/dvc status             phase outputs against dvc.lock and the cache",
+        f"  .venv/bin/dvc push / pull        remote: {params.dvc.remote_url}",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

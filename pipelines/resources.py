@@ -1,0 +1,61 @@
+"""Typed Dagster resources: the project (its root and params.yaml) and DVC.
+
+Every setting comes from ``params.yaml`` through ``ProjectResource``; the DVC resource reads
+its remote from there too, so the file stays the one home of configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from dagster import ConfigurableResource
+
+from relabel import versioning
+from relabel.config import Params, load_params, resolve
+
+PROJECT_ROOT_ENV = "RELABEL_ROOT"
+
+
+def default_root() -> str:
+    """The project root: ``$RELABEL_ROOT`` if set, else the working directory (where
+    ``dagster dev`` and ``make`` run)."""
+    return os.environ.get(PROJECT_ROOT_ENV, os.getcwd())
+
+
+class ProjectResource(ConfigurableResource):
+    """The project on disk: its root folder and the validated ``params.yaml`` in it."""
+
+    root: str
+    params_file: str = "params.yaml"
+
+    @cached_property
+    def params(self) -> Params:
+        return load_params(self.path(self.params_file))
+
+    def path(self, relative: str) -> Path:
+        return resolve(self.root, relative)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path(self.params.data_dir)
+
+
+class DvcResource(ConfigurableResource):
+    """Versions what the phases write: DVC commit + push after each materialization, and
+    restore of any recorded version."""
+
+    project: ProjectResource
+
+    def setup_for_execution(self, context) -> None:  # noqa: ANN001 - dagster's signature
+        dvc = self.project.params.dvc
+        versioning.ensure_repo(Path(self.project.root), dvc.remote_name, dvc.remote_url)
+
+    def commit(self, stage: str, written: Path) -> versioning.FileVersion:
+        return versioning.commit_stage(
+            Path(self.project.root), stage, written, push=self.project.params.dvc.push
+        )
+
+    def restore(self, md5: str, destination: Path) -> Path:
+        return versioning.restore_file(Path(self.project.root), md5, destination)

@@ -1,0 +1,43 @@
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey
+
+from pipelines.definitions import INGEST_SHARDS_JOB, build_definitions
+
+
+@pytest.mark.parametrize("package", ["relabel", "assets", "models", "data_checks", "pipelines"])
+def test_the_generic_package_names_resolve_to_this_project(package, project_root):
+    module = importlib.import_module(package)
+    assert Path(module.__file__).resolve().parent == project_root / package
+
+
+def test_dagster_definitions_validate_passes_on_the_workspace(project_root, tiny_project):
+    dagster = Path(sys.executable).parent / "dagster"
+    (tiny_project / "dh").mkdir()
+    result = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=project_root,
+        env={**os.environ, "RELABEL_ROOT": str(tiny_project), "DAGSTER_HOME": str(tiny_project / "dh")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_shards_are_the_partitions_of_the_ingest_assets(tiny_project):
+    defs = build_definitions(str(tiny_project))
+    job = defs.resolve_job_def(INGEST_SHARDS_JOB)
+    assert job.partitions_def.get_partition_keys() == ["shard-00", "shard-01"]
+    graph = defs.resolve_asset_graph()
+    for name in ("images", "human_labels", "ingest_quarantine"):
+        assert graph.get(AssetKey(["ingest", name])).partitions_def == job.partitions_def
+    assert graph.get(AssetKey(["world", "embedded_world"])).partitions_def is None
+    checks = {key.name for key in graph.asset_check_keys}
+    assert {"labels_have_kept_images", "quarantine_rows_explained"} <= checks
