@@ -8,8 +8,10 @@ records of those images. Decoding images and building labels is left to the shar
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import chdir
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,8 @@ from typing import Any
 import polars as pl
 from tqdm import tqdm
 
-from relabel.config import SourceParams, resolve
-from relabel.ingest.images import absolute, hash_file, uri_for
+from relabel.config import SourceParams
+from relabel.ingest.images import from_root, hash_file, uri_for
 from relabel.ingest.records import Problem, RawImage, has_surrogates, quarantine, record_json
 from relabel.ingest.sources import read_source
 from relabel.labels import check_schema, frame
@@ -30,7 +32,7 @@ FILES_SCHEMA = pl.Schema(
         "source": pl.String,
         "kind": pl.String,
         "ref": pl.String,  # the source's own key of the image, which its labels point at
-        "path": pl.String,  # absolute path of the file
+        "path": pl.String,  # the file, relative to the project root when inside it
         "uri": pl.String,  # the uri the images table stores
         "dataset": pl.String,
         "origin": pl.String,
@@ -96,8 +98,13 @@ def catalog_sources(
     absolute) is where relative image uris point. Never raises on bad input: what cannot be
     read is in the returned quarantine.
     """
-    root = absolute(root)
-    data_dir = absolute(resolve(root, str(data_dir)))
+    with chdir(root):
+        return _catalog(sources, Path(os.path.abspath(root)), from_root(data_dir, root), shard_count, progress)
+
+
+def _catalog(
+    sources: Sequence[SourceParams], root: Path, data_dir: Path, shard_count: int, progress: bool
+) -> SourceCatalog:
     file_rows: list[dict[str, Any]] = []
     quarantined: list[dict[str, Any]] = []
     records_in: Counter[str] = Counter()

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from relabel.config import SourceParams, resolve
-from relabel.ingest.images import absolute, list_image_files
+from relabel.config import SourceParams
+from relabel.ingest.images import from_root, list_image_files, normalised
 from relabel.ingest.records import (
     Problem,
     RawImage,
@@ -35,13 +35,13 @@ _REQUIRED_LISTS = {
 
 def read_coco(source: SourceParams, index: int, root: Path) -> SourceRecords:
     """The image and label records of a COCO source (see module doc)."""
-    images_dir = absolute(resolve(root, source.images))
+    images_dir = from_root(source.images, root)
     images: dict[str, RawImage] = {}
     labels: list[RawLabel] = []
     problems: list[dict[str, Any]] = []
     files = {"instances": source.instances, "captions": source.captions}
     named = {
-        kind: absolute(resolve(root, path)) for kind, path in files.items() if path is not None
+        kind: from_root(path, root) for kind, path in files.items() if path is not None
     }
     all_files_usable = True
     for kind, path in named.items():
@@ -130,7 +130,7 @@ def _read_images(
                 problem=Problem("invalid_record", "image entry needs an 'id' and a 'file_name'"),
             )
             continue
-        path = absolute(images_dir / file_name)
+        path = normalised(images_dir / file_name)
         images.setdefault(
             str(path),
             RawImage(

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from relabel.config import SourceParams, resolve
+from relabel.config import SourceParams
 from relabel.ingest.coco import HUMAN_LABEL
-from relabel.ingest.images import absolute, list_image_files
+from relabel.ingest.images import from_root, list_image_files, normalised
 from relabel.ingest.records import (
     Problem,
     RawImage,
@@ -31,7 +31,7 @@ _CSV_COLUMNS = ("file_name", "alt_text")
 
 def read_folder(source: SourceParams, index: int, root: Path) -> SourceRecords:
     """The image records of a folder source and the alt-text label records of its sidecar."""
-    folder = absolute(resolve(root, source.images))
+    folder = from_root(source.images, root)
     problems: list[dict[str, Any]] = []
     images: list[RawImage] = []
     if folder.is_dir():
@@ -54,7 +54,7 @@ def read_folder(source: SourceParams, index: int, root: Path) -> SourceRecords:
         )
     labels: list[RawLabel] = []
     if source.sidecar is not None:
-        sidecar = absolute(resolve(root, source.sidecar))
+        sidecar = from_root(source.sidecar, root)
         entries, problem = _read_sidecar(source.name, sidecar)
         if problem is not None:
             problems.append(problem)
@@ -133,7 +133,7 @@ def _alt_text_label(
             "invalid_record", "entry needs a string 'file_name' and a string or null 'alt_text'"
         )
         return RawLabel(index, None, origin, entry, problem=problem)
-    image_ref = str(absolute(folder / file_name))
+    image_ref = str(normalised(folder / file_name))
     if image_ref not in known:
         problem = Problem(
             "unknown_image", f"file_name {file_name!r} is not an image file in {folder}"

@@ -17,16 +17,25 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 _CHUNK = 1 << 20
 
 
-def absolute(path: str | Path) -> Path:
-    """``path`` made absolute and normalised, without resolving symlinks (a linked file keeps
-    the path it was named by)."""
-    return Path(os.path.abspath(path))
+def normalised(path: str | Path) -> Path:
+    """``path`` normalised (``a/./b/../c`` -> ``a/c``), relative paths staying relative and
+    symlinks unresolved (a linked file keeps the path it was named by)."""
+    return Path(os.path.normpath(path))
+
+
+def from_root(path: str | Path, root: Path) -> Path:
+    """``path`` (relative to ``root`` unless absolute) as the project names it: relative to
+    ``root`` when inside it, else absolute. Ingest stores paths in this form, so that what it
+    writes is the same on every machine and in every checkout; it reads files from ``root``."""
+    full = Path(os.path.abspath(Path(root) / path))
+    root = Path(os.path.abspath(root))
+    return full.relative_to(root) if full.is_relative_to(root) else full
 
 
 def list_image_files(folder: Path) -> list[Path]:
     """Every image file under ``folder`` (subfolders too), by extension, in a stable order."""
     return sorted(
-        absolute(path)
+        normalised(path)
         for path in folder.rglob("*")
         if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
     )
@@ -42,17 +51,20 @@ def hash_file(path: Path) -> str:
 
 
 def uri_for(path: Path, data_dir: Path) -> str:
-    """The uri stored for an image: relative to the data directory when under it, else absolute."""
-    path, data_dir = absolute(path), absolute(data_dir)
-    if path.is_relative_to(data_dir):
+    """The uri stored for an image: relative to the data directory when under it, else absolute.
+
+    ``path`` and ``data_dir`` are both named from the project root (see ``from_root``).
+    """
+    path, data_dir = normalised(path), normalised(data_dir)
+    if path.is_absolute() == data_dir.is_absolute() and path.is_relative_to(data_dir):
         return path.relative_to(data_dir).as_posix()
-    return path.as_posix()
+    return Path(os.path.abspath(path)).as_posix()
 
 
 def path_of_uri(uri: str, data_dir: Path) -> Path:
     """The file a stored uri names (the inverse of ``uri_for``)."""
     path = Path(uri)
-    return absolute(path if path.is_absolute() else data_dir / path)
+    return normalised(path if path.is_absolute() else data_dir / path)
 
 
 def decode_image(path: Path, image_id: str) -> tuple[int, int] | Problem:

@@ -13,8 +13,8 @@ from typing import Any
 
 import polars as pl
 
-from relabel.config import SourceParams, resolve
-from relabel.ingest.images import absolute, path_of_uri
+from relabel.config import SourceParams
+from relabel.ingest.images import from_root, path_of_uri
 from relabel.ingest.records import Problem, RawImage, RawLabel, SourceRecords, source_problem
 from relabel.labels import SchemaError, check_schema
 
@@ -23,7 +23,7 @@ def read_parquet_source(
     source: SourceParams, index: int, root: Path, data_dir: Path
 ) -> SourceRecords:
     """The image and label records of a parquet source; relative uris resolve against ``data_dir``."""
-    folder = absolute(resolve(root, source.path))
+    folder = from_root(source.path, root)
     problems: list[dict[str, Any]] = []
     images_path, labels_path = folder / "images.parquet", folder / "labels.parquet"
     image_rows = _read_table(source.name, images_path, "images", problems)

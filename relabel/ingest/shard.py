@@ -11,8 +11,10 @@ catalog counted) and the shard keeps those whose image it holds.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import chdir
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,9 @@ from typing import Any
 import polars as pl
 from tqdm import tqdm
 
-from relabel.config import SourceParams, resolve
+from relabel.config import SourceParams
 from relabel.ingest.catalog import COUNTED_KINDS, AccountingError
-from relabel.ingest.images import absolute, decode_image
+from relabel.ingest.images import decode_image, from_root
 from relabel.ingest.records import (
     Problem,
     RawLabel,
@@ -96,8 +98,23 @@ def ingest_shard(
     """
     if shard not in shard_keys(shard_count):
         raise ValueError(f"{shard!r} is not one of the {shard_count} shards")
-    root = absolute(root)
-    data_dir = absolute(resolve(root, str(data_dir)))
+    with chdir(root):
+        return _ingest_shard(
+            catalog_files, sources, Path(os.path.abspath(root)), from_root(data_dir, root),
+            shard, shard_count, eval_fraction, progress,
+        )
+
+
+def _ingest_shard(
+    catalog_files: pl.DataFrame,
+    sources: Sequence[SourceParams],
+    root: Path,
+    data_dir: Path,
+    shard: str,
+    shard_count: int,
+    eval_fraction: float,
+    progress: bool,
+) -> ShardIngest:
     # membership is recomputed from the image id, so a catalog made with another shard
     # count can never hand this shard the wrong images
     files = in_shard(catalog_files, shard, shard_count)
