@@ -53,3 +53,17 @@ def test_restoring_a_hash_nobody_holds_is_a_clear_error(tmp_path):
         assert "0" * 32 in str(error)
     else:
         raise AssertionError("restore of an unknown hash did not fail")
+
+
+def test_dvc_checkout_and_pull_bring_a_deleted_stage_output_back(tmp_path):
+    shard = _dvc_project(tmp_path)
+    shard.write_bytes(b"committed bytes")
+    commit_stage(tmp_path, "ingest", shard, push=True)
+    with Repo(str(tmp_path)) as repo:
+        shutil.rmtree(tmp_path / "data" / "ingest")
+        repo.checkout()
+        assert shard.read_bytes() == b"committed bytes"
+        shutil.rmtree(tmp_path / "data" / "ingest")
+        shutil.rmtree(tmp_path / ".dvc" / "cache")
+        repo.pull()
+        assert shard.read_bytes() == b"committed bytes"
