@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -236,17 +237,34 @@ def quarantine_row(
         "label_id": label_id,
         "phase": phase,
         "reason": reason,
-        "detail": detail,
-        "origin": origin,
+        "detail": printable(detail),
+        "origin": None if origin is None else printable(origin),
         "record": json.dumps(_jsonable(record), ensure_ascii=False, sort_keys=True),
     }
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with each undecodable byte written as ``\\xNN``, so it can be stored and read.
+
+    Text read with ``errors="surrogateescape"`` carries a byte 0x80..0xFF that is not UTF-8 as
+    a lone surrogate (U+DC80..U+DCFF); parquet and JSON cannot store those.
+    """
+    return _SURROGATES.sub(_escape_surrogate, text)
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def _jsonable(value: Any) -> Any:
     # the record is evidence: a NaN score or undecodable bytes are kept visibly (as "nan",
     # "\\xff"), in valid JSON, rather than dropped or turned into null
     if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
+        return {printable(str(key)): _jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(item) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
@@ -254,7 +272,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="backslashreplace")
     if isinstance(value, str):
-        return value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
+        return printable(value)
     if hasattr(value, "tolist"):
         return _jsonable(value.tolist())
     if value is None or isinstance(value, (bool, int, float)):

@@ -98,57 +98,54 @@ def catalog_sources(
     absolute) is where relative image uris point. Never raises on bad input: what cannot be
     read is in the returned quarantine.
     """
-    with chdir(root):
-        return _catalog(sources, Path(os.path.abspath(root)), from_root(data_dir, root), shard_count, progress)
-
-
-def _catalog(
-    sources: Sequence[SourceParams], root: Path, data_dir: Path, shard_count: int, progress: bool
-) -> SourceCatalog:
+    root = Path(os.path.abspath(root))
+    data_dir = from_root(data_dir, root)
     file_rows: list[dict[str, Any]] = []
     quarantined: list[dict[str, Any]] = []
     records_in: Counter[str] = Counter()
-    for index, source in enumerate(sources):
-        records = read_source(source, index, root, data_dir)
-        records_in.update(
-            source=records.paths_read, image=len(records.images), label=len(records.labels)
-        )
-        quarantined += records.source_problems
-        catalogued: set[str] = set()
-        failed: dict[str, Problem] = {}
-        for image in tqdm(
-            records.images, desc=f"catalog {source.name}", unit="image", disable=not progress
-        ):
-            image_id, problem = _hash_image(image)
-            if problem is not None:
-                failed.setdefault(image.ref, problem)
+    # stored paths are named from the project root (see ``from_root``): read files there
+    with chdir(root):
+        for index, source in enumerate(sources):
+            records = read_source(source, index, root, data_dir)
+            records_in.update(
+                source=records.paths_read, image=len(records.images), label=len(records.labels)
+            )
+            quarantined += records.source_problems
+            catalogued: set[str] = set()
+            failed: dict[str, Problem] = {}
+            for image in tqdm(
+                records.images, desc=f"catalog {source.name}", unit="image", disable=not progress
+            ):
+                image_id, problem = _hash_image(image)
+                if problem is not None:
+                    failed.setdefault(image.ref, problem)
+                    quarantined.append(
+                        quarantine(
+                            record_kind="image",
+                            reason=problem.reason,
+                            detail=problem.detail,
+                            record=image.record,
+                            origin=image.origin,
+                        )
+                    )
+                    continue
+                catalogued.add(image.ref)
+                file_rows.append(_file_row(source, image, image_id, data_dir, shard_count))
+            for label in records.labels:
+                if label.image_ref in catalogued:
+                    continue  # its shard ingests it
+                problem = (
+                    label.problem if label.image_ref is None else _orphaned(label.image_ref, failed)
+                )
                 quarantined.append(
                     quarantine(
-                        record_kind="image",
+                        record_kind="label",
                         reason=problem.reason,
                         detail=problem.detail,
-                        record=image.record,
-                        origin=image.origin,
+                        record=label.record,
+                        origin=label.origin,
                     )
                 )
-                continue
-            catalogued.add(image.ref)
-            file_rows.append(_file_row(source, image, image_id, data_dir, shard_count))
-        for label in records.labels:
-            if label.image_ref in catalogued:
-                continue  # its shard ingests it
-            problem = (
-                label.problem if label.image_ref is None else _orphaned(label.image_ref, failed)
-            )
-            quarantined.append(
-                quarantine(
-                    record_kind="label",
-                    reason=problem.reason,
-                    detail=problem.detail,
-                    record=label.record,
-                    origin=label.origin,
-                )
-            )
     files = pl.DataFrame(file_rows, schema=FILES_SCHEMA).sort(
         "source_index", "uri", maintain_order=True
     )

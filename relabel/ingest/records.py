@@ -14,18 +14,14 @@ only the records that contain them are quarantined (``non_utf8_text``).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relabel.labels import quarantine_row
+from relabel.labels import printable, quarantine_row
 
 PHASE = "ingest"
 _HEAD_CHARS = 500
-
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
 
 @dataclass(frozen=True)
 class Problem:
@@ -87,7 +83,7 @@ def read_text(path: Path) -> str:
 def has_surrogates(value: Any) -> bool:
     """True when a string anywhere in ``value`` (nested lists and dicts too) is not valid UTF-8."""
     if isinstance(value, str):
-        return _SURROGATES.search(value) is not None
+        return printable(value) != value
     if isinstance(value, dict):
         return any(has_surrogates(key) or has_surrogates(item) for key, item in value.items())
     if isinstance(value, (list, tuple)):
@@ -95,46 +91,14 @@ def has_surrogates(value: Any) -> bool:
     return False
 
 
-def printable(text: str) -> str:
-    """``text`` with each undecodable byte written as ``\\xNN`` so it can be stored and read."""
-    return _SURROGATES.sub(_escape_surrogate, text)
-
-
-def _escape_surrogate(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    # 0xDC80..0xDCFF is how surrogateescape carries the byte 0x80..0xFF
-    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
-
-
 def record_json(record: Any) -> str:
     """A raw record as storable JSON text."""
     return printable(json.dumps(record, default=str, ensure_ascii=False, sort_keys=True))
 
 
-def quarantine(
-    *,
-    record_kind: str,
-    reason: str,
-    detail: str,
-    record: Any,
-    origin: str | None = None,
-    image_id: str | None = None,
-    label_id: str | None = None,
-) -> dict[str, Any]:
-    """A quarantine row of the ingest phase, safe to store even when the input was not UTF-8."""
-    row = quarantine_row(
-        record_kind=record_kind,
-        phase=PHASE,
-        reason=reason,
-        detail=detail,
-        record=record,
-        origin=origin,
-        image_id=image_id,
-        label_id=label_id,
-    )
-    return {
-        key: printable(value) if isinstance(value, str) else value for key, value in row.items()
-    }
+def quarantine(**fields: Any) -> dict[str, Any]:
+    """A quarantine row of the ingest phase (fields as ``relabel.labels.quarantine_row``)."""
+    return quarantine_row(phase=PHASE, **fields)
 
 
 def source_problem(

@@ -29,13 +29,12 @@ from relabel.ingest.records import (
     Problem,
     RawLabel,
     has_surrogates,
-    printable,
     quarantine,
     record_json,
 )
 from relabel.ingest.sources import read_source
 from relabel.ingest.validate import validate_labels
-from relabel.labels import check_schema, frame, label_id_for
+from relabel.labels import check_schema, frame, label_id_for, printable
 from relabel.shards import in_shard, shard_keys, split_of
 
 
@@ -98,40 +97,26 @@ def ingest_shard(
     """
     if shard not in shard_keys(shard_count):
         raise ValueError(f"{shard!r} is not one of the {shard_count} shards")
-    with chdir(root):
-        return _ingest_shard(
-            catalog_files, sources, Path(os.path.abspath(root)), from_root(data_dir, root),
-            shard, shard_count, eval_fraction, progress,
-        )
-
-
-def _ingest_shard(
-    catalog_files: pl.DataFrame,
-    sources: Sequence[SourceParams],
-    root: Path,
-    data_dir: Path,
-    shard: str,
-    shard_count: int,
-    eval_fraction: float,
-    progress: bool,
-) -> ShardIngest:
+    root = Path(os.path.abspath(root))
+    data_dir = from_root(data_dir, root)
     # membership is recomputed from the image id, so a catalog made with another shard
     # count can never hand this shard the wrong images
     files = in_shard(catalog_files, shard, shard_count)
-    image_rows, failed, quarantined = _decode_images(files, eval_fraction, shard, progress)
-    images = frame("images", image_rows)
-
     # the image of each label record, by (source, the source's image key); files are in catalog
     # order, so where a parquet source lists one key twice the first listing wins, as in the catalog
     image_of: dict[tuple[int, str], str] = {}
     for index, ref, image_id in files.select("source_index", "ref", "image_id").iter_rows():
         image_of.setdefault((index, ref), image_id)
-    label_records = [
-        (image_of[(label.source_index, label.image_ref)], label)
-        for index in sorted(set(files["source_index"].to_list()))
-        for label in read_source(sources[index], index, root, data_dir).labels
-        if (label.source_index, label.image_ref) in image_of
-    ]
+    # stored paths are named from the project root (see ``from_root``), so files are read there
+    with chdir(root):
+        image_rows, failed, quarantined = _decode_images(files, eval_fraction, shard, progress)
+        label_records = [
+            (image_of[(label.source_index, label.image_ref)], label)
+            for index in sorted(set(files["source_index"].to_list()))
+            for label in read_source(sources[index], index, root, data_dir).labels
+            if (label.source_index, label.image_ref) in image_of
+        ]
+    images = frame("images", image_rows)
     label_rows, raw_by_label_id, label_quarantine = _label_rows(label_records, failed)
     checked, invalid = validate_labels(frame("labels", label_rows), images)
     return ShardIngest(
