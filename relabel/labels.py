@@ -29,7 +29,9 @@ Three tables, each a polars frame with a fixed schema and stored as parquet:
     each a flat ``[x, y, x, y, ...]`` list as in COCO.  Crowd regions keep their COCO RLE in
     ``mask_rle`` with ``is_crowd`` set.  ``score`` is a confidence in [0, 1] (1 for human
     labels), ``source`` is ``human``, ``<specialist>@<version>`` or ``model@iter<k>``, and
-    ``iteration`` the data-engine iteration in which the row entered.
+    ``iteration`` the data-engine iteration in which the row entered. Fused labels keep the
+    ids they were fused from in ``provenance`` and the number of agreeing sources in
+    ``agreement``; a machine label confirming a human one names it in ``linked_label_id``.
 
 ``quarantine``
     Everything that was dropped, with what it was (``record_kind``: an image, a label, or a
@@ -99,6 +101,11 @@ LABELS_SCHEMA = pl.Schema(
         "source": pl.String,
         "iteration": pl.Int32,
         "status": pl.Enum(LABEL_STATUSES),
+        # consensus provenance: the label ids fused into this one and how many distinct
+        # sources agreed on it; a machine label that confirms a human one links to it
+        "provenance": pl.List(pl.String),
+        "agreement": pl.Int32,
+        "linked_label_id": pl.String,
     }
 )
 

@@ -1,0 +1,1 @@
+"""Initial-annotation specialists behind one small interface (``base.Specialist``)."""
