@@ -1,7 +1,6 @@
 """Ingest: the input collections, catalogued once, then read into the label store per shard."""
 
 
-from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -15,6 +14,7 @@ from dagster import (
     multi_asset,
 )
 
+from assets.metadata import counts_by
 from assets.world import embedded_world
 from pipelines.io_manager import TABLE_METADATA_KEY
 from pipelines.resources import ProjectResource
@@ -52,12 +52,12 @@ def build_ingest_assets(shards: PartitionsDefinition) -> list:
         yield Output(
             catalog.files,
             "source_catalog",
-            metadata={"image_files": len(catalog.files), **records_in, **_by_column(catalog.files, "shard")},
+            metadata={"image_files": len(catalog.files), **records_in, **counts_by(catalog.files, "shard")},
         )
         yield Output(
             catalog.quarantine,
             "catalog_quarantine",
-            metadata=_by_column(catalog.quarantine, "reason"),
+            metadata=counts_by(catalog.quarantine, "reason"),
         )
 
     @multi_asset(
@@ -101,19 +101,14 @@ def build_ingest_assets(shards: PartitionsDefinition) -> list:
         yield Output(
             result.images,
             "images",
-            metadata={**accounting, **_by_column(result.images, "split"), **_by_column(result.images, "dataset")},
+            metadata={**accounting, **counts_by(result.images, "split"), **counts_by(result.images, "dataset")},
         )
         yield Output(
             result.labels,
             "human_labels",
-            metadata={**_by_column(result.labels, "annotation_type"), **_by_column(result.labels, "task")},
+            metadata={**counts_by(result.labels, "annotation_type"), **counts_by(result.labels, "task")},
         )
-        yield Output(result.quarantine, "ingest_quarantine", metadata=_by_column(result.quarantine, "reason"))
+        yield Output(result.quarantine, "ingest_quarantine", metadata=counts_by(result.quarantine, "reason"))
 
     return [source_catalog, ingested_shard]
 
-
-def _by_column(frame: pl.DataFrame, column: str) -> dict[str, int]:
-    """Row counts per value of ``column``, as metadata entries ``column/value``."""
-    counts = Counter(str(value) for value in frame[column].to_list()) if len(frame) else Counter()
-    return {f"{column}/{value}": n for value, n in sorted(counts.items())}

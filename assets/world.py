@@ -1,12 +1,11 @@
 """The embedded default world: the data the demo and the tests run on."""
 
 
-import base64
-import io
 import shutil
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from assets.metadata import png_markdown
 from pipelines.resources import DvcResource, ProjectResource
 from relabel.world import render_world, world_preview
 
@@ -32,13 +31,7 @@ def embedded_world(
             **summary.as_metadata(),
             "world_dir": MetadataValue.path(str(world_dir)),
             "dvc_stage_hash": version.stage_hash or "(committed by dvc repro)",
-            "preview": MetadataValue.md(_png_markdown(world_preview(world_dir, truth_dir))),
+            "preview": MetadataValue.md(png_markdown(world_preview(world_dir, truth_dir), "ground truth of the first scenes")),
         }
     )
 
-
-def _png_markdown(image) -> str:  # noqa: ANN001 - a PIL image
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f"![ground truth of the first scenes](data:image/png;base64,{encoded})"

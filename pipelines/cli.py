@@ -20,7 +20,7 @@ from dvc.repo import Repo
 
 from relabel.config import load_params, resolve
 
-PHASES = ("world", "ingest")
+PHASES = ("world", "ingest", "annotate")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,13 +114,34 @@ def demo_summary(root: Path, seconds: float) -> str:
         + ", ".join(f"{r['record_kind']}/{r['reason']} {r['len']}" for r in by_reason.iter_rows(named=True)),
         "",
         f"  dvc:        {'every output committed (dvc.lock) and pushed' if in_sync else 'OUT OF SYNC: run dvc status'}",
+        *_annotation_lines(data),
         "",
         "Look at it:",
         "  make ui                          Dagster UI on http://127.0.0.1:3000 (runs, assets, metadata)",
+        "  make mlflow                      MLflow UI on http://127.0.0.1:5000 (scored annotation runs)",
         "  .venv/bin/dvc status             phase outputs against dvc.lock and the cache",
         f"  .venv/bin/dvc push / pull        remote: {params.dvc.remote_url}",
     ]
     return "\n".join(lines)
+
+
+def _annotation_lines(data: Path) -> list[str]:
+    """The phase-1 scores against ground truth, one line per specialist and the consensus."""
+    summary_path = data / "annotate" / "scores" / "summary.parquet"
+    if not summary_path.is_file():
+        return []
+    summary = pl.read_parquet(summary_path)
+    lines = ["", "Initial annotation against the world's ground truth (boxes at IoU 0.5):"]
+    for row in summary.iter_rows(named=True):
+        parts = [f"{row['output']:<20} {row['labels']:>6} labels"]
+        if row.get("f1") is not None:
+            parts.append(f"P {row['precision']:.2f}  R {row['recall']:.2f}  F1 {row['f1']:.2f}")
+        if row.get("ocr_cer") is not None:
+            parts.append(f"OCR CER {row['ocr_cer']:.2f}")
+        if row.get("caption_object_recall") is not None:
+            parts.append(f"caption object recall {row['caption_object_recall']:.2f}")
+        lines.append("  " + "   ".join(parts))
+    return lines
 
 
 if __name__ == "__main__":

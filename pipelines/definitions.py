@@ -11,18 +11,26 @@ from dagster import (
     multiprocess_executor,
 )
 
+from assets.annotate import build_annotate_assets
 from assets.ingest import SOURCE_CATALOG, build_ingest_assets
 from assets.world import embedded_world
 from data_checks.shards import build_shard_checks
 from pipelines.io_manager import ShardParquetIOManager
-from pipelines.resources import DvcResource, ProjectResource, default_root
+from pipelines.resources import DvcResource, MlflowResource, ProjectResource, default_root
 from relabel.shards import shard_keys
 
 WORLD_JOB = "render_world"
 CATALOG_JOB = "catalog_sources"
 INGEST_SHARDS_JOB = "ingest_shards"
+TRAIN_SPECIALISTS_JOB = "train_specialists"
+ANNOTATE_SHARDS_JOB = "annotate_shards"
+SCORE_ANNOTATIONS_JOB = "score_annotations"
 # the jobs of each phase in order; a phase is also a DVC stage of the same name (dvc.yaml)
-PHASE_JOBS = {"world": (WORLD_JOB,), "ingest": (CATALOG_JOB, INGEST_SHARDS_JOB)}
+PHASE_JOBS = {
+    "world": (WORLD_JOB,),
+    "ingest": (CATALOG_JOB, INGEST_SHARDS_JOB),
+    "annotate": (TRAIN_SPECIALISTS_JOB, ANNOTATE_SHARDS_JOB, SCORE_ANNOTATIONS_JOB),
+}
 
 
 def build_definitions(root: str | None = None) -> Definitions:
@@ -32,8 +40,9 @@ def build_definitions(root: str | None = None) -> Definitions:
     shards = StaticPartitionsDefinition(shard_keys(project.params.shards.count))
     dvc = DvcResource(project=project)
     catalog = AssetSelection.assets(SOURCE_CATALOG).required_multi_asset_neighbors()
+    annotate = build_annotate_assets(shards, project.params.annotate)
     return Definitions(
-        assets=[embedded_world, *build_ingest_assets(shards)],
+        assets=[embedded_world, *build_ingest_assets(shards), *annotate.training, *annotate.per_shard, annotate.scores],
         asset_checks=build_shard_checks(shards),
         jobs=[
             define_asset_job(
@@ -52,10 +61,27 @@ def build_definitions(root: str | None = None) -> Definitions:
                 partitions_def=shards,
                 description="Read one shard of every source into the label store, with its checks.",
             ),
+            define_asset_job(
+                TRAIN_SPECIALISTS_JOB,
+                selection=AssetSelection.assets(*annotate.training),
+                description="Fit the trainable specialists on the human labels of every shard.",
+            ),
+            define_asset_job(
+                ANNOTATE_SHARDS_JOB,
+                selection=AssetSelection.assets(*annotate.per_shard),
+                partitions_def=shards,
+                description="Run every specialist on one shard, fuse them and merge with the human labels.",
+            ),
+            define_asset_job(
+                SCORE_ANNOTATIONS_JOB,
+                selection=AssetSelection.assets(annotate.scores),
+                description="Score the specialists and the consensus against the world's ground truth (an MLflow run).",
+            ),
         ],
         resources={
             "project": project,
             "dvc": dvc,
+            "mlflow_tracking": MlflowResource(project=project),
             "io_manager": ShardParquetIOManager(project=project, dvc=dvc),
         },
         executor=multiprocess_executor,
@@ -79,8 +105,23 @@ def ingest_shards_job():
     return defs.resolve_job_def(INGEST_SHARDS_JOB)
 
 
+def train_specialists_job():
+    return defs.resolve_job_def(TRAIN_SPECIALISTS_JOB)
+
+
+def annotate_shards_job():
+    return defs.resolve_job_def(ANNOTATE_SHARDS_JOB)
+
+
+def score_annotations_job():
+    return defs.resolve_job_def(SCORE_ANNOTATIONS_JOB)
+
+
 JOB_FACTORIES = {
     WORLD_JOB: render_world_job,
     CATALOG_JOB: catalog_sources_job,
     INGEST_SHARDS_JOB: ingest_shards_job,
+    TRAIN_SPECIALISTS_JOB: train_specialists_job,
+    ANNOTATE_SHARDS_JOB: annotate_shards_job,
+    SCORE_ANNOTATIONS_JOB: score_annotations_job,
 }

@@ -59,3 +59,37 @@ class DvcResource(ConfigurableResource):
 
     def restore(self, md5: str, destination: Path) -> Path:
         return versioning.restore_file(Path(self.project.root), md5, destination)
+
+
+class MlflowResource(ConfigurableResource):
+    """MLflow tracking for training and evaluation runs: a sqlite store and local artifacts
+    by default (params.yaml ``mlflow``), so runs compare side by side in the MLflow UI."""
+
+    project: ProjectResource
+
+    @property
+    def tracking_uri(self) -> str:
+        uri = self.project.params.mlflow.tracking_uri
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            # a relative sqlite path in params is relative to the project root
+            database = self.project.path(uri[len(prefix) :])
+            database.parent.mkdir(parents=True, exist_ok=True)
+            return prefix + str(database)
+        return uri
+
+    def experiment_id(self) -> str:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        settings = self.project.params.mlflow
+        existing = mlflow.get_experiment_by_name(settings.experiment)
+        if existing is not None:
+            return existing.experiment_id
+        artifacts = self.project.path(settings.artifact_root)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        return mlflow.create_experiment(settings.experiment, artifact_location=artifacts.as_uri())
+
+    def run_url(self, run_id: str) -> str:
+        """Where the run shows in `make mlflow` (the MLflow UI on 127.0.0.1:5000)."""
+        return f"http://127.0.0.1:5000/#/experiments/{self.experiment_id()}/runs/{run_id}"

@@ -7,7 +7,7 @@ same file for its stage params, so there is no second copy of any number.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -74,6 +74,48 @@ class IngestParams(_Strict):
     sources: tuple[SourceParams, ...] = ()
 
 
+class SpecialistParams(_Strict):
+    """One specialist to run: its ``kind`` (see models/specialists/registry.py), the ``name``
+    its labels carry, and its own settings."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    kind: str
+    enabled: bool = True
+    batch_size: int | None = Field(None, ge=1)
+    settings: dict[str, Any] = {}
+
+
+class ConsensusParams(_Strict):
+    iou_threshold: float = Field(0.55, gt=0, le=1)
+    lone_min_score: float = Field(0.5, ge=0, le=1)
+    text_similarity: float = Field(0.9, gt=0, le=1)
+    human_match_iou: float = Field(0.5, gt=0, le=1)
+
+
+class AnnotateParams(_Strict):
+    """Phase 1: perception specialists label the images; their regions are fused by
+    consensus; language specialists then read the fused regions and the texts."""
+
+    batch_size: int = Field(8, ge=1)
+    ontology: str = "data/world/ontology.json"
+    perception: tuple[SpecialistParams, ...] = ()
+    language: tuple[SpecialistParams, ...] = ()
+    consensus: ConsensusParams = ConsensusParams()
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> AnnotateParams:
+        names = [s.name for s in (*self.perception, *self.language)]
+        if len(names) != len(set(names)):
+            raise ValueError(f"specialist names must be unique: {names}")
+        return self
+
+
+class MlflowParams(_Strict):
+    tracking_uri: str = "sqlite:///data/mlflow/mlflow.db"
+    artifact_root: str = "data/mlflow/artifacts"
+    experiment: str = "relabel"
+
+
 class DvcParams(_Strict):
     remote_name: str = "local"
     remote_url: str = "data/dvc_remote"
@@ -85,6 +127,8 @@ class Params(_Strict):
     shards: ShardParams = ShardParams()
     world: WorldParams = WorldParams()
     ingest: IngestParams = IngestParams()
+    annotate: AnnotateParams = AnnotateParams()
+    mlflow: MlflowParams = MlflowParams()
     dvc: DvcParams = DvcParams()
 
 

@@ -36,6 +36,9 @@ def write_tiny_project(root: Path, **world: object) -> Path:
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["shards"]["count"] = 2
     params["world"].update({"n_images": 16, "max_objects": 4, **world})
+    for spec in params["annotate"]["perception"]:
+        if spec["kind"] == "trained_detector":
+            spec["settings"] = {**spec.get("settings", {}), "epochs": 3}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(PROJECT_ROOT / "dvc.yaml", root / "dvc.yaml")
     return root
@@ -49,31 +52,33 @@ def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-UNPARTITIONED_KEYS = (("world", "embedded_world"), ("ingest", "source_catalog"), ("ingest", "catalog_quarantine"))
+def materialize_project(
+    root: Path,
+    instance,
+    shards: tuple[str, ...] = ("shard-00", "shard-01"),
+    phases: tuple[str, ...] = ("world", "ingest"),
+) -> dict:
+    """Materialize ``phases`` of the project at ``root`` with ``dagster.materialize`` into
+    ``instance``, job by job as the CLI runs them (each job's own asset selection), a shard job
+    once per shard of ``shards``. Returns the result of each partitioned run by
+    ``(job name, shard)`` and of each unpartitioned run by job name."""
+    from dagster import materialize
 
-
-def materialize_project(root: Path, instance, shards: tuple[str, ...] = ("shard-00", "shard-01")) -> dict:
-    """Materialize the world and the catalog, then each of ``shards``, with
-    ``dagster.materialize`` into ``instance``; returns the result of each shard's run."""
-    from dagster import AssetKey, AssetSelection, materialize
-
-    from pipelines.definitions import build_definitions
+    from pipelines.definitions import PHASE_JOBS, build_definitions
 
     defs = build_definitions(str(root))
     everything = [*defs.assets, *defs.asset_checks]
-    unpartitioned = AssetSelection.keys(*(AssetKey(list(key)) for key in UNPARTITIONED_KEYS))
-    first = materialize(everything, selection=unpartitioned, resources=defs.resources, instance=instance)
-    assert first.success
+    jobs = {job.name: job for job in defs.jobs}
     results = {}
-    for key in shards:
-        results[key] = materialize(
-            everything,
-            selection=AssetSelection.groups("ingest") - unpartitioned,
-            partition_key=key,
-            resources=defs.resources,
-            instance=instance,
-        )
-        assert results[key].success
+    for phase in phases:
+        for name in PHASE_JOBS[phase]:
+            job = jobs[name]
+            for key in (shards if job.partitions_def else (None,)):
+                result = materialize(
+                    everything, selection=job.selection, partition_key=key, resources=defs.resources, instance=instance
+                )
+                assert result.success, f"{name} {key or ''} failed"
+                results[(name, key) if key else name] = result
     return results
 
 
@@ -89,4 +94,4 @@ def instance(tmp_path: Path):
 @pytest.fixture
 def materialize_all(instance):
     """``materialize_project`` bound to the test's Dagster instance."""
-    return lambda root, shards=("shard-00", "shard-01"): materialize_project(root, instance, shards)
+    return lambda root, **options: materialize_project(root, instance, **options)

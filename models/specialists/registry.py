@@ -51,3 +51,20 @@ def build_specialist(kind: str, name: str, settings: dict[str, Any], context: Bu
     if not isinstance(specialist, Specialist):
         raise TypeError(f"{KINDS[kind]} does not implement the Specialist protocol")
     return specialist
+
+
+# kinds whose specialist is fitted on the human labels before it runs: kind -> "module:function",
+# called as function(images, human_labels, resolve_path, out_dir, settings, progress) -> report
+TRAINERS: dict[str, str] = {
+    "trained_detector": "models.specialists.tiny_detector:train_tiny_detector",
+    "opencv_shapes": "models.specialists.shapes:fit_shape_prototypes",
+}
+
+
+def train_specialist(kind: str, images, human_labels, resolve_path, out_dir: Path, settings: dict[str, Any], progress: bool = True) -> dict[str, Any]:  # noqa: ANN001
+    """Fit the specialist of ``kind`` on the human labels of ``images`` into ``out_dir``;
+    returns the trainer's report (epochs, loss, seconds, ...)."""
+    module_name, function_name = TRAINERS[kind].split(":")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer = getattr(importlib.import_module(module_name), function_name)
+    return trainer(images, human_labels, resolve_path, out_dir, settings, progress)

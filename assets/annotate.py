@@ -1,0 +1,325 @@
+"""Phase 1, initial annotation: one asset per specialist per shard, their consensus, the
+initial annotations merged with the human labels, and their scores against ground truth.
+
+Which specialists run is configuration (params.yaml ``annotate``); this module turns that list
+into assets, so each specialist's output per shard is visible in the UI with its counts and
+timing. Bodies only load, call ``models.specialists`` / ``relabel.annotate`` and record metadata.
+"""
+
+import json
+from dataclasses import dataclass
+
+import polars as pl
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetOut,
+    MaterializeResult,
+    MetadataValue,
+    Output,
+    PartitionsDefinition,
+    asset,
+    multi_asset,
+)
+
+from assets.ingest import INGEST_STAGE
+from assets.metadata import counts_by, markdown_table, png_markdown
+from models.specialists.registry import TRAINERS, BuildContext, build_specialist, train_specialist
+from models.specialists.runner import image_refs, run_specialist
+from pipelines.io_manager import TABLE_METADATA_KEY
+from pipelines.resources import DvcResource, MlflowResource, ProjectResource
+from relabel.annotate import consensus_regions, initial_annotations, score_against_truth
+from relabel.config import AnnotateParams, SpecialistParams
+from relabel.ingest.images import path_of_uri
+from relabel.labels import empty
+
+ANNOTATE_STAGE = "annotate"
+IMAGES = AssetKey([INGEST_STAGE, "images"])
+HUMAN_LABELS = AssetKey([INGEST_STAGE, "human_labels"])
+CONSENSUS = AssetKey([ANNOTATE_STAGE, "consensus_regions"])
+INITIAL_ANNOTATIONS = AssetKey([ANNOTATE_STAGE, "initial_annotations"])
+
+
+@dataclass(frozen=True)
+class AnnotateAssets:
+    """The phase-1 assets in the order they run: specialists trained on all shards' human
+    labels, then everything per shard, then the scores over all shards."""
+
+    training: list
+    per_shard: list
+    scores: object
+
+
+def build_annotate_assets(shards: PartitionsDefinition, params: AnnotateParams) -> AnnotateAssets:
+    """The phase-1 assets for the enabled specialists of ``params``."""
+    perception = [spec for spec in params.perception if spec.enabled]
+    language = [spec for spec in params.language if spec.enabled]
+    per_shard = [_specialist_asset(spec, shards, reads=[]) for spec in perception]
+    per_shard.append(_consensus_asset(shards, [spec.name for spec in perception]))
+    reads = [HUMAN_LABELS, CONSENSUS]
+    for spec in language:
+        per_shard.append(_specialist_asset(spec, shards, reads=list(reads)))
+        reads.append(AssetKey([ANNOTATE_STAGE, spec.name]))
+    per_shard.append(_initial_annotations_asset(shards, [spec.name for spec in language]))
+    return AnnotateAssets(
+        training=[_training_asset(spec) for spec in (*perception, *language) if spec.kind in TRAINERS],
+        per_shard=per_shard,
+        scores=_scores_asset([spec.name for spec in (*perception, *language)]),
+    )
+
+
+def _context_for(project: ProjectResource, spec: SpecialistParams) -> BuildContext:
+    import torch
+
+    ontology = project.path(project.params.annotate.ontology)
+    categories = tuple(c["name"] for c in json.loads(ontology.read_text())["categories"]) if ontology.is_file() else ()
+    return BuildContext(
+        workdir=project.data_dir / ANNOTATE_STAGE / f"{spec.name}_model",
+        categories=categories,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+    )
+
+
+def _training_asset(spec: SpecialistParams):
+    @asset(
+        key=[ANNOTATE_STAGE, f"{spec.name}_model"],
+        ins={"images": AssetIn(IMAGES), "human_labels": AssetIn(HUMAN_LABELS)},
+        group_name=ANNOTATE_STAGE,
+        compute_kind="torch",
+        description=f"The {spec.kind} specialist '{spec.name}', trained on the human labels of every shard's train split.",
+    )
+    def trained_specialist(
+        context: AssetExecutionContext,
+        project: ProjectResource,
+        dvc: DvcResource,
+        images: pl.DataFrame,
+        human_labels: pl.DataFrame,
+    ) -> MaterializeResult:
+        workdir = _context_for(project, spec).workdir
+        report = train_specialist(
+            spec.kind,
+            images.filter(pl.col("split") == "train"),
+            human_labels,
+            lambda uri: path_of_uri(uri, project.data_dir),
+            workdir,
+            spec.settings,
+        )
+        context.log.info(f"trained {spec.name}: {report}")
+        version = dvc.commit(stage=ANNOTATE_STAGE, written=next(p for p in sorted(workdir.iterdir()) if p.is_file()))
+        return MaterializeResult(
+            metadata={**{k: v for k, v in report.items() if isinstance(v, (int, float, str))}, "model_dir": MetadataValue.path(str(workdir)), "dvc_stage_hash": version.stage_hash or ""}
+        )
+
+    return trained_specialist
+
+
+def _specialist_asset(spec: SpecialistParams, shards: PartitionsDefinition, reads: list[AssetKey]):
+    ins = {"images": AssetIn(IMAGES), **{_in_name(key): AssetIn(key) for key in reads}}
+    deps = [AssetKey([ANNOTATE_STAGE, f"{spec.name}_model"])] if spec.kind in TRAINERS else []
+
+    @multi_asset(
+        name=f"annotate_{spec.name}",
+        outs={
+            spec.name: AssetOut(
+                key=[ANNOTATE_STAGE, spec.name],
+                description=f"Labels of the {spec.kind} specialist '{spec.name}' for the shard.",
+                metadata={TABLE_METADATA_KEY: "labels"},
+            ),
+            f"{spec.name}_quarantine": AssetOut(
+                key=[ANNOTATE_STAGE, f"{spec.name}_quarantine"],
+                description=f"Images '{spec.name}' failed on and labels it produced that failed the checks.",
+                metadata={TABLE_METADATA_KEY: "quarantine"},
+            ),
+        },
+        ins=ins,
+        deps=deps,
+        partitions_def=shards,
+        group_name=ANNOTATE_STAGE,
+        compute_kind=spec.kind,
+    )
+    def specialist_shard(context: AssetExecutionContext, project: ProjectResource, images: pl.DataFrame, **known_labels):
+        specialist = build_specialist(spec.kind, spec.name, spec.settings, _context_for(project, spec))
+        run = run_specialist(
+            specialist,
+            image_refs(images, lambda uri: path_of_uri(uri, project.data_dir)),
+            pl.concat([empty("labels"), *known_labels.values()], how="vertical"),
+            batch_size=spec.batch_size or project.params.annotate.batch_size,
+            desc=f"{spec.name} {context.partition_key}",
+        )
+        context.log.info(f"{run.source}: {run.labels.height} labels on {run.images_in} images in {run.seconds:.1f} s")
+        yield Output(
+            run.labels,
+            spec.name,
+            metadata={
+                "source": run.source,
+                "images": run.images_in,
+                "images_failed": run.images_failed,
+                "seconds": round(run.seconds, 2),
+                "seconds_per_100_images": round(run.seconds_per_100_images, 2),
+                **counts_by(run.labels, "task"),
+                **counts_by(run.labels, "category", top=20),
+            },
+        )
+        yield Output(run.quarantine, f"{spec.name}_quarantine", metadata=counts_by(run.quarantine, "reason"))
+
+    return specialist_shard
+
+
+def _consensus_asset(shards: PartitionsDefinition, perception: list[str]):
+    @multi_asset(
+        name="consensus",
+        outs={
+            "consensus_regions": AssetOut(
+                key=CONSENSUS,
+                description="Regions the perception specialists agree on (weighted box fusion), with agreement and provenance.",
+                metadata={TABLE_METADATA_KEY: "labels"},
+            ),
+            "consensus_quarantine": AssetOut(
+                key=[ANNOTATE_STAGE, "consensus_quarantine"],
+                description="Regions only one specialist proposed, with a score too low to promote.",
+                metadata={TABLE_METADATA_KEY: "quarantine"},
+            ),
+        },
+        ins={name: AssetIn(AssetKey([ANNOTATE_STAGE, name])) for name in perception},
+        partitions_def=shards,
+        group_name=ANNOTATE_STAGE,
+        compute_kind="polars",
+    )
+    def consensus(context: AssetExecutionContext, project: ProjectResource, **perception_labels):
+        fused, quarantine = consensus_regions(list(perception_labels.values()), project.params.annotate.consensus)
+        yield Output(
+            fused,
+            "consensus_regions",
+            metadata={**counts_by(fused, "task"), **counts_by(fused, "agreement"), **counts_by(fused, "category", top=20)},
+        )
+        yield Output(quarantine, "consensus_quarantine", metadata=counts_by(quarantine, "reason"))
+
+    return consensus
+
+
+def _initial_annotations_asset(shards: PartitionsDefinition, language: list[str]):
+    @multi_asset(
+        name="initial_annotations",
+        outs={
+            "initial_annotations": AssetOut(
+                key=INITIAL_ANNOTATIONS,
+                description="Every human label verbatim, with the fused specialist regions (traced polygons), captions, groundings and region captions.",
+                metadata={TABLE_METADATA_KEY: "labels"},
+            ),
+            "annotation_conflicts": AssetOut(
+                key=[ANNOTATE_STAGE, "annotation_conflicts"],
+                description="Specialist regions that overlap a human region with another category: recorded, not resolved.",
+            ),
+        },
+        ins={
+            "human_labels": AssetIn(HUMAN_LABELS),
+            "consensus_regions": AssetIn(CONSENSUS),
+            **{name: AssetIn(AssetKey([ANNOTATE_STAGE, name])) for name in language},
+        },
+        partitions_def=shards,
+        group_name=ANNOTATE_STAGE,
+        compute_kind="polars",
+    )
+    def initial(
+        context: AssetExecutionContext,
+        project: ProjectResource,
+        human_labels: pl.DataFrame,
+        consensus_regions: pl.DataFrame,
+        **language_labels,
+    ):
+        labels, conflicts = initial_annotations(
+            human_labels, consensus_regions, list(language_labels.values()), project.params.annotate.consensus
+        )
+        by_source = labels.with_columns(pl.col("source").str.split("@").list.first().alias("origin"))
+        yield Output(
+            labels,
+            "initial_annotations",
+            metadata={
+                "human_labels_kept": labels.filter(pl.col("source") == "human").height,
+                "linked_to_human": labels.filter(pl.col("linked_label_id").is_not_null() & (pl.col("source") != "human")).height,
+                **counts_by(labels, "annotation_type"),
+                **counts_by(labels, "task"),
+                **counts_by(by_source, "origin"),
+            },
+        )
+        yield Output(conflicts, "annotation_conflicts", metadata={"conflicts": conflicts.height})
+
+    return initial
+
+
+def _scores_asset(specialists: list[str]):
+    outputs = [*specialists, "consensus_regions", "initial_annotations"]
+
+    @asset(
+        key=[ANNOTATE_STAGE, "annotation_scores"],
+        ins={name: AssetIn(AssetKey([ANNOTATE_STAGE, name])) for name in outputs},
+        group_name=ANNOTATE_STAGE,
+        compute_kind="mlflow",
+        description="Each specialist and the consensus against the embedded world's ground truth: box P/R/F1 at IoU 0.5 per class, OCR CER, caption object recall. An MLflow run.",
+    )
+    def annotation_scores(
+        context: AssetExecutionContext, project: ProjectResource, mlflow_tracking: MlflowResource, **labels_by_output
+    ) -> MaterializeResult:
+        import mlflow
+
+        truth_path = project.data_dir / "ground_truth" / "labels.parquet"
+        if not truth_path.is_file():
+            return MaterializeResult(metadata={"scored": False, "why": f"no ground truth at {truth_path}"})
+        scores = score_against_truth(labels_by_output, pl.read_parquet(truth_path))
+        experiment = mlflow_tracking.experiment_id()
+        with mlflow.start_run(experiment_id=experiment, run_name=f"initial-annotation-{context.run_id[:8]}") as run:
+            mlflow.set_tags({"phase": "initial_annotation", "dagster_run_id": context.run_id})
+            mlflow.log_params({"specialists": ",".join(specialists), **project.params.annotate.consensus.model_dump()})
+            for row in scores.summary.iter_rows(named=True):
+                for metric in ("precision", "recall", "f1", "ocr_cer", "caption_object_recall"):
+                    if row.get(metric) is not None:
+                        mlflow.log_metric(f"{metric}.{row['output']}", float(row[metric]))
+            chart = _f1_chart(scores.boxes)
+            report_dir = project.data_dir / ANNOTATE_STAGE / "scores"
+            report_dir.mkdir(parents=True, exist_ok=True)
+            scores.boxes.write_parquet(report_dir / "box_scores.parquet")
+            scores.summary.write_parquet(report_dir / "summary.parquet")
+            chart.save(report_dir / "f1_by_class.png")
+            mlflow.log_artifacts(str(report_dir), artifact_path="scores")
+        return MaterializeResult(
+            metadata={
+                "summary": MetadataValue.md(markdown_table(scores.summary)),
+                "f1_by_class": MetadataValue.md(png_markdown(chart, "F1 at IoU 0.5 per class and output")),
+                "mlflow_run": MetadataValue.url(mlflow_tracking.run_url(run.info.run_id)),
+            }
+        )
+
+    return annotation_scores
+
+
+def _f1_chart(boxes: pl.DataFrame):
+    """A bar chart of F1 per class for each output, as a PIL image."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    table = boxes.filter(pl.col("category") != "all").pivot("output", index="category", values="f1").sort("category")
+    figure, axis = plt.subplots(figsize=(11, 4), dpi=90)
+    outputs = [c for c in table.columns if c != "category"]
+    width = 0.8 / max(len(outputs), 1)
+    for i, name in enumerate(outputs):
+        axis.bar([x + i * width for x in range(table.height)], table[name].fill_null(0).to_list(), width, label=name)
+    axis.set_xticks([x + 0.4 - width / 2 for x in range(table.height)], table["category"].to_list(), rotation=45, ha="right")
+    axis.set_ylabel("F1 at IoU 0.5")
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize=8, ncols=3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def _in_name(key: AssetKey) -> str:
+    return key.path[-1]
+
