@@ -259,7 +259,11 @@ def _scores_asset(specialists: list[str]):
         description="Each specialist and the consensus against the embedded world's ground truth: box P/R/F1 at IoU 0.5 per class, OCR CER, caption object recall. An MLflow run.",
     )
     def annotation_scores(
-        context: AssetExecutionContext, project: ProjectResource, mlflow_tracking: MlflowResource, **labels_by_output
+        context: AssetExecutionContext,
+        project: ProjectResource,
+        dvc: DvcResource,
+        mlflow_tracking: MlflowResource,
+        **labels_by_output,
     ) -> MaterializeResult:
         import mlflow
 
@@ -282,8 +286,10 @@ def _scores_asset(specialists: list[str]):
             scores.summary.write_parquet(report_dir / "summary.parquet")
             chart.save(report_dir / "f1_by_class.png")
             mlflow.log_artifacts(str(report_dir), artifact_path="scores")
+        version = dvc.commit(stage=ANNOTATE_STAGE, written=report_dir / "summary.parquet")
         return MaterializeResult(
             metadata={
+                "dvc_md5": version.md5,
                 "summary": MetadataValue.md(markdown_table(scores.summary)),
                 "f1_by_class": MetadataValue.md(png_markdown(chart, "F1 at IoU 0.5 per class and output")),
                 "mlflow_run": MetadataValue.url(mlflow_tracking.run_url(run.info.run_id)),

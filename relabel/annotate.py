@@ -123,7 +123,9 @@ def score_against_truth(outputs: Mapping[str, pl.DataFrame], truth: pl.DataFrame
             micro = scores.filter(pl.col("category") == "all").row(0, named=True)
             row.update(precision=micro["precision"], recall=micro["recall"], f1=micro["f1"])
         if ocr.height:
-            row["ocr_cer"] = ocr_cer(ocr, truth_ocr)
+            # CER measures reading: a line counts as found at IoU 0.1 (the world's true quads
+            # frame the whole sign, the OCR's the ink); localisation is what box scores measure
+            row["ocr_cer"] = ocr_cer(ocr, truth_ocr, iou_threshold=0.1)
         if captions.height:
             row["caption_object_recall"] = caption_object_recall(captions, truth_objects)
         summary_rows.append(row)

@@ -86,8 +86,8 @@ class SpecialistParams(_Strict):
 
 
 class ConsensusParams(_Strict):
-    iou_threshold: float = Field(0.55, gt=0, le=1)
-    lone_min_score: float = Field(0.5, ge=0, le=1)
+    iou_threshold: float = Field(0.45, gt=0, le=1)
+    lone_min_score: float = Field(0.3, ge=0, le=1)
     text_similarity: float = Field(0.9, gt=0, le=1)
     human_match_iou: float = Field(0.5, gt=0, le=1)
 

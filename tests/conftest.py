@@ -95,3 +95,15 @@ def instance(tmp_path: Path):
 def materialize_all(instance):
     """``materialize_project`` bound to the test's Dagster instance."""
     return lambda root, **options: materialize_project(root, instance, **options)
+
+
+@pytest.fixture(scope="module")
+def annotated_project(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny project materialized through initial annotation, once per test module:
+    ``(root, results)`` as ``materialize_project`` returns them."""
+    from dagster import DagsterInstance
+
+    root = write_tiny_project(tmp_path_factory.mktemp("annotated") / "project")
+    with pytest.MonkeyPatch.context() as patch, DagsterInstance.ephemeral(tempdir=str(root.parent / "dh")) as instance:
+        patch.setenv("RELABEL_ROOT", str(root))
+        yield root, materialize_project(root, instance, phases=("world", "ingest", "annotate"))

@@ -11,10 +11,9 @@ from relabel.labels import check_schema
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def annotated(tiny_project, materialize_all):
-    results = materialize_all(tiny_project, phases=("world", "ingest", "annotate"))
-    return tiny_project, results
+@pytest.fixture(scope="module")
+def annotated(annotated_project):
+    return annotated_project
 
 
 def _all(root, *key):
