@@ -58,7 +58,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from models.specialists.base import ImageRef, LabelRow
-from models.specialists.shapes import box_iou, foreground_mask, mask_polygon, read_bgr, training_images
+from models.specialists.shapes import foreground_mask, mask_polygon, nms, read_bgr, training_images
 
 WEIGHTS_FILE = "tiny_detector.pt"
 CONFIG_FILE = "tiny_detector.json"
@@ -547,16 +547,6 @@ def decode(
     return results
 
 
-def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
-    order = list(np.argsort(-scores, kind="stable"))
-    kept: list[int] = []
-    while order:
-        best = order.pop(0)
-        kept.append(int(best))
-        order = [i for i in order if box_iou(boxes[best], boxes[i]) < iou]
-    return kept
-
-
 class TinyDetector:
     """The trained CNN detector (kind ``trained_detector``), loaded from ``context.workdir``.
 
@@ -631,9 +621,9 @@ class TinyDetector:
             kept = []
             for c in sorted({int(classes[i]) for i in ok}):
                 same = [i for i in ok if classes[i] == c]
-                kept += [same[j] for j in _nms(boxes[same], scores[same], s["nms_iou"])]
+                kept += [same[j] for j in nms(boxes[same], scores[same], s["nms_iou"])]
             if kept:
-                kept = [kept[j] for j in _nms(boxes[kept], scores[kept], s["cross_class_iou"])][: s["max_detections"]]
+                kept = [kept[j] for j in nms(boxes[kept], scores[kept], s["cross_class_iou"])][: s["max_detections"]]
             foreground = foreground_mask(bgr) if s["polygons"] and kept else None
             rows = []
             for i in kept:

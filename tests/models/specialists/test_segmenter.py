@@ -3,9 +3,6 @@ world's ground-truth polygons (used here only)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,49 +14,7 @@ from models.specialists.registry import BuildContext, build_specialist
 from models.specialists.segmenter import ContourSegmenter
 from relabel.config import WorldParams
 from relabel.labels import check_schema, frame, label_id_for
-from relabel.shards import split_of
 from relabel.world import render_world
-
-
-# ------------------------------------------------------------------ the world, as the engine sees it
-
-
-def human_frames(world_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The curated images (images table) and their human COCO boxes (labels table), read
-    the way ingest reads them: image_id = SHA-256 of the file, a 10% eval split."""
-    document = json.loads((world_dir / "human" / "instances.json").read_text())
-    names = {c["id"]: c["name"] for c in document["categories"]}
-    images, ids = [], {}
-    for entry in document["images"]:
-        path = world_dir / "images" / entry["file_name"]
-        if not path.is_file():  # the world's injected "missing file" defect
-            continue
-        image_id = hashlib.sha256(path.read_bytes()).hexdigest()
-        ids[entry["id"]] = image_id
-        images.append({"image_id": image_id, "uri": str(path), "width": entry["width"], "height": entry["height"],
-                       "dataset": "world", "split": split_of(image_id, 0.1)})
-    labels = []
-    for a in document["annotations"]:
-        if a["image_id"] not in ids or a["category_id"] not in names:
-            continue
-        x, y, w, h = a["bbox"]
-        name = names[a["category_id"]]
-        labels.append({"label_id": f"h{a['id']}", "image_id": ids[a["image_id"]], "annotation_type": "region_text",
-                       "task": "object", "region_kind": "object", "text": name, "category": name,
-                       "box": [x, y, x + w, y + h], "polygon": a.get("segmentation") or None, "score": 1.0,
-                       "source": "human", "iteration": 0, "status": "raw"})
-    return frame("images", images).unique("image_id", keep="first", maintain_order=True), frame("labels", labels)
-
-
-def truth_objects(world_dir: Path, truth_dir: Path) -> tuple[list[ImageRef], dict[str, list[tuple[list[float], str]]]]:
-    """Every rendered image and its ground-truth object boxes with categories."""
-    scenes = [json.loads(line) for line in (truth_dir / "scenes.jsonl").read_text().splitlines()]
-    refs = [ImageRef(s["image_id"], world_dir / s["file"], s["width"], s["height"]) for s in scenes]
-    objects = pl.read_parquet(truth_dir / "labels.parquet").filter(pl.col("task").cast(pl.String) == "object")
-    truth: dict[str, list[tuple[list[float], str]]] = {}
-    for image_id, box, category in objects.select("image_id", "box", "category").iter_rows():
-        truth.setdefault(image_id, []).append((list(box), category))
-    return refs, truth
 
 
 def check_rows(outputs, refs, source: str) -> pl.DataFrame:
@@ -113,14 +68,11 @@ def _box_overlap(a, b) -> float:
     return max(iw, 0) * max(ih, 0) / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - max(iw, 0) * max(ih, 0))
 
 
-# ----------------------------------------------------------------------------------------- tests
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(world_eval, tmp_path_factory):
     base = tmp_path_factory.mktemp("segmenter_world")
     render_world(WorldParams(n_images=24), base / "world", base / "truth", progress=False)
-    refs, _ = truth_objects(base / "world", base / "truth")
+    refs, _ = world_eval.truth_objects(base / "world", base / "truth")
     regions = pl.read_parquet(base / "truth" / "labels.parquet").filter(pl.col("task").cast(pl.String) == "object")
     return base / "world", refs, regions
 
@@ -143,9 +95,9 @@ def test_masks_of_true_boxes_match_the_true_outlines(world, tmp_path, method, fl
     assert mask_iou >= floor and mask_iou > box_iou + 0.1
 
 
-def test_human_boxes_are_outlined_too(world, tmp_path):
+def test_human_boxes_are_outlined_too(world_eval, world, tmp_path):
     world_dir, refs, regions = world
-    _, human = human_frames(world_dir)
+    _, human = world_eval.human_frames(world_dir)
     segmenter = ContourSegmenter("segmenter", {}, BuildContext(workdir=tmp_path))
     outputs = segmenter.annotate(refs, human)
     # a box the human drew around an object: the mask finds it (noisy boxes, wrong
