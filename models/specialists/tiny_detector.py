@@ -510,7 +510,9 @@ def train_tiny_detector(
             "stem": stem,
             "stride": stride,
             "train_settings": settings,
-            "report": report,
+            # the folder is a DVC-versioned artifact: timings would make two identical
+            # trainings differ, so they stay in the returned report (the asset's metadata)
+            "report": {k: v for k, v in report.items() if k not in ("seconds", "cpu_seconds")},
         }
         (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
         return report
