@@ -42,6 +42,8 @@ import polars as pl
 
 from models.specialists.base import ImageRef, LabelRow
 from models.specialists.ocr import read_bgr
+from models.specialists.shapes import box_iou
+from relabel.world.captions import position_words  # the world's own phrasing of positions
 
 # -- words ---------------------------------------------------------------------------------
 
@@ -319,16 +321,6 @@ class Region:
         return None if self.category in UNCOLOURED else dominant_colour(self.colours)
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two [x0, y0, x1, y1] boxes."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
 
 def rows_by_image(known: pl.DataFrame | None) -> dict[str, list[dict[str, Any]]]:
     """The known rows of each image (superseded rows left out)."""
@@ -405,17 +397,6 @@ def text_lines(
     lines.sort(key=lambda line: (-line[1], -len(line[0]), line[0]))
     return lines
 
-
-def position_words(box: Sequence[float], width: int, height: int) -> str:
-    """Where a box's centre lies in a 3x3 grid: ``in the top left``, ``on the right``, ..."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    column = "left" if cx < width / 3 else "right" if cx > 2 * width / 3 else "centre"
-    row = "top" if cy < height / 3 else "bottom" if cy > 2 * height / 3 else "middle"
-    if row == "middle":
-        return "in the centre" if column == "centre" else f"on the {column}"
-    if column == "centre":
-        return f"at the {row}"
-    return f"in the {row} {column}"
 
 
 def read_rgb(path: Any) -> np.ndarray:

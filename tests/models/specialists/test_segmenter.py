@@ -13,27 +13,8 @@ from models.specialists.base import ImageRef, Specialist
 from models.specialists.registry import BuildContext, build_specialist
 from models.specialists.segmenter import ContourSegmenter
 from relabel.config import WorldParams
-from relabel.labels import check_schema, frame, label_id_for
 from relabel.world import render_world
 
-
-def check_rows(outputs, refs, source: str) -> pl.DataFrame:
-    """The rows pass the label schema once the runner's columns are added; polygons have at
-    least three points and lie inside their boxes; scores are in [0, 1]."""
-    rows = []
-    for ref, image_rows in zip(refs, outputs, strict=True):
-        for ordinal, row in enumerate(image_rows):
-            assert row["annotation_type"] == "region_text" and row["task"] == "object"
-            assert row["region_kind"] == "object"
-            assert 0.0 <= row["score"] <= 1.0
-            x0, y0, x1, y1 = row["box"]
-            assert 0 <= x0 < x1 <= ref.width and 0 <= y0 < y1 <= ref.height
-            for ring in row["polygon"]:
-                assert len(ring) >= 6 and len(ring) % 2 == 0
-                assert all(x0 <= x <= x1 for x in ring[0::2]) and all(y0 <= y <= y1 for y in ring[1::2])
-            full = {**row, "image_id": ref.image_id, "source": source, "iteration": 0, "status": "raw"}
-            rows.append({**full, "label_id": label_id_for(full, ordinal)})
-    return check_schema(frame("labels", rows), "labels")
 
 
 def mask_of(rings: list[list[float]], ref: ImageRef) -> np.ndarray:
@@ -78,13 +59,13 @@ def world(world_eval, tmp_path_factory):
 
 
 @pytest.mark.parametrize(("method", "floor"), [("grabcut", 0.7), ("contour", 0.68)])
-def test_masks_of_true_boxes_match_the_true_outlines(world, tmp_path, method, floor):
+def test_masks_of_true_boxes_match_the_true_outlines(world_eval, world, tmp_path, method, floor):
     _, refs, regions = world
     segmenter = build_specialist("contour_polygons", "segmenter", {"method": method}, BuildContext(workdir=tmp_path))
     assert isinstance(segmenter, Specialist)
     outputs = segmenter.annotate(refs, regions)
     assert sum(len(rows) for rows in outputs) == regions.height  # one polygon per known region
-    labels = check_rows(outputs, refs, f"segmenter@{segmenter.version}")
+    labels = world_eval.check_rows(outputs, refs, f"segmenter@{segmenter.version}", text_is_category=False)
     # provenance: every row names the region it outlines and keeps its box and category
     source = regions.select("label_id", "box", "category").rename({"label_id": "linked_label_id"})
     joined = labels.join(source, on="linked_label_id", suffix="_source")
@@ -104,7 +85,7 @@ def test_human_boxes_are_outlined_too(world_eval, world, tmp_path):
     # categories); the world's injected zero-area box and box outside the image are skipped
     known = human.filter(pl.col("image_id").is_in([ref.image_id for ref in refs]))
     assert known.height - 2 <= sum(len(rows) for rows in outputs) <= known.height
-    check_rows(outputs, refs, "segmenter@1.0")
+    world_eval.check_rows(outputs, refs, "segmenter@1.0", text_is_category=False)
     mask_iou, _ = mean_mask_iou(outputs, refs, human, regions)
     assert mask_iou >= 0.6
 
