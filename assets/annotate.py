@@ -6,7 +6,6 @@ into assets, so each specialist's output per shard is visible in the UI with its
 timing. Bodies only load, call ``models.specialists`` / ``relabel.annotate`` and record metadata.
 """
 
-import json
 from dataclasses import dataclass
 
 import polars as pl
@@ -24,7 +23,7 @@ from dagster import (
 )
 
 from assets.ingest import INGEST_STAGE
-from assets.metadata import counts_by, markdown_table, png_markdown
+from assets.metadata import counts_by, figure_image, markdown_table, png_markdown
 from models.specialists.registry import TRAINERS, BuildContext, build_specialist, train_specialist
 from models.specialists.runner import image_refs, run_specialist
 from pipelines.io_manager import TABLE_METADATA_KEY
@@ -49,6 +48,7 @@ class AnnotateAssets:
     training: list
     per_shard: list
     scores: object
+    quarantines: list[AssetKey]
 
 
 def build_annotate_assets(shards: PartitionsDefinition, params: AnnotateParams) -> AnnotateAssets:
@@ -66,17 +66,19 @@ def build_annotate_assets(shards: PartitionsDefinition, params: AnnotateParams) 
         training=[_training_asset(spec) for spec in (*perception, *language) if spec.kind in TRAINERS],
         per_shard=per_shard,
         scores=_scores_asset([spec.name for spec in (*perception, *language)]),
+        quarantines=[
+            AssetKey([ANNOTATE_STAGE, f"{name}_quarantine"])
+            for name in (*(spec.name for spec in (*perception, *language)), "consensus")
+        ],
     )
 
 
 def _context_for(project: ProjectResource, spec: SpecialistParams) -> BuildContext:
     import torch
 
-    ontology = project.path(project.params.annotate.ontology)
-    categories = tuple(c["name"] for c in json.loads(ontology.read_text())["categories"]) if ontology.is_file() else ()
     return BuildContext(
         workdir=project.data_dir / ANNOTATE_STAGE / f"{spec.name}_model",
-        categories=categories,
+        categories=project.ontology(),
         device="cuda" if torch.cuda.is_available() else "cpu",
     )
 
@@ -301,13 +303,10 @@ def _scores_asset(specialists: list[str]):
 
 def _f1_chart(boxes: pl.DataFrame):
     """A bar chart of F1 per class for each output, as a PIL image."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     table = boxes.filter(pl.col("category") != "all").pivot("output", index="category", values="f1").sort("category")
     figure, axis = plt.subplots(figsize=(11, 4), dpi=90)
@@ -320,10 +319,7 @@ def _f1_chart(boxes: pl.DataFrame):
     axis.set_ylim(0, 1)
     axis.legend(fontsize=8, ncols=3)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return Image.open(io.BytesIO(buffer.getvalue()))
+    return figure_image(figure)
 
 
 def _in_name(key: AssetKey) -> str:

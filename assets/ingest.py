@@ -22,6 +22,7 @@ from relabel.ingest import catalog_sources, ingest_shard
 
 INGEST_STAGE = "ingest"
 SOURCE_CATALOG = AssetKey([INGEST_STAGE, "source_catalog"])
+QUARANTINES = (AssetKey([INGEST_STAGE, "catalog_quarantine"]), AssetKey([INGEST_STAGE, "ingest_quarantine"]))
 
 
 def build_ingest_assets(shards: PartitionsDefinition) -> list:

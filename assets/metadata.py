@@ -27,6 +27,33 @@ def markdown_table(frame: pl.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
+def figure_image(figure) -> Image.Image:
+    """A matplotlib figure rendered to a PIL image (and closed)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def bar_chart(frame: pl.DataFrame, title: str) -> Image.Image:
+    """A horizontal bar chart of a two-column frame (label, value), largest first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label, value = frame.columns[:2]
+    ordered = frame.sort(value)
+    figure, axis = plt.subplots(figsize=(8, 0.9 + 0.28 * max(ordered.height, 1)), dpi=90)
+    axis.barh(ordered[label].cast(pl.String).to_list(), ordered[value].to_list())
+    axis.set_title(title)
+    axis.bar_label(axis.containers[0], fontsize=8)
+    figure.tight_layout()
+    return figure_image(figure)
+
+
 def png_markdown(image: Image.Image, title: str) -> str:
     """``image`` inline in markdown metadata, so the UI shows the picture itself."""
     buffer = io.BytesIO()

@@ -1,15 +1,36 @@
-"""Blocking per-shard checks on the ingested label store.
+"""The label-quality gates as blocking Dagster asset checks, one per suite and shard partition.
 
-Each runs per shard partition; a failure stops everything downstream of that shard only.
-The rules are plain functions over frames, so they can be tested and reused without Dagster.
+Each check runs one Great Expectations suite (``data_checks.suites``) over one shard of one
+asset (``data_checks.gates.validate``). Checks are blocking: when one fails, nothing downstream
+of that shard runs in the same run; and consumers that read every shard in a later run ask
+``blocked_shards`` which shards to leave out. A check's metadata lists the failed expectations,
+the offending rows (result format COMPLETE) and a link to the GX Data Docs page it wrote.
+
+GX is imported inside the checks: it costs seconds to import, and loading the definitions
+(``dagster dev``, every run's process) should not pay for it.
 """
 
-
-import json
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
 import polars as pl
-from dagster import AssetCheckResult, AssetIn, AssetKey, PartitionsDefinition, PreviewWarning, asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetIn,
+    AssetKey,
+    DagsterInstance,
+    MetadataValue,
+    PartitionsDefinition,
+    PreviewWarning,
+    asset_check,
+)
+
+from assets.metadata import markdown_table
+from pipelines.resources import ProjectResource
+from relabel.config import GateParams
 
 # Per-partition checks (`partitions_def` on an asset check) are a Dagster 1.13 preview; they
 # are what makes a failing gate stop only its own shard, so the warning is known and accepted.
@@ -18,60 +39,113 @@ warnings.filterwarnings("ignore", message="Specifying a partitions_def on an Ass
 IMAGES = AssetKey(["ingest", "images"])
 HUMAN_LABELS = AssetKey(["ingest", "human_labels"])
 INGEST_QUARANTINE = AssetKey(["ingest", "ingest_quarantine"])
+INITIAL_ANNOTATIONS = AssetKey(["annotate", "initial_annotations"])
+FILTERED_LABELS = AssetKey(["filter", "filtered_labels"])
+FILTER_QUARANTINE = AssetKey(["filter", "filter_quarantine"])
+
+# the gates of each asset, by check name; blocked_shards reads their latest results
+GATES: dict[AssetKey, tuple[str, ...]] = {
+    IMAGES: ("images_valid",),
+    HUMAN_LABELS: ("human_labels_valid",),
+    INGEST_QUARANTINE: ("ingest_quarantine_explained",),
+    FILTERED_LABELS: ("filtered_labels_valid", "filtered_labels_cover_images", "filtered_labels_keep_every_class"),
+    FILTER_QUARANTINE: ("filter_quarantine_explained",),
+}
+UNEXPECTED_ROWS_SHOWN = 50
 
 
-def labels_without_image(labels: pl.DataFrame, images: pl.DataFrame) -> pl.DataFrame:
-    """Labels whose image is not among the kept images (such a label could never be trained
-    on or audited: it must have been quarantined with its image instead)."""
-    return labels.join(images.select("image_id"), on="image_id", how="anti")
+def build_shard_checks(shards: PartitionsDefinition, gates: GateParams, ontology: Sequence[str]) -> list:
+    """The blocking per-shard gates on the ingest and filter outputs."""
+    return [
+        _gate(IMAGES, "images_valid", shards, "image_id", ("images_suite",), None,
+              "Images: schema, content-hash ids, positive sizes, a split."),
+        _gate(HUMAN_LABELS, "human_labels_valid", shards, "label_id", ("labels_suite", ()), "labels_gate_frame",
+              "Human labels: schema, scores in [0, 1], boxes inside their image with area, polygons of 3+ points, the fields each annotation type needs, non-empty texts. (Categories are checked after the filters, which quarantine unknown ones.)",
+              other=IMAGES),
+        _gate(INGEST_QUARANTINE, "ingest_quarantine_explained", shards, "row", ("quarantine_suite",), "quarantine_gate_frame",
+              "Every quarantined row says what it was, which phase dropped it, why, and keeps the record as JSON."),
+        _gate(FILTERED_LABELS, "filtered_labels_valid", shards, "label_id", ("labels_suite", tuple(ontology)), "labels_gate_frame",
+              "The filtered corpus: the human-label rules plus every category in the seed ontology.",
+              other=IMAGES),
+        _gate(FILTERED_LABELS, "filtered_labels_cover_images", shards, "image_id",
+              ("coverage_suite", gates.min_labelled_share), "coverage_frame",
+              f"At least {gates.min_labelled_share:.0%} of the shard's images keep a label (filter.gates.min_labelled_share).",
+              other=IMAGES),
+        _gate(FILTERED_LABELS, "filtered_labels_keep_every_class", shards, "category",
+              ("class_retention_suite", gates.min_class_retention), "class_counts_frame",
+              f"Every class keeps at least {gates.min_class_retention:.0%} of its labels through the filters (filter.gates.min_class_retention): a rare class that collapses fails.",
+              other=INITIAL_ANNOTATIONS),
+        _gate(FILTER_QUARANTINE, "filter_quarantine_explained", shards, "row", ("quarantine_suite",), "quarantine_gate_frame",
+              "Every label a filter dropped says which filter, why, and keeps the label as JSON."),
+    ]
 
 
-def unexplained_quarantine(quarantine: pl.DataFrame) -> pl.DataFrame:
-    """Quarantine rows that do not say what was dropped and why, or lost the record itself."""
+def _gate(
+    asset: AssetKey,
+    name: str,
+    shards: PartitionsDefinition,
+    index_column: str,
+    suite: tuple,
+    gate_frame: str | None,
+    description: str,
+    other: AssetKey | None = None,
+):
+    """A blocking check of ``asset`` per shard: the suite ``suite[0](*suite[1:])`` of
+    ``data_checks.suites`` over ``gate_frame(asset[, other])`` (the asset itself when None).
+    Builders are named, not passed, so that GX is only imported when a check runs."""
+    builder, *arguments = suite
 
-    def record_is_json(text: str | None) -> bool:
-        try:
-            json.loads(text or "")
-        except ValueError:
-            return False
-        return True
+    def run(context: AssetCheckExecutionContext, project: ProjectResource, *frames: pl.DataFrame) -> AssetCheckResult:
+        from data_checks import suites
+        from data_checks.gates import validate
 
-    missing_text = pl.any_horizontal(
-        pl.col(column).is_null() | (pl.col(column).str.strip_chars() == "")
-        for column in ("phase", "reason", "detail")
-    )
-    bad_record = pl.col("record").map_elements(lambda r: not record_is_json(r), return_dtype=pl.Boolean)
-    return quarantine.filter(missing_text | pl.col("record_kind").is_null() | bad_record)
+        validated = getattr(suites, gate_frame)(*frames) if gate_frame else frames[0]
+        docs_dir = project.data_dir / "gx_docs" / name / context.partition_key
+        result = validate(getattr(suites, builder)(*arguments), validated, index_column=index_column, docs_dir=docs_dir)
+        return AssetCheckResult(passed=result.passed, metadata=_metadata(result))
+
+    options = dict(asset=asset, name=name, blocking=True, partitions_def=shards, compute_kind="great_expectations", description=description)
+    if other is None:
+
+        @asset_check(**options)
+        def gate(context: AssetCheckExecutionContext, project: ProjectResource, checked: pl.DataFrame) -> AssetCheckResult:
+            return run(context, project, checked)
+
+        return gate
+
+    @asset_check(**options, additional_ins={"other": AssetIn(other)})
+    def gate_with(context: AssetCheckExecutionContext, project: ProjectResource, checked: pl.DataFrame, other: pl.DataFrame) -> AssetCheckResult:
+        return run(context, project, checked, other)
+
+    return gate_with
 
 
-def build_shard_checks(shards: PartitionsDefinition) -> list:
-    """The blocking checks over one shard of the ingest outputs."""
+def _metadata(result) -> dict:
+    metadata = {
+        "rows": result.rows,
+        "expectations": result.evaluated,
+        "failed_expectations": len(result.failed),
+        "unexpected_rows": result.unexpected.height,
+    }
+    if result.failed:
+        metadata["failures"] = MetadataValue.md("\n".join(f"- `{line}`" for line in result.failed))
+    if result.unexpected.height:
+        metadata["unexpected"] = MetadataValue.md(markdown_table(result.unexpected.head(UNEXPECTED_ROWS_SHOWN)))
+    if result.docs is not None:
+        metadata["data_docs"] = MetadataValue.url(Path(result.docs).resolve().as_uri())
+        metadata["data_docs_path"] = MetadataValue.path(str(result.docs))
+    return metadata
 
-    @asset_check(
-        asset=HUMAN_LABELS,
-        additional_ins={"images": AssetIn(key=IMAGES)},
-        blocking=True,
-        partitions_def=shards,
-        description="Every kept human label belongs to a kept image of the same shard.",
-    )
-    def labels_have_kept_images(human_labels: pl.DataFrame, images: pl.DataFrame) -> AssetCheckResult:
-        orphans = labels_without_image(human_labels, images)
-        return AssetCheckResult(
-            passed=orphans.is_empty(),
-            metadata={
-                "orphan_labels": len(orphans),
-                "sample_label_ids": ", ".join(orphans["label_id"].head(10).to_list()),
-            },
-        )
 
-    @asset_check(
-        asset=INGEST_QUARANTINE,
-        blocking=True,
-        partitions_def=shards,
-        description="Every quarantined row says what it was, which phase dropped it, why, and keeps the record.",
-    )
-    def quarantine_rows_explained(ingest_quarantine: pl.DataFrame) -> AssetCheckResult:
-        bad = unexplained_quarantine(ingest_quarantine)
-        return AssetCheckResult(passed=bad.is_empty(), metadata={"unexplained_rows": len(bad)})
+def blocked_shards(instance: DagsterInstance, asset: AssetKey) -> dict[str, list[str]]:
+    """The shards of ``asset`` whose latest gate evaluation failed, with the failed gates: what
+    a consumer in a later run must not read. (A gate still running in this run is not a
+    failure: in the same run, the blocking check itself stops what is downstream.)"""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-    return [labels_have_kept_images, quarantine_rows_explained]
+    keys = [AssetCheckKey(asset, name) for name in GATES[asset]]
+    blocked: dict[str, list[str]] = {}
+    for info in instance.event_log_storage.get_asset_check_partition_info(keys):
+        if info.partition_key is not None and info.latest_execution_status == AssetCheckExecutionRecordStatus.FAILED:
+            blocked.setdefault(info.partition_key, []).append(info.check_key.name)
+    return blocked

@@ -18,9 +18,10 @@ from pathlib import Path
 import polars as pl
 from dvc.repo import Repo
 
+from pipelines.phases import PHASE_JOBS
 from relabel.config import load_params, resolve
 
-PHASES = ("world", "ingest", "annotate")
+PHASES = tuple(PHASE_JOBS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +60,7 @@ def materialize_phase(phase: str, root: Path) -> None:
     in parallel processes."""
     from pipelines import definitions
 
-    for job_name in definitions.PHASE_JOBS[phase]:
+    for job_name in PHASE_JOBS[phase]:
         job = definitions.defs.resolve_job_def(job_name)
         keys = job.partitions_def.get_partition_keys() if job.partitions_def else [None]
         workers = min(len(keys), os.cpu_count() or 1)

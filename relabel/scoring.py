@@ -17,6 +17,7 @@ ground truth or a human-audited sample:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
@@ -349,8 +350,100 @@ def caption_object_recall(captions: pl.DataFrame, truth_objects: pl.DataFrame) -
     return hits / expected.height
 
 
+# --------------------------------------------------------------------------------------
+# single labels
+
+CORRECTNESS_SCHEMA = pl.Schema({"label_id": pl.String, "correct": pl.Boolean, "truth_id": pl.String})
+
+
+def label_correctness(
+    labels: pl.DataFrame,
+    truth: pl.DataFrame,
+    *,
+    categories: Sequence[str] = (),
+    iou_threshold: float = 0.5,
+    ocr_iou_threshold: float = 0.1,
+    max_ocr_cer: float = 0.25,
+) -> pl.DataFrame:
+    """Whether each label is right about its image, judged against ``truth`` one by one.
+
+    Returns ``CORRECTNESS_SCHEMA``, one row per label: ``correct`` (null where the label
+    cannot be judged: its image has no truth, or its task is not one of those below) and
+    ``truth_id``, the truth label it was matched with.
+
+    * a region with a category (``object``, ``region_caption``, ``phrase_grounding``) is
+      right when a truth object of its image and category overlaps it by ``iou_threshold``;
+    * an ``ocr`` region is right when a truth text region overlaps it by
+      ``ocr_iou_threshold`` (the world's quads frame a whole sign, the OCR's the ink) and it
+      reads that text with a character error rate of at most ``max_ocr_cer``;
+    * an image-level text is right when it mentions at least one category and every
+      category it mentions is in the image (``mentions``, over ``categories``: the
+      ontology; default: the categories of the truth).
+
+    Matching is not exclusive: two labels of one object are both right (a duplicate is what
+    NMS measures, with ``truth_id``).
+    """
+    judged_images = truth["image_id"].unique().implode()
+    objects = truth.filter(pl.col("task") == "object", pl.col("box").is_not_null())
+    texts = truth.filter(pl.col("task") == "ocr", pl.col("box").is_not_null())
+    categories = sorted(categories or objects["category"].drop_nulls().unique().to_list())
+    present = objects.group_by("image_id").agg(pl.col("category").unique())
+    present_of = {image: set(names) for image, names in present.iter_rows()}
+
+    results: dict[str, tuple[bool | None, str | None]] = {}
+    rows = labels.filter(pl.col("image_id").is_in(judged_images))
+    regions = rows.filter(pl.col("task").is_in(["object", "region_caption", "phrase_grounding"]), pl.col("box").is_not_null())
+    results.update(_best_overlap(regions, objects, ["image_id", "category"], iou_threshold))
+    ocr = rows.filter(pl.col("task") == "ocr", pl.col("box").is_not_null())
+    for label_id, (matched, truth_id, truth_text, text) in _best_overlap(
+        ocr, texts, ["image_id"], ocr_iou_threshold, with_text=True
+    ).items():
+        good = matched and character_error_rate(text or "", truth_text or "") <= max_ocr_cer
+        results[label_id] = (good, truth_id)
+    for label_id, image_id, text in rows.filter(pl.col("annotation_type") == "text").select("label_id", "image_id", "text").iter_rows():
+        words = [word_forms(w) for w in normalise_text(text or "").split()]
+        named = {c for c in categories if mentions(words, c)}
+        results[label_id] = (bool(named) and named <= present_of.get(image_id, set()), None)
+    return pl.DataFrame(
+        {
+            "label_id": labels["label_id"],
+            "correct": [results.get(i, (None, None))[0] for i in labels["label_id"]],
+            "truth_id": [results.get(i, (None, None))[1] for i in labels["label_id"]],
+        },
+        schema=CORRECTNESS_SCHEMA,
+    )
+
+
+def _best_overlap(
+    labels: pl.DataFrame, truth: pl.DataFrame, on: list[str], threshold: float, *, with_text: bool = False
+) -> dict[str, tuple]:
+    """For each label, whether its best-overlapping truth row (joined ``on``) reaches
+    ``threshold``, and that row's id (and, ``with_text``, both texts)."""
+    pairs = labels.select("label_id", *on, "box", "text").join(
+        truth.select(*on, "box", "text", truth_id="label_id"), on=on, how="left", suffix="_t", nulls_equal=True
+    )
+    has_truth = pairs["box_t"].is_not_null().to_numpy()
+    iou = np.zeros(pairs.height)
+    if has_truth.any():
+        both = pairs.filter(pl.Series(has_truth))
+        iou[has_truth] = box_iou(both["box"].to_numpy().reshape(-1, 4), both["box_t"].to_numpy().reshape(-1, 4))
+    best = (
+        pairs.with_columns(_iou=pl.Series(np.nan_to_num(iou)))
+        .sort("_iou", descending=True)
+        .unique("label_id", keep="first")
+    )
+    out = {}
+    for row in best.iter_rows(named=True):
+        matched = row["_iou"] >= threshold
+        truth_id = row["truth_id"] if matched else None
+        out[row["label_id"]] = (matched, truth_id, row["text_t"], row["text"]) if with_text else (matched, truth_id)
+    return out
+
+
 __all__ = [
     "ALL",
+    "CORRECTNESS_SCHEMA",
+    "label_correctness",
     "BOX_SCORES_SCHEMA",
     "box_scores",
     "caption_object_recall",

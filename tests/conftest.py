@@ -64,7 +64,8 @@ def materialize_project(
     ``(job name, shard)`` and of each unpartitioned run by job name."""
     from dagster import materialize
 
-    from pipelines.definitions import PHASE_JOBS, build_definitions
+    from pipelines.definitions import build_definitions
+    from pipelines.phases import PHASE_JOBS
 
     defs = build_definitions(str(root))
     everything = [*defs.assets, *defs.asset_checks]

@@ -243,7 +243,7 @@ class PhraseGrounding:
     annotation_types: tuple[str, ...] = ("text_phrase_region", "region_text")
 
     def __init__(self, name: str, settings: Mapping[str, Any] | None, context: Any = None) -> None:
-        import spacy
+        from relabel.text_parsing import load_parser
 
         settings = dict(settings or {})
         unknown = sorted(set(settings) - set(_DEFAULTS))
@@ -252,7 +252,7 @@ class PhraseGrounding:
         self.settings = {**_DEFAULTS, **settings}
         self.name = name
         # parser and tagger make noun chunks; the rest is not needed
-        self.nlp = spacy.load(self.settings["spacy_model"], exclude=["ner", "lemmatizer", "senter"])
+        self.nlp = load_parser(self.settings["spacy_model"])
         model_version = self.nlp.meta.get("version", "0")
         self.version = f"1.0-{self.settings['spacy_model']}{model_version}"
         self.synonyms = {**SYNONYMS, **dict(self.settings["synonyms"] or {})}

@@ -31,7 +31,7 @@ def test_every_shard_materializes_with_its_tables_checks_and_dvc_version(tiny_pr
             assert materialization.partition == key
             assert materialization.metadata["dvc_md5"].value == file_md5(path)
         evaluations = result.get_asset_check_evaluations()
-        assert {e.check_name for e in evaluations} == {"labels_have_kept_images", "quarantine_rows_explained"}
+        assert {e.check_name for e in evaluations} == {"images_valid", "human_labels_valid", "ingest_quarantine_explained"}
         assert all(e.passed for e in evaluations)
     stages = ["dvc.yaml:world", "dvc.yaml:ingest"]  # the phases this test materialized
     with chdir(tiny_project), Repo(str(tiny_project)) as repo:

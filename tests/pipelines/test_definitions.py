@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey
 
-from pipelines.definitions import INGEST_SHARDS_JOB, build_definitions
+from data_checks.shards import GATES
+from pipelines.definitions import build_definitions
+from pipelines.phases import FILTER_SHARDS_JOB, INGEST_SHARDS_JOB
 
 
 @pytest.mark.parametrize("package", ["relabel", "assets", "models", "data_checks", "pipelines"])
@@ -39,5 +41,9 @@ def test_shards_are_the_partitions_of_the_ingest_assets(tiny_project):
     for name in ("images", "human_labels", "ingest_quarantine"):
         assert graph.get(AssetKey(["ingest", name])).partitions_def == job.partitions_def
     assert graph.get(AssetKey(["world", "embedded_world"])).partitions_def is None
-    checks = {key.name for key in graph.asset_check_keys}
-    assert {"labels_have_kept_images", "quarantine_rows_explained"} <= checks
+    # every gate is a blocking check per shard of the asset it gates, in that asset's shard job
+    checks = {key: graph.get(key) for key in graph.asset_check_keys}
+    assert {(key.asset_key, key.name) for key in checks} == {(asset, name) for asset, names in GATES.items() for name in names}
+    assert all(check.blocking and check.partitions_def == job.partitions_def for check in checks.values())
+    filter_job = defs.resolve_job_def(FILTER_SHARDS_JOB)
+    assert {key.name for key in filter_job.asset_layer.asset_graph.asset_check_keys} >= set(GATES[AssetKey(["filter", "filtered_labels"])])

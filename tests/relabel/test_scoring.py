@@ -13,6 +13,7 @@ from relabel.scoring import (
     box_scores,
     caption_object_recall,
     character_error_rate,
+    label_correctness,
     levenshtein,
     ocr_cer,
     word_forms,
@@ -147,3 +148,30 @@ def test_caption_object_recall_is_plural_aware():
     # mentioned: a/dog, a/traffic light, b/person; missed: a/bus, c/cat
     assert caption_object_recall(captions, truth) == pytest.approx(3 / 5)
     assert math.isnan(caption_object_recall(captions, truth.clear()))
+
+
+def test_label_correctness_judges_each_label_against_the_truth_of_its_image():
+    truth = pl.concat(
+        [
+            boxes([("i1", "cat", [0, 0, 10, 10], 1.0), ("i1", "dog", [20, 20, 40, 40], 1.0), ("i1", None, [50, 50, 90, 60], 1.0, "EXIT", "ocr")]),
+            texts([("i1", "a cat and a dog")]),
+        ]
+    ).with_columns(label_id=pl.format("truth-{}", pl.col("label_id")))
+    predictions = pl.concat(
+        [
+            boxes(
+                [
+                    ("i1", "cat", [1, 1, 10, 10], 0.9),  # right
+                    ("i1", "dog", [0, 0, 10, 10], 0.9),  # a dog where the cat is: wrong
+                    ("i1", None, [50, 50, 88, 60], 0.9, "EXIT", "ocr"),  # reads it
+                    ("i1", None, [50, 50, 88, 60], 0.9, "EXAM", "ocr"),  # misreads it (CER 0.5)
+                    ("i9", "cat", [0, 0, 10, 10], 0.9),  # no truth for this image: not judged
+                ]
+            ),
+            texts([("i1", "Two cats."), ("i1", "A cat next to a ball."), ("i1", "IMG_0001.JPG")]),
+        ]
+    )
+    judged = label_correctness(predictions, truth, categories=("ball", "cat", "dog"))
+    assert judged["label_id"].to_list() == predictions["label_id"].to_list()
+    assert judged["correct"].to_list() == [True, False, True, False, None, True, False, False]
+    assert judged["truth_id"][0] == "truth-l0"

@@ -1,0 +1,251 @@
+"""Phase 2, filtering and enhancement: every shard's initial annotations parsed, filtered and
+gated before anything may train on them; the quarantine of every phase in one browsable table;
+and a report of what the filters did (the paper's table 3, and how right each filter was
+against the embedded world's ground truth).
+
+Bodies only load, call ``relabel.text_parsing`` / ``relabel.filtering`` and record metadata.
+The Great Expectations gates on these assets live in ``data_checks``.
+"""
+
+import time
+
+import polars as pl
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetOut,
+    MaterializeResult,
+    MetadataValue,
+    Output,
+    PartitionsDefinition,
+    asset,
+    multi_asset,
+)
+
+from assets.annotate import IMAGES, INITIAL_ANNOTATIONS
+from assets.metadata import bar_chart, counts_by, markdown_table, png_markdown
+from data_checks.shards import blocked_shards
+from pipelines.io_manager import TABLE_METADATA_KEY
+from pipelines.resources import DvcResource, MlflowResource, ProjectResource
+from relabel.filtering import filter_labels, filter_quality
+from relabel.labels import empty
+from relabel.scoring import label_correctness
+from relabel.shards import shard_of
+from relabel.text_parsing import load_parser, parse_texts, text_statistics
+
+FILTER_STAGE = "filter"
+TEXT_PARSES = AssetKey([FILTER_STAGE, "text_parses"])
+FILTERED_LABELS = AssetKey([FILTER_STAGE, "filtered_labels"])
+FILTER_QUARANTINE = AssetKey([FILTER_STAGE, "filter_quarantine"])
+FILTER_DECISIONS = AssetKey([FILTER_STAGE, "filter_decisions"])
+
+
+def build_filter_assets(shards: PartitionsDefinition, quarantines: list[AssetKey]) -> tuple[list, list]:
+    """The phase-2 assets: (per shard, over all shards). ``quarantines`` are the quarantine
+    assets of the earlier phases, gathered with the filters' own into one index."""
+    return [_text_parses(shards), _filter(shards)], [_filter_report(), _quarantine_index([*quarantines, FILTER_QUARANTINE])]
+
+
+def _text_parses(shards: PartitionsDefinition):
+    @asset(
+        key=TEXT_PARSES,
+        ins={"labels": AssetIn(INITIAL_ANNOTATIONS)},
+        partitions_def=shards,
+        group_name=FILTER_STAGE,
+        compute_kind="spacy",
+        description="Every image-level text of the shard parsed with spaCy: objects, attributes, actions, proper nouns and the dependency-tree degree of objects and actions (paper section 5).",
+    )
+    def text_parses(context: AssetExecutionContext, project: ProjectResource, labels: pl.DataFrame) -> Output:
+        texts = labels.filter(pl.col("annotation_type") == "text").select("label_id", "text", "task")
+        started = time.perf_counter()
+        settings = project.params.filter
+        parses = parse_texts(texts, load_parser(settings.spacy_model), batch_size=settings.batch_size, progress=True)
+        seconds = time.perf_counter() - started
+        statistics = text_statistics(parses.join(texts.select("label_id", "task"), on="label_id"))
+        return Output(
+            parses,
+            metadata={
+                "texts": texts.height,
+                "seconds": round(seconds, 2),
+                "texts_per_second": round(texts.height / seconds, 1) if seconds else 0.0,
+                "text_statistics": MetadataValue.md(markdown_table(_table3(statistics))),
+            },
+        )
+
+    return text_parses
+
+
+def _filter(shards: PartitionsDefinition):
+    @multi_asset(
+        name="filter_shard",
+        outs={
+            "filtered_labels": AssetOut(
+                key=FILTERED_LABELS,
+                description="The shard's labels that passed every text and region filter (geometry clipped to the image): what training may read once the gates pass.",
+                metadata={TABLE_METADATA_KEY: "labels"},
+            ),
+            "filter_quarantine": AssetOut(
+                key=FILTER_QUARANTINE,
+                description="Every label a filter dropped, with the filter, the measured value and the threshold that dropped it.",
+                metadata={TABLE_METADATA_KEY: "quarantine"},
+            ),
+            "filter_decisions": AssetOut(
+                key=FILTER_DECISIONS,
+                description="Each filter's verdict on each label it judged: value, threshold, dropped or not (the filter margins).",
+            ),
+        },
+        ins={"images": AssetIn(IMAGES), "labels": AssetIn(INITIAL_ANNOTATIONS), "text_parses": AssetIn(TEXT_PARSES)},
+        partitions_def=shards,
+        group_name=FILTER_STAGE,
+        compute_kind="polars",
+    )
+    def filter_shard(
+        context: AssetExecutionContext,
+        project: ProjectResource,
+        images: pl.DataFrame,
+        labels: pl.DataFrame,
+        text_parses: pl.DataFrame,
+    ):
+        result = filter_labels(labels, images, text_parses, project.params.filter, project.ontology())
+        context.log.info(
+            f"{context.partition_key}: {labels.height} labels in, {result.labels.height} kept, "
+            f"{result.quarantine.height} quarantined, {result.clipped} clipped"
+        )
+        yield Output(
+            result.labels,
+            "filtered_labels",
+            metadata={
+                "labels_in": labels.height,
+                "kept": result.labels.height,
+                "quarantined": result.quarantine.height,
+                "clipped": result.clipped,
+                **counts_by(result.labels, "task"),
+            },
+        )
+        yield Output(result.quarantine, "filter_quarantine", metadata=counts_by(result.quarantine, "reason"))
+        yield Output(result.decisions, "filter_decisions", metadata=counts_by(result.decisions.filter("dropped"), "filter"))
+
+    return filter_shard
+
+
+def _filter_report():
+    @asset(
+        key=[FILTER_STAGE, "filter_report"],
+        ins={
+            "filtered_labels": AssetIn(FILTERED_LABELS),
+            "filter_decisions": AssetIn(FILTER_DECISIONS),
+            "text_parses": AssetIn(TEXT_PARSES),
+            "labels": AssetIn(INITIAL_ANNOTATIONS),
+        },
+        group_name=FILTER_STAGE,
+        compute_kind="mlflow",
+        description="The corpus after filtering, over the shards whose gates passed: the paper's table 3 per granularity, labels per task, and (with the world's ground truth) how many labels each filter dropped that were really wrong. An MLflow run.",
+    )
+    def filter_report(
+        context: AssetExecutionContext,
+        project: ProjectResource,
+        dvc: DvcResource,
+        mlflow_tracking: MlflowResource,
+        filtered_labels: pl.DataFrame,
+        filter_decisions: pl.DataFrame,
+        text_parses: pl.DataFrame,
+        labels: pl.DataFrame,
+    ) -> MaterializeResult:
+        import mlflow
+
+        count = project.params.shards.count
+        blocked = blocked_shards(context.instance, FILTERED_LABELS)
+        in_passed = pl.col("image_id").map_elements(lambda i: shard_of(i, count), return_dtype=pl.String).is_in(list(blocked)).not_()
+        corpus = filtered_labels.filter(in_passed)
+        texts = corpus.filter(pl.col("annotation_type") == "text").select("label_id", "task")
+        statistics = text_statistics(text_parses.join(texts, on="label_id"))
+        report_dir = project.data_dir / FILTER_STAGE / "report"
+        report_dir.mkdir(parents=True, exist_ok=True)
+        statistics.write_parquet(report_dir / "text_statistics.parquet")
+        metadata = {
+            "shards_blocked": ", ".join(f"{shard} ({', '.join(checks)})" for shard, checks in sorted(blocked.items())) or "none",
+            "corpus_labels": corpus.height,
+            **counts_by(corpus, "task"),
+            "text_statistics": MetadataValue.md(markdown_table(_table3(statistics))),
+        }
+        quality = None
+        truth_path = project.data_dir / "ground_truth" / "labels.parquet"
+        if truth_path.is_file():
+            considered = labels.filter(in_passed)
+            quality = filter_quality(filter_decisions.join(considered.select("label_id"), on="label_id"), label_correctness(considered, pl.read_parquet(truth_path), categories=project.ontology()))
+            quality.write_parquet(report_dir / "filter_quality.parquet")
+            metadata["filter_quality"] = MetadataValue.md(markdown_table(quality))
+        with mlflow.start_run(experiment_id=mlflow_tracking.experiment_id(), run_name=f"filter-{context.run_id[:8]}") as run:
+            mlflow.set_tags({"phase": "filter", "dagster_run_id": context.run_id, "iteration": "0"})
+            mlflow.log_params({"shards_blocked": metadata["shards_blocked"], **_flat_params(project.params.filter.model_dump())})
+            mlflow.log_metric("corpus_labels", corpus.height)
+            for row in statistics.iter_rows(named=True):
+                for name, value in row.items():
+                    if name != "task" and value is not None:
+                        mlflow.log_metric(f"{row['task']}.{name}", float(value))
+            for row in (quality.iter_rows(named=True) if quality is not None else ()):
+                for name in ("dropped", "drop_precision", "keep_precision"):
+                    if row[name] == row[name]:  # NaN where nothing was dropped or kept
+                        mlflow.log_metric(f"{row['filter']}.{name}", float(row[name]))
+            mlflow.log_artifacts(str(report_dir), artifact_path="filter_report")
+        metadata["mlflow_run"] = MetadataValue.url(mlflow_tracking.run_url(run.info.run_id))
+        metadata["dvc_md5"] = dvc.commit(stage=FILTER_STAGE, written=report_dir / "text_statistics.parquet").md5
+        return MaterializeResult(metadata=metadata)
+
+    return filter_report
+
+
+def _quarantine_index(quarantines: list[AssetKey]):
+    names = {_in_name(key): key for key in quarantines}
+
+    @asset(
+        key=[FILTER_STAGE, "quarantine_index"],
+        ins={name: AssetIn(key) for name, key in names.items()},
+        group_name=FILTER_STAGE,
+        compute_kind="polars",
+        description="Everything any phase dropped, in one table: the quarantine of ingest, of each specialist, of the consensus and of the filters, with the asset it came from. Counts by phase and reason in the metadata.",
+    )
+    def quarantine_index(context: AssetExecutionContext, **by_asset: pl.DataFrame) -> Output:
+        index = pl.concat(
+            [empty("quarantine").with_columns(asset=pl.lit(None, pl.String))]
+            + [frame.with_columns(asset=pl.lit("/".join(names[name].path))) for name, frame in by_asset.items()],
+            how="vertical",
+        )
+        counts = index.group_by("phase", "reason").len("rows").sort("rows", descending=True)
+        samples = index.group_by("reason", maintain_order=True).first().select("reason", "asset", "label_id", "detail")
+        chart = bar_chart(counts.select(pl.format("{} / {}", "phase", "reason").alias("label"), "rows"), "quarantined rows by phase / reason")
+        return Output(
+            index,
+            metadata={
+                "quarantined": index.height,
+                **counts_by(index, "reason"),
+                "by_phase_and_reason": MetadataValue.md(markdown_table(counts)),
+                "one_row_per_reason": MetadataValue.md(markdown_table(samples)),
+                "chart": MetadataValue.md(png_markdown(chart, "quarantined rows by phase and reason")),
+            },
+        )
+
+    return quarantine_index
+
+
+def _table3(statistics: pl.DataFrame) -> pl.DataFrame:
+    """Table 3's layout: one row per statistic, one column per granularity."""
+    if statistics.height == 0:
+        return pl.DataFrame({"statistic": []})
+    return statistics.with_columns(pl.col("task").cast(pl.String)).transpose(include_header=True, header_name="statistic", column_names="task")
+
+
+def _flat_params(values: dict, prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat_params(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)[:250]
+    return flat
+
+
+def _in_name(key: AssetKey) -> str:
+    return "__".join(key.path)
+
