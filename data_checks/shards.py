@@ -137,15 +137,20 @@ def _metadata(result) -> dict:
     return metadata
 
 
-def blocked_shards(instance: DagsterInstance, asset: AssetKey) -> dict[str, list[str]]:
+def blocked_shards(instance: DagsterInstance, asset: AssetKey, this_run: str | None = None) -> dict[str, list[str]]:
     """The shards of ``asset`` whose latest gate evaluation failed, with the failed gates: what
-    a consumer in a later run must not read. (A gate still running in this run is not a
-    failure: in the same run, the blocking check itself stops what is downstream.)"""
+    a consumer in a later run must not read. Failures in ``this_run`` are left to Dagster: in
+    the run of a gate, the blocking check itself stops what is downstream, while the asset's
+    other gates still read it and report."""
     from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
     keys = [AssetCheckKey(asset, name) for name in GATES[asset]]
     blocked: dict[str, list[str]] = {}
     for info in instance.event_log_storage.get_asset_check_partition_info(keys):
-        if info.partition_key is not None and info.latest_execution_status == AssetCheckExecutionRecordStatus.FAILED:
+        if (
+            info.partition_key is not None
+            and info.latest_execution_status == AssetCheckExecutionRecordStatus.FAILED
+            and info.latest_planned_run_id != this_run
+        ):
             blocked.setdefault(info.partition_key, []).append(info.check_key.name)
     return blocked

@@ -116,6 +116,7 @@ def demo_summary(root: Path, seconds: float) -> str:
         "",
         f"  dvc:        {'every output committed (dvc.lock) and pushed' if in_sync else 'OUT OF SYNC: run dvc status'}",
         *_annotation_lines(data),
+        *_filter_lines(data),
         "",
         "Look at it:",
         "  make ui                          Dagster UI on http://127.0.0.1:3000 (runs, assets, metadata)",
@@ -142,6 +143,38 @@ def _annotation_lines(data: Path) -> list[str]:
         if row.get("caption_object_recall") is not None:
             parts.append(f"caption object recall {row['caption_object_recall']:.2f}")
         lines.append("  " + "   ".join(parts))
+    return lines
+
+
+def _filter_lines(data: Path) -> list[str]:
+    """Phase 2: what the filters kept and dropped, table 3, and how right each filter was."""
+    kept_dir, report = data / "filter" / "filtered_labels", data / "filter" / "report"
+    if not kept_dir.is_dir():
+        return []
+    kept = pl.read_parquet(kept_dir / "*.parquet")
+    dropped = pl.read_parquet(data / "filter" / "filter_quarantine" / "*.parquet")
+    by_reason = dropped.group_by("reason").len().sort("len", descending=True)
+    lines = [
+        "",
+        f"Filtering: {kept.height} labels kept, {dropped.height} quarantined: "
+        + ", ".join(f"{r['reason']} {r['len']}" for r in by_reason.iter_rows(named=True)),
+    ]
+    if (report / "text_statistics.parquet").is_file():
+        statistics = pl.read_parquet(report / "text_statistics.parquet")
+        lines.append("  table 3 (per text)        texts  tokens  objects  attributes  actions  object cx  action cx")
+        for row in statistics.iter_rows(named=True):
+            lines.append(
+                f"  {row['task']:<24} {row['texts']:>6} {row['avg_tokens']:>7.2f} {row['avg_objects']:>8.2f}"
+                f" {row['avg_attributes']:>11.2f} {row['avg_actions']:>8.2f} {row['avg_object_complexity'] or 0:>10.2f}"
+                f" {row['avg_action_complexity'] or 0:>10.2f}"
+            )
+    if (report / "filter_quality.parquet").is_file():
+        quality = pl.read_parquet(report / "filter_quality.parquet").filter(pl.col("dropped") > 0)
+        lines.append("  against the world's ground truth: share of dropped labels that were wrong / of kept that are right")
+        for row in quality.iter_rows(named=True):
+            lines.append(
+                f"  {row['filter']:<24} dropped {row['dropped']:>5}  wrong {row['drop_precision']:.2f}   kept right {row['keep_precision']:.2f}"
+            )
     return lines
 
 

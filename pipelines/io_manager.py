@@ -71,7 +71,7 @@ class ShardParquetIOManager(ConfigurableIOManager):
         (in any run) fails with the reason; a consumer of many shards reads the others."""
         if asset not in GATES:
             return keys
-        blocked = blocked_shards(context.instance, asset)
+        blocked = blocked_shards(context.instance, asset, this_run=context.step_context.run_id)
         refused = {key: blocked[key] for key in keys if key in blocked}
         if refused and len(keys) == 1:
             raise Failure(f"{asset.to_user_string()} {keys[0]} is blocked by its failed gates {refused[keys[0]]}")

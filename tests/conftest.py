@@ -100,11 +100,11 @@ def materialize_all(instance):
 
 @pytest.fixture(scope="module")
 def annotated_project(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny project materialized through initial annotation, once per test module:
-    ``(root, results)`` as ``materialize_project`` returns them."""
+    """A tiny project materialized through initial annotation and filtering, once per test
+    module: ``(root, results)`` as ``materialize_project`` returns them."""
     from dagster import DagsterInstance
 
     root = write_tiny_project(tmp_path_factory.mktemp("annotated") / "project")
     with pytest.MonkeyPatch.context() as patch, DagsterInstance.ephemeral(tempdir=str(root.parent / "dh")) as instance:
         patch.setenv("RELABEL_ROOT", str(root))
-        yield root, materialize_project(root, instance, phases=("world", "ingest", "annotate"))
+        yield root, materialize_project(root, instance, phases=("world", "ingest", "annotate", "filter"))

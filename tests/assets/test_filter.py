@@ -1,0 +1,143 @@
+"""Phase 2 through Dagster: the filter assets, their blocking gates, the report and the
+quarantine index, on hand-made shards (fast) and on the tiny world (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dagster import AssetIn, AssetKey, AssetSelection, asset, materialize, mem_io_manager
+
+from data_checks.shards import GATES, blocked_shards
+from pipelines.definitions import build_definitions
+from pipelines.phases import FILTER_REPORT_JOB, FILTER_SHARDS_JOB
+from relabel.labels import frame
+from relabel.shards import shard_of
+
+FILTERED_LABELS = AssetKey(["filter", "filtered_labels"])
+SHARDS = ("shard-00", "shard-01")
+
+
+def image_ids_of(shard: str, count: int, n: int = 2) -> list[str]:
+    """``n`` content-hash-like ids that fall in ``shard``."""
+    found, i = [], 0
+    while len(found) < n:
+        candidate = f"{i:08x}" + "ab" * 28
+        if shard_of(candidate, count) == shard:
+            found.append(candidate)
+        i += 1
+    return found
+
+
+def write_shard(root: Path, shard: str, *, kites_score: float) -> None:
+    """A shard of two images: a ball, a cat and three kites (the rare class) on each, found by
+    the consensus with ``kites_score``, plus a human caption."""
+    data = root / "data"
+    images = image_ids_of(shard, 2)
+    frame("images", [{"image_id": i, "uri": f"world/images/{i[:8]}.png", "width": 100, "height": 80, "dataset": "world", "split": "train"} for i in images]).write_parquet(
+        _path(data / "ingest" / "images" / f"{shard}.parquet")
+    )
+    rows = []
+    for image in images:
+        rows.append({"label_id": f"{image[:8]}-cap", "image_id": image, "annotation_type": "text", "task": "brief_caption", "text": "A red ball next to a cat.", "score": 1.0, "source": "human", "iteration": 0, "status": "raw"})
+        for n, (category, box, score) in enumerate(
+            [("ball", [5.0, 5.0, 30.0, 30.0], 0.9), ("cat", [40.0, 5.0, 70.0, 40.0], 0.8)]
+            + [("kite", [10.0 + 25 * k, 50.0, 30.0 + 25 * k, 75.0], kites_score) for k in range(3)]
+        ):
+            rows.append({"label_id": f"{image[:8]}-{n}", "image_id": image, "annotation_type": "region_text", "task": "object", "region_kind": "object", "category": category, "text": category, "box": box, "score": score, "source": "consensus@1", "iteration": 0, "status": "raw", "agreement": 1})
+    frame("labels", rows).write_parquet(_path(data / "annotate" / "initial_annotations" / f"{shard}.parquet"))
+
+
+def _path(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def hand_made_shards(tiny_project: Path) -> Path:
+    """The tiny project with hand-made initial annotations: shard-00 is sound, shard-01's rare
+    class (kite) has only low-confidence labels, which the filters drop, so it collapses."""
+    ontology = {"categories": [{"id": i, "name": name} for i, name in enumerate(("ball", "cat", "kite"), 1)]}
+    _path(tiny_project / "data" / "world" / "ontology.json").write_text(json.dumps(ontology))
+    write_shard(tiny_project, "shard-00", kites_score=0.9)
+    write_shard(tiny_project, "shard-01", kites_score=0.05)
+    return tiny_project
+
+
+def test_a_shard_whose_rare_class_collapses_is_blocked_in_its_run_and_in_later_ones(hand_made_shards, instance):
+    defs = build_definitions(str(hand_made_shards))
+    shards = defs.resolve_job_def(FILTER_SHARDS_JOB).partitions_def
+
+    @asset(key=["test", "downstream_of_filtered_labels"], ins={"labels": AssetIn(FILTERED_LABELS)}, partitions_def=shards, io_manager_key="memory")
+    def downstream(labels: pl.DataFrame) -> int:
+        return labels.height
+
+    jobs = {job.name: job for job in defs.jobs}
+    everything = [*defs.assets, *defs.asset_checks, downstream]
+    resources = {**defs.resources, "memory": mem_io_manager}
+    selection = jobs[FILTER_SHARDS_JOB].selection | AssetSelection.assets(downstream)
+    runs = {
+        shard: materialize(everything, selection=selection, partition_key=shard, resources=resources, instance=instance, raise_on_error=False)
+        for shard in SHARDS
+    }
+    assert runs["shard-00"].success
+    assert not runs["shard-01"].success
+
+    evaluations = {e.check_name: e for e in runs["shard-01"].get_asset_check_evaluations()}
+    collapse = evaluations["filtered_labels_keep_every_class"]
+    assert not collapse.passed
+    assert "kite" in collapse.metadata["unexpected"].value and "ball" not in collapse.metadata["unexpected"].value
+    docs = Path(collapse.metadata["data_docs_path"].value)
+    assert docs.is_file() and "class_retention" in "".join(p.read_text() for p in docs.parent.rglob("*.html"))
+    assert all(e.passed for name, e in evaluations.items() if name != "filtered_labels_keep_every_class")
+
+    # in the same run, what is downstream of the failing shard did not run; shard-00's did
+    def materialized(result) -> set:
+        return {event.asset_key for event in result.get_asset_materialization_events()}
+
+    assert AssetKey(["test", "downstream_of_filtered_labels"]) in materialized(runs["shard-00"])
+    assert AssetKey(["test", "downstream_of_filtered_labels"]) not in materialized(runs["shard-01"])
+    # in a later run, the gate still holds: the shard is refused by name, with its reason
+    assert blocked_shards(instance, FILTERED_LABELS) == {"shard-01": ["filtered_labels_keep_every_class"]}
+    later = materialize(everything, selection=AssetSelection.assets(downstream), partition_key="shard-01", resources=resources, instance=instance, raise_on_error=False)
+    assert not later.success
+    failure = next(e for e in later.all_events if e.is_step_failure)
+    assert "blocked by its failed gates ['filtered_labels_keep_every_class']" in str(failure.event_specific_data.error)
+
+    # the report over every shard leaves the blocked one out and says so
+    report = materialize(everything, selection=[AssetKey(["filter", "filter_report"])], resources=resources, instance=instance)
+    (metadata,) = [m.metadata for m in report.asset_materializations_for_node("filter__filter_report")]
+    assert metadata["shards_blocked"].value == "shard-01 (filtered_labels_keep_every_class)"
+    kept_00 = pl.read_parquet(hand_made_shards / "data" / "filter" / "filtered_labels" / "shard-00.parquet")
+    assert metadata["corpus_labels"].value == kept_00.height == 12
+    kites = pl.read_parquet(hand_made_shards / "data" / "filter" / "filter_quarantine" / "shard-01.parquet")
+    assert kites.height == 6 and set(kites["reason"]) == {"low_confidence"}
+
+
+@pytest.mark.slow
+def test_filtering_the_tiny_world_loses_nothing_and_reports_table_3_and_filter_precision(annotated_project):
+    root, results = annotated_project
+    data = root / "data"
+    for shard in SHARDS:
+        labels_in = pl.read_parquet(data / "annotate" / "initial_annotations" / f"{shard}.parquet").height
+        kept = pl.read_parquet(data / "filter" / "filtered_labels" / f"{shard}.parquet")
+        quarantined = pl.read_parquet(data / "filter" / "filter_quarantine" / f"{shard}.parquet")
+        assert labels_in == kept.height + quarantined.height
+        evaluations = results[(FILTER_SHARDS_JOB, shard)].get_asset_check_evaluations()
+        assert {e.check_name for e in evaluations} == {n for names in GATES.values() for n in names if n.startswith("filter")}
+        assert all(e.passed for e in evaluations)
+    (metadata,) = [m.metadata for m in results[FILTER_REPORT_JOB].asset_materializations_for_node("filter__filter_report")]
+    assert "brief_caption" in metadata["text_statistics"].value and "avg_object_complexity" in metadata["text_statistics"].value
+    quality = pl.read_parquet(data / "filter" / "report" / "filter_quality.parquet")
+    overall = quality.filter(pl.col("filter") == "all").row(0, named=True)
+    assert overall["judged"] == sum(pl.read_parquet(data / "annotate" / "initial_annotations" / f"{s}.parquet").height for s in SHARDS)
+    assert 0 <= overall["keep_precision"] <= 1
+    # the quarantine index holds every quarantined row of every phase, with where it came from
+    index = pl.read_parquet(data / "filter" / "quarantine_index.parquet")
+    every = [p for p in data.rglob("*.parquet") if "quarantine" in str(p.relative_to(data)) and p.stem != "quarantine_index"]
+    assert index.height == sum(pl.read_parquet(p).height for p in every) > 0
+    assert {"ingest/ingest_quarantine", "filter/filter_quarantine"} <= set(index["asset"])
+    (index_metadata,) = [m.metadata for m in results[FILTER_REPORT_JOB].asset_materializations_for_node("filter__quarantine_index")]
+    assert index_metadata["quarantined"].value == index.height
