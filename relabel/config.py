@@ -125,7 +125,8 @@ class TextFilterParams(_Strict):
 class RegionFilterParams(_Strict):
     """The region filters: confidence per source, non-maximum suppression, minimum size."""
 
-    # minimum score per source name (the part of ``source`` before "@"); "default" for others
+    # minimum score per source name (the part of ``source`` before "@"), or per source and
+    # task ("grounding/phrase_grounding"), which wins; "default" for the others
     min_score: dict[str, float] = {"default": 0.0}
     nms_iou: float = Field(0.5, gt=0, le=1)
     class_agnostic_nms: bool = False
@@ -139,8 +140,12 @@ class RegionFilterParams(_Strict):
             raise ValueError(f"min_score values must be in [0, 1]: {bad}")
         return self
 
-    def min_score_for(self, source: str) -> float:
-        return self.min_score.get(source.split("@", 1)[0], self.min_score.get("default", 0.0))
+    def min_score_for(self, source: str, task: str) -> float:
+        name = source.split("@", 1)[0]
+        for key in (f"{name}/{task}", name, "default"):
+            if key in self.min_score:
+                return self.min_score[key]
+        return 0.0
 
 
 class GateParams(_Strict):

@@ -144,8 +144,11 @@ def filter_labels(
         detail=lambda r: f"box {r['_w']:.1f} x {r['_h']:.1f} px is under {region.min_box_side} px a side or {region.min_box_area} px² (filter.region.min_box_side / min_box_area)",
         extra={"_w": width, "_h": height},
     )
-    min_scores = {source: region.min_score_for(source) for source in rows["source"].unique().to_list()}
-    minimum = pl.col("source").replace_strict(min_scores, default=0.0, return_dtype=pl.Float64)
+    pairs = rows.select("source", pl.col("task").cast(pl.String)).unique().iter_rows()
+    min_scores = {f"{source}\t{task}": region.min_score_for(source, task) for source, task in pairs}
+    minimum = pl.format("{}\t{}", "source", pl.col("task").cast(pl.String)).replace_strict(
+        min_scores, default=0.0, return_dtype=pl.Float64
+    )
     judge.rule(
         "low_confidence",
         ~protected,

@@ -212,3 +212,17 @@ def test_filter_quality_counts_wrong_drops_and_right_keeps_per_filter():
     # d is right but a duplicate of a (same truth object): NMS was right to drop it
     assert quality["nms_suppressed"]["dropped_wrong"] == 2 and quality["nms_suppressed"]["drop_precision"] == 1.0
     assert quality["all"]["judged"] == 5 and quality["all"]["dropped"] == 4 and quality["all"]["dropped_wrong"] == 3
+
+
+def test_a_minimum_score_per_source_and_task_wins_over_the_source_one():
+    params = PARAMS.model_copy(
+        update={"region": PARAMS.region.model_copy(update={"min_score": {"default": 0.0, "grounding": 0.5, "grounding/phrase_grounding": 0.1}})}
+    )
+    rows = [
+        label("weak_region_caption", task="region_caption", text="a ball", source="grounding@1", score=0.3),
+        label("weak_grounding", annotation_type="text_phrase_region", task="phrase_grounding", region_kind=None, text="a ball",
+              phrase_start=0, phrase_end=6, source="grounding@1", score=0.3, box=[50.0, 40.0, 90.0, 70.0]),
+    ]
+    result = run(rows, params=params)
+    assert reasons(result) == {"weak_region_caption": "low_confidence"}
+    assert "< 0.5 for source 'grounding@1'" in result.quarantine["detail"][0]

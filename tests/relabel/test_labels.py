@@ -90,3 +90,13 @@ def test_quarantine_row_keeps_undecodable_text_visible():
     text = b"caf\xe9".decode("utf-8", errors="surrogateescape")
     row = quarantine_row(record_kind="label", phase="ingest", reason="non_utf8_text", detail="d", record={"text": text})
     assert json.loads(row["record"]) == {"text": "caf\\xe9"}
+
+
+def test_a_label_refused_before_it_had_an_id_gets_one_from_its_record():
+    def refused(text: str) -> dict:
+        return quarantine_row(record_kind="label", phase="ingest", reason="non_utf8_text", detail="d", record={"text": text}, image_id="i1")
+
+    assert refused("a")["label_id"] == refused("a")["label_id"] != refused("b")["label_id"]
+    assert quarantine_row(record_kind="image", phase="ingest", reason="r", detail="d", record={})["label_id"] is None
+    given = quarantine_row(record_kind="label", phase="filter", reason="r", detail="d", record={}, label_id="L1")
+    assert given["label_id"] == "L1"
