@@ -1,0 +1,107 @@
+"""The training loop, the corpus stream and batched inference, on the micro preset (CPU)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from models.corpus import CORPUS_SCHEMA, corpus_examples
+from models.florence2 import build_model, build_processor
+from models.tasks import CAPTION, OD
+from models.tokenizer import train_tokenizer
+from models.training import CorpusStream, TrainSettings, learning_rate_at, train
+from relabel.config import HumanNoiseParams, WorldParams
+from relabel.world import render_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """16 rendered world images (``images``: id, uri = path, size) and their ground truth."""
+    root = tmp_path_factory.mktemp("world")
+    params = WorldParams(n_images=16, max_objects=3, text_probability=0.0, human=HumanNoiseParams(inject_defects=False))
+    render_world(params, root / "world", root / "truth", progress=False)
+    paths = sorted([*(root / "world" / "images").glob("*.png"), *(root / "world" / "web").glob("*.png")])
+    assert len(paths) == 16
+    images = pl.DataFrame(
+        {
+            "image_id": [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths],
+            "uri": [str(p) for p in paths],
+            "width": [320] * len(paths),
+            "height": [240] * len(paths),
+        },
+        schema={"image_id": pl.String, "uri": pl.String, "width": pl.Int32, "height": pl.Int32},
+    )
+    return images, pl.read_parquet(root / "truth" / "labels.parquet")
+
+
+def write_corpus(world, folder: Path, tasks) -> tuple[list[Path], pl.DataFrame]:
+    images, truth = world
+    examples = corpus_examples(truth, images, lambda uri: uri, tasks)
+    folder.mkdir(parents=True, exist_ok=True)
+    halves = [examples.filter(pl.col("image_id").is_in(images["image_id"][i::2].implode())) for i in (0, 1)]
+    files = []
+    for index, half in enumerate(halves):
+        files.append(folder / f"shard-{index:02d}.parquet")
+        half.write_parquet(files[-1])
+    return files, examples
+
+
+def test_the_learning_rate_warms_up_then_decays_along_a_cosine():
+    settings = TrainSettings(steps=110, warmup_steps=10, learning_rate=1e-3, min_lr_ratio=0.1)
+    assert learning_rate_at(0, settings) == pytest.approx(1e-4)
+    assert learning_rate_at(9, settings) == pytest.approx(1e-3)
+    assert learning_rate_at(60, settings) == pytest.approx(0.55e-3)
+    assert learning_rate_at(110, settings) == pytest.approx(1e-4)
+
+
+def test_the_stream_splits_rows_over_consumers_and_follows_task_weights(world, tmp_path):
+    files, examples = write_corpus(world, tmp_path, [OD, CAPTION])
+    assert examples.schema == CORPUS_SCHEMA
+    settings = TrainSettings(shuffle_buffer=4, task_weights={OD: 1.0, CAPTION: 0.0})
+
+    stream = CorpusStream(files, settings)
+    split = [[row["target"] for path in stream.files for row in stream.rows_of(path, me, 3)] for me in range(3)]
+    assert sorted(split[0] + split[1] + split[2]) == sorted(examples["target"])  # no overlap, none missing
+    assert all(split)
+    drawn = iter(CorpusStream(files, settings, rank=1, world_size=2))
+    assert {next(drawn)["task"] for _ in range(40)} == {OD}  # captions have weight 0
+
+
+def test_training_resumes_from_its_checkpoint(world, tmp_path):
+    files, examples = write_corpus(world, tmp_path / "corpus", [CAPTION])
+    tokenizer = train_tokenizer(examples["target"].to_list(), vocab_size=600)
+    model, processor = build_model("micro", tokenizer), build_processor(tokenizer, "micro")
+    first = train(model, processor, files, TrainSettings(steps=2, batch_size=2, checkpoint_every=2), tmp_path / "run")
+    assert first.resumed_from == 0 and (tmp_path / "run" / "checkpoint" / "training_state.json").is_file()
+    fresh = build_model("micro", tokenizer)
+    loaded = train(fresh, processor, files, TrainSettings(steps=2, batch_size=2, checkpoint_every=2), tmp_path / "run")
+    # a resumed model holds the checkpoint's weights, not its own initialisation
+    assert loaded.resumed_from == 2
+    trained = dict(model.named_parameters())
+    assert all(torch.equal(p.detach().cpu(), trained[name].detach().cpu()) for name, p in fresh.named_parameters())
+    steps = []
+    again = train(fresh, processor, files, TrainSettings(steps=3, batch_size=2, checkpoint_every=2), tmp_path / "run", callback=lambda m: steps.append(m.step))
+    assert again.resumed_from == 2 and steps == [3]
+
+
+def test_generation_turns_every_request_into_rows_or_a_stated_problem(world):
+    from models.inference import GenerationSettings, generate_labels, requests_for
+
+    images, truth = world
+    tokenizer = train_tokenizer(truth["text"].drop_nulls().to_list(), vocab_size=600)
+    torch.manual_seed(0)
+    model, processor = build_model("micro", tokenizer), build_processor(tokenizer, "micro")
+    requests = requests_for(images.head(3).rename({"uri": "image_path"}), [OD, CAPTION])
+    assert requests.height == 6
+    for beams in (1, 2):
+        generated = generate_labels(model, processor, requests, GenerationSettings(batch_size=4, max_new_tokens=8, num_beams=beams), source="model@iter0", iteration=0)
+        # an untrained model says nothing or nonsense: each request yields rows or a problem line
+        answered = set(generated.labels["image_id"] + generated.labels["task"].cast(pl.String)) | set(
+            generated.problems["image_id"] + generated.problems["task"].map_elements(lambda t: {OD: "object", CAPTION: "brief_caption"}[t], return_dtype=pl.String)
+        )
+        assert len(answered) == 6
+        assert generated.labels["score"].is_between(0, 1).all() and set(generated.labels["source"]) <= {"model@iter0"}
