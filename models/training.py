@@ -111,8 +111,11 @@ class CorpusStream(IterableDataset):
         *,
         rank: int = 0,
         world_size: int = 1,
+        image_root: str | Path | None = None,
     ) -> None:
         self.files = [str(f) for f in files]
+        # a relative image path in the corpus is relative to this folder (the data directory)
+        self.image_root = None if image_root is None else Path(image_root)
         self.settings = settings
         self.rank, self.world_size = rank, world_size
         weights = dict(settings.task_weights)
@@ -144,21 +147,23 @@ class CorpusStream(IterableDataset):
                         continue
                     buffer.append(row)
                     if len(buffer) >= self.settings.shuffle_buffer:
-                        yield _decoded(buffer.pop(rng.randrange(len(buffer))))
+                        yield self._decoded(buffer.pop(rng.randrange(len(buffer))))
                         yielded = True
             while buffer:
-                yield _decoded(buffer.pop(rng.randrange(len(buffer))))
+                yield self._decoded(buffer.pop(rng.randrange(len(buffer))))
                 yielded = True
             if not yielded:
                 raise ValueError(f"the corpus files {self.files} hold no example for consumer {me} of {consumers}")
             epoch += 1
 
+    def _decoded(self, row: dict) -> dict:
+        from PIL import Image
 
-def _decoded(row: dict) -> dict:
-    from PIL import Image
-
-    with Image.open(row["image_path"]) as image:
-        return {"image": image.convert("RGB"), "task": row["task"], "prompt": row["prompt"], "target": row["target"]}
+        path = Path(row["image_path"])
+        if self.image_root is not None and not path.is_absolute():
+            path = self.image_root / path
+        with Image.open(path) as image:
+            return {"image": image.convert("RGB"), "task": row["task"], "prompt": row["prompt"], "target": row["target"]}
 
 
 class Collator:
@@ -203,6 +208,7 @@ def train(
     settings: TrainSettings,
     out_dir: str | Path,
     callback: Callable[[StepMetrics], None] | None = None,
+    image_root: str | Path | None = None,
 ) -> TrainResult:
     """Train ``model`` on the corpus files; resume from ``out_dir/checkpoint`` if present.
 
@@ -218,7 +224,7 @@ def train(
     trained = model
     if world_size > 1:
         trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    stream = CorpusStream(corpus_files, settings, rank=rank, world_size=world_size)
+    stream = CorpusStream(corpus_files, settings, rank=rank, world_size=world_size, image_root=image_root)
     loader = iter(
         DataLoader(
             stream,

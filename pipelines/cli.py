@@ -117,6 +117,7 @@ def demo_summary(root: Path, seconds: float) -> str:
         f"  dvc:        {'every output committed (dvc.lock) and pushed' if in_sync else 'OUT OF SYNC: run dvc status'}",
         *_annotation_lines(data),
         *_filter_lines(data),
+        *_corpus_lines(data),
         "",
         "Look at it:",
         "  make ui                          Dagster UI on http://127.0.0.1:3000 (runs, assets, metadata)",
@@ -176,6 +177,20 @@ def _filter_lines(data: Path) -> list[str]:
                 f"  {row['filter']:<24} dropped {row['dropped']:>5}  wrong {row['drop_precision']:.2f}   kept right {row['keep_precision']:.2f}"
             )
     return lines
+
+
+def _corpus_lines(data: Path) -> list[str]:
+    """Phase 3's input: the (prompt, target) examples written per task."""
+    folder = data / "corpus" / "examples"
+    if not folder.is_dir():
+        return []
+    examples = pl.read_parquet(folder / "*.parquet")
+    by_task = examples.group_by("task").len().sort("len", descending=True)
+    return [
+        "",
+        f"Corpus: {examples.height} Florence-2 examples from {examples['image_id'].n_unique()} training images: "
+        + ", ".join(f"{row['task']} {row['len']}" for row in by_task.iter_rows(named=True)),
+    ]
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dagster import (
 )
 
 from assets.annotate import build_annotate_assets
+from assets.corpus import build_corpus_assets
 from assets.filter import build_filter_assets
 from assets.ingest import QUARANTINES, SOURCE_CATALOG, build_ingest_assets
 from assets.world import embedded_world
@@ -21,6 +22,7 @@ from pipelines.io_manager import ShardParquetIOManager
 from pipelines.phases import (
     ANNOTATE_SHARDS_JOB,
     CATALOG_JOB,
+    CORPUS_SHARDS_JOB,
     FILTER_REPORT_JOB,
     FILTER_SHARDS_JOB,
     INGEST_SHARDS_JOB,
@@ -41,6 +43,7 @@ def build_definitions(root: str | None = None) -> Definitions:
     catalog = AssetSelection.assets(SOURCE_CATALOG).required_multi_asset_neighbors()
     annotate = build_annotate_assets(shards, project.params.annotate)
     filter_shard, filter_report = build_filter_assets(shards, [*QUARANTINES, *annotate.quarantines])
+    corpus = build_corpus_assets(shards)
     return Definitions(
         assets=[
             embedded_world,
@@ -50,6 +53,7 @@ def build_definitions(root: str | None = None) -> Definitions:
             annotate.scores,
             *filter_shard,
             *filter_report,
+            *corpus,
         ],
         asset_checks=build_shard_checks(shards, project.params.filter.gates, project.ontology()),
         jobs=[
@@ -100,6 +104,13 @@ def build_definitions(root: str | None = None) -> Definitions:
                 selection=AssetSelection.assets(*filter_report),
                 description="Gather every phase's quarantine and report the filters: table 3 and their precision against the world's ground truth.",
             ),
+            define_asset_job(
+                CORPUS_SHARDS_JOB,
+                selection=AssetSelection.assets(*corpus),
+                partitions_def=shards,
+                executor_def=in_process_executor,
+                description="Write one shard's gated, filtered training labels as Florence-2 (prompt, target) examples.",
+            ),
         ],
         resources={
             "project": project,
@@ -148,6 +159,10 @@ def report_filtering_job():
     return defs.resolve_job_def(FILTER_REPORT_JOB)
 
 
+def write_corpus_job():
+    return defs.resolve_job_def(CORPUS_SHARDS_JOB)
+
+
 JOB_FACTORIES = {
     WORLD_JOB: render_world_job,
     CATALOG_JOB: catalog_sources_job,
@@ -157,4 +172,5 @@ JOB_FACTORIES = {
     SCORE_ANNOTATIONS_JOB: score_annotations_job,
     FILTER_SHARDS_JOB: filter_shards_job,
     FILTER_REPORT_JOB: report_filtering_job,
+    CORPUS_SHARDS_JOB: write_corpus_job,
 }

@@ -12,10 +12,12 @@ ANNOTATE_SHARDS_JOB = "annotate_shards"
 SCORE_ANNOTATIONS_JOB = "score_annotations"
 FILTER_SHARDS_JOB = "filter_shards"
 FILTER_REPORT_JOB = "report_filtering"
+CORPUS_SHARDS_JOB = "write_corpus"
 
 PHASE_JOBS = {
     "world": (WORLD_JOB,),
     "ingest": (CATALOG_JOB, INGEST_SHARDS_JOB),
     "annotate": (TRAIN_SPECIALISTS_JOB, ANNOTATE_SHARDS_JOB, SCORE_ANNOTATIONS_JOB),
     "filter": (FILTER_SHARDS_JOB, FILTER_REPORT_JOB),
+    "corpus": (CORPUS_SHARDS_JOB,),
 }
