@@ -267,34 +267,35 @@ def _scores_asset(specialists: list[str]):
         mlflow_tracking: MlflowResource,
         **labels_by_output,
     ) -> MaterializeResult:
-        import mlflow
-
         truth_path = project.data_dir / "ground_truth" / "labels.parquet"
         if not truth_path.is_file():
             return MaterializeResult(metadata={"scored": False, "why": f"no ground truth at {truth_path}"})
         scores = score_against_truth(labels_by_output, pl.read_parquet(truth_path))
-        experiment = mlflow_tracking.experiment_id()
-        with mlflow.start_run(experiment_id=experiment, run_name=f"initial-annotation-{context.run_id[:8]}") as run:
-            mlflow.set_tags({"phase": "initial_annotation", "dagster_run_id": context.run_id})
-            mlflow.log_params({"specialists": ",".join(specialists), **project.params.annotate.consensus.model_dump()})
-            for row in scores.summary.iter_rows(named=True):
-                for metric in ("precision", "recall", "f1", "ocr_cer", "caption_object_recall"):
-                    if row.get(metric) is not None:
-                        mlflow.log_metric(f"{metric}.{row['output']}", float(row[metric]))
-            chart = _f1_chart(scores.boxes)
-            report_dir = project.data_dir / ANNOTATE_STAGE / "scores"
-            report_dir.mkdir(parents=True, exist_ok=True)
-            scores.boxes.write_parquet(report_dir / "box_scores.parquet")
-            scores.summary.write_parquet(report_dir / "summary.parquet")
-            chart.save(report_dir / "f1_by_class.png")
-            mlflow.log_artifacts(str(report_dir), artifact_path="scores")
+        chart = _f1_chart(scores.boxes)
+        report_dir = project.data_dir / ANNOTATE_STAGE / "scores"
+        report_dir.mkdir(parents=True, exist_ok=True)
+        scores.boxes.write_parquet(report_dir / "box_scores.parquet")
+        scores.summary.write_parquet(report_dir / "summary.parquet")
+        chart.save(report_dir / "f1_by_class.png")
+        run_url = mlflow_tracking.log_report(
+            run_name=f"initial-annotation-{context.run_id[:8]}",
+            tags={"phase": "initial_annotation", "dagster_run_id": context.run_id},
+            params={"specialists": ",".join(specialists), **project.params.annotate.consensus.model_dump()},
+            metrics={
+                f"{metric}.{row['output']}": row.get(metric)
+                for row in scores.summary.iter_rows(named=True)
+                for metric in ("precision", "recall", "f1", "ocr_cer", "caption_object_recall")
+            },
+            report_dir=report_dir,
+            artifact_path="scores",
+        )
         version = dvc.commit(stage=ANNOTATE_STAGE, written=report_dir / "summary.parquet")
         return MaterializeResult(
             metadata={
                 "dvc_md5": version.md5,
                 "summary": MetadataValue.md(markdown_table(scores.summary)),
                 "f1_by_class": MetadataValue.md(png_markdown(chart, "F1 at IoU 0.5 per class and output")),
-                "mlflow_run": MetadataValue.url(mlflow_tracking.run_url(run.info.run_id)),
+                "mlflow_run": MetadataValue.url(run_url),
             }
         )
 

@@ -152,8 +152,6 @@ def _filter_report():
         text_parses: pl.DataFrame,
         labels: pl.DataFrame,
     ) -> MaterializeResult:
-        import mlflow
-
         count = project.params.shards.count
         blocked = blocked_shards(context.instance, FILTERED_LABELS)
         in_passed = pl.col("image_id").map_elements(lambda i: shard_of(i, count), return_dtype=pl.String).is_in(list(blocked)).not_()
@@ -176,20 +174,20 @@ def _filter_report():
             quality = filter_quality(filter_decisions.join(considered.select("label_id"), on="label_id"), label_correctness(considered, pl.read_parquet(truth_path), categories=project.ontology()))
             quality.write_parquet(report_dir / "filter_quality.parquet")
             metadata["filter_quality"] = MetadataValue.md(markdown_table(quality))
-        with mlflow.start_run(experiment_id=mlflow_tracking.experiment_id(), run_name=f"filter-{context.run_id[:8]}") as run:
-            mlflow.set_tags({"phase": "filter", "dagster_run_id": context.run_id, "iteration": "0"})
-            mlflow.log_params({"shards_blocked": metadata["shards_blocked"], **_flat_params(project.params.filter.model_dump())})
-            mlflow.log_metric("corpus_labels", corpus.height)
-            for row in statistics.iter_rows(named=True):
-                for name, value in row.items():
-                    if name != "task" and value is not None:
-                        mlflow.log_metric(f"{row['task']}.{name}", float(value))
-            for row in (quality.iter_rows(named=True) if quality is not None else ()):
-                for name in ("dropped", "drop_precision", "keep_precision"):
-                    if row[name] == row[name]:  # NaN where nothing was dropped or kept
-                        mlflow.log_metric(f"{row['filter']}.{name}", float(row[name]))
-            mlflow.log_artifacts(str(report_dir), artifact_path="filter_report")
-        metadata["mlflow_run"] = MetadataValue.url(mlflow_tracking.run_url(run.info.run_id))
+        metrics = {"corpus_labels": corpus.height}
+        for row in statistics.iter_rows(named=True):
+            metrics.update({f"{row['task']}.{name}": value for name, value in row.items() if name != "task"})
+        for row in quality.iter_rows(named=True) if quality is not None else ():
+            metrics.update({f"{row['filter']}.{name}": row[name] for name in ("dropped", "drop_precision", "keep_precision")})
+        run_url = mlflow_tracking.log_report(
+            run_name=f"filter-{context.run_id[:8]}",
+            tags={"phase": "filter", "dagster_run_id": context.run_id, "iteration": "0"},
+            params={"shards_blocked": metadata["shards_blocked"], **_flat_params(project.params.filter.model_dump())},
+            metrics=metrics,
+            report_dir=report_dir,
+            artifact_path="filter_report",
+        )
+        metadata["mlflow_run"] = MetadataValue.url(run_url)
         metadata["dvc_md5"] = dvc.commit(stage=FILTER_STAGE, written=report_dir / "text_statistics.parquet").md5
         return MaterializeResult(metadata=metadata)
 
@@ -236,13 +234,13 @@ def _table3(statistics: pl.DataFrame) -> pl.DataFrame:
     return statistics.with_columns(pl.col("task").cast(pl.String)).transpose(include_header=True, header_name="statistic", column_names="task")
 
 
-def _flat_params(values: dict, prefix: str = "") -> dict[str, str]:
+def _flat_params(values: dict, prefix: str = "") -> dict[str, object]:
     flat = {}
     for key, value in values.items():
         if isinstance(value, dict):
             flat.update(_flat_params(value, f"{prefix}{key}."))
         else:
-            flat[f"{prefix}{key}"] = str(value)[:250]
+            flat[f"{prefix}{key}"] = value
     return flat
 
 

@@ -99,6 +99,29 @@ class MlflowResource(ConfigurableResource):
         artifacts.mkdir(parents=True, exist_ok=True)
         return mlflow.create_experiment(settings.experiment, artifact_location=artifacts.as_uri())
 
+    def log_report(
+        self,
+        run_name: str,
+        tags: dict[str, str],
+        params: dict[str, object],
+        metrics: dict[str, float],
+        report_dir: Path,
+        artifact_path: str,
+    ) -> str:
+        """One MLflow run holding a phase's report: its tags, parameters, metrics (NaN and
+        None left out: nothing was there to measure) and the report folder as artifacts.
+        Returns the run's URL in the MLflow UI."""
+        import math
+
+        import mlflow
+
+        with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as run:
+            mlflow.set_tags(tags)
+            mlflow.log_params({key: str(value)[:250] for key, value in params.items()})
+            mlflow.log_metrics({key: float(v) for key, v in metrics.items() if v is not None and not math.isnan(float(v))})
+            mlflow.log_artifacts(str(report_dir), artifact_path=artifact_path)
+        return self.run_url(run.info.run_id)
+
     def run_url(self, run_id: str) -> str:
         """Where the run shows in `make mlflow` (the MLflow UI on 127.0.0.1:5000)."""
         return f"http://127.0.0.1:5000/#/experiments/{self.experiment_id()}/runs/{run_id}"

@@ -81,6 +81,12 @@ def test_filtering_the_tiny_world_loses_nothing_and_reports_table_3_and_filter_p
         assert all(e.passed for e in evaluations)
     (metadata,) = [m.metadata for m in results[FILTER_REPORT_JOB].asset_materializations_for_node("filter__filter_report")]
     assert "brief_caption" in metadata["text_statistics"].value and "avg_object_complexity" in metadata["text_statistics"].value
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'data' / 'mlflow' / 'mlflow.db'}")
+    run = mlflow.get_run(metadata["mlflow_run"].value.rsplit("/", 1)[-1])
+    assert run.data.tags["phase"] == "filter" and run.data.params["shards_blocked"] == "none"
+    assert 0 <= run.data.metrics["all.keep_precision"] <= 1 and run.data.metrics["corpus_labels"] > 0
     quality = pl.read_parquet(data / "filter" / "report" / "filter_quality.parquet")
     overall = quality.filter(pl.col("filter") == "all").row(0, named=True)
     assert overall["judged"] == sum(pl.read_parquet(data / "annotate" / "initial_annotations" / f"{s}.parquet").height for s in SHARDS)
