@@ -25,7 +25,8 @@ from dagster import (
 
 from assets.annotate import IMAGES, INITIAL_ANNOTATIONS
 from assets.metadata import bar_chart, counts_by, markdown_table, png_markdown
-from data_checks.shards import blocked_shards
+# the gated assets' keys live with their gates, so the IO manager can honour them
+from data_checks.shards import FILTER_QUARANTINE, FILTERED_LABELS, blocked_shards
 from pipelines.io_manager import TABLE_METADATA_KEY
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource
 from relabel.filtering import filter_labels, filter_quality
@@ -36,8 +37,6 @@ from relabel.text_parsing import load_parser, parse_texts, text_statistics
 
 FILTER_STAGE = "filter"
 TEXT_PARSES = AssetKey([FILTER_STAGE, "text_parses"])
-FILTERED_LABELS = AssetKey([FILTER_STAGE, "filtered_labels"])
-FILTER_QUARANTINE = AssetKey([FILTER_STAGE, "filter_quarantine"])
 FILTER_DECISIONS = AssetKey([FILTER_STAGE, "filter_decisions"])
 
 
@@ -155,7 +154,8 @@ def _filter_report():
         count = project.params.shards.count
         blocked = blocked_shards(context.instance, FILTERED_LABELS)
         in_passed = pl.col("image_id").map_elements(lambda i: shard_of(i, count), return_dtype=pl.String).is_in(list(blocked)).not_()
-        corpus = filtered_labels.filter(in_passed)
+        # the IO manager already left blocked shards out of the gated filtered labels
+        corpus = filtered_labels
         texts = corpus.filter(pl.col("annotation_type") == "text").select("label_id", "task")
         statistics = text_statistics(text_parses.join(texts, on="label_id"))
         report_dir = project.data_dir / FILTER_STAGE / "report"

@@ -18,6 +18,7 @@ No Dagster or MLflow here: the caller decides what to do with the metrics.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -234,7 +235,7 @@ def train(
             persistent_workers=settings.num_workers > 0,
         )
     )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _no_autocast()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     trained.train()
     started, loss_value = time.perf_counter(), math.nan
     for step in range(start, settings.steps):
@@ -279,14 +280,6 @@ def train(
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return TrainResult(steps=settings.steps, resumed_from=start, final_loss=loss_value, seconds=time.perf_counter() - started)
-
-
-class _no_autocast:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def _distributed_setup() -> tuple[int, int, torch.device]:

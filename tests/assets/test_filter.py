@@ -9,11 +9,10 @@ import polars as pl
 import pytest
 from dagster import AssetIn, AssetKey, AssetSelection, asset, materialize, mem_io_manager
 
-from data_checks.shards import GATES, blocked_shards
+from data_checks.shards import FILTERED_LABELS, GATES, blocked_shards
 from pipelines.definitions import build_definitions
 from pipelines.phases import FILTER_REPORT_JOB, FILTER_SHARDS_JOB
 
-FILTERED_LABELS = AssetKey(["filter", "filtered_labels"])
 SHARDS = ("shard-00", "shard-01")
 
 
