@@ -22,6 +22,7 @@ Plain functions, no framework: this module knows nothing of Dagster or MLflow.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from models.tokenizer import corpus_texts, train_tokenizer
 
 # the DaViT encoder halves the image four times after a stride-4 stem: 32 pixels per token
 IMAGE_STRIDE = 32
@@ -130,8 +133,12 @@ def build_config(
     bos_token_id: int,
     eos_token_id: int,
     image_token_id: int,
+    dropout: float = 0.1,
 ) -> Florence2Config:
     """The Florence-2 config of ``preset`` for a tokenizer of ``vocab_size`` tokens.
+
+    ``dropout`` is the text transformer's dropout and the image encoder's stochastic depth
+    (both 0.1 in Florence-2); 0 lets a model memorise, as a test of learning does.
 
     The decoder starts from ``eos_token_id``, as BART and Florence-2 do: a target framed
     ``<s> text </s>`` is read as ``</s> <s> text`` and predicted as ``<s> text </s>``.
@@ -145,6 +152,7 @@ def build_config(
         window_size=shape.window_size,
         # the visual tokens enter the text encoder beside the prompt's: same width
         projection_dim=shape.d_model,
+        drop_path_rate=dropout,
     )
     text = BartConfig(
         vocab_size=vocab_size,
@@ -156,6 +164,7 @@ def build_config(
         encoder_ffn_dim=shape.ffn_dim,
         decoder_ffn_dim=shape.ffn_dim,
         max_position_embeddings=MAX_TEXT_POSITIONS,
+        dropout=dropout,
         pad_token_id=pad_token_id,
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
@@ -165,9 +174,10 @@ def build_config(
 
 
 def build_model(
-    preset: str, tokenizer: PreTrainedTokenizerBase
+    preset: str, tokenizer: PreTrainedTokenizerBase, dropout: float = 0.1
 ) -> Florence2ForConditionalGeneration:
-    """A randomly initialised Florence-2 of ``preset``, sized and wired for ``tokenizer``.
+    """A randomly initialised Florence-2 of ``preset``, sized and wired for ``tokenizer``
+    (``dropout``: see ``build_config``).
 
     Build it under ``with torch.device("meta"):`` to count parameters without memory.
     """
@@ -178,6 +188,7 @@ def build_model(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         image_token_id=tokenizer.image_token_id,
+        dropout=dropout,
     )
     return Florence2ForConditionalGeneration(config)
 
@@ -234,6 +245,29 @@ def load_model(
         folder, local_files_only=True, dtype=torch.float32
     )
     return model.to(device).eval(), processor
+
+
+def initial_model(
+    preset: str,
+    corpus_files: Sequence[str | Path],
+    *,
+    vocab_size: int,
+    min_frequency: int,
+    init_from: str | Path | None = None,
+    seed: int = 0,
+) -> tuple[Florence2ForConditionalGeneration, Florence2Processor]:
+    """The model an iteration trains, in train mode on the CPU.
+
+    With ``init_from`` (a local folder of Florence-2 weights: real ones, or an earlier model of
+    ours) that model and its own processor, to fine-tune. Otherwise a new model of ``preset``,
+    initialised from ``seed``, with a tokenizer trained on the text of ``corpus_files``.
+    """
+    if init_from is not None:
+        model, processor = load_model(init_from)
+        return model.train(), processor
+    tokenizer = train_tokenizer(corpus_texts(corpus_files), vocab_size=vocab_size, min_frequency=min_frequency)
+    torch.manual_seed(seed)
+    return build_model(preset, tokenizer).train(), build_processor(tokenizer, preset)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -20,7 +20,11 @@ Plain functions, no framework: this module knows nothing of Dagster or MLflow.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import polars as pl
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
@@ -91,3 +95,20 @@ def train_tokenizer(
     )
     tokenizer.add_tokens(list(VOCABULARY))
     return tokenizer
+
+
+# the tokens every tokenizer gets whole (tasks, <sep>, locations): not text to learn merges from
+_VOCABULARY_TOKENS = re.compile("(?:" + "|".join(re.escape(token) for token in sorted(VOCABULARY, key=len, reverse=True)) + ")+")
+
+
+def corpus_texts(files: Sequence[str | Path]) -> Iterator[str]:
+    """The text of every prompt and target of the corpus parquet files, in file and row order,
+    with each run of task, ``<sep>`` and location tokens made one space (``train_tokenizer``
+    adds those whole), one string per non-empty text."""
+    for path in files:
+        rows = pl.read_parquet(path, columns=["prompt", "target"])
+        for column in ("prompt", "target"):
+            for text in rows[column].drop_nulls():
+                plain = _VOCABULARY_TOKENS.sub(" ", text).strip()
+                if plain:
+                    yield plain

@@ -33,6 +33,7 @@ from pathlib import Path
 import polars as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
 
 CHECKPOINT = "checkpoint"
 IGNORE_INDEX = -100
@@ -210,8 +211,10 @@ def train(
     out_dir: str | Path,
     callback: Callable[[StepMetrics], None] | None = None,
     image_root: str | Path | None = None,
+    progress: bool = False,
 ) -> TrainResult:
     """Train ``model`` on the corpus files; resume from ``out_dir/checkpoint`` if present.
+    ``progress`` shows a bar of the steps with the running loss (rank 0 only).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) each process trains on its GPU with
     DistributedDataParallel; only rank 0 writes checkpoints and calls ``callback``.
@@ -233,11 +236,15 @@ def train(
             collate_fn=Collator(processor, settings.max_target_tokens),
             num_workers=settings.num_workers,
             persistent_workers=settings.num_workers > 0,
+            # spawned, not forked: polars (reading the corpus) and the tokenizers' thread pools
+            # can deadlock in a forked child of a process that already used them
+            multiprocessing_context="spawn" if settings.num_workers > 0 else None,
         )
     )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     trained.train()
     started, loss_value = time.perf_counter(), math.nan
+    bar = tqdm(total=settings.steps, initial=start, desc="training", unit="step", disable=not progress or rank != 0)
     for step in range(start, settings.steps):
         step_started = time.perf_counter()
         for group in optimizer.param_groups:
@@ -262,6 +269,8 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss_value = total
         done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
         if rank == 0:
             if callback is not None:
                 callback(
@@ -277,6 +286,7 @@ def train(
                 )
             if done % settings.checkpoint_every == 0 or done == settings.steps:
                 _checkpoint(model, processor, optimizer, out_dir / CHECKPOINT, done)
+    bar.close()
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return TrainResult(steps=settings.steps, resumed_from=start, final_loss=loss_value, seconds=time.perf_counter() - started)

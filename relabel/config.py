@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.tasks import TASK_TOKENS
 from relabel.labels import TASKS_BY_TYPE
 
 
@@ -179,6 +180,66 @@ class FilterParams(_Strict):
         return self
 
 
+class TokenizerParams(_Strict):
+    """The byte-level BPE trained on the corpus text (``models.tokenizer``)."""
+
+    vocab_size: int = Field(4096, ge=300)
+    min_frequency: int = Field(2, ge=1)
+
+
+class TrainParams(_Strict):
+    """How the unified model trains: the fields of ``models.training.TrainSettings``, checked
+    here so that a wrong value fails when params.yaml is read, not an hour into training."""
+
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accumulation: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    max_target_tokens: int = Field(256, ge=8, le=1024)
+    checkpoint_every: int = Field(100, ge=1)
+    num_workers: int = Field(0, ge=0)
+    shuffle_buffer: int = Field(512, ge=1)
+    seed: int = 0
+    task_weights: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _weights_name_tasks(self) -> TrainParams:
+        unknown = sorted(set(self.task_weights) - set(TASK_TOKENS))
+        if unknown or any(weight < 0 for weight in self.task_weights.values()):
+            raise ValueError(f"task_weights take task tokens {list(TASK_TOKENS)} and weights >= 0; got {self.task_weights}")
+        return self
+
+
+class GenerationParams(_Strict):
+    """Batched generation with the unified model (``models.inference.GenerationSettings``)."""
+
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(128, ge=1, le=1024)
+    num_beams: int = Field(1, ge=1)
+
+
+class ModelParams(_Strict):
+    """Phase 3: one Florence-2 model trained on the corpus of every task.
+
+    ``preset`` is a size of ``models.florence2.PRESETS``; ``init_from``, when set, is a local
+    folder holding Florence-2 weights in transformers' format (real Florence-2 or an earlier
+    model of ours) to fine-tune instead: its own shape and tokenizer are used then.
+    """
+
+    preset: Literal["micro", "small", "base", "large"] = "small"
+    init_from: str | None = None
+    registered_name: str = Field("relabel-florence2", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    tokenizer: TokenizerParams = TokenizerParams()
+    train: TrainParams = TrainParams()
+    generation: GenerationParams = GenerationParams()
+    # the tasks the model is scored on, against the world's ground truth, on held-out images
+    # (what can be scored there: boxes, brief captions and read text with its region)
+    evaluation_tasks: tuple[Literal["<OD>", "<CAPTION>", "<OCR_WITH_REGION>"], ...] = ("<OD>", "<CAPTION>", "<OCR_WITH_REGION>")
+
+
 class MlflowParams(_Strict):
     tracking_uri: str = "sqlite:///data/mlflow/mlflow.db"
     artifact_root: str = "data/mlflow/artifacts"
@@ -198,6 +259,7 @@ class Params(_Strict):
     ingest: IngestParams = IngestParams()
     annotate: AnnotateParams = AnnotateParams()
     filter: FilterParams = FilterParams()
+    model: ModelParams = ModelParams()
     mlflow: MlflowParams = MlflowParams()
     dvc: DvcParams = DvcParams()
 

@@ -12,6 +12,8 @@ ground truth or a human-audited sample:
     whole frames (regions matched by IoU; text nobody read counts as fully wrong).
 ``caption_object_recall``
     The share of the ground-truth object categories of an image that its captions mention.
+``region_naming_accuracy``
+    The share of ground-truth objects named right when their own box is given.
 """
 
 from __future__ import annotations
@@ -348,6 +350,21 @@ def caption_object_recall(captions: pl.DataFrame, truth_objects: pl.DataFrame) -
         for image, category in expected.iter_rows()
     )
     return hits / expected.height
+
+
+def region_naming_accuracy(answers: pl.DataFrame, truth_objects: pl.DataFrame) -> float:
+    """The share of ground-truth objects whose category is named right when their box is given
+    (Florence-2's ``<REGION_TO_CATEGORY>``).
+
+    ``answers`` are object rows whose ``box`` is the box that was asked about (it comes back
+    quantised, so an answer counts for the truth box it overlaps at IoU 0.9) and whose
+    ``category`` is the answer. A truth object nobody answered counts as wrong. NaN when
+    ``truth_objects`` has no box.
+    """
+    if truth_objects.filter(pl.col("box").is_not_null()).height == 0:
+        return math.nan
+    scores = box_scores(answers, truth_objects, iou_threshold=0.9)
+    return float(scores.filter(pl.col("category") == ALL)["recall"][0])
 
 
 # --------------------------------------------------------------------------------------

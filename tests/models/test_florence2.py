@@ -205,3 +205,24 @@ def test_post_process_generation_reads_every_kind_of_answer(processor, task, gen
     assert processor.post_process_generation(generated, task=task, image_size=(1000, 1000)) == {
         task: expected
     }
+
+
+def test_a_saved_model_is_a_starting_point_to_fine_tune_and_a_specialist(model, processor, tmp_path):
+    from models.florence2 import initial_model
+    from models.specialists.base import ImageRef
+    from models.specialists.registry import BuildContext, build_specialist
+    from relabel.labels import empty
+
+    save_model(model, processor, tmp_path / "model")
+    # init_from wins over the preset and the corpus: the folder's own shape and tokenizer
+    tuned, tuned_processor = initial_model("small", [], vocab_size=300, min_frequency=2, init_from=tmp_path / "model")
+    assert tuned.training and len(tuned_processor.tokenizer) == len(processor.tokenizer)
+    weights = dict(model.named_parameters())
+    assert all(torch.equal(p, weights[name]) for name, p in tuned.named_parameters())
+
+    picture = tmp_path / "picture.png"
+    images()[0].save(picture)
+    settings = {"model_path": str(tmp_path / "model"), "tasks": [OD], "num_beams": 1, "max_new_tokens": 8}
+    specialist = build_specialist("florence2", "ours", settings, BuildContext(workdir=tmp_path))
+    (rows,) = specialist.annotate([ImageRef(image_id="a", path=picture, width=320, height=240)], empty("labels"))
+    assert isinstance(rows, list)  # an untrained model may say nothing, but it runs as a specialist

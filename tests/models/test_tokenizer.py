@@ -122,3 +122,20 @@ def test_save_and_load_round_trip(tokenizer, tmp_path):
     for target in TARGETS:
         assert loaded(target).input_ids == tokenizer(target).input_ids
         assert loaded.decode(loaded(target).input_ids, skip_special_tokens=True) == target
+
+
+def test_corpus_texts_leave_out_the_tokens_every_tokenizer_gets_whole(tmp_path):
+    import polars as pl
+
+    from models.tokenizer import corpus_texts
+
+    path = tmp_path / "shard-00.parquet"
+    pl.DataFrame(
+        {
+            "prompt": ["<OD>", "<CAPTION_TO_PHRASE_GROUNDING>A red car."],
+            "target": ["car<loc_1><loc_2><loc_3><loc_4>dog<loc_5><loc_6><loc_7><loc_8>", "A red car.<sep>x"],
+        }
+    ).write_parquet(path)
+    texts = list(corpus_texts([path]))
+    assert texts == ["A red car.", "car dog", "A red car. x"]
+    assert not any("<" in text for text in texts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -16,6 +17,10 @@ from models.tokenizer import train_tokenizer
 from models.training import CorpusStream, TrainSettings, learning_rate_at, train
 from relabel.config import HumanNoiseParams, WorldParams
 from relabel.world import render_world
+
+# measured (micro, no dropout, lr 1e-3, batch 16): the loss is below 0.2% of its start from
+# step 200 on, and 300 steps decode all 16 captions and boxes exactly
+OVERFIT_STEPS = 250
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +93,17 @@ def test_training_resumes_from_its_checkpoint(world, tmp_path):
     assert again.resumed_from == 2 and steps == [3]
 
 
+@pytest.mark.slow
+def test_images_are_decoded_in_spawned_worker_processes(world, tmp_path):
+    files, examples = write_corpus(world, tmp_path / "corpus", [CAPTION])
+    tokenizer = train_tokenizer(examples["target"].to_list(), vocab_size=600)
+    model, processor = build_model("micro", tokenizer), build_processor(tokenizer, "micro")
+    steps = []
+    settings = TrainSettings(steps=2, batch_size=2, num_workers=2, checkpoint_every=10)
+    train(model, processor, files, settings, tmp_path / "run", callback=lambda m: steps.append((m.step, m.examples)))
+    assert steps == [(1, 2), (2, 2)]
+
+
 def test_generation_turns_every_request_into_rows_or_a_stated_problem(world):
     from models.inference import GenerationSettings, generate_labels, requests_for
 
@@ -105,3 +121,47 @@ def test_generation_turns_every_request_into_rows_or_a_stated_problem(world):
         )
         assert len(answered) == 6
         assert generated.labels["score"].is_between(0, 1).all() and set(generated.labels["source"]) <= {"model@iter0"}
+
+
+@pytest.mark.slow
+def test_the_model_memorises_16_images_captions_exactly_and_boxes_within_quantisation(world, tmp_path):
+    """Proof that the whole loop learns: the micro model, without dropout, trained on the 16
+    images' <CAPTION> and <OD> examples, writes every caption back word for word and every box
+    within a quantisation bin, through batched generation and parsing."""
+    from models.inference import GenerationSettings, generate_labels, requests_for
+    from models.tasks import LOC_BINS
+    from models.tokenizer import corpus_texts
+
+    images, truth = world
+    files, examples = write_corpus(world, tmp_path / "corpus", [OD, CAPTION])
+    tokenizer = train_tokenizer(corpus_texts(files), vocab_size=600)
+    torch.manual_seed(0)
+    model, processor = build_model("micro", tokenizer, dropout=0.0), build_processor(tokenizer, "micro")
+    settings = TrainSettings(steps=OVERFIT_STEPS, batch_size=16, learning_rate=1e-3, warmup_steps=10, checkpoint_every=10**6, shuffle_buffer=64)
+    losses = []
+    train(model, processor, files, settings, tmp_path / "run", callback=lambda step: losses.append(step.loss))
+    assert losses[-1] < 0.05 * losses[0]
+
+    requests = requests_for(images.rename({"uri": "image_path"}), [OD, CAPTION])
+    generated = generate_labels(model, processor, requests, GenerationSettings(batch_size=16, max_new_tokens=96), source="model", iteration=0)
+    assert generated.problems.height == 0
+
+    def captions(frame: pl.DataFrame) -> dict[str, str]:
+        return dict(frame.filter(pl.col("task") == "brief_caption").select("image_id", "text").iter_rows())
+
+    assert captions(generated.labels) == captions(truth)
+
+    def objects(frame: pl.DataFrame) -> dict[str, list[tuple[str, list[float]]]]:
+        rows = frame.filter(pl.col("task") == "object").sort("image_id", "category", pl.col("box").arr.get(0), pl.col("box").arr.get(1))
+        found: dict[str, list] = {}
+        for image_id, category, box in rows.select("image_id", "category", "box").iter_rows():
+            found.setdefault(image_id, []).append((category, list(box)))
+        return found
+
+    written, expected = objects(generated.labels), objects(truth)
+    assert written.keys() == expected.keys()
+    bin_size = np.array([320, 240, 320, 240]) / LOC_BINS
+    for image_id, wanted in expected.items():
+        assert [category for category, _ in written[image_id]] == [category for category, _ in wanted]
+        for (_, box), (_, true_box) in zip(written[image_id], wanted, strict=True):
+            assert (np.abs(np.array(box) - np.array(true_box)) <= bin_size).all(), (image_id, box, true_box)

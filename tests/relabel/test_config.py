@@ -28,3 +28,21 @@ def test_a_source_without_its_paths_is_rejected():
 def test_resolve_anchors_relative_paths_at_the_root_and_keeps_absolute_ones(tmp_path):
     assert resolve(tmp_path, "data") == tmp_path / "data"
     assert resolve(tmp_path, "/abs/data") == Path("/abs/data")
+
+
+def test_the_model_train_params_are_the_training_loops_settings():
+    import dataclasses
+
+    from models.training import TrainSettings
+    from relabel.config import TrainParams
+
+    assert set(TrainParams.model_fields) == {field.name for field in dataclasses.fields(TrainSettings)}
+    settings = TrainSettings(**TrainParams(steps=7, task_weights={"<OD>": 2.0}).model_dump())
+    assert settings.steps == 7 and settings.task_weights == {"<OD>": 2.0}
+
+
+def test_task_weights_must_name_task_tokens():
+    with pytest.raises(ValidationError, match="task_weights"):
+        Params.model_validate({"model": {"train": {"task_weights": {"OD": 1.0}}}})
+    with pytest.raises(ValidationError, match="preset"):
+        Params.model_validate({"model": {"preset": "huge"}})

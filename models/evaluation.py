@@ -1,0 +1,85 @@
+"""The unified model against ground truth on held-out images, beside the trivial baseline.
+
+``evaluate_heldout`` asks the model, with batched generation, for every held-out image:
+
+- the prompt-free tasks given (``<OD>``, ``<CAPTION>``, ``<OCR_WITH_REGION>``), scored like the
+  specialists (``relabel.annotate.score_against_truth``: box precision / recall / F1 at IoU
+  0.5, caption object recall, OCR character error rate);
+- ``<REGION_TO_CATEGORY>`` for every ground-truth box, scored as the share named right
+  (``relabel.scoring.region_naming_accuracy``): whether the model recognises what it is shown,
+  apart from whether it can find it.
+
+The baseline (``relabel.baseline``) answers the same questions from the training labels'
+statistics alone. Plain functions, no framework: this module knows nothing of Dagster or MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from models.corpus import corpus_examples
+from models.inference import REQUESTS_SCHEMA, GenerationSettings, generate_labels, requests_for
+from models.tasks import REGION_TO_CATEGORY
+from relabel.annotate import score_against_truth
+from relabel.baseline import prior_labels, prior_region_names
+from relabel.scoring import region_naming_accuracy
+
+MODEL, BASELINE = "model", "baseline"
+
+
+@dataclass(frozen=True)
+class HeldoutEvaluation:
+    """``summary``: one row per output (model, baseline) with every score; ``boxes``: box
+    scores per category; ``generated``: the model's label rows (all questions);
+    ``problems``: what the model wrote that could not be read."""
+
+    summary: pl.DataFrame
+    boxes: pl.DataFrame
+    generated: pl.DataFrame
+    problems: pl.DataFrame
+    requests: int
+
+
+def evaluate_heldout(
+    model,
+    processor,
+    heldout: pl.DataFrame,
+    training: pl.DataFrame,
+    training_labels: pl.DataFrame,
+    truth: pl.DataFrame,
+    tasks: list[str],
+    settings: GenerationSettings,
+    *,
+    source: str,
+    iteration: int,
+    progress: bool = False,
+) -> HeldoutEvaluation:
+    """Score ``model`` and the baseline on the ``heldout`` images against ``truth``.
+
+    ``heldout`` has ``image_id``, ``image_path``, ``width`` and ``height``; ``training`` and
+    ``training_labels`` are the training images and labels the baseline learns its answers
+    from; ``truth`` holds the ground-truth label rows (those of other images are ignored).
+    """
+    truth = truth.filter(pl.col("image_id").is_in(heldout["image_id"].implode()))
+    training_labels = training_labels.filter(pl.col("image_id").is_in(training["image_id"].implode()))
+    truth_objects = truth.filter(pl.col("task") == "object", pl.col("box").is_not_null())
+    described = generate_labels(model, processor, requests_for(heldout, tasks), settings, source=source, iteration=iteration, progress=progress)
+    # the ground-truth boxes as <REGION_TO_CATEGORY> prompts, written as the corpus writes them
+    region_requests = corpus_examples(truth_objects, heldout.with_columns(uri=pl.col("image_path")), lambda path: path, [REGION_TO_CATEGORY])
+    named = generate_labels(model, processor, region_requests.select(list(REQUESTS_SCHEMA)), settings, source=source, iteration=iteration, progress=progress)
+
+    scores = score_against_truth({MODEL: described.labels, BASELINE: prior_labels(training_labels, training, heldout)}, truth)
+    naming = {
+        MODEL: region_naming_accuracy(named.labels, truth_objects),
+        BASELINE: region_naming_accuracy(prior_region_names(training_labels, truth_objects), truth_objects),
+    }
+    summary = scores.summary.with_columns(region_naming_accuracy=pl.col("output").replace_strict(naming, return_dtype=pl.Float64))
+    return HeldoutEvaluation(
+        summary=summary,
+        boxes=scores.boxes,
+        generated=pl.concat([described.labels, named.labels]),
+        problems=pl.concat([described.problems, named.problems]),
+        requests=region_requests.height + len(tasks) * heldout.height,
+    )
