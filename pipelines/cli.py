@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("demo", help="materialize every phase for every shard and summarise")
     materialize = commands.add_parser("materialize", help="materialize one phase for every shard")
     materialize.add_argument("phase", choices=PHASES)
+    materialize.add_argument("--iteration", default="0", help="the iteration the model phase trains and scores (default: 0)")
     args = parser.parse_args(argv)
 
     root = Path(args.root).resolve()
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     phases = PHASES if args.command == "demo" else (args.phase,)
     for phase in phases:
-        materialize_phase(phase, root)
+        materialize_phase(phase, root, getattr(args, "iteration", "0"))
     if args.command == "demo":
         print(demo_summary(root, time.monotonic() - started))
     return 0
@@ -55,14 +56,15 @@ def _point_dagster_at(root: Path) -> None:
         config.write_text("telemetry:\n  enabled: false\n")
 
 
-def materialize_phase(phase: str, root: Path) -> None:
+def materialize_phase(phase: str, root: Path, iteration: str = "0") -> None:
     """Run the jobs of ``phase``: unpartitioned ones once, shard jobs once per shard, shards
-    in parallel processes."""
+    in parallel processes, iteration jobs for ``iteration`` (added to the instance's
+    iterations if new)."""
     from pipelines import definitions
 
     for job_name in PHASE_JOBS[phase]:
         job = definitions.defs.resolve_job_def(job_name)
-        keys = job.partitions_def.get_partition_keys() if job.partitions_def else [None]
+        keys = _partition_keys(job.partitions_def, iteration)
         workers = min(len(keys), os.cpu_count() or 1)
         print(f"[relabel] {phase}: {job_name} over {len(keys) if keys != [None] else 1} run(s)", flush=True)
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -70,6 +72,19 @@ def materialize_phase(phase: str, root: Path) -> None:
         failed = [key or job_name for key, ok in zip(keys, outcomes) if not ok]
         if failed:
             raise SystemExit(f"[relabel] {job_name} failed for {failed}; see the runs in the Dagster UI")
+
+
+def _partition_keys(partitions, iteration: str) -> list[str | None]:
+    from dagster import DagsterInstance, DynamicPartitionsDefinition
+
+    if partitions is None:
+        return [None]
+    if isinstance(partitions, DynamicPartitionsDefinition):
+        with DagsterInstance.get() as instance:
+            if not instance.has_dynamic_partition(partitions.name, iteration):
+                instance.add_dynamic_partitions(partitions.name, [iteration])
+        return [iteration]
+    return partitions.get_partition_keys()
 
 
 def _execute(job_name: str, partition_key: str | None) -> bool:
@@ -118,10 +133,11 @@ def demo_summary(root: Path, seconds: float) -> str:
         *_annotation_lines(data),
         *_filter_lines(data),
         *_corpus_lines(data),
+        *_model_lines(data),
         "",
         "Look at it:",
         "  make ui                          Dagster UI on http://127.0.0.1:3000 (runs, assets, metadata)",
-        "  make mlflow                      MLflow UI on http://127.0.0.1:5000 (scored annotation runs)",
+        "  make mlflow                      MLflow UI on http://127.0.0.1:5000 (scores, training runs, registered models)",
         "  .venv/bin/dvc status             phase outputs against dvc.lock and the cache",
         f"  .venv/bin/dvc push / pull        remote: {params.dvc.remote_url}",
     ]
@@ -133,12 +149,16 @@ def _annotation_lines(data: Path) -> list[str]:
     summary_path = data / "annotate" / "scores" / "summary.parquet"
     if not summary_path.is_file():
         return []
-    summary = pl.read_parquet(summary_path)
-    lines = ["", "Initial annotation against the world's ground truth (boxes at IoU 0.5):"]
-    for row in summary.iter_rows(named=True):
-        parts = [f"{row['output']:<20} {row['labels']:>6} labels"]
+    return ["", "Initial annotation against the world's ground truth (boxes at IoU 0.5):", *_score_lines(summary_path, width=20)]
+
+
+def _score_lines(summary_path: Path, width: int) -> list[str]:
+    """One line per output of a ``relabel.annotate.score_against_truth`` summary."""
+    lines = []
+    for row in pl.read_parquet(summary_path).iter_rows(named=True):
+        parts = [f"{row['output']:<{width}} {row['labels']:>6} labels"]
         if row.get("f1") is not None:
-            parts.append(f"P {row['precision']:.2f}  R {row['recall']:.2f}  F1 {row['f1']:.2f}")
+            parts.append(f"boxes P {row['precision']:.2f}  R {row['recall']:.2f}  F1 {row['f1']:.2f}")
         if row.get("ocr_cer") is not None:
             parts.append(f"OCR CER {row['ocr_cer']:.2f}")
         if row.get("caption_object_recall") is not None:
@@ -191,6 +211,25 @@ def _corpus_lines(data: Path) -> list[str]:
         f"Corpus: {examples.height} Florence-2 examples from {examples['image_id'].n_unique()} training images: "
         + ", ".join(f"{row['task']} {row['len']}" for row in by_task.iter_rows(named=True)),
     ]
+
+
+
+def _model_lines(data: Path) -> list[str]:
+    """Phase 3: each iteration's training and its held-out scores beside the baseline."""
+    lines = []
+    for folder in sorted((data / "model").glob("iteration-*")):
+        curve_path, summary_path = folder / "training_curve.parquet", folder / "heldout" / "summary.parquet"
+        if not curve_path.is_file():
+            continue
+        curve = pl.read_parquet(curve_path)
+        lines += [
+            "",
+            f"Model {folder.name}: {curve.height} steps in {curve['seconds'].sum():.0f} s "
+            f"({curve['examples'].sum() / curve['seconds'].sum():.1f} examples/s), loss {curve['loss'][0]:.2f} -> {curve['loss'].tail(10).mean():.2f}",
+        ]
+        if summary_path.is_file():
+            lines += ["  held-out (eval split) against the world's ground truth:", *_score_lines(summary_path, width=9)]
+    return lines
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from assets.annotate import build_annotate_assets
 from assets.corpus import build_corpus_assets
 from assets.filter import build_filter_assets
 from assets.ingest import QUARANTINES, SOURCE_CATALOG, build_ingest_assets
+from assets.model import HELDOUT_SCORES, ITERATIONS, MODEL, build_model_assets
 from assets.world import embedded_world
 from data_checks.shards import build_shard_checks
 from pipelines.io_manager import ShardParquetIOManager
@@ -27,6 +28,8 @@ from pipelines.phases import (
     FILTER_SHARDS_JOB,
     INGEST_SHARDS_JOB,
     SCORE_ANNOTATIONS_JOB,
+    SCORE_MODEL_JOB,
+    TRAIN_MODEL_JOB,
     TRAIN_SPECIALISTS_JOB,
     WORLD_JOB,
 )
@@ -54,6 +57,7 @@ def build_definitions(root: str | None = None) -> Definitions:
             *filter_shard,
             *filter_report,
             *corpus,
+            *build_model_assets(),
         ],
         asset_checks=build_shard_checks(shards, project.params.filter.gates, project.ontology()),
         jobs=[
@@ -111,6 +115,21 @@ def build_definitions(root: str | None = None) -> Definitions:
                 executor_def=in_process_executor,
                 description="Write one shard's gated, filtered training labels as Florence-2 (prompt, target) examples.",
             ),
+            define_asset_job(
+                TRAIN_MODEL_JOB,
+                selection=AssetSelection.assets(MODEL),
+                partitions_def=ITERATIONS,
+                # one process: training takes the machine's cores (or its GPU) by itself
+                executor_def=in_process_executor,
+                description="Train the iteration's Florence-2 model on every shard's corpus (an MLflow run and a registered model version).",
+            ),
+            define_asset_job(
+                SCORE_MODEL_JOB,
+                selection=AssetSelection.assets(HELDOUT_SCORES),
+                partitions_def=ITERATIONS,
+                executor_def=in_process_executor,
+                description="Score the iteration's model on the held-out evaluation split against a trivial baseline.",
+            ),
         ],
         resources={
             "project": project,
@@ -163,6 +182,14 @@ def write_corpus_job():
     return defs.resolve_job_def(CORPUS_SHARDS_JOB)
 
 
+def train_model_job():
+    return defs.resolve_job_def(TRAIN_MODEL_JOB)
+
+
+def score_model_job():
+    return defs.resolve_job_def(SCORE_MODEL_JOB)
+
+
 JOB_FACTORIES = {
     WORLD_JOB: render_world_job,
     CATALOG_JOB: catalog_sources_job,
@@ -173,4 +200,6 @@ JOB_FACTORIES = {
     FILTER_SHARDS_JOB: filter_shards_job,
     FILTER_REPORT_JOB: report_filtering_job,
     CORPUS_SHARDS_JOB: write_corpus_job,
+    TRAIN_MODEL_JOB: train_model_job,
+    SCORE_MODEL_JOB: score_model_job,
 }

@@ -13,6 +13,8 @@ SCORE_ANNOTATIONS_JOB = "score_annotations"
 FILTER_SHARDS_JOB = "filter_shards"
 FILTER_REPORT_JOB = "report_filtering"
 CORPUS_SHARDS_JOB = "write_corpus"
+TRAIN_MODEL_JOB = "train_model"
+SCORE_MODEL_JOB = "score_model"
 
 PHASE_JOBS = {
     "world": (WORLD_JOB,),
@@ -20,4 +22,5 @@ PHASE_JOBS = {
     "annotate": (TRAIN_SPECIALISTS_JOB, ANNOTATE_SHARDS_JOB, SCORE_ANNOTATIONS_JOB),
     "filter": (FILTER_SHARDS_JOB, FILTER_REPORT_JOB),
     "corpus": (CORPUS_SHARDS_JOB,),
+    "model": (TRAIN_MODEL_JOB, SCORE_MODEL_JOB),
 }

@@ -7,7 +7,12 @@ its remote from there too, so the file stays the one home of configuration.
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -111,8 +116,6 @@ class MlflowResource(ConfigurableResource):
         """One MLflow run holding a phase's report: its tags, parameters, metrics (NaN and
         None left out: nothing was there to measure) and the report folder as artifacts.
         Returns the run's URL in the MLflow UI."""
-        import math
-
         import mlflow
 
         with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as run:
@@ -125,3 +128,65 @@ class MlflowResource(ConfigurableResource):
     def run_url(self, run_id: str) -> str:
         """Where the run shows in `make mlflow` (the MLflow UI on 127.0.0.1:5000)."""
         return f"http://127.0.0.1:5000/#/experiments/{self.experiment_id()}/runs/{run_id}"
+
+    @contextmanager
+    def training_run(self, run_name: str, tags: dict[str, str], params: Mapping[str, object]) -> Iterator[TrainingRun]:
+        """An MLflow run open while a model trains: FINISHED when the block ends, FAILED (and
+        the error re-raised) when it raises."""
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+
+        client = MlflowClient(self.tracking_uri)
+        run = client.create_run(self.experiment_id(), run_name=run_name, tags=tags)
+        client.log_batch(run.info.run_id, params=[Param(key, str(value)[:6000]) for key, value in params.items()])
+        try:
+            yield TrainingRun(client, run.info.run_id, run.info.artifact_uri, self.run_url(run.info.run_id))
+        except BaseException:
+            client.set_terminated(run.info.run_id, "FAILED")
+            raise
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+    def add_to_run(self, run_id: str, metrics: Mapping[str, float | None], report_dir: Path, artifact_path: str) -> str:
+        """Log more metrics (NaN and None left out) and a report folder to a finished run, e.g.
+        a model's held-out scores to its training run, so one row of the MLflow UI holds both."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(self.tracking_uri)
+        TrainingRun(client, run_id, client.get_run(run_id).info.artifact_uri, "").log_metrics(metrics, step=0)
+        client.log_artifacts(run_id, str(report_dir), artifact_path=artifact_path)
+        return self.run_url(run_id)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """An open MLflow run: what a training loop's callback logs to, and the registration of
+    the model it made."""
+
+    client: object  # mlflow.MlflowClient, imported lazily (mlflow takes seconds to import)
+    run_id: str
+    artifact_uri: str
+    url: str
+
+    def log_metrics(self, metrics: Mapping[str, float | None], step: int) -> None:
+        """One batch of metrics at ``step``; NaN and None are left out (nothing to measure)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(v), now, step) for key, v in metrics.items() if v is not None and not math.isnan(float(v))]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def register_model(self, folder: Path, name: str, alias: str, tags: dict[str, str]) -> str:
+        """Log ``folder`` as the run's ``model`` artifact and register it as a new version of
+        the registered model ``name``, reachable as ``models:/<name>@<alias>``. Returns the
+        version number."""
+        from mlflow.exceptions import MlflowException
+
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path="model")
+        try:
+            self.client.create_registered_model(name, description="The unified Florence-2 model of relabel, one version per iteration.")
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = self.client.create_model_version(name, source=f"{self.artifact_uri}/model", run_id=self.run_id, tags=tags)
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return str(version.version)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,10 @@ def write_tiny_project(root: Path, **world: object) -> Path:
     for spec in params["annotate"]["perception"]:
         if spec["kind"] == "trained_detector":
             spec["settings"] = {**spec.get("settings", {}), "epochs": 3}
+    # the model phase: the micro preset for a few steps, short answers
+    params["model"].update(preset="micro", tokenizer={"vocab_size": 600, "min_frequency": 2})
+    params["model"]["train"].update(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=2, num_workers=0)
+    params["model"]["generation"].update(batch_size=8, max_new_tokens=16)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(PROJECT_ROOT / "dvc.yaml", root / "dvc.yaml")
     return root
@@ -60,9 +65,9 @@ def materialize_project(
 ) -> dict:
     """Materialize ``phases`` of the project at ``root`` with ``dagster.materialize`` into
     ``instance``, job by job as the CLI runs them (each job's own asset selection), a shard job
-    once per shard of ``shards``. Returns the result of each partitioned run by
-    ``(job name, shard)`` and of each unpartitioned run by job name."""
-    from dagster import materialize
+    once per shard of ``shards``, an iteration job for iteration 0. Returns the result of each
+    partitioned run by ``(job name, partition)`` and of each unpartitioned run by job name."""
+    from dagster import DynamicPartitionsDefinition, materialize
 
     from pipelines.definitions import build_definitions
     from pipelines.phases import PHASE_JOBS
@@ -74,7 +79,11 @@ def materialize_project(
     for phase in phases:
         for name in PHASE_JOBS[phase]:
             job = jobs[name]
-            for key in (shards if job.partitions_def else (None,)):
+            keys = shards if job.partitions_def else (None,)
+            if isinstance(job.partitions_def, DynamicPartitionsDefinition):
+                instance.add_dynamic_partitions(job.partitions_def.name, ["0"])
+                keys = ("0",)
+            for key in keys:
                 result = materialize(
                     everything, selection=job.selection, partition_key=key, resources=defs.resources, instance=instance
                 )
@@ -98,13 +107,16 @@ def materialize_all(instance):
     return lambda root, **options: materialize_project(root, instance, **options)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def annotated_project(tmp_path_factory: pytest.TempPathFactory):
     """A tiny project materialized through initial annotation and filtering, once per test
-    module: ``(root, results)`` as ``materialize_project`` returns them."""
+    session: ``(root, results, materialize_more)``, the results as ``materialize_project``
+    returns them; ``materialize_more(phases=...)`` runs later phases into the same instance
+    (they write only those phases' outputs)."""
     from dagster import DagsterInstance
 
     root = write_tiny_project(tmp_path_factory.mktemp("annotated") / "project")
     with pytest.MonkeyPatch.context() as patch, DagsterInstance.ephemeral(tempdir=str(root.parent / "dh")) as instance:
         patch.setenv("RELABEL_ROOT", str(root))
-        yield root, materialize_project(root, instance, phases=("world", "ingest", "annotate", "filter"))
+        results = materialize_project(root, instance, phases=("world", "ingest", "annotate", "filter"))
+        yield root, results, functools.partial(materialize_project, root, instance)

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def annotated(annotated_project):
-    return annotated_project
+    root, results, _ = annotated_project
+    return root, results
 
 
 def _all(root, *key):

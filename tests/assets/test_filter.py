@@ -68,7 +68,7 @@ def test_a_shard_whose_rare_class_collapses_is_blocked_in_its_run_and_in_later_o
 
 @pytest.mark.slow
 def test_filtering_the_tiny_world_loses_nothing_and_reports_table_3_and_filter_precision(annotated_project):
-    root, results = annotated_project
+    root, results, _ = annotated_project
     data = root / "data"
     for shard in SHARDS:
         labels_in = pl.read_parquet(data / "annotate" / "initial_annotations" / f"{shard}.parquet").height

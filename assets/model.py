@@ -1,0 +1,275 @@
+"""Phase 3: the unified Florence-2 model of each iteration, and its scores on held-out images.
+
+Iterations are a dynamic partition (``ITERATIONS``): iteration k's model trains on the corpus
+and is scored on the evaluation split, which no corpus ever contains. Each model is an MLflow
+run (parameters, per-step loss and learning rate, per-task loss, the model folder, a
+registered model version aliased ``iteration-<k>``) whose URL is in the materialization's
+metadata; the held-out scores are logged to the same run, so that one row of the MLflow UI
+holds an iteration's training and its scores. Bodies only load, call ``models`` and
+``relabel`` functions and record metadata.
+"""
+
+import shutil
+from pathlib import Path
+
+import polars as pl
+from dagster import (
+    AllPartitionMapping,
+    AssetDep,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetRecordsFilter,
+    DynamicPartitionsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from assets.annotate import IMAGES
+from assets.corpus import CORPUS_EXAMPLES
+from assets.filter import FILTERED_LABELS
+from assets.metadata import figure_image, markdown_table, png_markdown
+from pipelines.resources import DvcResource, MlflowResource, ProjectResource
+from relabel.ingest.images import path_of_uri
+from relabel.versioning import file_md5
+
+MODEL_STAGE = "model"
+MODEL = AssetKey([MODEL_STAGE, "florence2"])
+HELDOUT_SCORES = AssetKey([MODEL_STAGE, "heldout_scores"])
+ITERATIONS = DynamicPartitionsDefinition(name="iteration")
+MODEL_FOLDER = "model"
+
+
+def iteration_dir(data_dir: Path, iteration: str) -> Path:
+    """Where iteration ``iteration``'s model, training curve and scores are written."""
+    return data_dir / MODEL_STAGE / f"iteration-{iteration}"
+
+
+def model_source(iteration: str) -> str:
+    """The ``source`` of the labels iteration ``iteration``'s model writes."""
+    return f"florence2@iteration-{iteration}"
+
+
+def build_model_assets() -> list:
+    """The per-iteration model and its held-out scores."""
+
+    @asset(
+        key=MODEL,
+        deps=[AssetDep(CORPUS_EXAMPLES, partition_mapping=AllPartitionMapping())],
+        partitions_def=ITERATIONS,
+        group_name=MODEL_STAGE,
+        compute_kind="torch",
+        description="The iteration's Florence-2 model trained on every shard's corpus with one cross-entropy loss over all tasks: an MLflow run and a registered model version.",
+    )
+    def florence2(context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource, mlflow_tracking: MlflowResource) -> MaterializeResult:
+        from models.florence2 import count_parameters, initial_model, save_model
+        from models.training import TrainSettings, train
+
+        iteration, params = context.partition_key, project.params.model
+        corpus = sorted((project.data_dir / CORPUS_EXAMPLES.path[0] / CORPUS_EXAMPLES.path[1]).glob("*.parquet"))
+        if not corpus:
+            raise FileNotFoundError(f"no corpus under {project.data_dir / 'corpus'}: materialize the corpus phase first")
+        folder = iteration_dir(project.data_dir, iteration)
+        model, processor = initial_model(
+            params.preset,
+            corpus,
+            vocab_size=params.tokenizer.vocab_size,
+            min_frequency=params.tokenizer.min_frequency,
+            init_from=project.path(params.init_from) if params.init_from else None,
+            seed=params.train.seed,
+        )
+        settings = TrainSettings(**params.train.model_dump())
+        run_params = {
+            "iteration": iteration,
+            "preset": params.preset if params.init_from is None else f"from {params.init_from}",
+            "parameters": count_parameters(model),
+            "vocab_size": len(processor.tokenizer),
+            **{f"corpus.{path.stem}.md5": file_md5(path) for path in corpus},
+            **{f"train.{key}": value for key, value in params.train.model_dump().items()},
+            **{f"tokenizer.{key}": value for key, value in params.tokenizer.model_dump().items()},
+        }
+        curve = TrainingCurve()
+        with mlflow_tracking.training_run(
+            run_name=f"florence2-iteration-{iteration}",
+            tags={"phase": "training", "iteration": iteration, "dagster_run_id": context.run_id},
+            params=run_params,
+        ) as run:
+
+            def record(step) -> None:  # models.training.StepMetrics
+                curve.add(step)
+                run.log_metrics(TrainingCurve.metrics_of(step), step=step.step)
+
+            # resumes from folder/checkpoint when an earlier run of this iteration was stopped
+            result = train(model, processor, corpus, settings, folder, callback=record, image_root=project.data_dir, progress=True)
+            save_model(model, processor, folder / MODEL_FOLDER)
+            curve.write(folder)
+            version = run.register_model(
+                folder / MODEL_FOLDER,
+                params.registered_name,
+                alias=f"iteration-{iteration}",
+                tags={"iteration": iteration, "preset": str(run_params["preset"]), "dagster_run_id": context.run_id},
+            )
+        shutil.rmtree(folder / "checkpoint", ignore_errors=True)  # only a stopped run resumes from it
+        committed = dvc.commit(stage=MODEL_STAGE, written=folder / MODEL_FOLDER / "model.safetensors")
+        context.log.info(f"iteration {iteration}: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.3f}; {run.url}")
+        return MaterializeResult(
+            metadata={
+                "mlflow_run": MetadataValue.url(run.url),
+                "mlflow_run_id": run.run_id,
+                "registered_model": f"models:/{params.registered_name}@iteration-{iteration} (version {version})",
+                "parameters": run_params["parameters"],
+                "vocab_size": run_params["vocab_size"],
+                "steps": result.steps,
+                "resumed_from_step": result.resumed_from,
+                "final_loss": round(result.final_loss, 4),
+                "train_seconds": round(result.seconds, 1),
+                "examples_per_second": round(curve.examples_per_second(), 2),
+                "model_dir": MetadataValue.path(str(folder / MODEL_FOLDER)),
+                "dvc_md5": committed.md5,
+                "training_curve": MetadataValue.md(png_markdown(curve.chart(), "loss and learning rate per step")),
+            }
+        )
+
+    @asset(
+        key=HELDOUT_SCORES,
+        ins={
+            "images": AssetIn(IMAGES, partition_mapping=AllPartitionMapping()),
+            "labels": AssetIn(FILTERED_LABELS, partition_mapping=AllPartitionMapping()),
+        },
+        deps=[MODEL],
+        partitions_def=ITERATIONS,
+        group_name=MODEL_STAGE,
+        compute_kind="torch",
+        description="The iteration's model against the world's ground truth on the evaluation split (never in a corpus), beside a trivial baseline that answers every image with the training labels' most frequent object, caption and text. Logged to the model's MLflow run.",
+    )
+    def heldout_scores(
+        context: AssetExecutionContext,
+        project: ProjectResource,
+        dvc: DvcResource,
+        mlflow_tracking: MlflowResource,
+        images: pl.DataFrame,
+        labels: pl.DataFrame,
+    ) -> MaterializeResult:
+        import torch
+
+        from models.evaluation import BASELINE, MODEL, evaluate_heldout
+        from models.florence2 import load_model
+        from models.inference import GenerationSettings
+
+        iteration, params = context.partition_key, project.params.model
+        truth_path = project.data_dir / "ground_truth" / "labels.parquet"
+        if not truth_path.is_file():
+            return MaterializeResult(metadata={"scored": False, "why": f"no ground truth at {truth_path}"})
+        with_paths = images.with_columns(image_path=pl.col("uri").map_elements(lambda uri: str(path_of_uri(uri, project.data_dir)), return_dtype=pl.String))
+        heldout = with_paths.filter(pl.col("split") == "eval")
+        folder = iteration_dir(project.data_dir, iteration)
+        model, processor = load_model(folder / MODEL_FOLDER, device="cuda" if torch.cuda.is_available() else "cpu")
+        evaluation = evaluate_heldout(
+            model,
+            processor,
+            heldout,
+            with_paths.filter(pl.col("split") == "train"),
+            labels,
+            pl.read_parquet(truth_path),
+            list(params.evaluation_tasks),
+            GenerationSettings(**params.generation.model_dump()),
+            source=model_source(iteration),
+            iteration=int(iteration),
+            progress=True,
+        )
+        report_dir = folder / "heldout"
+        report_dir.mkdir(parents=True, exist_ok=True)
+        evaluation.summary.write_parquet(report_dir / "summary.parquet")
+        evaluation.boxes.write_parquet(report_dir / "box_scores.parquet")
+        evaluation.generated.write_parquet(report_dir / "generated_labels.parquet")
+        evaluation.problems.write_parquet(report_dir / "generation_problems.parquet")
+        metrics = {
+            f"heldout.{metric}.{row['output']}": row.get(metric)
+            for row in evaluation.summary.iter_rows(named=True)
+            for metric in ("precision", "recall", "f1", "ocr_cer", "caption_object_recall", "region_naming_accuracy")
+        }
+        run_url = mlflow_tracking.add_to_run(_model_run_id(context, iteration), metrics, report_dir, artifact_path="heldout")
+        committed = dvc.commit(stage=MODEL_STAGE, written=report_dir / "summary.parquet")
+        scores = {row["output"]: row for row in evaluation.summary.iter_rows(named=True)}
+        context.log.info(f"iteration {iteration} on {heldout.height} held-out images: {scores}")
+        return MaterializeResult(
+            metadata={
+                "heldout_images": heldout.height,
+                "requests": evaluation.requests,
+                "generated_labels": evaluation.generated.height,
+                "generation_problems": evaluation.problems.height,
+                **{f"{name}/{metric}": scores[name].get(metric) for name in (MODEL, BASELINE) for metric in ("f1", "caption_object_recall", "region_naming_accuracy") if scores[name].get(metric) is not None},
+                "summary": MetadataValue.md(markdown_table(evaluation.summary)),
+                "mlflow_run": MetadataValue.url(run_url),
+                "dvc_md5": committed.md5,
+            }
+        )
+
+    return [florence2, heldout_scores]
+
+
+def _model_run_id(context: AssetExecutionContext, iteration: str) -> str:
+    """The MLflow run of the latest materialization of iteration ``iteration``'s model."""
+    records = context.instance.fetch_materializations(AssetRecordsFilter(asset_key=MODEL, asset_partitions=[iteration]), limit=1).records
+    if not records:
+        raise FileNotFoundError(f"iteration {iteration}'s model has not been materialized")
+    return records[0].asset_materialization.metadata["mlflow_run_id"].value
+
+
+class TrainingCurve:
+    """Every step's metrics as the model trains: for MLflow, a parquet file and a chart."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict] = []
+        self.task_losses: list[dict] = []
+
+    @staticmethod
+    def metrics_of(step) -> dict[str, float]:
+        """A step's MLflow metrics; per task ``loss.<task>`` (``<OD>`` -> ``loss.od``)."""
+        return {
+            "loss": step.loss,
+            "learning_rate": step.learning_rate,
+            "examples_per_second": step.examples_per_second,
+            "tokens_per_second": step.tokens_per_second,
+            **{f"loss.{task.strip('<>').lower()}": value for task, value in step.task_losses.items()},
+        }
+
+    def add(self, step) -> None:
+        self.steps.append(
+            {"step": step.step, "loss": step.loss, "learning_rate": step.learning_rate, "examples": step.examples, "target_tokens": step.target_tokens, "seconds": step.seconds}
+        )
+        self.task_losses.extend({"step": step.step, "task": task, "loss": value} for task, value in step.task_losses.items())
+
+    def examples_per_second(self) -> float:
+        seconds = sum(row["seconds"] for row in self.steps)
+        return sum(row["examples"] for row in self.steps) / seconds if seconds else 0.0
+
+    def write(self, folder: Path) -> None:
+        pl.DataFrame(self.steps).write_parquet(folder / "training_curve.parquet")
+        pl.DataFrame(self.task_losses, schema={"step": pl.Int64, "task": pl.String, "loss": pl.Float64}).write_parquet(folder / "task_losses.parquet")
+
+    def chart(self):
+        """Loss (all tasks, and each task smoothed) and learning rate against the step."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = pl.DataFrame(self.steps)
+        figure, (loss_axis, lr_axis) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=90)
+        loss_axis.plot(steps["step"], steps["loss"], color="black", linewidth=1.4, label="all tasks")
+        if self.task_losses:
+            per_task = pl.DataFrame(self.task_losses).sort("step")
+            for (task,), rows in per_task.group_by("task", maintain_order=True):
+                window = max(1, rows.height // 20)
+                loss_axis.plot(rows["step"], rows["loss"].rolling_mean(window, min_samples=1), linewidth=0.8, label=task)
+        loss_axis.set_xlabel("step")
+        loss_axis.set_ylabel("cross-entropy")
+        loss_axis.set_yscale("log")
+        loss_axis.legend(fontsize=6, ncols=2)
+        lr_axis.plot(steps["step"], steps["learning_rate"])
+        lr_axis.set_xlabel("step")
+        lr_axis.set_ylabel("learning rate")
+        figure.tight_layout()
+        return figure_image(figure)
