@@ -13,12 +13,18 @@ The loop is plain PyTorch, in the order it runs:
    per GPU), a checkpoint every ``checkpoint_every`` steps that ``train`` resumes from, and
    reports every step's loss, learning rate, per-task loss and throughput to ``callback``.
 
-No Dagster or MLflow here: the caller decides what to do with the metrics.
+No Dagster or MLflow here: the caller decides what to do with the metrics. The Dagster asset
+trains in one process; on several GPUs, run this module under ``torchrun`` with the same
+settings (params.yaml ``model:``)::
+
+    torchrun --nproc_per_node=8 -m models.training --params params.yaml --out data/model/multi-gpu
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -336,3 +342,39 @@ def _resume(model, optimizer, folder: Path, device: torch.device) -> int:
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
     return int(json.loads(state.read_text())["step"])
 
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Train the model of params.yaml ``model:`` on the corpus, in this process or in each of
+    ``torchrun``'s; rank 0 writes the model folder ``--out/model`` and prints the result."""
+    from models.florence2 import initial_model, save_model
+    from relabel.config import load_params, resolve
+
+    parser = argparse.ArgumentParser(prog="python -m models.training", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="the project's params.yaml (its folder is the project root)")
+    parser.add_argument("--corpus", help="folder of corpus parquet files (default: <data_dir>/corpus/examples)")
+    parser.add_argument("--out", required=True, help="folder for checkpoints (resumed from) and the model")
+    args = parser.parse_args(argv)
+    root = Path(args.params).resolve().parent
+    params = load_params(args.params)
+    data_dir = resolve(root, params.data_dir)
+    files = sorted(Path(args.corpus or data_dir / "corpus" / "examples").glob("*.parquet"))
+    if not files:
+        raise SystemExit(f"no corpus parquet files in {args.corpus or data_dir / 'corpus' / 'examples'}")
+    model_params = params.model
+    model, processor = initial_model(
+        model_params.preset,
+        files,
+        vocab_size=model_params.tokenizer.vocab_size,
+        min_frequency=model_params.tokenizer.min_frequency,
+        init_from=resolve(root, model_params.init_from) if model_params.init_from else None,
+        seed=model_params.train.seed,
+    )
+    result = train(model, processor, files, TrainSettings(**model_params.train.model_dump()), args.out, image_root=data_dir, progress=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_model(model, processor, Path(args.out) / "model")
+        print(json.dumps(dataclasses.asdict(result)))
+
+
+if __name__ == "__main__":
+    main()

@@ -104,6 +104,28 @@ def test_images_are_decoded_in_spawned_worker_processes(world, tmp_path):
     assert steps == [(1, 2), (2, 2)]
 
 
+@pytest.mark.slow
+def test_torchrun_trains_with_distributed_data_parallel_over_two_processes(world, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    write_corpus(world, tmp_path / "corpus", [CAPTION])
+    model = {"preset": "micro", "tokenizer": {"vocab_size": 600}, "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "num_workers": 0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": model}))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "models.training",
+               "--params", str(tmp_path / "params.yaml"), "--corpus", str(tmp_path / "corpus"), "--out", str(tmp_path / "run")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])  # rank 0 only
+    assert result["steps"] == 2 and result["resumed_from"] == 0
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "checkpoint" / "training_state.json").read_text()) == {"step": 2}
+
+
 def test_generation_turns_every_request_into_rows_or_a_stated_problem(world):
     from models.inference import GenerationSettings, generate_labels, requests_for
 
