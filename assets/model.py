@@ -30,6 +30,7 @@ from assets.annotate import IMAGES
 from assets.corpus import CORPUS_EXAMPLES
 from assets.filter import FILTERED_LABELS
 from assets.metadata import figure_image, markdown_table, png_markdown
+from data_checks.shards import blocked_shards
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource
 from relabel.ingest.images import path_of_uri
 from relabel.versioning import file_md5
@@ -39,6 +40,13 @@ MODEL = AssetKey([MODEL_STAGE, "florence2"])
 HELDOUT_SCORES = AssetKey([MODEL_STAGE, "heldout_scores"])
 ITERATIONS = DynamicPartitionsDefinition(name="iteration")
 MODEL_FOLDER = "model"
+
+
+def iteration_number(key: str) -> int:
+    """The iteration a partition key names: "0", "1", ... (a key added in the UI must be one)."""
+    if not key.isdigit():
+        raise ValueError(f"iteration partition keys are 0, 1, 2, ...; got {key!r}")
+    return int(key)
 
 
 def iteration_dir(data_dir: Path, iteration: str) -> Path:
@@ -67,7 +75,13 @@ def build_model_assets() -> list:
         from models.training import TrainSettings, train
 
         iteration, params = context.partition_key, project.params.model
-        corpus = sorted((project.data_dir / CORPUS_EXAMPLES.path[0] / CORPUS_EXAMPLES.path[1]).glob("*.parquet"))
+        iteration_number(iteration)
+        # a shard whose gate failed after its corpus was written keeps its old file: left out
+        blocked = blocked_shards(context.instance, FILTERED_LABELS)
+        if blocked:
+            context.log.warning(f"leaving out the corpus of shards blocked by their gates: {blocked}")
+        written = sorted((project.data_dir / CORPUS_EXAMPLES.path[0] / CORPUS_EXAMPLES.path[1]).glob("*.parquet"))
+        corpus = [path for path in written if path.stem not in blocked]
         if not corpus:
             raise FileNotFoundError(f"no corpus under {project.data_dir / 'corpus'}: materialize the corpus phase first")
         folder = iteration_dir(project.data_dir, iteration)
@@ -175,7 +189,7 @@ def build_model_assets() -> list:
             list(params.evaluation_tasks),
             GenerationSettings(**params.generation.model_dump()),
             source=model_source(iteration),
-            iteration=int(iteration),
+            iteration=iteration_number(iteration),
             progress=True,
         )
         report_dir = folder / "heldout"

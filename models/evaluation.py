@@ -28,6 +28,17 @@ from relabel.scoring import region_naming_accuracy
 
 MODEL, BASELINE = "model", "baseline"
 
+# the summary columns each prompt-free task is scored in, and their worst value with the truth
+# it needs: an output with no box has recall 0, one that read no text a CER of 1
+_METRICS_OF_TASK = {"<OD>": ("precision", "recall", "f1"), "<CAPTION>": ("caption_object_recall",), "<OCR_WITH_REGION>": ("ocr_cer",), "<OCR>": ("ocr_cer",)}
+_WORST = {
+    "precision": (0.0, "object"),
+    "recall": (0.0, "object"),
+    "f1": (0.0, "object"),
+    "caption_object_recall": (0.0, "brief_caption"),
+    "ocr_cer": (1.0, "ocr"),
+}
+
 
 @dataclass(frozen=True)
 class HeldoutEvaluation:
@@ -76,6 +87,13 @@ def evaluate_heldout(
         BASELINE: region_naming_accuracy(prior_region_names(training_labels, truth_objects), truth_objects),
     }
     summary = scores.summary.with_columns(region_naming_accuracy=pl.col("output").replace_strict(naming, return_dtype=pl.Float64))
+    # an output that wrote nothing for a task it was asked scores its worst there, not "no score"
+    asked = {metric for task in tasks for metric in _METRICS_OF_TASK.get(task, ())}
+    present = {"object": truth_objects.height, "ocr": truth.filter(pl.col("task") == "ocr").height, "brief_caption": truth_objects.height}
+    worst = {metric: value for metric, (value, needs) in _WORST.items() if metric in asked and present[needs]}
+    summary = summary.with_columns(
+        [pl.col(metric).fill_null(value) if metric in summary.columns else pl.lit(value, pl.Float64).alias(metric) for metric, value in worst.items()]
+    )
     return HeldoutEvaluation(
         summary=summary,
         boxes=scores.boxes,

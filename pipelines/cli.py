@@ -163,6 +163,8 @@ def _score_lines(summary_path: Path, width: int) -> list[str]:
             parts.append(f"OCR CER {row['ocr_cer']:.2f}")
         if row.get("caption_object_recall") is not None:
             parts.append(f"caption object recall {row['caption_object_recall']:.2f}")
+        if row.get("region_naming_accuracy") is not None:
+            parts.append(f"regions named right {row['region_naming_accuracy']:.2f}")
         lines.append("  " + "   ".join(parts))
     return lines
 

@@ -187,3 +187,24 @@ def test_the_model_memorises_16_images_captions_exactly_and_boxes_within_quantis
         assert [category for category, _ in written[image_id]] == [category for category, _ in wanted]
         for (_, box), (_, true_box) in zip(written[image_id], wanted, strict=True):
             assert (np.abs(np.array(box) - np.array(true_box)) <= bin_size).all(), (image_id, box, true_box)
+
+
+def test_heldout_evaluation_scores_a_silent_model_at_its_worst_and_the_baseline_beside_it(world):
+    from models.evaluation import evaluate_heldout
+    from models.inference import GenerationSettings
+
+    images, truth = world
+    tokenizer = train_tokenizer(truth["text"].drop_nulls().to_list(), vocab_size=600)
+    torch.manual_seed(0)
+    model, processor = build_model("micro", tokenizer), build_processor(tokenizer, "micro")  # untrained: says nothing
+    with_paths = images.rename({"uri": "image_path"})
+    heldout, training = with_paths.head(4), with_paths.tail(12)
+    evaluation = evaluate_heldout(
+        model, processor, heldout, training, truth, truth, [OD, CAPTION], GenerationSettings(batch_size=8, max_new_tokens=4), source="model", iteration=0
+    )
+    truth_boxes = truth.filter(pl.col("task") == "object", pl.col("image_id").is_in(heldout["image_id"].implode()))
+    assert evaluation.requests == 2 * heldout.height + truth_boxes.select("image_id", "box").unique().height
+    scores = {row["output"]: row for row in evaluation.summary.iter_rows(named=True)}
+    assert scores["model"]["f1"] == 0.0 and scores["model"]["caption_object_recall"] == 0.0
+    assert scores["model"].get("ocr_cer") is None  # OCR was not asked (and the world has no text here)
+    assert 0 < scores["baseline"]["region_naming_accuracy"] < 1 and 0 <= scores["baseline"]["caption_object_recall"] <= 1
