@@ -14,8 +14,8 @@ RGB images at each preset's image size, the prompt ``<OD>`` and targets cut to 6
 and no batch holds padding. For each preset:
 
 * training: ``--steps`` timed steps after 2 warm-up steps, each one step of
-  ``models.training.train`` on one pre-collated batch of ``--batch-size`` examples: forward
-  with labels (bf16 autocast on CUDA), ``per_example_loss``, backward, gradient clipping, an
+  ``models.training.train`` on one pre-collated batch of ``--batch-size`` examples: teacher-forced
+  forward (bf16 autocast on CUDA), ``per_example_loss``, backward, gradient clipping, an
   AdamW step at ``learning_rate_at``. Collating (image resizing, tokenizing) is done once
   before the timings: ``train`` does it in the data loader, beside the model;
 * generation: ``model.generate`` on the same batch as ``models.inference.generate_labels``
@@ -53,7 +53,14 @@ from PIL import Image  # noqa: E402
 from models.florence2 import PRESETS, build_model, build_processor, count_parameters  # noqa: E402
 from models.tasks import LOC_BINS, OD, loc_token  # noqa: E402
 from models.tokenizer import train_tokenizer  # noqa: E402
-from models.training import IGNORE_INDEX, Collator, TrainSettings, learning_rate_at, per_example_loss  # noqa: E402
+from models.training import (  # noqa: E402
+    IGNORE_INDEX,
+    Collator,
+    TrainSettings,
+    learning_rate_at,
+    per_example_loss,
+    teacher_forced_logits,
+)
 
 TARGET_TOKENS = 64
 WARMUP_STEPS = 2
@@ -103,9 +110,10 @@ def train_seconds(model, optimizer, batches: list[dict], settings: TrainSettings
         for batch in batches:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(index, settings)
+            inputs = {key: value for key, value in batch.items() if key != "labels"}
             with autocast:
-                outputs = model(**batch)
-            loss = per_example_loss(outputs.logits, batch["labels"]).mean()
+                logits = teacher_forced_logits(model, model.config, inputs, batch["labels"])
+            loss = per_example_loss(logits, batch["labels"]).mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

@@ -200,6 +200,18 @@ class Collator:
         return {**inputs, "labels": labels}, [example["task"] for example in batch]
 
 
+def teacher_forced_logits(model: torch.nn.Module, config, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """The logits of every target position, the decoder reading the targets shifted right as
+    ``model(..., labels=labels)`` would, but without the model's own mean loss, which
+    ``per_example_loss`` replaces (it would be a second cross-entropy over the vocabulary).
+    ``model`` may be wrapped (DDP); ``config`` is the Florence-2 config."""
+    from transformers.models.florence2.modeling_florence2 import shift_tokens_right
+
+    text = config.text_config
+    decoder_input_ids = shift_tokens_right(labels, text.pad_token_id, text.decoder_start_token_id)
+    return model(**inputs, decoder_input_ids=decoder_input_ids, use_cache=False).logits
+
+
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean token cross-entropy of each example (padding ignored)."""
     token_loss = torch.nn.functional.cross_entropy(
@@ -260,14 +272,15 @@ def train(
         for _ in range(settings.grad_accumulation):
             inputs, tasks = next(loader)
             inputs = {name: value.to(device) for name, value in inputs.items()}
+            labels = inputs.pop("labels")
             with autocast:
-                outputs = trained(**inputs)
-            losses = per_example_loss(outputs.logits, inputs["labels"])
+                logits = teacher_forced_logits(trained, model.config, inputs, labels)
+            losses = per_example_loss(logits, labels)
             loss = losses.mean() / settings.grad_accumulation
             loss.backward()
             total += loss.item()
             examples += len(tasks)
-            tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
+            tokens += int((labels != IGNORE_INDEX).sum())
             for task, value in zip(tasks, losses.detach().tolist(), strict=True):
                 task_losses[task].append(value)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

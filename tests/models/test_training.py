@@ -63,6 +63,27 @@ def test_the_learning_rate_warms_up_then_decays_along_a_cosine():
     assert learning_rate_at(110, settings) == pytest.approx(1e-4)
 
 
+def test_teacher_forced_logits_are_the_models_own_and_the_loss_its_mean(world):
+    from models.training import Collator, per_example_loss, teacher_forced_logits
+
+    images, truth = world
+    tokenizer = train_tokenizer(truth["text"].drop_nulls().to_list(), vocab_size=600)
+    torch.manual_seed(0)
+    model, processor = build_model("micro", tokenizer).eval(), build_processor(tokenizer, "micro")
+    from PIL import Image
+
+    batch = [{"image": Image.open(uri).convert("RGB"), "task": CAPTION, "prompt": CAPTION, "target": text} for uri, text in [(images["uri"][0], "a red ball"), (images["uri"][1], "two cats on a very long road")]]
+    inputs, _ = Collator(processor, 64)(batch)
+    labels = inputs.pop("labels")
+    with torch.no_grad():
+        own = model(**inputs, labels=labels)
+        logits = teacher_forced_logits(model, model.config, inputs, labels)
+    assert torch.allclose(logits, own.logits, atol=1e-5)
+    # the model's loss is the mean over all target tokens; ours weighs each example equally
+    tokens = (labels != -100).sum(dim=1).float()
+    assert torch.allclose((per_example_loss(logits, labels) * tokens).sum() / tokens.sum(), own.loss, atol=1e-5)
+
+
 def test_the_stream_splits_rows_over_consumers_and_follows_task_weights(world, tmp_path):
     files, examples = write_corpus(world, tmp_path, [OD, CAPTION])
     assert examples.schema == CORPUS_SCHEMA
