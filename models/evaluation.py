@@ -35,7 +35,7 @@ _WORST = {
     "precision": (0.0, "object"),
     "recall": (0.0, "object"),
     "f1": (0.0, "object"),
-    "caption_object_recall": (0.0, "brief_caption"),
+    "caption_object_recall": (0.0, "object"),  # the share of true objects a caption names
     "ocr_cer": (1.0, "ocr"),
 }
 
@@ -89,7 +89,7 @@ def evaluate_heldout(
     summary = scores.summary.with_columns(region_naming_accuracy=pl.col("output").replace_strict(naming, return_dtype=pl.Float64))
     # an output that wrote nothing for a task it was asked scores its worst there, not "no score"
     asked = {metric for task in tasks for metric in _METRICS_OF_TASK.get(task, ())}
-    present = {"object": truth_objects.height, "ocr": truth.filter(pl.col("task") == "ocr").height, "brief_caption": truth_objects.height}
+    present = {"object": truth_objects.height, "ocr": truth.filter(pl.col("task") == "ocr").height}
     worst = {metric: value for metric, (value, needs) in _WORST.items() if metric in asked and present[needs]}
     summary = summary.with_columns(
         [pl.col(metric).fill_null(value) if metric in summary.columns else pl.lit(value, pl.Float64).alias(metric) for metric, value in worst.items()]

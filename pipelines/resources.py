@@ -121,7 +121,7 @@ class MlflowResource(ConfigurableResource):
         with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as run:
             mlflow.set_tags(tags)
             mlflow.log_params({key: str(value)[:250] for key, value in params.items()})
-            mlflow.log_metrics({key: float(v) for key, v in metrics.items() if v is not None and not math.isnan(float(v))})
+            mlflow.log_metrics(_measured(metrics))
             mlflow.log_artifacts(str(report_dir), artifact_path=artifact_path)
         return self.run_url(run.info.run_id)
 
@@ -152,9 +152,21 @@ class MlflowResource(ConfigurableResource):
         from mlflow import MlflowClient
 
         client = MlflowClient(self.tracking_uri)
-        TrainingRun(client, run_id, client.get_run(run_id).info.artifact_uri, "").log_metrics(metrics, step=0)
+        _log_metrics(client, run_id, metrics, step=0)
         client.log_artifacts(run_id, str(report_dir), artifact_path=artifact_path)
         return self.run_url(run_id)
+
+
+def _measured(metrics: Mapping[str, float | None]) -> dict[str, float]:
+    """The metrics that hold a number: NaN and None mean nothing was there to measure."""
+    return {key: float(value) for key, value in metrics.items() if value is not None and not math.isnan(float(value))}
+
+
+def _log_metrics(client, run_id: str, metrics: Mapping[str, float | None], step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, value, now, step) for key, value in _measured(metrics).items()])
 
 
 @dataclass(frozen=True)
@@ -169,11 +181,7 @@ class TrainingRun:
 
     def log_metrics(self, metrics: Mapping[str, float | None], step: int) -> None:
         """One batch of metrics at ``step``; NaN and None are left out (nothing to measure)."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(key, float(v), now, step) for key, v in metrics.items() if v is not None and not math.isnan(float(v))]
-        self.client.log_batch(self.run_id, metrics=batch)
+        _log_metrics(self.client, self.run_id, metrics, step)
 
     def register_model(self, folder: Path, name: str, alias: str, tags: dict[str, str]) -> str:
         """Log ``folder`` as the run's ``model`` artifact and register it as a new version of
