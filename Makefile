@@ -13,6 +13,8 @@ $(INSTALLED): pyproject.toml requirements.lock
 	# torch first, exactly this version: the CPU wheel on local disk, never a CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	# dagster-celery's newest release pins dagster 1.13.27; it runs on 1.13.28 (tested)
+	$(BIN)/pip install --quiet --no-deps -c requirements.lock dagster-celery
 	touch $(INSTALLED)
 
 install: $(INSTALLED)
@@ -35,6 +37,7 @@ lock:
 	rm -rf /tmp/relabel-lock && $(PYTHON) -m venv /tmp/relabel-lock
 	/tmp/relabel-lock/bin/pip install --quiet torch==2.13.0
 	/tmp/relabel-lock/bin/pip install --quiet '.[dev]'
+	/tmp/relabel-lock/bin/pip install --quiet --no-deps 'dagster-celery==0.29.27'
 	/tmp/relabel-lock/bin/pip freeze --exclude relabel > requirements.lock
 
 clean:
