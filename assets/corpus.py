@@ -12,6 +12,7 @@ from dagster import AssetExecutionContext, AssetIn, AssetKey, MetadataValue, Out
 from assets.annotate import IMAGES
 from assets.filter import FILTERED_LABELS
 from assets.metadata import counts_by, markdown_table
+from assets.partitions import FOLLOWS_INPUTS, SAME_SHARD
 from models.corpus import corpus_examples
 from pipelines.resources import ProjectResource
 
@@ -19,16 +20,17 @@ CORPUS_STAGE = "corpus"
 CORPUS_EXAMPLES = AssetKey([CORPUS_STAGE, "examples"])
 
 
-def build_corpus_assets(shards: PartitionsDefinition) -> list:
-    """The per-shard corpus asset."""
+def build_corpus_assets(iteration_shards: PartitionsDefinition) -> list:
+    """The corpus asset, per iteration and shard."""
 
     @asset(
         key=CORPUS_EXAMPLES,
-        ins={"images": AssetIn(IMAGES), "labels": AssetIn(FILTERED_LABELS)},
-        partitions_def=shards,
+        ins={"images": AssetIn(IMAGES, partition_mapping=SAME_SHARD), "labels": AssetIn(FILTERED_LABELS)},
+        partitions_def=iteration_shards,
+        automation_condition=FOLLOWS_INPUTS,
         group_name=CORPUS_STAGE,
         compute_kind="polars",
-        description="The shard's filtered labels of training-split images as (task prompt, target) pairs with location tokens, one row per Florence-2 task instance, with the label ids each was written from.",
+        description="The iteration's filtered labels of the shard's training-split images as (task prompt, target) pairs with location tokens, one row per Florence-2 task instance, with the label ids each was written from.",
     )
     def examples(context: AssetExecutionContext, project: ProjectResource, images: pl.DataFrame, labels: pl.DataFrame) -> Output:
         training = images.filter(pl.col("split") == "train")

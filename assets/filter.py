@@ -11,6 +11,7 @@ import time
 
 import polars as pl
 from dagster import (
+    AllPartitionMapping,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
@@ -23,10 +24,11 @@ from dagster import (
     multi_asset,
 )
 
-from assets.annotate import IMAGES, INITIAL_ANNOTATIONS
+from assets.annotate import IMAGES
 from assets.metadata import bar_chart, counts_by, markdown_table, png_markdown
+from assets.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION, SAME_SHARD
 # the gated assets' keys live with their gates, so the IO manager can honour them
-from data_checks.shards import FILTER_QUARANTINE, FILTERED_LABELS, blocked_shards
+from data_checks.shards import FILTER_QUARANTINE, FILTERED_LABELS, ITERATION_LABELS, blocked_in_iteration
 from pipelines.io_manager import TABLE_METADATA_KEY
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource
 from relabel.filtering import filter_labels, filter_quality
@@ -40,20 +42,28 @@ TEXT_PARSES = AssetKey([FILTER_STAGE, "text_parses"])
 FILTER_DECISIONS = AssetKey([FILTER_STAGE, "filter_decisions"])
 
 
-def build_filter_assets(shards: PartitionsDefinition, quarantines: list[AssetKey]) -> tuple[list, list]:
-    """The phase-2 assets: (per shard, over all shards). ``quarantines`` are the quarantine
-    assets of the earlier phases, gathered with the filters' own into one index."""
-    return [_text_parses(shards), _filter(shards)], [_filter_report(), _quarantine_index([*quarantines, FILTER_QUARANTINE])]
+def build_filter_assets(
+    iteration_shards: PartitionsDefinition, shard_quarantines: list[AssetKey], iteration_quarantines: list[AssetKey]
+) -> tuple[list, list]:
+    """The phase-2 assets: (per iteration and shard, per iteration over its shards). Every
+    iteration's labels pass the same filters and gates. The quarantine index of an iteration
+    gathers ``shard_quarantines`` (of ingest and initial annotation, every shard) and
+    ``iteration_quarantines`` (the merge's and the filters' of that iteration)."""
+    return [_text_parses(iteration_shards), _filter(iteration_shards)], [
+        _filter_report(),
+        _quarantine_index(shard_quarantines, [*iteration_quarantines, FILTER_QUARANTINE]),
+    ]
 
 
 def _text_parses(shards: PartitionsDefinition):
     @asset(
         key=TEXT_PARSES,
-        ins={"labels": AssetIn(INITIAL_ANNOTATIONS)},
+        ins={"labels": AssetIn(ITERATION_LABELS)},
+        automation_condition=FOLLOWS_INPUTS,
         partitions_def=shards,
         group_name=FILTER_STAGE,
         compute_kind="spacy",
-        description="Every image-level text of the shard parsed with spaCy: objects, attributes, actions, proper nouns and the dependency-tree degree of objects and actions (paper section 5).",
+        description="Every image-level text of the iteration's labels of the shard parsed with spaCy: objects, attributes, actions, proper nouns and the dependency-tree degree of objects and actions (paper section 5).",
     )
     def text_parses(context: AssetExecutionContext, project: ProjectResource, labels: pl.DataFrame) -> Output:
         texts = labels.filter(pl.col("annotation_type") == "text").select("label_id", "text", "task")
@@ -83,18 +93,21 @@ def _filter(shards: PartitionsDefinition):
                 key=FILTERED_LABELS,
                 description="The shard's labels that passed every text and region filter (geometry clipped to the image): what training may read once the gates pass.",
                 metadata={TABLE_METADATA_KEY: "labels"},
+                automation_condition=FOLLOWS_INPUTS,
             ),
             "filter_quarantine": AssetOut(
                 key=FILTER_QUARANTINE,
                 description="Every label a filter dropped, with the filter, the measured value and the threshold that dropped it.",
                 metadata={TABLE_METADATA_KEY: "quarantine"},
+                automation_condition=FOLLOWS_INPUTS,
             ),
             "filter_decisions": AssetOut(
                 key=FILTER_DECISIONS,
                 description="Each filter's verdict on each label it judged: value, threshold, dropped or not (the filter margins).",
+                automation_condition=FOLLOWS_INPUTS,
             ),
         },
-        ins={"images": AssetIn(IMAGES), "labels": AssetIn(INITIAL_ANNOTATIONS), "text_parses": AssetIn(TEXT_PARSES)},
+        ins={"images": AssetIn(IMAGES, partition_mapping=SAME_SHARD), "labels": AssetIn(ITERATION_LABELS), "text_parses": AssetIn(TEXT_PARSES)},
         partitions_def=shards,
         group_name=FILTER_STAGE,
         compute_kind="polars",
@@ -132,14 +145,16 @@ def _filter_report():
     @asset(
         key=[FILTER_STAGE, "filter_report"],
         ins={
-            "filtered_labels": AssetIn(FILTERED_LABELS),
-            "filter_decisions": AssetIn(FILTER_DECISIONS),
-            "text_parses": AssetIn(TEXT_PARSES),
-            "labels": AssetIn(INITIAL_ANNOTATIONS),
+            "filtered_labels": AssetIn(FILTERED_LABELS, partition_mapping=SAME_ITERATION),
+            "filter_decisions": AssetIn(FILTER_DECISIONS, partition_mapping=SAME_ITERATION),
+            "text_parses": AssetIn(TEXT_PARSES, partition_mapping=SAME_ITERATION),
+            "labels": AssetIn(ITERATION_LABELS, partition_mapping=SAME_ITERATION),
         },
+        partitions_def=ITERATIONS,
         group_name=FILTER_STAGE,
         compute_kind="mlflow",
-        description="The corpus after filtering, over the shards whose gates passed: the paper's table 3 per granularity, labels per task, and (with the world's ground truth) how many labels each filter dropped that were really wrong. An MLflow run.",
+        automation_condition=FOLLOWS_INPUTS,
+        description="The iteration's corpus after filtering, over the shards whose gates passed: the paper's table 3 per granularity, labels per task, and (with the world's ground truth) how many labels each filter dropped that were really wrong. An MLflow run.",
     )
     def filter_report(
         context: AssetExecutionContext,
@@ -151,14 +166,14 @@ def _filter_report():
         text_parses: pl.DataFrame,
         labels: pl.DataFrame,
     ) -> MaterializeResult:
-        count = project.params.shards.count
-        blocked = blocked_shards(context.instance, FILTERED_LABELS)
+        count, iteration = project.params.shards.count, context.partition_key
+        blocked = blocked_in_iteration(context.instance, FILTERED_LABELS, iteration)
         in_passed = pl.col("image_id").map_elements(lambda i: shard_of(i, count), return_dtype=pl.String).is_in(list(blocked)).not_()
         # the IO manager already left blocked shards out of the gated filtered labels
         corpus = filtered_labels
         texts = corpus.filter(pl.col("annotation_type") == "text").select("label_id", "task")
         statistics = text_statistics(text_parses.join(texts, on="label_id"))
-        report_dir = project.data_dir / FILTER_STAGE / "report"
+        report_dir = project.data_dir / FILTER_STAGE / "report" / f"iteration-{iteration}"
         report_dir.mkdir(parents=True, exist_ok=True)
         statistics.write_parquet(report_dir / "text_statistics.parquet")
         metadata = {
@@ -180,8 +195,8 @@ def _filter_report():
         for row in quality.iter_rows(named=True) if quality is not None else ():
             metrics.update({f"{row['filter']}.{name}": row[name] for name in ("dropped", "drop_precision", "keep_precision")})
         run_url = mlflow_tracking.log_report(
-            run_name=f"filter-{context.run_id[:8]}",
-            tags={"phase": "filter", "dagster_run_id": context.run_id, "iteration": "0"},
+            run_name=f"filter-iteration-{iteration}-{context.run_id[:8]}",
+            tags={"phase": "filter", "dagster_run_id": context.run_id, "iteration": iteration},
             params={"shards_blocked": metadata["shards_blocked"], **_flat_params(project.params.filter.model_dump())},
             metrics=metrics,
             report_dir=report_dir,
@@ -194,15 +209,18 @@ def _filter_report():
     return filter_report
 
 
-def _quarantine_index(quarantines: list[AssetKey]):
-    names = {_in_name(key): key for key in quarantines}
+def _quarantine_index(shard_quarantines: list[AssetKey], iteration_quarantines: list[AssetKey]):
+    names = {_in_name(key): key for key in (*shard_quarantines, *iteration_quarantines)}
+    mappings = {**{_in_name(key): AllPartitionMapping() for key in shard_quarantines}, **{_in_name(key): SAME_ITERATION for key in iteration_quarantines}}
 
     @asset(
         key=[FILTER_STAGE, "quarantine_index"],
-        ins={name: AssetIn(key) for name, key in names.items()},
+        ins={name: AssetIn(key, partition_mapping=mappings[name]) for name, key in names.items()},
+        partitions_def=ITERATIONS,
         group_name=FILTER_STAGE,
         compute_kind="polars",
-        description="Everything any phase dropped, in one table: the quarantine of ingest, of each specialist, of the consensus and of the filters, with the asset it came from. Counts by phase and reason in the metadata.",
+        automation_condition=FOLLOWS_INPUTS,
+        description="Everything dropped on the way to the iteration's corpus, in one table: the quarantine of ingest, of each specialist, of the consensus, of the merge with the model's labels and of the filters, with the asset it came from. Counts by phase and reason in the metadata.",
     )
     def quarantine_index(context: AssetExecutionContext, **by_asset: pl.DataFrame) -> Output:
         index = pl.concat(

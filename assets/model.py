@@ -20,7 +20,7 @@ from dagster import (
     AssetIn,
     AssetKey,
     AssetRecordsFilter,
-    DynamicPartitionsDefinition,
+    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -30,7 +30,8 @@ from assets.annotate import IMAGES
 from assets.corpus import CORPUS_EXAMPLES
 from assets.filter import FILTERED_LABELS
 from assets.metadata import figure_image, markdown_table, png_markdown
-from data_checks.shards import blocked_shards
+from assets.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION, iteration_number
+from data_checks.shards import LABEL_QUALITY, blocked_in_iteration, blocked_shards
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource
 from relabel.ingest.images import path_of_uri
 from relabel.versioning import file_md5
@@ -38,15 +39,7 @@ from relabel.versioning import file_md5
 MODEL_STAGE = "model"
 MODEL = AssetKey([MODEL_STAGE, "florence2"])
 HELDOUT_SCORES = AssetKey([MODEL_STAGE, "heldout_scores"])
-ITERATIONS = DynamicPartitionsDefinition(name="iteration")
 MODEL_FOLDER = "model"
-
-
-def iteration_number(key: str) -> int:
-    """The iteration a partition key names: "0", "1", ... (a key added in the UI must be one)."""
-    if not key.isdigit():
-        raise ValueError(f"iteration partition keys are 0, 1, 2, ...; got {key!r}")
-    return int(key)
 
 
 def iteration_dir(data_dir: Path, iteration: str) -> Path:
@@ -64,11 +57,14 @@ def build_model_assets() -> list:
 
     @asset(
         key=MODEL,
-        deps=[AssetDep(CORPUS_EXAMPLES, partition_mapping=AllPartitionMapping())],
+        # the label quality's rare-class guard is a blocking check: a corpus that lost a rare
+        # class is not trained on
+        deps=[AssetDep(CORPUS_EXAMPLES, partition_mapping=SAME_ITERATION), LABEL_QUALITY],
         partitions_def=ITERATIONS,
         group_name=MODEL_STAGE,
         compute_kind="torch",
-        description="The iteration's Florence-2 model trained on every shard's corpus with one cross-entropy loss over all tasks: an MLflow run and a registered model version.",
+        automation_condition=FOLLOWS_INPUTS,
+        description="The iteration's Florence-2 model trained on every shard's corpus of the iteration with one cross-entropy loss over all tasks: an MLflow run and a registered model version. It re-labels the training images for the next iteration.",
     )
     def florence2(context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource, mlflow_tracking: MlflowResource) -> MaterializeResult:
         from models.florence2 import count_parameters, initial_model, save_model
@@ -76,27 +72,25 @@ def build_model_assets() -> list:
 
         iteration, params = context.partition_key, project.params.model
         iteration_number(iteration)
-        # a shard whose gate failed after its corpus was written keeps its old file: left out
-        blocked = blocked_shards(context.instance, FILTERED_LABELS)
-        if blocked:
-            context.log.warning(f"leaving out the corpus of shards blocked by their gates: {blocked}")
-        written = sorted((project.data_dir / CORPUS_EXAMPLES.path[0] / CORPUS_EXAMPLES.path[1]).glob("*.parquet"))
-        corpus = [path for path in written if path.stem not in blocked]
-        if not corpus:
-            raise FileNotFoundError(f"no corpus under {project.data_dir / 'corpus'}: materialize the corpus phase first")
+        # in its own run the blocking guard stops this asset; in a later run it is asked here
+        guarded = blocked_shards(context.instance, LABEL_QUALITY, this_run=context.run_id)
+        if iteration in guarded:
+            raise Failure(f"iteration {iteration}'s labels failed the rare-class guard {guarded[iteration]}: not trained on (see filter/label_quality)")
+        corpus = corpus_files(context, project.data_dir, iteration)
         folder = iteration_dir(project.data_dir, iteration)
+        init_from, started_from = _starting_point(project, iteration)
         model, processor = initial_model(
             params.preset,
             corpus,
             vocab_size=params.tokenizer.vocab_size,
             min_frequency=params.tokenizer.min_frequency,
-            init_from=project.path(params.init_from) if params.init_from else None,
+            init_from=init_from,
             seed=params.train.seed,
         )
         settings = TrainSettings(**params.train.model_dump())
         run_params = {
             "iteration": iteration,
-            "preset": params.preset if params.init_from is None else f"from {params.init_from}",
+            "preset": started_from,
             "parameters": count_parameters(model),
             "vocab_size": len(processor.tokenizer),
             **{f"corpus.{path.stem}.md5": file_md5(path) for path in corpus},
@@ -149,10 +143,11 @@ def build_model_assets() -> list:
         key=HELDOUT_SCORES,
         ins={
             "images": AssetIn(IMAGES, partition_mapping=AllPartitionMapping()),
-            "labels": AssetIn(FILTERED_LABELS, partition_mapping=AllPartitionMapping()),
+            "labels": AssetIn(FILTERED_LABELS, partition_mapping=SAME_ITERATION),
         },
         deps=[MODEL],
         partitions_def=ITERATIONS,
+        automation_condition=FOLLOWS_INPUTS,
         group_name=MODEL_STAGE,
         compute_kind="torch",
         description="The iteration's model against the world's ground truth on the evaluation split (never in a corpus), beside a trivial baseline that answers every image with the training labels' most frequent object, caption and text. Logged to the model's MLflow run.",
@@ -221,6 +216,32 @@ def build_model_assets() -> list:
         )
 
     return [florence2, heldout_scores]
+
+
+def _starting_point(project: ProjectResource, iteration: str) -> tuple[Path | None, str]:
+    """The weights iteration ``iteration`` starts from, and how to name them: the previous
+    iteration's model (model.warm_start), else model.init_from, else a new model of the
+    preset."""
+    params = project.params.model
+    previous = iteration_dir(project.data_dir, str(iteration_number(iteration) - 1)) / MODEL_FOLDER
+    if params.warm_start and iteration_number(iteration) > 0 and previous.is_dir():
+        return previous, f"from iteration {iteration_number(iteration) - 1} (warm start)"
+    if params.init_from:
+        return project.path(params.init_from), f"from {params.init_from}"
+    return None, params.preset
+
+
+def corpus_files(context: AssetExecutionContext, data_dir: Path, iteration: str) -> list[Path]:
+    """The corpus files of ``iteration``'s shards whose gates passed (a shard whose gate failed
+    after its corpus was written keeps its old file: it is left out, with a warning)."""
+    blocked = blocked_in_iteration(context.instance, FILTERED_LABELS, iteration)
+    if blocked:
+        context.log.warning(f"leaving out the corpus of shards blocked by their gates: {blocked}")
+    written = sorted(Path(data_dir, *CORPUS_EXAMPLES.path, f"iteration-{iteration}").glob("*.parquet"))
+    corpus = [path for path in written if path.stem not in blocked]
+    if not corpus:
+        raise FileNotFoundError(f"no corpus of iteration {iteration} under {data_dir / 'corpus'}: materialize the corpus phase of the iteration first")
+    return corpus
 
 
 def _model_run_id(context: AssetExecutionContext, iteration: str) -> str:

@@ -23,12 +23,14 @@ from dagster import (
     AssetKey,
     DagsterInstance,
     MetadataValue,
+    PartitionMapping,
     PartitionsDefinition,
     PreviewWarning,
     asset_check,
 )
 
 from assets.metadata import markdown_table
+from assets.partitions import SAME_SHARD, split_key
 from pipelines.resources import ProjectResource
 from relabel.config import GateParams
 
@@ -40,8 +42,10 @@ IMAGES = AssetKey(["ingest", "images"])
 HUMAN_LABELS = AssetKey(["ingest", "human_labels"])
 INGEST_QUARANTINE = AssetKey(["ingest", "ingest_quarantine"])
 INITIAL_ANNOTATIONS = AssetKey(["annotate", "initial_annotations"])
+ITERATION_LABELS = AssetKey(["merge", "labels"])
 FILTERED_LABELS = AssetKey(["filter", "filtered_labels"])
 FILTER_QUARANTINE = AssetKey(["filter", "filter_quarantine"])
+LABEL_QUALITY = AssetKey(["filter", "label_quality"])
 
 # the gates of each asset, by check name; blocked_shards reads their latest results
 GATES: dict[AssetKey, tuple[str, ...]] = {
@@ -50,12 +54,14 @@ GATES: dict[AssetKey, tuple[str, ...]] = {
     INGEST_QUARANTINE: ("ingest_quarantine_explained",),
     FILTERED_LABELS: ("filtered_labels_valid", "filtered_labels_cover_images", "filtered_labels_keep_every_class"),
     FILTER_QUARANTINE: ("filter_quarantine_explained",),
+    LABEL_QUALITY: ("rare_classes_kept",),
 }
 UNEXPECTED_ROWS_SHOWN = 50
 
 
-def build_shard_checks(shards: PartitionsDefinition, gates: GateParams, ontology: Sequence[str]) -> list:
-    """The blocking per-shard gates on the ingest and filter outputs."""
+def build_shard_checks(shards: PartitionsDefinition, iteration_shards: PartitionsDefinition, gates: GateParams, ontology: Sequence[str]) -> list:
+    """The blocking per-shard gates on the ingest outputs (per shard) and the filter outputs
+    (per iteration and shard)."""
     return [
         _gate(IMAGES, "images_valid", shards, "image_id", ("images_suite",), None,
               "Images: schema, content-hash ids, positive sizes, a split."),
@@ -64,18 +70,18 @@ def build_shard_checks(shards: PartitionsDefinition, gates: GateParams, ontology
               other=IMAGES),
         _gate(INGEST_QUARANTINE, "ingest_quarantine_explained", shards, "row", ("quarantine_suite",), "quarantine_gate_frame",
               "Every quarantined row says what it was, which phase dropped it, why, and keeps the record as JSON."),
-        _gate(FILTERED_LABELS, "filtered_labels_valid", shards, "label_id", ("labels_suite", tuple(ontology)), "labels_gate_frame",
+        _gate(FILTERED_LABELS, "filtered_labels_valid", iteration_shards, "label_id", ("labels_suite", tuple(ontology)), "labels_gate_frame",
               "The filtered corpus: the human-label rules plus every category in the seed ontology.",
-              other=IMAGES),
-        _gate(FILTERED_LABELS, "filtered_labels_cover_images", shards, "image_id",
+              other=IMAGES, other_mapping=SAME_SHARD),
+        _gate(FILTERED_LABELS, "filtered_labels_cover_images", iteration_shards, "image_id",
               ("coverage_suite", gates.min_labelled_share), "coverage_frame",
               f"At least {gates.min_labelled_share:.0%} of the shard's images keep a label (filter.gates.min_labelled_share).",
-              other=IMAGES),
-        _gate(FILTERED_LABELS, "filtered_labels_keep_every_class", shards, "category",
+              other=IMAGES, other_mapping=SAME_SHARD),
+        _gate(FILTERED_LABELS, "filtered_labels_keep_every_class", iteration_shards, "category",
               ("class_retention_suite", gates.min_class_retention), "class_counts_frame",
-              f"Every class keeps at least {gates.min_class_retention:.0%} of its labels through the filters (filter.gates.min_class_retention): a rare class that collapses fails.",
-              other=INITIAL_ANNOTATIONS),
-        _gate(FILTER_QUARANTINE, "filter_quarantine_explained", shards, "row", ("quarantine_suite",), "quarantine_gate_frame",
+              f"Every class keeps at least {gates.min_class_retention:.0%} of the iteration's labels of it through the filters (filter.gates.min_class_retention): a rare class that collapses fails.",
+              other=ITERATION_LABELS),
+        _gate(FILTER_QUARANTINE, "filter_quarantine_explained", iteration_shards, "row", ("quarantine_suite",), "quarantine_gate_frame",
               "Every label a filter dropped says which filter, why, and keeps the label as JSON."),
     ]
 
@@ -89,6 +95,7 @@ def _gate(
     gate_frame: str | None,
     description: str,
     other: AssetKey | None = None,
+    other_mapping: PartitionMapping | None = None,
 ):
     """A blocking check of ``asset`` per shard: the suite ``suite[0](*suite[1:])`` of
     ``data_checks.suites`` over ``gate_frame(asset[, other])`` (the asset itself when None).
@@ -100,7 +107,7 @@ def _gate(
         from data_checks.gates import validate
 
         validated = getattr(suites, gate_frame)(*frames) if gate_frame else frames[0]
-        docs_dir = project.data_dir / "gx_docs" / name / context.partition_key
+        docs_dir = project.data_dir / "gx_docs" / name / str(context.partition_key).replace("|", "/")
         result = validate(getattr(suites, builder)(*arguments), validated, index_column=index_column, docs_dir=docs_dir)
         return AssetCheckResult(passed=result.passed, metadata=_metadata(result))
 
@@ -113,7 +120,7 @@ def _gate(
 
         return gate
 
-    @asset_check(**options, additional_ins={"other": AssetIn(other)})
+    @asset_check(**options, additional_ins={"other": AssetIn(other, partition_mapping=other_mapping)})
     def gate_with(context: AssetCheckExecutionContext, project: ProjectResource, checked: pl.DataFrame, other: pl.DataFrame) -> AssetCheckResult:
         return run(context, project, checked, other)
 
@@ -154,3 +161,14 @@ def blocked_shards(instance: DagsterInstance, asset: AssetKey, this_run: str | N
         ):
             blocked.setdefault(info.partition_key, []).append(info.check_key.name)
     return blocked
+
+
+def blocked_in_iteration(instance: DagsterInstance, asset: AssetKey, iteration: str) -> dict[str, list[str]]:
+    """The shards of ``iteration`` whose latest gates on the iteration x shard ``asset``
+    failed, with the failed gates (``blocked_shards``, for one iteration)."""
+    return {
+        shard: checks
+        for key, checks in blocked_shards(instance, asset).items()
+        for key_iteration, shard in [split_key(key)]
+        if key_iteration == iteration
+    }

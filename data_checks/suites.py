@@ -268,3 +268,17 @@ def class_retention_suite(min_retention: float) -> gx.ExpectationSuite:
         name="class_retention",
         expectations=[gxe.ExpectColumnValuesToBeBetween(column="retention", min_value=min_retention)],
     )
+
+
+def rare_class_guard_suite(max_count_drop: float, max_recall_drop: float) -> gx.ExpectationSuite:
+    """The rare-class guard over ``relabel.refine.rare_class_changes`` (one row per class
+    that was rare in the previous iteration): self-labelling may not make a rare class lose
+    more than ``max_count_drop`` of its labels or ``max_recall_drop`` of its recall in one
+    iteration."""
+    return gx.ExpectationSuite(
+        name="rare_class_guard",
+        expectations=[
+            gxe.ExpectColumnValuesToBeBetween(column="count_drop", max_value=max_count_drop),
+            gxe.ExpectColumnValuesToBeBetween(column="recall_drop", max_value=max_recall_drop),
+        ],
+    )

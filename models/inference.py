@@ -17,7 +17,21 @@ from dataclasses import dataclass
 import polars as pl
 import torch
 
-from models.tasks import TASK_TOKENS, parse
+from collections.abc import Sequence
+
+from models.corpus import corpus_examples
+from models.tasks import (
+    CAPTION,
+    DENSE_REGION_CAPTION,
+    DETAILED_CAPTION,
+    MORE_DETAILED_CAPTION,
+    OCR,
+    OCR_WITH_REGION,
+    OD,
+    REGION_PROPOSAL,
+    TASK_TOKENS,
+    parse,
+)
 from relabel.labels import frame, label_id_for
 
 REQUESTS_SCHEMA = pl.Schema(
@@ -49,6 +63,30 @@ def requests_for(images: pl.DataFrame, tasks: list[str]) -> pl.DataFrame:
         raise ValueError(f"unknown tasks {unknown}")
     per_task = [images.select("image_id", "image_path", "width", "height", task=pl.lit(t), prompt=pl.lit(t)) for t in tasks]
     return pl.concat([pl.DataFrame(schema=REQUESTS_SCHEMA), *per_task], how="vertical_relaxed").cast(dict(REQUESTS_SCHEMA))
+
+
+# the tasks whose prompt is the task token alone; the others carry a region, a phrase, a
+# caption or a category from the image's labels
+PROMPT_FREE_TASKS = (CAPTION, DETAILED_CAPTION, MORE_DETAILED_CAPTION, OD, DENSE_REGION_CAPTION, REGION_PROPOSAL, OCR, OCR_WITH_REGION)
+
+
+def reannotation_requests(images: pl.DataFrame, labels: pl.DataFrame, tasks: Sequence[str], max_prompts_per_image: int) -> pl.DataFrame:
+    """Every request that asks ``tasks`` about every image of ``images`` (``image_id``,
+    ``image_path``, ``width``, ``height``): a prompt-free task once per image, a prompted task
+    once per prompt that the image's ``labels`` give (its regions, captions, categories, as the
+    corpus writes them), at most ``max_prompts_per_image`` per image and task."""
+    free = [task for task in tasks if task in PROMPT_FREE_TASKS]
+    prompted = [task for task in tasks if task not in PROMPT_FREE_TASKS]
+    written = corpus_examples(labels, images.with_columns(uri=pl.col("image_path")), lambda path: path, tasks=prompted) if prompted else None
+    asked = pl.DataFrame(schema=REQUESTS_SCHEMA)
+    if written is not None and written.height:
+        asked = (
+            written.select(*REQUESTS_SCHEMA)
+            .unique(maintain_order=True)
+            .filter(pl.int_range(pl.len()).over("image_id", "task") < max_prompts_per_image)
+            .cast(dict(REQUESTS_SCHEMA))
+        )
+    return pl.concat([requests_for(images, free), asked], how="vertical").sort("task", "image_id", maintain_order=True)
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """``relabel``: run the data engine's phases against the local Dagster instance.
 
-``relabel demo`` materializes every asset for every shard and prints what it made;
-``relabel materialize PHASE`` runs one phase (this is also what each ``dvc.yaml`` stage runs).
+``relabel demo`` materializes every asset for every shard, through two refinement iterations,
+and prints what it made; ``relabel iterate`` runs refinement iterations; ``relabel materialize
+PHASE`` runs one phase (this is also what each ``dvc.yaml`` stage runs).
 Runs go to the persistent instance in ``$DAGSTER_HOME`` (``data/dagster_home`` by default),
 so they show in the Dagster UI afterwards (``make ui``).
 """
@@ -18,31 +19,75 @@ from pathlib import Path
 import polars as pl
 from dvc.repo import Repo
 
-from pipelines.phases import PHASE_JOBS
+from pipelines.phases import ITERATION_PHASES, LABEL_PHASES, PHASE_JOBS, SETUP_PHASES
 from relabel.config import load_params, resolve
+from relabel.versioning import commit_iterations
 
 PHASES = tuple(PHASE_JOBS)
+DEMO_ITERATIONS = 2
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="relabel", description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=os.getcwd(), help="project root holding params.yaml")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="materialize every phase for every shard and summarise")
+    demo = commands.add_parser("demo", help="set up, run two refinement iterations and summarise")
+    demo.add_argument("--iterations", type=int, default=DEMO_ITERATIONS, help=f"models trained (default {DEMO_ITERATIONS})")
+    iterate = commands.add_parser("iterate", help="run refinement iterations after the annotate phase")
+    iterate.add_argument("--iterations", type=int, default=1, help="models to train (default 1)")
+    iterate.add_argument("--start", default=None, help="the first iteration (default: the next one to start)")
+    commands.add_parser("resume", help="re-execute, from where they stopped, the runs whose process died (killed, crashed)")
     materialize = commands.add_parser("materialize", help="materialize one phase for every shard")
     materialize.add_argument("phase", choices=PHASES)
-    materialize.add_argument("--iteration", default="0", help="the iteration the model phase trains and scores (default: 0)")
+    materialize.add_argument("--iteration", default="0", help="the iteration of an iteration phase (default: 0)")
     args = parser.parse_args(argv)
 
     root = Path(args.root).resolve()
     _point_dagster_at(root)
     started = time.monotonic()
-    phases = PHASES if args.command == "demo" else (args.phase,)
-    for phase in phases:
-        materialize_phase(phase, root, getattr(args, "iteration", "0"))
+    if args.command == "materialize":
+        materialize_phase(args.phase, root, args.iteration)
+        return 0
+    if args.command == "resume":
+        return resume_interrupted()
+    timings: dict[str, float] = {}
     if args.command == "demo":
-        print(demo_summary(root, time.monotonic() - started))
+        for phase in SETUP_PHASES:
+            timings[phase] = _timed(materialize_phase, phase, root)
+    first = int(args.start) if getattr(args, "start", None) is not None else (0 if args.command == "demo" else _next_iteration(root))
+    for k in range(first, first + args.iterations):
+        for phase in ITERATION_PHASES:
+            timings[f"{phase} {k}"] = _timed(materialize_phase, phase, root, str(k))
+    # the labels the last model made, filtered, gated and scored: the iterations' result
+    for phase in LABEL_PHASES:
+        timings[f"{phase} {first + args.iterations}"] = _timed(materialize_phase, phase, root, str(first + args.iterations))
+    params = load_params(root / "params.yaml")
+    commit_iterations(root, list(ITERATION_PHASES), push=params.dvc.push)
+    if args.command == "demo":
+        print(demo_summary(root, time.monotonic() - started, timings))
+    else:
+        print("\n".join(["", *_iteration_lines(resolve(root, load_params(root / "params.yaml").data_dir)), *_timing_lines(timings)]))
     return 0
+
+
+def _timed(function, *arguments) -> float:
+    started = time.monotonic()
+    function(*arguments)
+    return time.monotonic() - started
+
+
+def _next_iteration(root: Path) -> int:
+    """The iteration ``relabel iterate`` starts: the newest one + 1 (0 when there is none);
+    the newest one when it has not re-annotated every shard yet (it is finished first)."""
+    from dagster import DagsterInstance
+
+    from pipelines.automation import next_iteration
+    from relabel.shards import shard_keys
+
+    with DagsterInstance.get() as instance:
+        found = next_iteration(instance, shard_keys(load_params(root / "params.yaml").shards.count))
+        existing = [int(key) for key in instance.get_dynamic_partitions("iteration") if key.isdigit()]
+    return int(found) if isinstance(found, str) else max(existing)
 
 
 def _point_dagster_at(root: Path) -> None:
@@ -75,15 +120,21 @@ def materialize_phase(phase: str, root: Path, iteration: str = "0") -> None:
 
 
 def _partition_keys(partitions, iteration: str) -> list[str | None]:
-    from dagster import DagsterInstance, DynamicPartitionsDefinition
+    from dagster import DagsterInstance, DynamicPartitionsDefinition, MultiPartitionsDefinition
+
+    from assets.partitions import ITERATIONS, iteration_shard_key
 
     if partitions is None:
         return [None]
-    if isinstance(partitions, DynamicPartitionsDefinition):
+    if isinstance(partitions, (DynamicPartitionsDefinition, MultiPartitionsDefinition)):
         with DagsterInstance.get() as instance:
-            if not instance.has_dynamic_partition(partitions.name, iteration):
-                instance.add_dynamic_partitions(partitions.name, [iteration])
+            if not instance.has_dynamic_partition(ITERATIONS.name, iteration):
+                instance.add_dynamic_partitions(ITERATIONS.name, [iteration])
+    if isinstance(partitions, DynamicPartitionsDefinition):
         return [iteration]
+    if isinstance(partitions, MultiPartitionsDefinition):
+        (shards,) = [d.partitions_def for d in partitions.partitions_defs if d.name == "shard"]
+        return [iteration_shard_key(iteration, shard) for shard in shards.get_partition_keys()]
     return partitions.get_partition_keys()
 
 
@@ -93,6 +144,10 @@ def _execute(job_name: str, partition_key: str | None) -> bool:
     from pipelines import definitions
 
     tags = {"dagster/partition": partition_key} if partition_key else None
+    if partition_key and "|" in partition_key:
+        # a multi-partition run names each dimension's key too, as the UI's launches do
+        iteration, shard = partition_key.split("|")
+        tags.update({"dagster/partition/iteration": iteration, "dagster/partition/shard": shard})
     with DagsterInstance.get() as instance:
         result = execute_job(
             reconstructable(definitions.JOB_FACTORIES[job_name]),
@@ -104,7 +159,66 @@ def _execute(job_name: str, partition_key: str | None) -> bool:
     return result.success
 
 
-def demo_summary(root: Path, seconds: float) -> str:
+def resume_interrupted() -> int:
+    """Re-execute from failure every run still marked as running whose process is gone: its
+    finished steps are kept (their outputs were written whole: the IO manager writes beside
+    and renames), the others run again. Returns 0 when every re-execution succeeded."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    with DagsterInstance.get() as instance:
+        running = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING]))
+        dead = [run for run in running if not _process_alive(instance, run.run_id)]
+        for run in dead:
+            instance.report_run_failed(run, "its process is gone (killed or crashed): relabel resume re-executes it")
+    if not dead:
+        print("[relabel] nothing to resume: no run was interrupted")
+        return 0
+    print(f"[relabel] resuming {len(dead)} interrupted run(s): " + ", ".join(f"{r.job_name} {r.tags.get('dagster/partition', '')}".strip() for r in dead), flush=True)
+    workers = min(len(dead), os.cpu_count() or 1)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        outcomes = list(pool.map(_reexecute, [run.job_name for run in dead], [run.run_id for run in dead]))
+    failed = [run.run_id for run, ok in zip(dead, outcomes) if not ok]
+    if failed:
+        print(f"[relabel] re-executions failed: {failed}; see the runs in the Dagster UI")
+    return 1 if failed else 0
+
+
+def _process_alive(instance, run_id: str) -> bool:
+    """Whether the process that executes ``run_id``'s steps still runs (its engine event says
+    which: "Executing steps in process (pid: N)")."""
+    import psutil
+    from dagster import DagsterEventType
+
+    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT).records:
+        pid = record.event_log_entry.dagster_event.event_specific_data.metadata.get("pid")
+        if pid is not None:
+            try:
+                # a killed process whose parent died too can linger as a zombie: it is gone
+                return psutil.Process(int(pid.value)).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+    return False
+
+
+def _reexecute(job_name: str, run_id: str) -> bool:
+    from dagster import DagsterInstance, ReexecutionOptions, execute_job, reconstructable
+
+    from pipelines import definitions
+
+    with DagsterInstance.get() as instance:
+        parent = instance.get_run_by_id(run_id)
+        result = execute_job(
+            reconstructable(definitions.JOB_FACTORIES[job_name]),
+            instance=instance,
+            # the re-execution is of the same partition: its tags say which
+            tags={key: value for key, value in parent.tags.items() if key.startswith("dagster/partition")},
+            reexecution_options=ReexecutionOptions.from_failure(run_id, instance),
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        )
+    return result.success
+
+
+def demo_summary(root: Path, seconds: float, timings: dict[str, float]) -> str:
     """What the demo made, and where to look at it."""
     params = load_params(root / "params.yaml")
     data = resolve(root, params.data_dir)
@@ -134,6 +248,8 @@ def demo_summary(root: Path, seconds: float) -> str:
         *_filter_lines(data),
         *_corpus_lines(data),
         *_model_lines(data),
+        *_iteration_lines(data),
+        *_timing_lines(timings),
         "",
         "Look at it:",
         "  make ui                          Dagster UI on http://127.0.0.1:3000 (runs, assets, metadata)",
@@ -171,15 +287,15 @@ def _score_lines(summary_path: Path, width: int) -> list[str]:
 
 def _filter_lines(data: Path) -> list[str]:
     """Phase 2: what the filters kept and dropped, table 3, and how right each filter was."""
-    kept_dir, report = data / "filter" / "filtered_labels", data / "filter" / "report"
+    kept_dir, report = data / "filter" / "filtered_labels" / "iteration-0", data / "filter" / "report" / "iteration-0"
     if not kept_dir.is_dir():
         return []
     kept = pl.read_parquet(kept_dir / "*.parquet")
-    dropped = pl.read_parquet(data / "filter" / "filter_quarantine" / "*.parquet")
+    dropped = pl.read_parquet(data / "filter" / "filter_quarantine" / "iteration-0" / "*.parquet")
     by_reason = dropped.group_by("reason").len().sort("len", descending=True)
     lines = [
         "",
-        f"Filtering: {kept.height} labels kept, {dropped.height} quarantined: "
+        f"Filtering (iteration 0): {kept.height} labels kept, {dropped.height} quarantined: "
         + ", ".join(f"{r['reason']} {r['len']}" for r in by_reason.iter_rows(named=True)),
     ]
     if (report / "text_statistics.parquet").is_file():
@@ -202,18 +318,17 @@ def _filter_lines(data: Path) -> list[str]:
 
 
 def _corpus_lines(data: Path) -> list[str]:
-    """Phase 3's input: the (prompt, target) examples written per task."""
-    folder = data / "corpus" / "examples"
-    if not folder.is_dir():
-        return []
-    examples = pl.read_parquet(folder / "*.parquet")
-    by_task = examples.group_by("task").len().sort("len", descending=True)
-    return [
-        "",
-        f"Corpus: {examples.height} Florence-2 examples from {examples['image_id'].n_unique()} training images: "
-        + ", ".join(f"{row['task']} {row['len']}" for row in by_task.iter_rows(named=True)),
-    ]
-
+    """Phase 3's input: the (prompt, target) examples written per task, per iteration."""
+    lines = []
+    for folder in sorted((data / "corpus" / "examples").glob("iteration-*")):
+        examples = pl.read_parquet(folder / "*.parquet")
+        by_task = examples.group_by("task").len().sort("len", descending=True)
+        lines += [
+            "",
+            f"Corpus {folder.name}: {examples.height} Florence-2 examples from {examples['image_id'].n_unique()} training images: "
+            + ", ".join(f"{row['task']} {row['len']}" for row in by_task.iter_rows(named=True)),
+        ]
+    return lines
 
 
 def _model_lines(data: Path) -> list[str]:
@@ -232,6 +347,66 @@ def _model_lines(data: Path) -> list[str]:
         if summary_path.is_file():
             lines += ["  held-out (eval split) against the world's ground truth:", *_score_lines(summary_path, width=9)]
     return lines
+
+
+def _iteration_lines(data: Path) -> list[str]:
+    """Phase 4: what each merge decided, each iteration's label quality, and the guard."""
+    lines = []
+    decisions = sorted((data / "merge" / "decisions").glob("iteration-*"), key=lambda p: int(p.name.split("-")[1]))
+    for folder in decisions:
+        if folder.name == "iteration-0":
+            continue
+        decided = pl.read_parquet(folder / "*.parquet")
+        counts = decided.group_by("decision").len().sort("decision")
+        protected = decided.filter(pl.col("reason").str.contains("rare class")).height
+        lines.append(
+            f"  merge into {folder.name}: " + ", ".join(f"{r['decision']} {r['len']}" for r in counts.iter_rows(named=True))
+            + f"; {protected} model labels refused to protect a rare-class label"
+        )
+    summaries = sorted((data / "filter" / "quality").glob("iteration-*/summary.parquet"), key=lambda p: int(p.parent.name.split("-")[1]))
+    if not summaries:
+        return lines
+    history = pl.concat([pl.read_parquet(p) for p in summaries], how="diagonal_relaxed")
+    lines = ["", "Refinement: the model's labels merged into the next iteration's (merge policy: refine.merge)", *lines]
+    lines.append("  label quality on the training images against the world's ground truth (filtered labels):")
+    lines.append("  iteration  labels  box F1  rare F1  caption recall  OCR CER  repaired  human repaired  broken")
+    for row in history.iter_rows(named=True):
+        cell = lambda name, width=7: f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"  # noqa: E731
+        lines.append(
+            f"  {row['iteration']:>9}  {row['labels']:>6} {cell('box_f1')}  {cell('box_f1_rare')}  {cell('caption_object_recall', 14)}"
+            f"  {cell('ocr_cer')}  {cell('repaired_share', 8)}  {cell('protected_repaired_share', 14)}  {cell('broken_share', 6)}"
+        )
+    return lines + _guard_lines(data, [int(row["iteration"]) for row in history.iter_rows(named=True)])
+
+
+def _guard_lines(data: Path, iterations: list[int]) -> list[str]:
+    """The rare-class guard of each iteration after the first: its verdict and the rare
+    classes' training labels and recall against the iteration before."""
+    from dagster import AssetCheckKey, DagsterInstance
+
+    from data_checks.shards import LABEL_QUALITY
+    from relabel.refine import rare_class_changes
+
+    with DagsterInstance.get() as instance:
+        infos = instance.event_log_storage.get_asset_check_partition_info([AssetCheckKey(LABEL_QUALITY, "rare_classes_kept")])
+        verdicts = {info.partition_key: info.latest_execution_status.value for info in infos}
+    lines = []
+    for k in iterations[1:]:
+        before, now = (pl.read_parquet(data / "filter" / "label_quality" / f"{i}.parquet") for i in (k - 1, k))
+        changes = rare_class_changes(now, before)
+        shown = ", ".join(
+            f"{r['category']} {r['labels_before']}->{r['labels_now']}"
+            + (f" (recall {r['recall_before']:.2f}->{r['recall_now']:.2f})" if r["recall_now"] is not None and r["recall_before"] is not None else "")
+            for r in changes.iter_rows(named=True)
+        )
+        lines.append(f"  rare-class guard, iteration {k} vs {k - 1}: {verdicts.get(str(k), 'not run')}; {shown}")
+    return lines
+
+
+def _timing_lines(timings: dict[str, float]) -> list[str]:
+    if not timings:
+        return []
+    return ["", "Wall time by phase: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())]
 
 
 if __name__ == "__main__":

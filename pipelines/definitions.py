@@ -9,24 +9,30 @@ from dagster import (
     StaticPartitionsDefinition,
     define_asset_job,
     in_process_executor,
-    multiprocess_executor,
 )
 
 from assets.annotate import build_annotate_assets
 from assets.corpus import build_corpus_assets
 from assets.filter import build_filter_assets
 from assets.ingest import QUARANTINES, SOURCE_CATALOG, build_ingest_assets
-from assets.model import HELDOUT_SCORES, ITERATIONS, MODEL, build_model_assets
+from assets.model import HELDOUT_SCORES, MODEL, build_model_assets
+from assets.partitions import ITERATIONS, iteration_shards
+from assets.refine import CAPTION_SPECIALIST, MERGE_QUARANTINE, build_refine_assets
 from assets.world import embedded_world
 from data_checks.shards import build_shard_checks
+from pipelines.automation import build_automation
+from pipelines.executors import executor_for
 from pipelines.io_manager import ShardParquetIOManager
 from pipelines.phases import (
     ANNOTATE_SHARDS_JOB,
+    CAPTION_SPECIALIST_JOB,
     CATALOG_JOB,
     CORPUS_SHARDS_JOB,
     FILTER_REPORT_JOB,
     FILTER_SHARDS_JOB,
     INGEST_SHARDS_JOB,
+    MERGE_SHARDS_JOB,
+    REANNOTATE_SHARDS_JOB,
     SCORE_ANNOTATIONS_JOB,
     SCORE_MODEL_JOB,
     TRAIN_MODEL_JOB,
@@ -39,14 +45,116 @@ from relabel.shards import shard_keys
 
 def build_definitions(root: str | None = None) -> Definitions:
     """Definitions for the project at ``root`` (default: ``$RELABEL_ROOT`` or the working
-    directory), with one partition per shard as configured in its params.yaml."""
+    directory), with one partition per shard as configured in its params.yaml, and iteration
+    x shard partitions for every iteration's per-shard work."""
     project = ProjectResource(root=root or default_root())
-    shards = StaticPartitionsDefinition(shard_keys(project.params.shards.count))
+    params = project.params
+    shards = StaticPartitionsDefinition(shard_keys(params.shards.count))
+    by_iteration_and_shard = iteration_shards(shards)
     dvc = DvcResource(project=project)
     catalog = AssetSelection.assets(SOURCE_CATALOG).required_multi_asset_neighbors()
-    annotate = build_annotate_assets(shards, project.params.annotate)
-    filter_shard, filter_report = build_filter_assets(shards, [*QUARANTINES, *annotate.quarantines])
-    corpus = build_corpus_assets(shards)
+    annotate = build_annotate_assets(shards, params.annotate)
+    merge, reannotate, (caption_specialist, (label_quality, rare_class_guard)) = build_refine_assets(by_iteration_and_shard)
+    filter_shard, (filter_report, quarantine_index) = build_filter_assets(
+        by_iteration_and_shard, [*QUARANTINES, *annotate.quarantines], [MERGE_QUARANTINE]
+    )
+    corpus = build_corpus_assets(by_iteration_and_shard)
+    # here, a partitioned run's steps go one after another in one process: the gates import GX
+    # once, training and generation take the cores by themselves, and shards run in parallel
+    # as runs of their own; on a Celery cluster, its workers take the steps
+    step_executor = in_process_executor if params.executor.kind == "multiprocess" else executor_for(params.executor)
+    jobs = [
+        define_asset_job(
+            WORLD_JOB,
+            selection=AssetSelection.assets(embedded_world),
+            description="Render the embedded world with its human labels and ground truth.",
+        ),
+        define_asset_job(
+            CATALOG_JOB,
+            selection=catalog,
+            description="Hash and shard every image record of every configured source.",
+        ),
+        define_asset_job(
+            INGEST_SHARDS_JOB,
+            selection=AssetSelection.groups("ingest") - catalog,
+            partitions_def=shards,
+            executor_def=step_executor,
+            description="Read one shard of every source into the label store, with its checks.",
+        ),
+        define_asset_job(
+            TRAIN_SPECIALISTS_JOB,
+            selection=AssetSelection.assets(*annotate.training),
+            description="Fit the trainable specialists on the human labels of every shard.",
+        ),
+        define_asset_job(
+            ANNOTATE_SHARDS_JOB,
+            selection=AssetSelection.assets(*annotate.per_shard),
+            partitions_def=shards,
+            description="Run every specialist on one shard, fuse them and merge with the human labels.",
+        ),
+        define_asset_job(
+            SCORE_ANNOTATIONS_JOB,
+            selection=AssetSelection.assets(annotate.scores),
+            description="Score the specialists and the consensus against the world's ground truth (an MLflow run).",
+        ),
+        define_asset_job(
+            MERGE_SHARDS_JOB,
+            selection=AssetSelection.assets(*merge),
+            partitions_def=by_iteration_and_shard,
+            executor_def=step_executor,
+            description="Start an iteration on one shard: its labels are the initial annotations (iteration 0), or the previous iteration's labels merged with its model's re-annotation by the merge policy.",
+        ),
+        define_asset_job(
+            FILTER_SHARDS_JOB,
+            selection=AssetSelection.assets(*filter_shard),
+            partitions_def=by_iteration_and_shard,
+            executor_def=step_executor,
+            description="Parse, filter and gate one shard's labels of an iteration; the gates block what depends on a failing shard.",
+        ),
+        define_asset_job(
+            FILTER_REPORT_JOB,
+            selection=AssetSelection.assets(filter_report, quarantine_index, label_quality),
+            partitions_def=ITERATIONS,
+            executor_def=step_executor,
+            description="An iteration's filter report (table 3, filter precision), its quarantine index, and the quality of its labels with the rare-class guard (MLflow runs).",
+        ),
+        define_asset_job(
+            CORPUS_SHARDS_JOB,
+            selection=AssetSelection.assets(*corpus),
+            partitions_def=by_iteration_and_shard,
+            executor_def=step_executor,
+            description="Write one shard's gated, filtered training labels of an iteration as Florence-2 (prompt, target) examples.",
+        ),
+        define_asset_job(
+            TRAIN_MODEL_JOB,
+            selection=AssetSelection.assets(MODEL),
+            partitions_def=ITERATIONS,
+            executor_def=step_executor,
+            description="Train the iteration's Florence-2 model on every shard's corpus (an MLflow run and a registered model version).",
+        ),
+        define_asset_job(
+            SCORE_MODEL_JOB,
+            selection=AssetSelection.assets(HELDOUT_SCORES),
+            partitions_def=ITERATIONS,
+            executor_def=step_executor,
+            description="Score the iteration's model on the held-out evaluation split against a trivial baseline.",
+        ),
+        define_asset_job(
+            CAPTION_SPECIALIST_JOB,
+            selection=AssetSelection.assets(CAPTION_SPECIALIST),
+            partitions_def=ITERATIONS,
+            executor_def=step_executor,
+            description="Fine-tune the iteration's model on the few labels of the tasks no specialist labels (detailed captions).",
+        ),
+        define_asset_job(
+            REANNOTATE_SHARDS_JOB,
+            selection=AssetSelection.assets(*reannotate),
+            partitions_def=by_iteration_and_shard,
+            executor_def=step_executor,
+            description="The iteration's model labels every training image of one shard for every task: the raw material of the next iteration's merge.",
+        ),
+    ]
+    automation = build_automation(params.refine.schedule, shards)
     return Definitions(
         assets=[
             embedded_world,
@@ -54,90 +162,27 @@ def build_definitions(root: str | None = None) -> Definitions:
             *annotate.training,
             *annotate.per_shard,
             annotate.scores,
+            *merge,
             *filter_shard,
-            *filter_report,
+            filter_report,
+            quarantine_index,
+            label_quality,
             *corpus,
             *build_model_assets(),
+            caption_specialist,
+            *reannotate,
         ],
-        asset_checks=build_shard_checks(shards, project.params.filter.gates, project.ontology()),
-        jobs=[
-            define_asset_job(
-                WORLD_JOB,
-                selection=AssetSelection.assets(embedded_world),
-                description="Render the embedded world with its human labels and ground truth.",
-            ),
-            define_asset_job(
-                CATALOG_JOB,
-                selection=catalog,
-                description="Hash and shard every image record of every configured source.",
-            ),
-            define_asset_job(
-                INGEST_SHARDS_JOB,
-                selection=AssetSelection.groups("ingest") - catalog,
-                partitions_def=shards,
-                # one step after another in one process: the gates then import GX once, and
-                # shards are what runs in parallel
-                executor_def=in_process_executor,
-                description="Read one shard of every source into the label store, with its checks.",
-            ),
-            define_asset_job(
-                TRAIN_SPECIALISTS_JOB,
-                selection=AssetSelection.assets(*annotate.training),
-                description="Fit the trainable specialists on the human labels of every shard.",
-            ),
-            define_asset_job(
-                ANNOTATE_SHARDS_JOB,
-                selection=AssetSelection.assets(*annotate.per_shard),
-                partitions_def=shards,
-                description="Run every specialist on one shard, fuse them and merge with the human labels.",
-            ),
-            define_asset_job(
-                SCORE_ANNOTATIONS_JOB,
-                selection=AssetSelection.assets(annotate.scores),
-                description="Score the specialists and the consensus against the world's ground truth (an MLflow run).",
-            ),
-            define_asset_job(
-                FILTER_SHARDS_JOB,
-                selection=AssetSelection.assets(*filter_shard),
-                partitions_def=shards,
-                executor_def=in_process_executor,
-                description="Parse, filter and gate one shard's initial annotations; the gates block what depends on a failing shard.",
-            ),
-            define_asset_job(
-                FILTER_REPORT_JOB,
-                selection=AssetSelection.assets(*filter_report),
-                description="Gather every phase's quarantine and report the filters: table 3 and their precision against the world's ground truth.",
-            ),
-            define_asset_job(
-                CORPUS_SHARDS_JOB,
-                selection=AssetSelection.assets(*corpus),
-                partitions_def=shards,
-                executor_def=in_process_executor,
-                description="Write one shard's gated, filtered training labels as Florence-2 (prompt, target) examples.",
-            ),
-            define_asset_job(
-                TRAIN_MODEL_JOB,
-                selection=AssetSelection.assets(MODEL),
-                partitions_def=ITERATIONS,
-                # one process: training takes the machine's cores (or its GPU) by itself
-                executor_def=in_process_executor,
-                description="Train the iteration's Florence-2 model on every shard's corpus (an MLflow run and a registered model version).",
-            ),
-            define_asset_job(
-                SCORE_MODEL_JOB,
-                selection=AssetSelection.assets(HELDOUT_SCORES),
-                partitions_def=ITERATIONS,
-                executor_def=in_process_executor,
-                description="Score the iteration's model on the held-out evaluation split against a trivial baseline.",
-            ),
-        ],
+        asset_checks=[*build_shard_checks(shards, by_iteration_and_shard, params.filter.gates, project.ontology()), rare_class_guard],
+        jobs=jobs,
+        schedules=automation.schedules,
+        sensors=automation.sensors,
         resources={
             "project": project,
             "dvc": dvc,
             "mlflow_tracking": MlflowResource(project=project),
             "io_manager": ShardParquetIOManager(project=project, dvc=dvc),
         },
-        executor=multiprocess_executor,
+        executor=executor_for(params.executor),
     )
 
 
@@ -190,6 +235,18 @@ def score_model_job():
     return defs.resolve_job_def(SCORE_MODEL_JOB)
 
 
+def merge_shards_job():
+    return defs.resolve_job_def(MERGE_SHARDS_JOB)
+
+
+def tune_caption_specialist_job():
+    return defs.resolve_job_def(CAPTION_SPECIALIST_JOB)
+
+
+def reannotate_shards_job():
+    return defs.resolve_job_def(REANNOTATE_SHARDS_JOB)
+
+
 JOB_FACTORIES = {
     WORLD_JOB: render_world_job,
     CATALOG_JOB: catalog_sources_job,
@@ -202,4 +259,7 @@ JOB_FACTORIES = {
     CORPUS_SHARDS_JOB: write_corpus_job,
     TRAIN_MODEL_JOB: train_model_job,
     SCORE_MODEL_JOB: score_model_job,
+    MERGE_SHARDS_JOB: merge_shards_job,
+    CAPTION_SPECIALIST_JOB: tune_caption_specialist_job,
+    REANNOTATE_SHARDS_JOB: reannotate_shards_job,
 }

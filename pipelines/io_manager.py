@@ -1,7 +1,8 @@
 """The shard-partitioned parquet IO manager: stores each asset partition as one parquet file,
 checks it against the label-store schema on the way in and out, and versions it with DVC.
 
-Layout: ``<data_dir>/<phase>/<asset>/<shard>.parquet`` for partitioned assets and
+Layout: ``<data_dir>/<phase>/<asset>/<shard>.parquet`` for shard assets,
+``<data_dir>/<phase>/<asset>/iteration-<k>/<shard>.parquet`` for iteration x shard assets and
 ``<data_dir>/<phase>/<asset>.parquet`` otherwise, where ``<phase>`` is the asset key's prefix
 and also the name of the DVC stage in ``dvc.yaml`` whose output holds the file.
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetKey, ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 
+from assets.partitions import split_key
 from data_checks.shards import GATES, blocked_shards
 from pipelines.resources import DvcResource, ProjectResource
 from relabel.labels import check_schema
@@ -36,7 +38,7 @@ class ShardParquetIOManager(ConfigurableIOManager):
         table = context.definition_metadata.get(TABLE_METADATA_KEY)
         if table:
             check_schema(obj, table)
-        path = self._path(context.asset_key.path, context.partition_key if context.has_partition_key else None)
+        path = partition_path(self.project.data_dir, context.asset_key, context.partition_key if context.has_partition_key else None)
         path.parent.mkdir(parents=True, exist_ok=True)
         # write beside and rename, so a failed write never leaves a half-written shard
         partial = path.with_suffix(".parquet.partial")
@@ -59,10 +61,10 @@ class ShardParquetIOManager(ConfigurableIOManager):
         key_path = upstream.asset_key.path if upstream else context.asset_key.path
         if context.has_asset_partitions:
             keys = self._unblocked(context, AssetKey(key_path), context.asset_partition_keys)
-            frames = [pl.read_parquet(self._path(key_path, key)) for key in keys]
+            frames = [pl.read_parquet(partition_path(self.project.data_dir, AssetKey(key_path), key)) for key in keys]
             loaded = pl.concat(frames, how="vertical") if frames else pl.DataFrame()
         else:
-            loaded = pl.read_parquet(self._path(key_path, None))
+            loaded = pl.read_parquet(partition_path(self.project.data_dir, AssetKey(key_path), None))
         table = upstream.definition_metadata.get(TABLE_METADATA_KEY) if upstream else None
         return check_schema(loaded, table) if table else loaded
 
@@ -79,6 +81,16 @@ class ShardParquetIOManager(ConfigurableIOManager):
             context.log.warning(f"leaving out shards of {asset.to_user_string()} blocked by their gates: {refused}")
         return [key for key in keys if key not in refused]
 
-    def _path(self, key_path: list[str] | tuple[str, ...], partition: str | None) -> Path:
-        base = Path(self.project.data_dir, *key_path)
-        return base / f"{partition}.parquet" if partition else base.with_suffix(".parquet")
+
+
+def partition_path(data_dir: Path, asset: AssetKey, partition: str | None) -> Path:
+    """Where the IO manager keeps ``asset``'s ``partition`` (see the module's layout); also
+    how an iteration reads the previous iteration's files, which no asset dependency can name
+    (a dynamic partition cannot depend on an earlier one of itself)."""
+    base = Path(data_dir, *asset.path)
+    if partition is None:
+        return base.with_suffix(".parquet")
+    if "|" in str(partition):
+        iteration, shard = split_key(partition)
+        return base / f"iteration-{iteration}" / f"{shard}.parquet"
+    return base / f"{partition}.parquet"

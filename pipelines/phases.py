@@ -1,7 +1,10 @@
 """The data engine's phases and the Dagster jobs that run each, in order.
 
 A light module (no Dagster import), so the command line can list the phases without building
-the definitions; a phase is also a DVC stage of the same name in ``dvc.yaml``.
+the definitions; a phase is also a DVC stage of the same name in ``dvc.yaml``. The phases of
+``ITERATION_PHASES`` run once per iteration: iteration k's labels (merged from iteration k-1's
+labels and its model's re-annotation; the initial annotations in iteration 0) are filtered and
+gated, written as a corpus, trained on, and re-annotated by the model for iteration k+1.
 """
 
 WORLD_JOB = "render_world"
@@ -10,17 +13,26 @@ INGEST_SHARDS_JOB = "ingest_shards"
 TRAIN_SPECIALISTS_JOB = "train_specialists"
 ANNOTATE_SHARDS_JOB = "annotate_shards"
 SCORE_ANNOTATIONS_JOB = "score_annotations"
+MERGE_SHARDS_JOB = "merge_shards"
 FILTER_SHARDS_JOB = "filter_shards"
 FILTER_REPORT_JOB = "report_filtering"
 CORPUS_SHARDS_JOB = "write_corpus"
 TRAIN_MODEL_JOB = "train_model"
 SCORE_MODEL_JOB = "score_model"
+CAPTION_SPECIALIST_JOB = "tune_caption_specialist"
+REANNOTATE_SHARDS_JOB = "reannotate_shards"
 
 PHASE_JOBS = {
     "world": (WORLD_JOB,),
     "ingest": (CATALOG_JOB, INGEST_SHARDS_JOB),
     "annotate": (TRAIN_SPECIALISTS_JOB, ANNOTATE_SHARDS_JOB, SCORE_ANNOTATIONS_JOB),
+    "merge": (MERGE_SHARDS_JOB,),
     "filter": (FILTER_SHARDS_JOB, FILTER_REPORT_JOB),
     "corpus": (CORPUS_SHARDS_JOB,),
     "model": (TRAIN_MODEL_JOB, SCORE_MODEL_JOB),
+    "refine": (CAPTION_SPECIALIST_JOB, REANNOTATE_SHARDS_JOB),
 }
+SETUP_PHASES = ("world", "ingest", "annotate")
+ITERATION_PHASES = ("merge", "filter", "corpus", "model", "refine")
+# the phases that give an iteration's labels and their quality (what the last iteration runs)
+LABEL_PHASES = ("merge", "filter")

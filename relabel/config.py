@@ -231,6 +231,9 @@ class ModelParams(_Strict):
 
     preset: Literal["micro", "small", "base", "large"] = "small"
     init_from: str | None = None
+    # iteration k > 0 goes on from iteration k-1's weights and tokenizer (refinement's budget
+    # then adds up); false: every iteration starts afresh from init_from or the preset
+    warm_start: bool = True
     registered_name: str = Field("relabel-florence2", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     tokenizer: TokenizerParams = TokenizerParams()
     train: TrainParams = TrainParams()
@@ -238,6 +241,91 @@ class ModelParams(_Strict):
     # the tasks the model is scored on, against the world's ground truth, on held-out images
     # (what can be scored there: boxes, brief captions and read text with its region)
     evaluation_tasks: tuple[Literal["<OD>", "<CAPTION>", "<OCR_WITH_REGION>"], ...] = ("<OD>", "<CAPTION>", "<OCR_WITH_REGION>")
+
+
+class MergePolicyParams(_Strict):
+    """How a label the model wrote meets the labels an image already has (phase 4,
+    ``relabel.refine.merge_reannotation``). A model label's *counterpart* is the existing label
+    of the same task about the same thing: the same image-level task, or a region of the same
+    task overlapping it by ``match_iou``."""
+
+    # never replaced, whatever the model says (and never dropped by the merge)
+    protected_sources: tuple[str, ...] = ("human",)
+    match_iou: float = Field(0.5, gt=0, le=1)
+    # a model label with no counterpart fills the gap at this score or more
+    fill_min_score: float = Field(0.6, ge=0, le=1)
+    # a model label that disagrees with its counterpart replaces it at this score or more, when
+    # at least repair_min_support other labels (of any source) say what the model says
+    repair_min_score: float = Field(0.8, ge=0, le=1)
+    repair_min_support: int = Field(1, ge=0)
+    # a model region agreeing on the class replaces its counterpart's box when they overlap
+    # less than this (a loose box) and the model's score is repair_min_score or more
+    refit_below_iou: float = Field(0.75, gt=0, le=1)
+
+
+class RareClassGuardParams(_Strict):
+    """Self-labelling must not erase rare cases: a class with less than ``rare_share`` of the
+    object labels is rare; its labels are never replaced on the model's word alone, and a rare
+    class whose label count or ground-truth recall drops from one iteration to the next by more
+    than these bounds fails a blocking check before the next model trains."""
+
+    rare_share: float = Field(0.06, gt=0, le=1)
+    max_count_drop: float = Field(0.25, ge=0, le=1)   # relative: 0.25 = a quarter of its labels
+    max_recall_drop: float = Field(0.1, ge=0, le=1)   # absolute
+
+
+class CaptionSpecialistParams(_Strict):
+    """Tasks no specialist labels (paper section 4.1: detailed captions) get one: the
+    iteration's model fine-tuned on the few labels of those tasks that exist."""
+
+    tasks: tuple[str, ...] = ("<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
+    steps: int = Field(60, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> CaptionSpecialistParams:
+        unknown = [task for task in self.tasks if task not in TASK_TOKENS]
+        if unknown:
+            raise ValueError(f"unknown tasks {unknown}; known: {list(TASK_TOKENS)}")
+        return self
+
+
+class RefineParams(_Strict):
+    """Phase 4, iterative refinement: iteration k's model re-labels every training image for
+    ``tasks``; the merge policy folds that into iteration k+1's labels, which pass the same
+    filters and gates before they become iteration k+1's corpus."""
+
+    tasks: tuple[str, ...] = tuple(TASK_TOKENS)
+    # prompted tasks (a region, a phrase or a caption in the prompt) ask about at most this
+    # many of an image's existing labels per task
+    max_prompts_per_image: int = Field(6, ge=1)
+    merge: MergePolicyParams = MergePolicyParams()
+    guard: RareClassGuardParams = RareClassGuardParams()
+    caption_specialist: CaptionSpecialistParams = CaptionSpecialistParams()
+    # the schedule that starts the next iteration (five-field cron, the instance's time zone)
+    schedule: str = "0 3 * * 1"
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> RefineParams:
+        unknown = [task for task in self.tasks if task not in TASK_TOKENS]
+        if unknown:
+            raise ValueError(f"unknown tasks {unknown}; known: {list(TASK_TOKENS)}")
+        return self
+
+
+class CeleryParams(_Strict):
+    broker: str = "redis://127.0.0.1:6379/0"
+    backend: str = "redis://127.0.0.1:6379/1"
+
+
+class ExecutorParams(_Strict):
+    """Where a run's steps execute. ``multiprocess``: in child processes of the run on this
+    machine (at most ``max_concurrent`` at once); ``celery``: as tasks on an existing Celery
+    cluster (dagster-celery workers reading the same Dagster instance and project)."""
+
+    kind: Literal["multiprocess", "celery"] = "multiprocess"
+    max_concurrent: int = Field(2, ge=1)
+    celery: CeleryParams = CeleryParams()
 
 
 class MlflowParams(_Strict):
@@ -260,6 +348,8 @@ class Params(_Strict):
     annotate: AnnotateParams = AnnotateParams()
     filter: FilterParams = FilterParams()
     model: ModelParams = ModelParams()
+    refine: RefineParams = RefineParams()
+    executor: ExecutorParams = ExecutorParams()
     mlflow: MlflowParams = MlflowParams()
     dvc: DvcParams = DvcParams()
 

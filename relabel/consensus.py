@@ -596,6 +596,7 @@ def _fused_rows(rows: pl.DataFrame, promoted: pl.DataFrame) -> pl.DataFrame:
         provenance=provenance,
         agreement=promoted["agreement"],
         linked_label_id=pl.lit(None, dtype=pl.String),
+        replaces=pl.lit(None, dtype=pl.String),
     )
     return out.select(pl.col(name).cast(dtype) for name, dtype in LABELS_SCHEMA.items())
 

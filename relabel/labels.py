@@ -31,7 +31,8 @@ Three tables, each a polars frame with a fixed schema and stored as parquet:
     labels), ``source`` is ``human``, ``<specialist>@<version>`` or ``model@iter<k>``, and
     ``iteration`` the data-engine iteration in which the row entered. Fused labels keep the
     ids they were fused from in ``provenance`` and the number of agreeing sources in
-    ``agreement``; a machine label confirming a human one names it in ``linked_label_id``.
+    ``agreement``; a machine label confirming a human one names it in ``linked_label_id``. A
+    label the model wrote in place of another names that one in ``replaces``.
 
 ``quarantine``
     Everything that was dropped, with what it was (``record_kind``: an image, a label, or a
@@ -106,6 +107,8 @@ LABELS_SCHEMA = pl.Schema(
         "provenance": pl.List(pl.String),
         "agreement": pl.Int32,
         "linked_label_id": pl.String,
+        # history (phase 4's merge): the label this row replaced, which went to quarantine
+        "replaces": pl.String,
     }
 )
 

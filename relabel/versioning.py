@@ -26,6 +26,7 @@ from dvc.repo import Repo
 # Set by `dvc repro` for the command it runs: DVC then commits the stage outputs itself,
 # and committing from inside would fight over its repository lock.
 UNDER_DVC_REPRO = "DVC_STAGE"
+PARTIAL_PATTERN = "*.partial"
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ def ensure_repo(root: Path, remote_name: str, remote_url: str) -> None:
     with _dvc_lock(root):
         if not (root / ".dvc").is_dir():
             Repo.init(root_dir=str(root), no_scm=not (root / ".git").exists())
+        # a shard being written (beside its final name, then renamed) is never part of a
+        # version, nor a file a concurrent commit of the same stage may trip over
+        ignore = root / ".dvcignore"
+        patterns = ignore.read_text().splitlines() if ignore.is_file() else []
+        if PARTIAL_PATTERN not in patterns:
+            with open(ignore, "a", encoding="utf-8") as handle:
+                handle.write(f"\n{PARTIAL_PATTERN}\n")
         url = remote_url
         if "://" not in remote_url:
             url = str((root / remote_url).resolve())
@@ -95,6 +103,24 @@ def commit_stage(root: Path, stage: str, written: Path, push: bool) -> FileVersi
         finally:
             repo.close()
     return FileVersion(relative, md5, stage, stage_hash)
+
+
+def commit_iterations(root: Path, stages: list[str], push: bool) -> None:
+    """Record ``stages`` as they are now, after refinement iterations wrote them.
+
+    Refinement is a loop: iteration k+1 rewrites the folders (``<stage>/.../iteration-<k+1>``)
+    that the stages of iteration k depend on, so their recorded dependencies go stale although
+    nothing needs re-running. Committing the stages again records the loop's end state."""
+    with _dvc_lock(Path(root)):
+        repo = Repo(str(root))
+        try:
+            targets = [f"dvc.yaml:{stage}" for stage in stages]
+            for target in targets:
+                repo.commit(target, force=True)
+            if push:
+                repo.push(targets=targets)
+        finally:
+            repo.close()
 
 
 def restore_file(root: Path, md5: str, destination: Path) -> Path:

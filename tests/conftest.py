@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
+import polars as pl
 import pytest
+
+from relabel.labels import frame
+from relabel.shards import shard_of
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
@@ -62,12 +67,14 @@ def materialize_project(
     instance,
     shards: tuple[str, ...] = ("shard-00", "shard-01"),
     phases: tuple[str, ...] = ("world", "ingest"),
+    iteration: str = "0",
 ) -> dict:
     """Materialize ``phases`` of the project at ``root`` with ``dagster.materialize`` into
     ``instance``, job by job as the CLI runs them (each job's own asset selection), a shard job
-    once per shard of ``shards``, an iteration job for iteration 0. Returns the result of each
-    partitioned run by ``(job name, partition)`` and of each unpartitioned run by job name."""
-    from dagster import DynamicPartitionsDefinition, materialize
+    once per shard of ``shards``, an iteration job for ``iteration``, an iteration x shard job
+    once per shard of it. Returns the result of each partitioned run by ``(job name,
+    partition)`` and of each unpartitioned run by job name."""
+    from dagster import DynamicPartitionsDefinition, MultiPartitionsDefinition, materialize
 
     from pipelines.definitions import build_definitions
     from pipelines.phases import PHASE_JOBS
@@ -80,9 +87,9 @@ def materialize_project(
         for name in PHASE_JOBS[phase]:
             job = jobs[name]
             keys = shards if job.partitions_def else (None,)
-            if isinstance(job.partitions_def, DynamicPartitionsDefinition):
-                instance.add_dynamic_partitions(job.partitions_def.name, ["0"])
-                keys = ("0",)
+            if isinstance(job.partitions_def, (DynamicPartitionsDefinition, MultiPartitionsDefinition)):
+                instance.add_dynamic_partitions("iteration", [iteration])
+                keys = (iteration,) if isinstance(job.partitions_def, DynamicPartitionsDefinition) else tuple(f"{iteration}|{s}" for s in shards)
             for key in keys:
                 result = materialize(
                     everything, selection=job.selection, partition_key=key, resources=defs.resources, instance=instance
@@ -118,5 +125,88 @@ def annotated_project(tmp_path_factory: pytest.TempPathFactory):
     root = write_tiny_project(tmp_path_factory.mktemp("annotated") / "project")
     with pytest.MonkeyPatch.context() as patch, DagsterInstance.ephemeral(tempdir=str(root.parent / "dh")) as instance:
         patch.setenv("RELABEL_ROOT", str(root))
-        results = materialize_project(root, instance, phases=("world", "ingest", "annotate", "filter"))
+        results = materialize_project(root, instance, phases=("world", "ingest", "annotate", "merge", "filter"))
         yield root, results, functools.partial(materialize_project, root, instance)
+
+
+@pytest.fixture(scope="session")
+def iterated_project(annotated_project):
+    """``annotated_project`` taken through iteration 0 (corpus, model, re-annotation) and into
+    iteration 1 (its merged labels, filtered, gated and scored): ``(root, results)``."""
+    root, results, materialize_more = annotated_project
+    results = {**results, **materialize_more(phases=("corpus", "model", "refine"))}
+    results.update(materialize_more(phases=("merge", "filter"), iteration="1"))
+    return root, results
+
+
+# hand-made shards that start at the merge phase, for fast asset and pipeline tests
+def image_ids_of(shard: str, count: int, n: int = 2) -> list[str]:
+    """``n`` content-hash-like ids that fall in ``shard``."""
+    found, i = [], 0
+    while len(found) < n:
+        candidate = f"{i:08x}" + "ab" * 28
+        if shard_of(candidate, count) == shard:
+            found.append(candidate)
+        i += 1
+    return found
+
+
+def write_shard(root: Path, shard: str, *, kites_score: float) -> None:
+    """A shard of two images (one of the training split, one of the eval split): a ball, a
+    cat and three kites (the rare class) on each, found by the consensus with ``kites_score``,
+    plus a human caption."""
+    data = root / "data"
+    images = image_ids_of(shard, 2)
+    frame("images", [{"image_id": i, "uri": f"world/images/{i[:8]}.png", "width": 100, "height": 80, "dataset": "world", "split": split} for i, split in zip(images, ("train", "eval"), strict=True)]).write_parquet(
+        _path(data / "ingest" / "images" / f"{shard}.parquet")
+    )
+    rows = []
+    for image in images:
+        rows.append({"label_id": f"{image[:8]}-cap", "image_id": image, "annotation_type": "text", "task": "brief_caption", "text": "A red ball next to a cat.", "score": 1.0, "source": "human", "iteration": 0, "status": "raw"})
+        for n, (category, box, score) in enumerate(
+            [("ball", [5.0, 5.0, 30.0, 30.0], 0.9), ("cat", [40.0, 5.0, 70.0, 40.0], 0.8)]
+            + [("kite", [10.0 + 25 * k, 50.0, 30.0 + 25 * k, 75.0], kites_score) for k in range(3)]
+        ):
+            rows.append({"label_id": f"{image[:8]}-{n}", "image_id": image, "annotation_type": "region_text", "task": "object", "region_kind": "object", "category": category, "text": category, "box": box, "score": score, "source": "consensus@1", "iteration": 0, "status": "raw", "agreement": 1})
+    frame("labels", rows).write_parquet(_path(data / "annotate" / "initial_annotations" / f"{shard}.parquet"))
+
+
+def _path(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def hand_made_shards(tiny_project: Path) -> Path:
+    """The tiny project with hand-made initial annotations: shard-00 is sound, shard-01's rare
+    class (kite) has only low-confidence labels, which the filters drop, so it collapses."""
+    ontology = {"categories": [{"id": i, "name": name} for i, name in enumerate(("ball", "cat", "kite"), 1)]}
+    _path(tiny_project / "data" / "world" / "ontology.json").write_text(json.dumps(ontology))
+    write_shard(tiny_project, "shard-00", kites_score=0.9)
+    write_shard(tiny_project, "shard-01", kites_score=0.05)
+    return tiny_project
+
+
+@pytest.fixture
+def guard_project(tiny_project: Path) -> Path:
+    """The tiny project with hand-made initial annotations on which a confident model can
+    erase a class: on every image three kites, each also seen as a ball by the shape
+    detector (weakly), beside a real ball and a cat. Every class is rare here
+    (refine.guard.rare_share 0.9), so the rare-class guard watches them all."""
+    import yaml
+
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    params["refine"]["guard"]["rare_share"] = 0.9
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ontology = {"categories": [{"id": i, "name": name} for i, name in enumerate(("ball", "cat", "kite"), 1)]}
+    _path(tiny_project / "data" / "world" / "ontology.json").write_text(json.dumps(ontology))
+    for shard in ("shard-00", "shard-01"):
+        write_shard(tiny_project, shard, kites_score=0.9)
+        path = tiny_project / "data" / "annotate" / "initial_annotations" / f"{shard}.parquet"
+        labels = pl.read_parquet(path)
+        kites = labels.filter(pl.col("category") == "kite")
+        seen_as_balls = kites.with_columns(
+            label_id=pl.col("label_id") + "-ball", category=pl.lit("ball"), text=pl.lit("ball"), score=pl.lit(0.3), source=pl.lit("shapes@1")
+        )
+        pl.concat([labels, seen_as_balls], how="vertical").write_parquet(path)
+    return tiny_project

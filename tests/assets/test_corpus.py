@@ -8,7 +8,7 @@ from dagster import materialize
 from models.corpus import CORPUS_SCHEMA
 from models.tasks import CAPTION, OD, REGION_TO_CATEGORY
 from pipelines.definitions import build_definitions
-from pipelines.phases import CORPUS_SHARDS_JOB, FILTER_SHARDS_JOB
+from pipelines.phases import CORPUS_SHARDS_JOB, FILTER_SHARDS_JOB, MERGE_SHARDS_JOB
 
 
 def test_the_corpus_holds_training_images_only_and_refuses_a_blocked_shard(hand_made_shards, instance):
@@ -16,15 +16,18 @@ def test_the_corpus_holds_training_images_only_and_refuses_a_blocked_shard(hand_
     jobs = {job.name: job for job in defs.jobs}
     everything = [*defs.assets, *defs.asset_checks]
 
-    def run(job: str, shard: str):
-        return materialize(everything, selection=jobs[job].selection, partition_key=shard, resources=defs.resources, instance=instance, raise_on_error=False)
+    instance.add_dynamic_partitions("iteration", ["0"])
 
+    def run(job: str, shard: str):
+        return materialize(everything, selection=jobs[job].selection, partition_key=f"0|{shard}", resources=defs.resources, instance=instance, raise_on_error=False)
+
+    assert run(MERGE_SHARDS_JOB, "shard-00").success and run(MERGE_SHARDS_JOB, "shard-01").success
     assert run(FILTER_SHARDS_JOB, "shard-00").success
     assert not run(FILTER_SHARDS_JOB, "shard-01").success  # its rare class collapsed: gate failed
 
     written = run(CORPUS_SHARDS_JOB, "shard-00")
     assert written.success
-    examples = pl.read_parquet(hand_made_shards / "data" / "corpus" / "examples" / "shard-00.parquet")
+    examples = pl.read_parquet(hand_made_shards / "data" / "corpus" / "examples" / "iteration-0" / "shard-00.parquet")
     assert examples.schema == CORPUS_SCHEMA
     images = pl.read_parquet(hand_made_shards / "data" / "ingest" / "images" / "shard-00.parquet")
     train_image = images.filter(pl.col("split") == "train")["image_id"].to_list()

@@ -10,9 +10,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(annotated_project):
-    root, _, materialize_more = annotated_project
-    return root, materialize_more(phases=("corpus", "model"))
+def trained(iterated_project):
+    return iterated_project
 
 
 def _metadata(result, name: str) -> dict:
@@ -33,7 +32,7 @@ def test_the_iteration_model_is_an_mlflow_run_with_its_curve_and_a_registered_ve
     run = client.get_run(metadata["mlflow_run_id"])
     assert metadata["mlflow_run"].endswith(f"/runs/{run.info.run_id}") and run.info.status == "FINISHED"
     assert run.data.params["preset"] == "micro" and run.data.params["iteration"] == "0"
-    corpus_files = sorted((root / "data" / "corpus" / "examples").glob("*.parquet"))
+    corpus_files = sorted((root / "data" / "corpus" / "examples" / "iteration-0").glob("*.parquet"))
     assert {f"corpus.{path.stem}.md5" for path in corpus_files} <= set(run.data.params)  # the data version
     steps = params.model.train.steps
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, steps + 1))
