@@ -10,6 +10,7 @@ so they show in the Dagster UI afterwards (``make ui``).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import time
@@ -44,30 +45,40 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(args.root).resolve()
     _point_dagster_at(root)
-    started = time.monotonic()
-    if args.command == "materialize":
-        materialize_phase(args.phase, root, args.iteration)
-        return 0
     if args.command == "resume":
         return resume_interrupted()
-    timings: dict[str, float] = {}
-    if args.command == "demo":
-        for phase in SETUP_PHASES:
-            timings[phase] = _timed(materialize_phase, phase, root)
-    first = int(args.start) if getattr(args, "start", None) is not None else (0 if args.command == "demo" else _next_iteration(root))
-    for k in range(first, first + args.iterations):
-        for phase in ITERATION_PHASES:
-            timings[f"{phase} {k}"] = _timed(materialize_phase, phase, root, str(k))
-    # the labels the last model made, filtered, gated and scored: the iterations' result
-    for phase in LABEL_PHASES:
-        timings[f"{phase} {first + args.iterations}"] = _timed(materialize_phase, phase, root, str(first + args.iterations))
-    params = load_params(root / "params.yaml")
-    commit_iterations(root, list(ITERATION_PHASES), push=params.dvc.push)
+    started = time.monotonic()
+    # one pool for the whole command: its processes import the definitions once, and each
+    # run of a phase goes to one of them (shards in parallel)
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        if args.command == "materialize":
+            materialize_phase(args.phase, root, args.iteration, pool)
+            return 0
+        timings = _run_iterations(args, root, pool)
     if args.command == "demo":
         print(demo_summary(root, time.monotonic() - started, timings))
     else:
         print("\n".join(["", *_iteration_lines(resolve(root, load_params(root / "params.yaml").data_dir)), *_timing_lines(timings)]))
     return 0
+
+
+def _run_iterations(args: argparse.Namespace, root: Path, pool: ProcessPoolExecutor) -> dict[str, float]:
+    """The demo's set-up phases, then ``args.iterations`` iterations and the labels they end
+    with; the wall time of each phase."""
+    timings: dict[str, float] = {}
+    if args.command == "demo":
+        for phase in SETUP_PHASES:
+            timings[phase] = _timed(materialize_phase, phase, root, "0", pool)
+    first = int(args.start) if getattr(args, "start", None) is not None else (0 if args.command == "demo" else _next_iteration(root))
+    for k in range(first, first + args.iterations):
+        for phase in ITERATION_PHASES:
+            timings[f"{phase} {k}"] = _timed(materialize_phase, phase, root, str(k), pool)
+    # the labels the last model made, filtered, gated and scored: the iterations' result
+    last = str(first + args.iterations)
+    for phase in LABEL_PHASES:
+        timings[f"{phase} {last}"] = _timed(materialize_phase, phase, root, last, pool)
+    commit_iterations(root, list(ITERATION_PHASES), push=load_params(root / "params.yaml").dvc.push)
+    return timings
 
 
 def _timed(function, *arguments) -> float:
@@ -101,19 +112,17 @@ def _point_dagster_at(root: Path) -> None:
         config.write_text("telemetry:\n  enabled: false\n")
 
 
-def materialize_phase(phase: str, root: Path, iteration: str = "0") -> None:
-    """Run the jobs of ``phase``: unpartitioned ones once, shard jobs once per shard, shards
-    in parallel processes, iteration jobs for ``iteration`` (added to the instance's
+def materialize_phase(phase: str, root: Path, iteration: str, pool: ProcessPoolExecutor) -> None:
+    """Run the jobs of ``phase`` in ``pool``'s processes: unpartitioned ones once, shard jobs
+    once per shard, in parallel, iteration jobs for ``iteration`` (added to the instance's
     iterations if new)."""
     from pipelines import definitions
 
     for job_name in PHASE_JOBS[phase]:
         job = definitions.defs.resolve_job_def(job_name)
         keys = _partition_keys(job.partitions_def, iteration)
-        workers = min(len(keys), os.cpu_count() or 1)
         print(f"[relabel] {phase}: {job_name} over {len(keys) if keys != [None] else 1} run(s)", flush=True)
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            outcomes = list(pool.map(_execute, [job_name] * len(keys), keys))
+        outcomes = list(pool.map(_execute, [job_name] * len(keys), keys))
         failed = [key or job_name for key, ok in zip(keys, outcomes) if not ok]
         if failed:
             raise SystemExit(f"[relabel] {job_name} failed for {failed}; see the runs in the Dagster UI")
@@ -175,7 +184,7 @@ def resume_interrupted() -> int:
         return 0
     print(f"[relabel] resuming {len(dead)} interrupted run(s): " + ", ".join(f"{r.job_name} {r.tags.get('dagster/partition', '')}".strip() for r in dead), flush=True)
     workers = min(len(dead), os.cpu_count() or 1)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         outcomes = list(pool.map(_reexecute, [run.job_name for run in dead], [run.run_id for run in dead]))
     failed = [run.run_id for run, ok in zip(dead, outcomes) if not ok]
     if failed:

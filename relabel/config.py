@@ -31,6 +31,9 @@ class HumanNoiseParams(_Strict):
     box_jitter: float = Field(0.08, ge=0, le=1)
     wrong_category_rate: float = Field(0.08, ge=0, le=1)
     caption_rate: float = Field(0.6, ge=0, le=1)
+    # curated images that also get a detailed caption: the small set of a granularity no
+    # specialist writes, which refinement tunes a caption specialist on
+    detailed_caption_rate: float = Field(0.08, ge=0, le=1)
     alt_text_rate: float = Field(0.5, ge=0, le=1)
     alt_text_noise_rate: float = Field(0.35, ge=0, le=1)
     # a handful of the defects real collections have (a truncated file, a duplicate image,
@@ -60,6 +63,8 @@ class SourceParams(_Strict):
     images: str | None = None
     instances: str | None = None
     captions: str | None = None
+    # coco: captions at the detailed granularity (COCO captions format)
+    detailed_captions: str | None = None
     sidecar: str | None = None
     path: str | None = None
 

@@ -1,4 +1,4 @@
-"""COCO JSON sources: ``instances`` (boxes, polygons, crowd RLE) and ``captions`` over an image folder.
+"""COCO JSON sources: ``instances`` (boxes, polygons, crowd RLE), ``captions`` and ``detailed_captions`` over an image folder.
 
 Each annotation file lists its own ``images``; a label resolves to an image through the file
 it came from, and an image is one record per distinct file path, however many annotation files
@@ -9,6 +9,7 @@ so that the pictures are still ingested while the file itself goes to quarantine
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,14 @@ from relabel.labels import HUMAN_SOURCE
 
 HUMAN_LABEL = {"score": 1.0, "source": HUMAN_SOURCE, "iteration": 0, "status": "raw"}
 
+# the granularity of the captions of each caption file
+_CAPTION_TASKS = {"captions": "brief_caption", "detailed_captions": "detailed_caption"}
+
 # the lists a file must have to be read as COCO, by annotation file
 _REQUIRED_LISTS = {
     "instances": ("images", "annotations", "categories"),
     "captions": ("images", "annotations"),
+    "detailed_captions": ("images", "annotations"),
 }
 
 
@@ -39,7 +44,7 @@ def read_coco(source: SourceParams, index: int, root: Path) -> SourceRecords:
     images: dict[str, RawImage] = {}
     labels: list[RawLabel] = []
     problems: list[dict[str, Any]] = []
-    files = {"instances": source.instances, "captions": source.captions}
+    files = {"instances": source.instances, "captions": source.captions, "detailed_captions": source.detailed_captions}
     named = {
         kind: from_root(path, root) for kind, path in files.items() if path is not None
     }
@@ -51,7 +56,7 @@ def read_coco(source: SourceParams, index: int, root: Path) -> SourceRecords:
             all_files_usable = False
             continue
         refs = _read_images(source, index, path, images_dir, document["images"], images)
-        convert = _object_converter(document["categories"]) if kind == "instances" else _caption_row
+        convert = _object_converter(document["categories"]) if kind == "instances" else partial(_caption_row, task=_CAPTION_TASKS[kind])
         labels += _read_annotations(source, index, path, document["annotations"], refs, convert)
     if not images_dir.is_dir():
         problems.append(
@@ -180,13 +185,13 @@ def _read_annotations(
     return labels
 
 
-def _caption_row(annotation: dict[str, Any]) -> dict[str, Any] | Problem:
+def _caption_row(annotation: dict[str, Any], task: str) -> dict[str, Any] | Problem:
     caption = annotation.get("caption")
     if not isinstance(caption, str):
         return Problem("invalid_record", f"caption {caption!r} is not a string")
     return {
         "annotation_type": "text",
-        "task": "brief_caption",
+        "task": task,
         "text": caption.strip(),
         **HUMAN_LABEL,
     }

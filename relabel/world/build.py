@@ -44,7 +44,7 @@ from relabel.world.truth import labels_frame, truth_rows
 WORLD_VERSION = "1.0"
 WEB_SHARE = 0.3
 
-_SCENE, _CAPTIONS, _HUMAN, _COLLECTIONS, _DEFECTS = range(5)  # random streams
+_SCENE, _CAPTIONS, _HUMAN, _COLLECTIONS, _DEFECTS, _DETAILED = range(6)  # random streams
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,12 @@ def render_world(
         scenes.append(_render_scene(params, index, collections[index], world_dir))
 
     source = f"world@{WORLD_VERSION}"
-    rows = []
+    rows, captions_of = [], {}
     for scene in scenes:
         captions = scene_captions(
             scene, np.random.default_rng([params.seed, _CAPTIONS, scene.index])
         )
+        captions_of[scene.index] = captions
         rows.extend(truth_rows(scene, captions, source))
     labels = labels_frame(rows)
     labels.write_parquet(truth_dir / "labels.parquet")
@@ -141,6 +142,9 @@ def render_world(
         )
     _write_json(world_dir / "human" / "instances.json", instances)
     _write_json(world_dir / "human" / "captions.json", captions_doc)
+    detailed_doc = _detailed_captions(params, scenes, captions_of, instances["images"])
+    tally["detailed_captions"] = len(detailed_doc["annotations"])
+    _write_json(world_dir / "human" / "detailed_captions.json", detailed_doc)
     (world_dir / "web" / "alt_text.jsonl").write_bytes(b"".join(alt_lines.values()))
     return _summary(params, scenes, labels, tally, defects)
 
@@ -220,6 +224,27 @@ def _human_labels(
     return instances, captions_doc, alt_lines, tally
 
 
+def _detailed_captions(
+    params: WorldParams, scenes: list[Scene], captions_of: dict[int, list], coco_images: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The few detailed captions the curators wrote (``human.detailed_caption_rate`` of the
+    curated images, from a stream of their own so the other labels stay as they were): the
+    small set a caption specialist is tuned on, as COCO captions."""
+    entry_of = {entry["file_name"]: entry for entry in coco_images}
+    images, annotations = [], []
+    for scene in scenes:
+        entry = entry_of.get(Path(scene.file).name)
+        if scene.collection != "curated" or entry is None:
+            continue
+        if np.random.default_rng([params.seed, _DETAILED, scene.index]).random() >= params.human.detailed_caption_rate:
+            continue
+        (text,) = [caption.text for caption in captions_of[scene.index] if caption.task == "detailed_caption"]
+        images.append(entry)
+        annotations.append({"id": len(annotations) + 1, "image_id": entry["id"], "caption": text})
+    info = {"description": "relabel embedded world: human detailed captions", "version": WORLD_VERSION}
+    return {"info": info, "images": images, "annotations": annotations}
+
+
 def _summary(
     params: WorldParams,
     scenes: list[Scene],
@@ -236,6 +261,7 @@ def _summary(
         "wrong_categories",
         "unlabelled_images",
         "captions",
+        "detailed_captions",
         "alt_texts",
         "noisy_alt_texts",
     )

@@ -569,3 +569,16 @@ def test_the_same_project_in_two_folders_ingests_to_identical_bytes(tmp_path: Pa
             buffers.append(buffer.getvalue())
         written.append(buffers)
     assert written[0] == written[1]
+
+
+def test_detailed_captions_of_a_coco_source_are_human_detailed_captions(tmp_path: Path) -> None:
+    source = coco_source(tmp_path, {"a.png": 10, "b.png": 200}, [box(1, 1, [2, 3, 10, 5])], [caption(2, 1, "A red square.")])
+    folder = tmp_path / "data" / "coco"
+    entries = json.loads((folder / "instances.json").read_text())["images"]
+    write_json(folder / "detailed.json", {"images": entries, "annotations": [caption(3, 2, "A green square sits at the top left, next to nothing.")]})
+    result = ingest([source.model_copy(update={"detailed_captions": "data/coco/detailed.json"})], tmp_path)
+    assert result.quarantine.height == 0
+    detailed = result.labels.filter(pl.col("task") == "detailed_caption")
+    assert detailed["text"].to_list() == ["A green square sits at the top left, next to nothing."]
+    assert detailed.row(0, named=True)["source"] == "human"
+    assert result.labels.filter(pl.col("task") == "brief_caption").height == 1

@@ -349,3 +349,22 @@ def test_rare_categories_stay_under_two_percent(tmp_path):
     assert total > 1500
     for name in rare:
         assert 0 < summary.instances_per_category[name] < 0.02 * total
+
+
+def test_a_few_curated_images_have_a_human_detailed_caption_from_the_truth(tmp_path, truth):
+    # the tiny world's rate, raised so that a handful are written
+    world_dir, truth_dir, summary = _render(tmp_path, TINY.model_copy(update={"human": TINY.human.model_copy(update={"detailed_caption_rate": 0.5})}))
+    document = json.loads((world_dir / "human" / "detailed_captions.json").read_text(encoding="utf-8"))
+    assert summary.human_labels["detailed_captions"] == len(document["annotations"]) > 0
+    files = {image["id"]: image["file_name"] for image in document["images"]}
+    scenes_by_file = {Path(json.loads(line)["file"]).name: json.loads(line) for line in (truth_dir / "scenes.jsonl").read_text(encoding="utf-8").splitlines()}
+    detailed = pl.read_parquet(truth_dir / "labels.parquet").filter(pl.col("task") == "detailed_caption")
+    for annotation in document["annotations"]:
+        scene = scenes_by_file[files[annotation["image_id"]]]
+        assert scene["collection"] == "curated"
+        (written,) = detailed.filter(pl.col("image_id") == scene["image_id"])["text"].to_list()
+        assert annotation["caption"] == written
+    # the other human labels do not move when the rate does
+    baseline_dir = _render(tmp_path / "baseline", TINY)[0]
+    for name in ("instances.json", "captions.json"):
+        assert (world_dir / "human" / name).read_bytes() == (baseline_dir / "human" / name).read_bytes()
