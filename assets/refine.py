@@ -148,8 +148,10 @@ def _merged(context: AssetExecutionContext, project: ProjectResource, initial_an
             raise FileNotFoundError(f"iteration {k} starts from iteration {k - 1}'s {what} of {shard}, not found at {path}: materialize iteration {k - 1} first")
     previous = pl.read_parquet(previous_path)
     arrived = initial_annotations.filter(~pl.col("image_id").is_in(previous["image_id"].unique().implode()))
-    everything_before = pl.read_parquet(previous_path.parent / "*.parquet")
-    rare = rare_classes(everything_before, project.ontology(), project.params.refine.guard.rare_share)
+    previous_classes = _previous_per_class(project.data_dir, k)
+    if previous_classes is None:
+        raise FileNotFoundError(f"iteration {k} protects the rare classes iteration {k - 1}'s label quality names: materialize filter/label_quality {k - 1} first")
+    rare = previous_classes.filter("rare")["category"].to_list()
     merged = merge_reannotation(
         pl.concat([previous, arrived], how="vertical"), pl.read_parquet(reannotation_path), project.params.refine.merge, rare=rare, iteration=k
     )

@@ -122,7 +122,11 @@ def materialize_phase(phase: str, root: Path, iteration: str, pool: ProcessPoolE
         job = definitions.defs.resolve_job_def(job_name)
         keys = _partition_keys(job.partitions_def, iteration)
         print(f"[relabel] {phase}: {job_name} over {len(keys) if keys != [None] else 1} run(s)", flush=True)
-        outcomes = list(pool.map(_execute, [job_name] * len(keys), keys))
+        # runs side by side share the cores: torch in each gets its share, since more threads
+        # than free cores make it many times slower
+        cores = os.cpu_count() or 1
+        threads = max(1, cores // min(len(keys), cores))
+        outcomes = list(pool.map(_execute, [job_name] * len(keys), keys, [threads] * len(keys)))
         failed = [key or job_name for key, ok in zip(keys, outcomes) if not ok]
         if failed:
             raise SystemExit(f"[relabel] {job_name} failed for {failed}; see the runs in the Dagster UI")
@@ -147,11 +151,13 @@ def _partition_keys(partitions, iteration: str) -> list[str | None]:
     return partitions.get_partition_keys()
 
 
-def _execute(job_name: str, partition_key: str | None) -> bool:
+def _execute(job_name: str, partition_key: str | None, threads: int) -> bool:
+    import torch
     from dagster import DagsterInstance, execute_job, reconstructable
 
     from pipelines import definitions
 
+    torch.set_num_threads(threads)
     tags = {"dagster/partition": partition_key} if partition_key else None
     if partition_key and "|" in partition_key:
         # a multi-partition run names each dimension's key too, as the UI's launches do

@@ -21,8 +21,10 @@ from data_checks.suites import (
     labels_suite,
     quarantine_gate_frame,
     quarantine_suite,
+    rare_class_guard_suite,
 )
 from relabel.labels import frame, quarantine_row
+from relabel.refine import PER_CLASS_SCHEMA, rare_class_changes
 
 ONTOLOGY = ["cat", "dog"]
 
@@ -348,6 +350,25 @@ def test_a_collapsing_class_fails_while_a_shrinking_one_passes():
     result = validate_retention(objects({"cat": 8}))
     assert not result.passed
     assert offending(result, BETWEEN, "retention") == {"dog": "0.0"}
+
+
+def test_the_rare_class_guard_fails_a_rare_class_that_loses_labels_or_recall():
+    before = pl.DataFrame(
+        {"category": ["kite", "zebra", "dog"], "labels": [8, 4, 100], "recall": [0.8, 0.5, 0.9], "f1": [0.8, 0.5, 0.9], "rare": [True, True, False]},
+        schema=PER_CLASS_SCHEMA,
+    )
+
+    def guard(now: pl.DataFrame) -> GateResult:
+        return validate(rare_class_guard_suite(0.25, 0.1), rare_class_changes(now, before), index_column="category")
+
+    # a common class may move; a rare one may lose a quarter of its labels and 0.1 recall
+    steady = before.with_columns(labels=pl.Series([6, 4, 10]), recall=pl.Series([0.75, 0.5, 0.1]))
+    assert guard(steady).passed
+    collapsed = before.with_columns(labels=pl.Series([3, 4, 100]))
+    assert offending(guard(collapsed), BETWEEN, "count_drop") == {"kite": "0.625"}
+    forgotten = before.with_columns(recall=pl.Series([0.8, 0.3, 0.9]))
+    result = guard(forgotten)
+    assert not result.passed and set(offending(result, BETWEEN, "recall_drop")) == {"zebra"}
 
 
 # Data Docs
