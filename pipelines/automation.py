@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dagster import (
-    AssetKey,
     DagsterInstance,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -25,10 +24,9 @@ from dagster import (
 )
 
 from assets.partitions import ITERATIONS, iteration_shard_key
+from assets.refine import REANNOTATION
 from data_checks.shards import INITIAL_ANNOTATIONS
 from pipelines.phases import MERGE_SHARDS_JOB
-
-REANNOTATION = AssetKey(["refine", "reannotation"])
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,9 @@ def _execute(job_name: str, partition_key: str | None, threads: int) -> bool:
     from pipelines import definitions
 
     torch.set_num_threads(threads)
+    # and so do the step processes a run starts (the multiprocess executor's), and the other
+    # thread pools in them (OpenMP, onnxruntime's OCR)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     tags = {"dagster/partition": partition_key} if partition_key else None
     if partition_key and "|" in partition_key:
         # a multi-partition run names each dimension's key too, as the UI's launches do

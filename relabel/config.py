@@ -7,13 +7,23 @@ same file for its stage params, so there is no second copy of any number.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from models.tasks import TASK_TOKENS
 from relabel.labels import TASKS_BY_TYPE
+
+
+def _task_token(task: str) -> str:
+    if task not in TASK_TOKENS:
+        raise ValueError(f"unknown task {task!r}; known: {list(TASK_TOKENS)}")
+    return task
+
+
+# a Florence-2 task token of models.tasks ("<OD>", "<CAPTION>", ...)
+TaskToken = Annotated[str, AfterValidator(_task_token)]
 
 
 class _Strict(BaseModel):
@@ -283,16 +293,9 @@ class CaptionSpecialistParams(_Strict):
     """Tasks no specialist labels (paper section 4.1: detailed captions) get one: the
     iteration's model fine-tuned on the few labels of those tasks that exist."""
 
-    tasks: tuple[str, ...] = ("<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
+    tasks: tuple[TaskToken, ...] = ("<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
     steps: int = Field(60, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
-
-    @model_validator(mode="after")
-    def _known_tasks(self) -> CaptionSpecialistParams:
-        unknown = [task for task in self.tasks if task not in TASK_TOKENS]
-        if unknown:
-            raise ValueError(f"unknown tasks {unknown}; known: {list(TASK_TOKENS)}")
-        return self
 
 
 class RefineParams(_Strict):
@@ -300,7 +303,7 @@ class RefineParams(_Strict):
     ``tasks``; the merge policy folds that into iteration k+1's labels, which pass the same
     filters and gates before they become iteration k+1's corpus."""
 
-    tasks: tuple[str, ...] = tuple(TASK_TOKENS)
+    tasks: tuple[TaskToken, ...] = tuple(TASK_TOKENS)
     # prompted tasks (a region, a phrase or a caption in the prompt) ask about at most this
     # many of an image's existing labels per task
     max_prompts_per_image: int = Field(6, ge=1)
@@ -309,13 +312,6 @@ class RefineParams(_Strict):
     caption_specialist: CaptionSpecialistParams = CaptionSpecialistParams()
     # the schedule that starts the next iteration (five-field cron, the instance's time zone)
     schedule: str = "0 3 * * 1"
-
-    @model_validator(mode="after")
-    def _known_tasks(self) -> RefineParams:
-        unknown = [task for task in self.tasks if task not in TASK_TOKENS]
-        if unknown:
-            raise ValueError(f"unknown tasks {unknown}; known: {list(TASK_TOKENS)}")
-        return self
 
 
 class CeleryParams(_Strict):
