@@ -44,8 +44,9 @@ def test_no_human_label_is_lost_between_the_world_and_the_label_store(tiny_proje
     human = tiny_project / "data" / "world" / "human"
     instances = json.loads((human / "instances.json").read_text())
     captions = json.loads((human / "captions.json").read_text())
+    detailed = json.loads((human / "detailed_captions.json").read_text())
     alt_lines = (tiny_project / "data" / "world" / "web" / "alt_text.jsonl").read_bytes().splitlines()
-    raw_labels = len(instances["annotations"]) + len(captions["annotations"]) + sum(1 for l in alt_lines if l.strip())
+    raw_labels = len(instances["annotations"]) + len(captions["annotations"]) + len(detailed["annotations"]) + sum(1 for l in alt_lines if l.strip())
 
     labels = _read_all(tiny_project, "human_labels")
     quarantine = pl.concat(
