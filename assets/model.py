@@ -244,12 +244,19 @@ def corpus_files(context: AssetExecutionContext, data_dir: Path, iteration: str)
     return corpus
 
 
+def latest_model_metadata(context: AssetExecutionContext, iteration: str) -> dict:
+    """The metadata of the latest materialization of iteration ``iteration``'s model (its
+    MLflow run, registered version, ...); empty when it has none."""
+    records = context.instance.fetch_materializations(AssetRecordsFilter(asset_key=MODEL, asset_partitions=[iteration]), limit=1).records
+    return dict(records[0].asset_materialization.metadata) if records else {}
+
+
 def _model_run_id(context: AssetExecutionContext, iteration: str) -> str:
     """The MLflow run of the latest materialization of iteration ``iteration``'s model."""
-    records = context.instance.fetch_materializations(AssetRecordsFilter(asset_key=MODEL, asset_partitions=[iteration]), limit=1).records
-    if not records:
+    metadata = latest_model_metadata(context, iteration)
+    if not metadata:
         raise FileNotFoundError(f"iteration {iteration}'s model has not been materialized")
-    return records[0].asset_materialization.metadata["mlflow_run_id"].value
+    return metadata["mlflow_run_id"].value
 
 
 class TrainingCurve:

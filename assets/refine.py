@@ -28,7 +28,6 @@ from dagster import (
     AssetIn,
     AssetKey,
     AssetOut,
-    AssetRecordsFilter,
     MaterializeResult,
     MetadataValue,
     Output,
@@ -41,7 +40,7 @@ from dagster import (
 from assets.annotate import IMAGES, INITIAL_ANNOTATIONS
 from assets.corpus import CORPUS_EXAMPLES
 from assets.metadata import counts_by, figure_image, markdown_table, png_markdown
-from assets.model import MODEL, MODEL_FOLDER, corpus_files, iteration_dir, model_source
+from assets.model import MODEL, MODEL_FOLDER, corpus_files, iteration_dir, latest_model_metadata, model_source
 from assets.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION, SAME_SHARD, iteration_number, iteration_shard_key, split_key
 from data_checks.shards import FILTERED_LABELS, ITERATION_LABELS, LABEL_QUALITY
 from pipelines.io_manager import TABLE_METADATA_KEY, partition_path
@@ -155,19 +154,14 @@ def _merged(context: AssetExecutionContext, project: ProjectResource, initial_an
     merged = merge_reannotation(
         pl.concat([previous, arrived], how="vertical"), pl.read_parquet(reannotation_path), project.params.refine.merge, rare=rare, iteration=k
     )
-    model_run = _latest_metadata(context, MODEL, str(k - 1)).get("mlflow_run")
+    model_run = latest_model_metadata(context, str(k - 1)).get("mlflow_run")
     lineage = {
-        "made_from": f"refine/labels {previous_key} + refine/reannotation {previous_key} (the model {model_source(str(k - 1))})",
+        "made_from": f"{ITERATION_LABELS.to_user_string()} {previous_key} + {REANNOTATION.to_user_string()} {previous_key} (the model {model_source(str(k - 1))})",
         "model_run": MetadataValue.url(model_run.value) if model_run else "(not found)",
         "rare_classes": ", ".join(rare) or "none",
         "images_arrived": arrived["image_id"].n_unique(),
     }
     return merged, lineage
-
-
-def _latest_metadata(context, key: AssetKey, partition: str) -> dict:
-    records = context.instance.fetch_materializations(AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
-    return dict(records[0].asset_materialization.metadata) if records else {}
 
 
 def _reannotation(iteration_shards: PartitionsDefinition):
@@ -268,7 +262,9 @@ def _caption_specialist():
 
         iteration, settings = context.partition_key, project.params.refine.caption_specialist
         corpus = corpus_files(context, project.data_dir, iteration)
-        examples = pl.scan_parquet(corpus).filter(pl.col("task").is_in(list(settings.tasks))).select(pl.len()).collect().item()
+        # one pass over the corpus: its tasks, and how many examples the specialist's have
+        per_task = dict(pl.scan_parquet(corpus).group_by("task").len().collect().iter_rows())
+        examples = sum(per_task.get(task, 0) for task in settings.tasks)
         folder = _specialist_dir(project.data_dir, iteration)
         shutil.rmtree(folder / MODEL_FOLDER, ignore_errors=True)
         if examples == 0:
@@ -281,7 +277,8 @@ def _caption_specialist():
             learning_rate=settings.learning_rate,
             warmup_steps=min(base.warmup_steps, settings.steps // 5),
             checkpoint_every=settings.steps,
-            task_weights={task: (1.0 if task in settings.tasks else 0.0) for task in {*base.task_weights, *settings.tasks, *_corpus_tasks(corpus)}},
+            # every task of the corpus is named (an unnamed one would get weight 1)
+            task_weights={task: (1.0 if task in settings.tasks else 0.0) for task in per_task},
         )
         result = train(model, processor, corpus, tuning, folder, image_root=project.data_dir, progress=True)
         save_model(model, processor, folder / MODEL_FOLDER)
@@ -302,10 +299,6 @@ def _caption_specialist():
         )
 
     return caption_specialist
-
-
-def _corpus_tasks(corpus: list[Path]) -> set[str]:
-    return set(pl.scan_parquet(corpus).select(pl.col("task").unique()).collect()["task"].to_list())
 
 
 def _label_quality():
