@@ -3,29 +3,48 @@
 Only the training split is written: the evaluation split's images never enter a corpus. The
 filtered labels are read through the gates (a shard whose gate failed is refused by the IO
 manager), so nothing reaches the corpus without passing the filters and a Great Expectations
-gate. Bodies only load, call ``models.corpus`` and record metadata.
+gate. The blocking check ``no_eval_leakage`` proves it afterwards: no corpus image is an image
+of the frozen split or a near-duplicate of one (content hash, then perceptual hash). Bodies
+only load, call ``models.corpus`` and record metadata.
 """
 
+from pathlib import Path
+
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, AssetKey, MetadataValue, Output, PartitionsDefinition, asset
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetIn,
+    MetadataValue,
+    Output,
+    PartitionsDefinition,
+    asset,
+    asset_check,
+)
 
 from assets.annotate import IMAGES
+from assets.audit import FROZEN_SPLIT
 from assets.filter import FILTERED_LABELS
+from assets.ingest import SOURCE_CATALOG
 from assets.metadata import counts_by, markdown_table
 from assets.partitions import FOLLOWS_INPUTS, SAME_SHARD
+from data_checks.shards import CORPUS_EXAMPLES
 from models.corpus import corpus_examples
 from pipelines.resources import ProjectResource
+from relabel.evaluation_split import frozen_dir, frozen_manifest, leaks
 
-CORPUS_STAGE = "corpus"
-CORPUS_EXAMPLES = AssetKey([CORPUS_STAGE, "examples"])
+CORPUS_STAGE = CORPUS_EXAMPLES.path[0]
 
 
-def build_corpus_assets(iteration_shards: PartitionsDefinition) -> list:
-    """The corpus asset, per iteration and shard."""
+def build_corpus_assets(iteration_shards: PartitionsDefinition) -> tuple[list, list]:
+    """The corpus asset, per iteration and shard, and its leakage check."""
 
     @asset(
         key=CORPUS_EXAMPLES,
         ins={"images": AssetIn(IMAGES, partition_mapping=SAME_SHARD), "labels": AssetIn(FILTERED_LABELS)},
+        # training waits for the frozen split, and the leakage check compares with it
+        deps=[FROZEN_SPLIT],
         partitions_def=iteration_shards,
         automation_condition=FOLLOWS_INPUTS,
         group_name=CORPUS_STAGE,
@@ -49,4 +68,37 @@ def build_corpus_assets(iteration_shards: PartitionsDefinition) -> list:
             },
         )
 
-    return [examples]
+    @asset_check(
+        asset=CORPUS_EXAMPLES,
+        name="no_eval_leakage",
+        blocking=True,
+        partitions_def=iteration_shards,
+        additional_ins={"catalog": AssetIn(SOURCE_CATALOG)},
+        compute_kind="great_expectations",
+        description="The leakage guard: no image of the shard's corpus is an image of the frozen evaluation split (same SHA-256) or a near-duplicate of one (perceptual hash within ingest.near_duplicate_distance bits: a resized or re-compressed copy). Blocking: a leaking shard is not trained on.",
+    )
+    def no_eval_leakage(context: AssetCheckExecutionContext, project: ProjectResource, examples: pl.DataFrame, catalog: pl.DataFrame) -> AssetCheckResult:
+        from data_checks import suites
+        from data_checks.gates import validate
+
+        frozen = frozen_manifest(frozen_dir(project.data_dir))
+        if frozen is None:
+            return AssetCheckResult(passed=False, metadata={"why": "the evaluation split is not frozen: materialize the audit phase first"})
+        hashes = catalog.select("image_id", "phash").unique("image_id", keep="first", maintain_order=True)
+        candidates = examples.select("image_id").unique(maintain_order=True).join(hashes, on="image_id", how="left")
+        found = leaks(candidates, frozen, project.params.ingest.near_duplicate_distance)
+        docs_dir = project.data_dir / "gx_docs" / "no_eval_leakage" / str(context.partition_key).replace("|", "/")
+        result = validate(suites.no_leakage_suite(), suites.leakage_frame(examples, found), index_column="image_id", docs_dir=docs_dir)
+        return AssetCheckResult(
+            passed=result.passed,
+            metadata={
+                "corpus_images": candidates.height,
+                "frozen_split_images": frozen.height,
+                "same_content": found.filter(pl.col("kind") == "same_content").height,
+                "near_duplicates": found.filter(pl.col("kind") == "near_duplicate").height,
+                **({"leaks": MetadataValue.md(markdown_table(found.head(50)))} if found.height else {}),
+                **({"data_docs": MetadataValue.url(Path(result.docs).resolve().as_uri())} if result.docs is not None else {}),
+            },
+        )
+
+    return [examples], [no_eval_leakage]

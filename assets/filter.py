@@ -40,6 +40,7 @@ from relabel.text_parsing import load_parser, parse_texts, text_statistics
 FILTER_STAGE = "filter"
 TEXT_PARSES = AssetKey([FILTER_STAGE, "text_parses"])
 FILTER_DECISIONS = AssetKey([FILTER_STAGE, "filter_decisions"])
+QUARANTINE_INDEX = AssetKey([FILTER_STAGE, "quarantine_index"])
 
 
 def build_filter_assets(
@@ -214,7 +215,7 @@ def _quarantine_index(shard_quarantines: list[AssetKey], iteration_quarantines: 
     mappings = {**{_in_name(key): AllPartitionMapping() for key in shard_quarantines}, **{_in_name(key): SAME_ITERATION for key in iteration_quarantines}}
 
     @asset(
-        key=[FILTER_STAGE, "quarantine_index"],
+        key=QUARANTINE_INDEX,
         ins={name: AssetIn(key, partition_mapping=mappings[name]) for name, key in names.items()},
         partitions_def=ITERATIONS,
         group_name=FILTER_STAGE,

@@ -18,6 +18,7 @@ from assets.metadata import counts_by
 from assets.world import embedded_world
 from pipelines.io_manager import TABLE_METADATA_KEY
 from pipelines.resources import ProjectResource
+from relabel.evaluation_split import frozen_dir, frozen_manifest
 from relabel.ingest import catalog_sources, ingest_shard
 
 INGEST_STAGE = "ingest"
@@ -47,13 +48,20 @@ def build_ingest_assets(shards: PartitionsDefinition) -> list:
     def source_catalog(context: AssetExecutionContext, project: ProjectResource):
         params = project.params
         catalog = catalog_sources(
-            params.ingest.sources, Path(project.root), project.data_dir, params.shards.count
+            params.ingest.sources,
+            Path(project.root),
+            project.data_dir,
+            params.shards.count,
+            eval_fraction=params.ingest.eval_fraction,
+            near_duplicate_distance=params.ingest.near_duplicate_distance,
+            # a frozen split stays as it was audited, whatever new data arrives
+            frozen_split=frozen_manifest(frozen_dir(project.data_dir)),
         )
         records_in = {f"records_in/{kind}": n for kind, n in sorted(catalog.records_in.items())}
         yield Output(
             catalog.files,
             "source_catalog",
-            metadata={"image_files": len(catalog.files), **records_in, **counts_by(catalog.files, "shard")},
+            metadata={"image_files": len(catalog.files), **records_in, **counts_by(catalog.files, "shard"), **counts_by(catalog.files, "split")},
         )
         yield Output(
             catalog.quarantine,
@@ -95,7 +103,6 @@ def build_ingest_assets(shards: PartitionsDefinition) -> list:
             project.data_dir,
             shard=context.partition_key,
             shard_count=params.shards.count,
-            eval_fraction=params.ingest.eval_fraction,
         )
         result.check_accounting()
         accounting = {f"records_in/{kind}": n for kind, n in sorted(result.records_in.items())}

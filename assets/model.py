@@ -26,14 +26,19 @@ from dagster import (
     asset,
 )
 
+from PIL import Image
+
 from assets.annotate import IMAGES
+from assets.audit import FROZEN_SPLIT
 from assets.corpus import CORPUS_EXAMPLES
-from assets.filter import FILTERED_LABELS
+from assets.filter import FILTERED_LABELS, QUARANTINE_INDEX
 from assets.metadata import figure_image, markdown_table, png_markdown
 from assets.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION, iteration_number
 from data_checks.shards import LABEL_QUALITY, blocked_in_iteration, blocked_shards
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource
+from relabel.evaluation_split import LABELS_FILE, frozen_dir, frozen_manifest, read_freeze
 from relabel.ingest.images import path_of_uri
+from relabel.refine import rare_classes
 from relabel.versioning import file_md5
 
 MODEL_STAGE = "model"
@@ -144,13 +149,14 @@ def build_model_assets() -> list:
         ins={
             "images": AssetIn(IMAGES, partition_mapping=AllPartitionMapping()),
             "labels": AssetIn(FILTERED_LABELS, partition_mapping=SAME_ITERATION),
+            "quarantine": AssetIn(QUARANTINE_INDEX),
         },
-        deps=[MODEL],
+        deps=[MODEL, FROZEN_SPLIT],
         partitions_def=ITERATIONS,
         automation_condition=FOLLOWS_INPUTS,
         group_name=MODEL_STAGE,
         compute_kind="torch",
-        description="The iteration's model against the world's ground truth on the evaluation split (never in a corpus), beside a trivial baseline that answers every image with the training labels' most frequent object, caption and text. Logged to the model's MLflow run.",
+        description="The iteration's model on the frozen, human-audited evaluation split (never in a corpus), beside a trivial baseline: COCO mAP and mAP@0.5 (per class too), caption CIDEr, phrase-grounding recall@1, referring-segmentation mIoU, OCR CER. An MLflow run nested under the training run, with the iteration report (plots and summary) as artifacts.",
     )
     def heldout_scores(
         context: AssetExecutionContext,
@@ -159,28 +165,32 @@ def build_model_assets() -> list:
         mlflow_tracking: MlflowResource,
         images: pl.DataFrame,
         labels: pl.DataFrame,
+        quarantine: pl.DataFrame,
     ) -> MaterializeResult:
         import torch
 
-        from models.evaluation import BASELINE, MODEL, evaluate_heldout
+        from models.evaluation import BASELINE, MODEL, STANDARD_METRICS, evaluate_heldout
         from models.florence2 import load_model
         from models.inference import GenerationSettings
+        from relabel.report import write_report
 
         iteration, params = context.partition_key, project.params.model
-        truth_path = project.data_dir / "ground_truth" / "labels.parquet"
-        if not truth_path.is_file():
-            return MaterializeResult(metadata={"scored": False, "why": f"no ground truth at {truth_path}"})
+        split_dir = frozen_dir(project.data_dir)
+        split = read_freeze(split_dir)
+        if split is None:
+            raise Failure(f"the evaluation split is not frozen ({split_dir}): materialize the audit phase first")
+        frozen_ids = frozen_manifest(split_dir)["image_id"].implode()
         with_paths = images.with_columns(image_path=pl.col("uri").map_elements(lambda uri: str(path_of_uri(uri, project.data_dir)), return_dtype=pl.String))
-        heldout = with_paths.filter(pl.col("split") == "eval")
+        heldout = with_paths.filter(pl.col("image_id").is_in(frozen_ids))
         folder = iteration_dir(project.data_dir, iteration)
         model, processor = load_model(folder / MODEL_FOLDER, device="cuda" if torch.cuda.is_available() else "cpu")
         evaluation = evaluate_heldout(
             model,
             processor,
             heldout,
-            with_paths.filter(pl.col("split") == "train"),
+            with_paths.filter(pl.col("split") == "train", ~pl.col("image_id").is_in(frozen_ids)),
             labels,
-            pl.read_parquet(truth_path),
+            pl.read_parquet(split_dir / LABELS_FILE),
             list(params.evaluation_tasks),
             GenerationSettings(**params.generation.model_dump()),
             source=model_source(iteration),
@@ -191,31 +201,74 @@ def build_model_assets() -> list:
         report_dir.mkdir(parents=True, exist_ok=True)
         evaluation.summary.write_parquet(report_dir / "summary.parquet")
         evaluation.boxes.write_parquet(report_dir / "box_scores.parquet")
+        evaluation.per_class.write_parquet(report_dir / "per_class.parquet")
         evaluation.generated.write_parquet(report_dir / "generated_labels.parquet")
         evaluation.problems.write_parquet(report_dir / "generation_problems.parquet")
-        metrics = {
-            f"heldout.{metric}.{row['output']}": row.get(metric)
-            for row in evaluation.summary.iter_rows(named=True)
-            for metric in ("precision", "recall", "f1", "ocr_cer", "caption_object_recall", "region_naming_accuracy")
-        }
-        run_url = mlflow_tracking.add_to_run(_model_run_id(context, iteration), metrics, report_dir, artifact_path="heldout")
-        committed = dvc.commit(stage=MODEL_STAGE, written=report_dir / "summary.parquet")
         scores = {row["output"]: row for row in evaluation.summary.iter_rows(named=True)}
-        context.log.info(f"iteration {iteration} on {heldout.height} held-out images: {scores}")
+        measured = ("precision", "recall", "f1", *STANDARD_METRICS, "caption_object_recall", "region_naming_accuracy")
+        metrics = {f"{metric}.{name}": scores[name].get(metric) for name in (MODEL, BASELINE) for metric in measured}
+
+        training_run = _model_run_id(context, iteration)
+        history = iteration_metrics(project.data_dir, iteration_number(iteration))
+        rare = rare_classes(labels, project.ontology(), project.params.refine.guard.rare_share)
+        report = write_report(
+            report_dir / "report",
+            iteration_number(iteration),
+            history,
+            evaluation.per_class.filter(pl.col("output") == MODEL),
+            rare,
+            labels,
+            quarantine,
+            training_run=mlflow_tracking.run_url(training_run),
+            evaluation_run=None,
+            split={"images": split["images"], "audited labels": split["labels"], "auditors": ", ".join(split["auditors"]), "digest": split["digest"][:12]},
+        )
+        run_url = mlflow_tracking.log_report(
+            run_name=f"evaluation-iteration-{iteration}",
+            # nested under the training run in the MLflow UI; the evaluation runs of all
+            # iterations compare side by side (tags.phase = 'evaluation')
+            tags={"phase": "evaluation", "iteration": iteration, "mlflow.parentRunId": training_run, "training_run_id": training_run, "split_digest": split["digest"], "dagster_run_id": context.run_id},
+            params={"iteration": iteration, "split_images": heldout.height, "split_labels": split["labels"], "split_digest": split["digest"], "tasks": ",".join(params.evaluation_tasks)},
+            metrics=metrics,
+            report_dir=report_dir,
+            artifact_path="evaluation",
+        )
+        committed = dvc.commit(stage=MODEL_STAGE, written=report_dir / "summary.parquet")
+        context.log.info(f"iteration {iteration} on {heldout.height} frozen-split images: {scores[MODEL]}")
+        pictures = "\n\n".join(png_markdown(Image.open(path), path.stem) for path in report.plots.values())
         return MaterializeResult(
             metadata={
                 "heldout_images": heldout.height,
+                "split_digest": split["digest"],
                 "requests": evaluation.requests,
                 "generated_labels": evaluation.generated.height,
                 "generation_problems": evaluation.problems.height,
-                **{f"{name}/{metric}": scores[name].get(metric) for name in (MODEL, BASELINE) for metric in ("f1", "caption_object_recall", "region_naming_accuracy") if scores[name].get(metric) is not None},
+                **{f"{name}/{metric}": scores[name][metric] for name in (MODEL, BASELINE) for metric in ("f1", *STANDARD_METRICS, "caption_object_recall", "region_naming_accuracy") if scores[name].get(metric) is not None},
                 "summary": MetadataValue.md(markdown_table(evaluation.summary)),
+                "per_class": MetadataValue.md(markdown_table(evaluation.per_class.filter(pl.col("output") == MODEL).drop("output"))),
+                "report": MetadataValue.md(report.summary + "\n\n" + pictures),
+                "report_dir": MetadataValue.path(str(report.folder)),
                 "mlflow_run": MetadataValue.url(run_url),
+                "training_run": MetadataValue.url(mlflow_tracking.run_url(training_run)),
                 "dvc_md5": committed.md5,
             }
         )
 
     return [florence2, heldout_scores]
+
+
+def iteration_metrics(data_dir: Path, up_to: int) -> pl.DataFrame:
+    """The model's standard metrics on the frozen split for iterations 0..``up_to`` that were
+    scored, long (``iteration``, ``metric``, ``value``): what the report plots."""
+    from models.evaluation import MODEL, STANDARD_METRICS
+
+    rows = []
+    for k in range(up_to + 1):
+        path = iteration_dir(data_dir, str(k)) / "heldout" / "summary.parquet"
+        if path.is_file():
+            model_row = pl.read_parquet(path).filter(pl.col("output") == MODEL).row(0, named=True)
+            rows += [{"iteration": k, "metric": metric, "value": model_row.get(metric)} for metric in STANDARD_METRICS]
+    return pl.DataFrame(rows, schema={"iteration": pl.Int64, "metric": pl.String, "value": pl.Float64})
 
 
 def _starting_point(project: ProjectResource, iteration: str) -> tuple[Path | None, str]:
@@ -232,9 +285,12 @@ def _starting_point(project: ProjectResource, iteration: str) -> tuple[Path | No
 
 
 def corpus_files(context: AssetExecutionContext, data_dir: Path, iteration: str) -> list[Path]:
-    """The corpus files of ``iteration``'s shards whose gates passed (a shard whose gate failed
-    after its corpus was written keeps its old file: it is left out, with a warning)."""
+    """The corpus files of ``iteration``'s shards whose gates passed: the filtered labels' and
+    the corpus' own leakage guard (a shard whose gate failed after its corpus was written
+    keeps its old file: it is left out, with a warning)."""
     blocked = blocked_in_iteration(context.instance, FILTERED_LABELS, iteration)
+    for shard, checks in blocked_in_iteration(context.instance, CORPUS_EXAMPLES, iteration).items():
+        blocked.setdefault(shard, []).extend(checks)
     if blocked:
         context.log.warning(f"leaving out the corpus of shards blocked by their gates: {blocked}")
     written = sorted(Path(data_dir, *CORPUS_EXAMPLES.path, f"iteration-{iteration}").glob("*.parquet"))

@@ -46,6 +46,7 @@ ITERATION_LABELS = AssetKey(["merge", "labels"])
 FILTERED_LABELS = AssetKey(["filter", "filtered_labels"])
 FILTER_QUARANTINE = AssetKey(["filter", "filter_quarantine"])
 LABEL_QUALITY = AssetKey(["filter", "label_quality"])
+CORPUS_EXAMPLES = AssetKey(["corpus", "examples"])
 
 # the gates of each asset, by check name; blocked_shards reads their latest results
 GATES: dict[AssetKey, tuple[str, ...]] = {
@@ -55,6 +56,7 @@ GATES: dict[AssetKey, tuple[str, ...]] = {
     FILTERED_LABELS: ("filtered_labels_valid", "filtered_labels_cover_images", "filtered_labels_keep_every_class"),
     FILTER_QUARANTINE: ("filter_quarantine_explained",),
     LABEL_QUALITY: ("rare_classes_kept",),
+    CORPUS_EXAMPLES: ("no_eval_leakage",),
 }
 UNEXPECTED_ROWS_SHOWN = 50
 

@@ -282,3 +282,38 @@ def rare_class_guard_suite(max_count_drop: float, max_recall_drop: float) -> gx.
             gxe.ExpectColumnValuesToBeBetween(column="recall_drop", max_value=max_recall_drop),
         ],
     )
+
+
+def split_changes_frame(frozen: pl.DataFrame, changes: pl.DataFrame) -> pl.DataFrame:
+    """One row per image of the frozen split or of the split now, with ``change``: its
+    differences from the freeze (``relabel.evaluation_split.manifest_changes``) joined by
+    commas, or ``unchanged``."""
+    joined = changes.group_by("image_id", maintain_order=True).agg(pl.col("change").unique(maintain_order=True).str.join(","))
+    every = pl.concat([frozen.select("image_id"), changes.select("image_id")]).unique(maintain_order=True)
+    return every.join(joined, on="image_id", how="left").with_columns(pl.col("change").fill_null("unchanged"))
+
+
+def frozen_split_suite() -> gx.ExpectationSuite:
+    """The frozen evaluation split is unchanged: every image and its audited labels are byte
+    for byte what was frozen, and no image joined or left."""
+    return gx.ExpectationSuite(
+        name="frozen_split",
+        expectations=[gxe.ExpectColumnValuesToBeInSet(column="change", value_set=["unchanged"])],
+    )
+
+
+def leakage_frame(corpus: pl.DataFrame, leaks: pl.DataFrame) -> pl.DataFrame:
+    """One row per image of a corpus shard, with ``leak``: ``none``, or how it matches an image
+    of the frozen split (``relabel.evaluation_split.leaks``: ``same_content`` or
+    ``near_duplicate``) and which one."""
+    images = corpus.select("image_id").unique(maintain_order=True)
+    found = leaks.select("image_id", leak=pl.col("kind") + " of " + pl.col("split_image_id").str.slice(0, 12) + " (" + pl.col("distance").cast(pl.String) + " bits)")
+    return images.join(found, on="image_id", how="left").with_columns(pl.col("leak").fill_null("none"))
+
+
+def no_leakage_suite() -> gx.ExpectationSuite:
+    """No image of the frozen evaluation split, nor a near-duplicate of one, is in the corpus."""
+    return gx.ExpectationSuite(
+        name="no_eval_leakage",
+        expectations=[gxe.ExpectColumnValuesToBeInSet(column="leak", value_set=["none"])],
+    )

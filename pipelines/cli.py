@@ -2,7 +2,8 @@
 
 ``relabel demo`` materializes every asset for every shard, through two refinement iterations,
 and prints what it made; ``relabel iterate`` runs refinement iterations; ``relabel materialize
-PHASE`` runs one phase (this is also what each ``dvc.yaml`` stage runs).
+PHASE`` runs one phase (this is also what each ``dvc.yaml`` stage runs); ``relabel unfreeze``
+lifts the freeze of the evaluation split, recording who and why.
 Runs go to the persistent instance in ``$DAGSTER_HOME`` (``data/dagster_home`` by default),
 so they show in the Dagster UI afterwards (``make ui``).
 """
@@ -22,6 +23,7 @@ from dvc.repo import Repo
 
 from pipelines.phases import ITERATION_PHASES, LABEL_PHASES, PHASE_JOBS, SETUP_PHASES
 from relabel.config import load_params, resolve
+from relabel.evaluation_split import frozen_dir, read_freeze, unfreeze
 from relabel.versioning import commit_iterations
 
 PHASES = tuple(PHASE_JOBS)
@@ -41,9 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     materialize = commands.add_parser("materialize", help="materialize one phase for every shard")
     materialize.add_argument("phase", choices=PHASES)
     materialize.add_argument("--iteration", default="0", help="the iteration of an iteration phase (default: 0)")
+    unfreeze = commands.add_parser("unfreeze", help="lift the freeze of the evaluation split (logged); the next audit phase freezes it anew")
+    unfreeze.add_argument("--by", required=True, help="who unfreezes it")
+    unfreeze.add_argument("--reason", required=True, help="why")
     args = parser.parse_args(argv)
 
     root = Path(args.root).resolve()
+    if args.command == "unfreeze":
+        return unfreeze_split(root, args.by, args.reason)
     _point_dagster_at(root)
     if args.command == "resume":
         return resume_interrupted()
@@ -59,6 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         print(demo_summary(root, time.monotonic() - started, timings))
     else:
         print("\n".join(["", *_iteration_lines(resolve(root, load_params(root / "params.yaml").data_dir)), *_timing_lines(timings)]))
+    return 0
+
+
+def unfreeze_split(root: Path, by: str, reason: str) -> int:
+    """Lift the freeze of the project's evaluation split; 1 with the reason when it cannot."""
+    folder = frozen_dir(resolve(root, load_params(root / "params.yaml").data_dir))
+    try:
+        entry = unfreeze(folder, by=by, reason=reason)
+    except ValueError as error:
+        print(f"relabel unfreeze: {error}", file=sys.stderr)
+        return 1
+    print(f"unfroze the evaluation split {entry['digest'][:12]} ({by}: {reason}); logged in {folder}. Run `relabel materialize audit` to audit and freeze it again.")
     return 0
 
 
@@ -264,6 +283,7 @@ def demo_summary(root: Path, seconds: float, timings: dict[str, float]) -> str:
         f"  dvc:        {'every output committed (dvc.lock) and pushed' if in_sync else 'OUT OF SYNC: run dvc status'}",
         *_annotation_lines(data),
         *_filter_lines(data),
+        *_split_lines(data),
         *_corpus_lines(data),
         *_model_lines(data),
         *_iteration_lines(data),
@@ -363,7 +383,36 @@ def _model_lines(data: Path) -> list[str]:
             f"({curve['examples'].sum() / curve['seconds'].sum():.1f} examples/s), loss {curve['loss'][0]:.2f} -> {curve['loss'].tail(10).mean():.2f}",
         ]
         if summary_path.is_file():
-            lines += ["  held-out (eval split) against the world's ground truth:", *_score_lines(summary_path, width=9)]
+            lines += ["  on the frozen audited split:", *_score_lines(summary_path, width=9)]
+    return lines + _frozen_split_metric_lines(data)
+
+
+def _split_lines(data: Path) -> list[str]:
+    """The frozen evaluation split: what was audited, how, and its freeze."""
+    folder = frozen_dir(data)
+    record = read_freeze(folder)
+    if record is None:
+        return []
+    decisions_path = data / "audit" / "label_studio" / "decisions.parquet"
+    counts = pl.read_parquet(decisions_path).group_by("decision").len().sort("decision") if decisions_path.is_file() else pl.DataFrame()
+    return [
+        "",
+        f"Evaluation split: {record['images']} images, {record['labels']} audited labels, frozen by {record['frozen_by']} ({record['reason']}), digest {record['digest'][:12]}",
+        "  audit decisions: " + ", ".join(f"{r['decision']} {r['len']}" for r in counts.iter_rows(named=True)),
+    ]
+
+
+def _frozen_split_metric_lines(data: Path) -> list[str]:
+    """The model's standard metrics on the frozen split, one line per iteration."""
+    paths = sorted((data / "model").glob("iteration-*/heldout/summary.parquet"), key=lambda p: int(p.parent.parent.name.split("-")[1]))
+    if not paths:
+        return []
+    lines = ["", "Frozen-split metrics by iteration (report: data/model/iteration-<k>/heldout/report/summary.md):",
+             "  iteration     mAP  mAP@0.5   CIDEr  grounding R@1  RES mIoU  OCR CER"]
+    for path in paths:
+        row = pl.read_parquet(path).filter(pl.col("output") == "model").row(0, named=True)
+        cell = lambda name, width=7: f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"  # noqa: E731
+        lines.append(f"  {path.parent.parent.name.split('-')[1]:>9} {cell('map')}  {cell('map50')} {cell('caption_cider')}  {cell('grounding_recall_at_1', 13)}  {cell('res_miou', 8)}  {cell('ocr_cer')}")
     return lines
 
 

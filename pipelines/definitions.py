@@ -12,6 +12,7 @@ from dagster import (
 )
 
 from assets.annotate import build_annotate_assets
+from assets.audit import build_audit_assets
 from assets.corpus import build_corpus_assets
 from assets.filter import build_filter_assets
 from assets.ingest import QUARANTINES, SOURCE_CATALOG, build_ingest_assets
@@ -25,6 +26,7 @@ from pipelines.executors import executor_for
 from pipelines.io_manager import ShardParquetIOManager
 from pipelines.phases import (
     ANNOTATE_SHARDS_JOB,
+    AUDIT_SPLIT_JOB,
     CAPTION_SPECIALIST_JOB,
     CATALOG_JOB,
     CORPUS_SHARDS_JOB,
@@ -58,7 +60,8 @@ def build_definitions(root: str | None = None) -> Definitions:
     filter_shard, (filter_report, quarantine_index) = build_filter_assets(
         by_iteration_and_shard, [*QUARANTINES, *annotate.quarantines], [MERGE_QUARANTINE]
     )
-    corpus = build_corpus_assets(by_iteration_and_shard)
+    corpus, corpus_checks = build_corpus_assets(by_iteration_and_shard)
+    audit, audit_checks = build_audit_assets()
     # here, a partitioned run's steps go one after another in one process: the gates import GX
     # once, training and generation take the cores by themselves, and shards run in parallel
     # as runs of their own; on a Celery cluster, its workers take the steps
@@ -80,6 +83,11 @@ def build_definitions(root: str | None = None) -> Definitions:
             partitions_def=shards,
             executor_def=step_executor,
             description="Read one shard of every source into the label store, with its checks.",
+        ),
+        define_asset_job(
+            AUDIT_SPLIT_JOB,
+            selection=AssetSelection.assets(*audit),
+            description="Export the evaluation split's labels as Label Studio tasks, read the completed audit back and freeze the split (blocking check: unchanged to the byte).",
         ),
         define_asset_job(
             TRAIN_SPECIALISTS_JOB,
@@ -137,7 +145,7 @@ def build_definitions(root: str | None = None) -> Definitions:
             selection=AssetSelection.assets(HELDOUT_SCORES),
             partitions_def=ITERATIONS,
             executor_def=step_executor,
-            description="Score the iteration's model on the held-out evaluation split against a trivial baseline.",
+            description="Score the iteration's model on the frozen audited split against a trivial baseline, and write the iteration report (an MLflow run nested under the training run).",
         ),
         define_asset_job(
             CAPTION_SPECIALIST_JOB,
@@ -159,6 +167,7 @@ def build_definitions(root: str | None = None) -> Definitions:
         assets=[
             embedded_world,
             *build_ingest_assets(shards),
+            *audit,
             *annotate.training,
             *annotate.per_shard,
             annotate.scores,
@@ -172,7 +181,7 @@ def build_definitions(root: str | None = None) -> Definitions:
             caption_specialist,
             *reannotate,
         ],
-        asset_checks=[*build_shard_checks(shards, by_iteration_and_shard, params.filter.gates, project.ontology()), rare_class_guard],
+        asset_checks=[*build_shard_checks(shards, by_iteration_and_shard, params.filter.gates, project.ontology()), rare_class_guard, *audit_checks, *corpus_checks],
         jobs=jobs,
         schedules=automation.schedules,
         sensors=automation.sensors,
@@ -201,6 +210,10 @@ def catalog_sources_job():
 
 def ingest_shards_job():
     return defs.resolve_job_def(INGEST_SHARDS_JOB)
+
+
+def audit_split_job():
+    return defs.resolve_job_def(AUDIT_SPLIT_JOB)
 
 
 def train_specialists_job():
@@ -251,6 +264,7 @@ JOB_FACTORIES = {
     WORLD_JOB: render_world_job,
     CATALOG_JOB: catalog_sources_job,
     INGEST_SHARDS_JOB: ingest_shards_job,
+    AUDIT_SPLIT_JOB: audit_split_job,
     TRAIN_SPECIALISTS_JOB: train_specialists_job,
     ANNOTATE_SHARDS_JOB: annotate_shards_job,
     SCORE_ANNOTATIONS_JOB: score_annotations_job,

@@ -10,6 +10,7 @@ gated, written as a corpus, trained on, and re-annotated by the model for iterat
 WORLD_JOB = "render_world"
 CATALOG_JOB = "catalog_sources"
 INGEST_SHARDS_JOB = "ingest_shards"
+AUDIT_SPLIT_JOB = "audit_split"
 TRAIN_SPECIALISTS_JOB = "train_specialists"
 ANNOTATE_SHARDS_JOB = "annotate_shards"
 SCORE_ANNOTATIONS_JOB = "score_annotations"
@@ -25,6 +26,7 @@ REANNOTATE_SHARDS_JOB = "reannotate_shards"
 PHASE_JOBS = {
     "world": (WORLD_JOB,),
     "ingest": (CATALOG_JOB, INGEST_SHARDS_JOB),
+    "audit": (AUDIT_SPLIT_JOB,),
     "annotate": (TRAIN_SPECIALISTS_JOB, ANNOTATE_SHARDS_JOB, SCORE_ANNOTATIONS_JOB),
     "merge": (MERGE_SHARDS_JOB,),
     "filter": (FILTER_SHARDS_JOB, FILTER_REPORT_JOB),
@@ -32,7 +34,8 @@ PHASE_JOBS = {
     "model": (TRAIN_MODEL_JOB, SCORE_MODEL_JOB),
     "refine": (CAPTION_SPECIALIST_JOB, REANNOTATE_SHARDS_JOB),
 }
-SETUP_PHASES = ("world", "ingest", "annotate")
+# the evaluation split is audited and frozen before anything is trained
+SETUP_PHASES = ("world", "ingest", "audit", "annotate")
 ITERATION_PHASES = ("merge", "filter", "corpus", "model", "refine")
 # the phases that give an iteration's labels and their quality (what the last iteration runs)
 LABEL_PHASES = ("merge", "filter")

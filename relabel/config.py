@@ -88,8 +88,30 @@ class SourceParams(_Strict):
 
 
 class IngestParams(_Strict):
+    # the evaluation split's share of (near-duplicate groups of) images, drawn by category
     eval_fraction: float = Field(0.1, ge=0, lt=1)
+    # perceptual hashes within this many bits (of 64) are one picture: a resized or
+    # re-compressed copy is 0-4 bits away, distinct demo scenes at least 12
+    near_duplicate_distance: int = Field(8, ge=0, le=32)
     sources: tuple[SourceParams, ...] = ()
+
+
+class AuditParams(_Strict):
+    """The human audit of the evaluation split, through Label Studio's task and export JSON.
+
+    ``auditor``: ``label-studio`` reads the completed export a person made at ``export``;
+    ``accept-all`` takes the split's own human labels as audited (a curated COCO set);
+    ``world-truth`` lets the embedded world's ground truth answer the tasks in Label Studio's
+    format, a stand-in for a careful person in the demo.
+    """
+
+    auditor: Literal["label-studio", "accept-all", "world-truth"] = "label-studio"
+    export: str = "data/audit/label_studio/completed.json"
+    # how task JSON names an image: Label Studio serves local files under this prefix
+    # (LOCAL_FILES_SERVING_ENABLED, document root = the project root)
+    image_url_prefix: str = "/data/local-files/?d="
+    # who a freeze is recorded as made by
+    frozen_by: str = "relabel"
 
 
 class SpecialistParams(_Strict):
@@ -253,9 +275,12 @@ class ModelParams(_Strict):
     tokenizer: TokenizerParams = TokenizerParams()
     train: TrainParams = TrainParams()
     generation: GenerationParams = GenerationParams()
-    # the tasks the model is scored on, against the world's ground truth, on held-out images
-    # (what can be scored there: boxes, brief captions and read text with its region)
-    evaluation_tasks: tuple[Literal["<OD>", "<CAPTION>", "<OCR_WITH_REGION>"], ...] = ("<OD>", "<CAPTION>", "<OCR_WITH_REGION>")
+    # the tasks the model is scored on, on the frozen audited split: detection (mAP), brief
+    # captions (CIDEr), read text with its region (CER), and, prompted with the audited
+    # labels, phrase grounding (recall@1) and referring segmentation (mIoU)
+    evaluation_tasks: tuple[
+        Literal["<OD>", "<CAPTION>", "<OCR_WITH_REGION>", "<CAPTION_TO_PHRASE_GROUNDING>", "<REFERRING_EXPRESSION_SEGMENTATION>"], ...
+    ] = ("<OD>", "<CAPTION>", "<OCR_WITH_REGION>", "<CAPTION_TO_PHRASE_GROUNDING>", "<REFERRING_EXPRESSION_SEGMENTATION>")
 
 
 class MergePolicyParams(_Strict):
@@ -346,6 +371,7 @@ class Params(_Strict):
     shards: ShardParams = ShardParams()
     world: WorldParams = WorldParams()
     ingest: IngestParams = IngestParams()
+    audit: AuditParams = AuditParams()
     annotate: AnnotateParams = AnnotateParams()
     filter: FilterParams = FilterParams()
     model: ModelParams = ModelParams()

@@ -1,7 +1,8 @@
-"""Deterministic assignment of images to shards and to the train / eval split.
+"""Deterministic assignment of images to shards.
 
-Both depend only on the image's content hash, so the same image lands in the same shard and
-split on every machine and in every iteration, whichever source it came from.
+It depends only on the image's content hash, so the same image lands in the same shard on
+every machine and in every iteration, whichever source it came from. (The evaluation split is
+drawn over all images at once: ``relabel.evaluation_split``.)
 """
 
 from __future__ import annotations
@@ -18,14 +19,6 @@ def shard_keys(count: int) -> list[str]:
 def shard_of(image_id: str, count: int) -> str:
     """The shard key of one image."""
     return shard_keys(count)[_bucket(image_id, 0) % count]
-
-
-def split_of(image_id: str, eval_fraction: float) -> str:
-    """``eval`` for a stable ``eval_fraction`` share of images, ``train`` for the rest.
-
-    Uses other hash digits than the shard, so every shard holds its share of eval images.
-    """
-    return "eval" if (_bucket(image_id, 8) % 10_000) < eval_fraction * 10_000 else "train"
 
 
 def in_shard(frame: pl.DataFrame, shard: str, count: int) -> pl.DataFrame:

@@ -125,7 +125,7 @@ def annotated_project(tmp_path_factory: pytest.TempPathFactory):
     root = write_tiny_project(tmp_path_factory.mktemp("annotated") / "project")
     with pytest.MonkeyPatch.context() as patch, DagsterInstance.ephemeral(tempdir=str(root.parent / "dh")) as instance:
         patch.setenv("RELABEL_ROOT", str(root))
-        results = materialize_project(root, instance, phases=("world", "ingest", "annotate", "merge", "filter"))
+        results = materialize_project(root, instance, phases=("world", "ingest", "audit", "annotate", "merge", "filter"))
         yield root, results, functools.partial(materialize_project, root, instance)
 
 
@@ -171,6 +171,22 @@ def write_shard(root: Path, shard: str, *, kites_score: float) -> None:
     frame("labels", rows).write_parquet(_path(data / "annotate" / "initial_annotations" / f"{shard}.parquet"))
 
 
+def write_catalog_and_freeze(root: Path) -> None:
+    """The source catalog and a frozen evaluation split of the hand-made shards' images, as the
+    ingest and audit phases would leave them (no image files: no perceptual hashes)."""
+    from relabel.evaluation_split import freeze, frozen_dir, split_manifest
+    from relabel.ingest.catalog import FILES_SCHEMA
+
+    data = root / "data"
+    images = pl.read_parquet(data / "ingest" / "images" / "*.parquet")
+    catalog = images.select("image_id", "uri", "dataset", split=pl.col("split").cast(pl.String))
+    pl.concat([pl.DataFrame(schema=FILES_SCHEMA), catalog], how="diagonal_relaxed").write_parquet(_path(data / "ingest" / "source_catalog.parquet"))
+    held = images.filter(pl.col("split") == "eval")
+    labels = pl.read_parquet(data / "annotate" / "initial_annotations" / "*.parquet").clear()
+    freeze(frozen_dir(data), split_manifest(held, labels, data), by="conftest", reason="hand-made", auditors=())
+    labels.write_parquet(frozen_dir(data) / "labels.parquet")
+
+
 def _path(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
@@ -184,6 +200,7 @@ def hand_made_shards(tiny_project: Path) -> Path:
     _path(tiny_project / "data" / "world" / "ontology.json").write_text(json.dumps(ontology))
     write_shard(tiny_project, "shard-00", kites_score=0.9)
     write_shard(tiny_project, "shard-01", kites_score=0.05)
+    write_catalog_and_freeze(tiny_project)
     return tiny_project
 
 
@@ -209,4 +226,5 @@ def guard_project(tiny_project: Path) -> Path:
             label_id=pl.col("label_id") + "-ball", category=pl.lit("ball"), text=pl.lit("ball"), score=pl.lit(0.3), source=pl.lit("shapes@1")
         )
         pl.concat([labels, seen_as_balls], how="vertical").write_parquet(path)
+    write_catalog_and_freeze(tiny_project)
     return tiny_project

@@ -3,7 +3,10 @@
 This is the one pass over all sources. It reads each source's records, hashes every image
 file that exists (the hash is the image id and decides the shard) and quarantines what no
 shard can take: source files that cannot be read, image records without a file, and the label
-records of those images. Decoding images and building labels is left to the shards.
+records of those images. Because it sees everything, it also draws the evaluation split
+(``relabel.evaluation_split.draw_split``: stratified by the categories of the labels,
+near-duplicates together, a frozen split kept). Decoding images and building labels is left to
+the shards.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import polars as pl
 from tqdm import tqdm
 
 from relabel.config import SourceParams
+# a module import, not names: relabel.evaluation_split reads image files through this package
+import relabel.evaluation_split as evaluation_split
 from relabel.ingest.images import from_root, hash_file, uri_for
 from relabel.ingest.records import Problem, RawImage, has_surrogates, quarantine, record_json
 from relabel.ingest.sources import read_source
@@ -39,6 +44,8 @@ FILES_SCHEMA = pl.Schema(
         "record": pl.String,  # the raw image record as JSON
         "image_id": pl.String,
         "shard": pl.String,
+        "phash": pl.String,  # perceptual hash, null when the file does not decode
+        "split": pl.String,
     }
 )
 
@@ -90,19 +97,26 @@ def catalog_sources(
     root: Path,
     data_dir: Path,
     shard_count: int,
+    eval_fraction: float = 0.1,
+    near_duplicate_distance: int = 8,
+    frozen_split: pl.DataFrame | None = None,
     progress: bool = True,
 ) -> SourceCatalog:
-    """List and hash every image record of ``sources`` and assign it to one of ``shard_count`` shards.
+    """List and hash every image record of ``sources``, assign it to one of ``shard_count``
+    shards and to the train or eval split.
 
     Paths in ``sources`` are relative to ``root``; ``data_dir`` (relative to ``root`` unless
-    absolute) is where relative image uris point. Never raises on bad input: what cannot be
-    read is in the returned quarantine.
+    absolute) is where relative image uris point. The split holds ``eval_fraction`` of the
+    near-duplicate groups (perceptual hashes within ``near_duplicate_distance`` bits), drawn
+    stratified by label category; the images of ``frozen_split`` (a frozen split's manifest)
+    stay in it. Never raises on bad input: what cannot be read is in the returned quarantine.
     """
     root = Path(os.path.abspath(root))
     data_dir = from_root(data_dir, root)
     file_rows: list[dict[str, Any]] = []
     quarantined: list[dict[str, Any]] = []
     records_in: Counter[str] = Counter()
+    categories: dict[str, set[str]] = {}
     # stored paths are named from the project root (see ``from_root``): read files there
     with chdir(root):
         for index, source in enumerate(sources):
@@ -131,8 +145,11 @@ def catalog_sources(
                     continue
                 catalogued.add(image.ref)
                 file_rows.append(_file_row(source, image, image_id, data_dir, shard_count))
+            image_of = {row["ref"]: row["image_id"] for row in file_rows if row["source_index"] == index}
             for label in records.labels:
                 if label.image_ref in catalogued:
+                    if label.row is not None and label.row.get("category"):
+                        categories.setdefault(image_of[label.image_ref], set()).add(label.row["category"])
                     continue  # its shard ingests it
                 problem = (
                     label.problem if label.image_ref is None else _orphaned(label.image_ref, failed)
@@ -146,6 +163,16 @@ def catalog_sources(
                         origin=label.origin,
                     )
                 )
+    split = evaluation_split.draw_split(
+        [row["image_id"] for row in file_rows],
+        [row["phash"] for row in file_rows],
+        categories,
+        eval_fraction,
+        near_duplicate_distance,
+        frozen_split,
+    )
+    for row in file_rows:
+        row["split"] = split[row["image_id"]]
     files = pl.DataFrame(file_rows, schema=FILES_SCHEMA).sort(
         "source_index", "uri", maintain_order=True
     )
@@ -192,4 +219,5 @@ def _file_row(
         "record": record_json(image.record),
         "image_id": image_id,
         "shard": shard_of(image_id, shard_count),
+        "phash": evaluation_split.perceptual_hash(image.path),
     }

@@ -35,7 +35,7 @@ from relabel.ingest.records import (
 from relabel.ingest.sources import read_source
 from relabel.ingest.validate import validate_labels
 from relabel.labels import check_schema, frame, label_id_for, printable
-from relabel.shards import in_shard, shard_keys, split_of
+from relabel.shards import in_shard, shard_keys
 
 
 @dataclass(frozen=True)
@@ -85,13 +85,12 @@ def ingest_shard(
     data_dir: Path,
     shard: str,
     shard_count: int,
-    eval_fraction: float,
     progress: bool = True,
 ) -> ShardIngest:
     """Build the images, labels and quarantine of ``shard`` from the catalogued sources.
 
     Images are decoded in full (unreadable and truncated files are quarantined), get their
-    size and split; labels become human, iteration-0, raw rows and pass ``validate_labels``.
+    size and the split the catalog drew; labels become human, iteration-0, raw rows and pass ``validate_labels``.
     ``catalog_files`` is ``SourceCatalog.files`` (as stored by the catalog asset) and
     ``sources`` must be the sources the catalog was built from, in the same order.
     """
@@ -109,7 +108,7 @@ def ingest_shard(
         image_of.setdefault((index, ref), image_id)
     # stored paths are named from the project root (see ``from_root``), so files are read there
     with chdir(root):
-        image_rows, failed, quarantined = _decode_images(files, eval_fraction, shard, progress)
+        image_rows, failed, quarantined = _decode_images(files, shard, progress)
         label_records = [
             (image_of[(label.source_index, label.image_ref)], label)
             for index in sorted(set(files["source_index"].to_list()))
@@ -131,7 +130,7 @@ def ingest_shard(
 
 
 def _decode_images(
-    files: pl.DataFrame, eval_fraction: float, shard: str, progress: bool
+    files: pl.DataFrame, shard: str, progress: bool
 ) -> tuple[list[dict[str, Any]], dict[str, Problem], list[dict[str, Any]]]:
     """Image rows, the problem of each image id that failed, and the image quarantine rows."""
     image_rows: list[dict[str, Any]] = []
@@ -163,7 +162,7 @@ def _decode_images(
                         "width": width,
                         "height": height,
                         "dataset": file["dataset"],
-                        "split": split_of(image_id, eval_fraction),
+                        "split": file["split"],
                     }
                 )
                 continue

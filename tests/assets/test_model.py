@@ -50,32 +50,66 @@ def test_the_iteration_model_is_an_mlflow_run_with_its_curve_and_a_registered_ve
     assert pl.read_parquet(folder / "training_curve.parquet")["step"].to_list() == list(range(1, steps + 1))
 
 
-def test_heldout_scores_compare_the_model_with_the_baseline_on_eval_images_only(trained):
+def test_every_iteration_is_evaluated_on_the_frozen_split_in_a_nested_mlflow_run_with_its_report(trained):
     from mlflow import MlflowClient
+    from PIL import Image
+
+    from relabel.evaluation_split import frozen_dir, frozen_manifest, read_freeze
 
     root, results = trained
     data = root / "data"
     metadata = _metadata(results[("score_model", "0")], "heldout_scores")
+    split = frozen_manifest(frozen_dir(data))
     images = pl.read_parquet(data / "ingest" / "images" / "*.parquet")
-    heldout = images.filter(pl.col("split") == "eval")
-    assert metadata["heldout_images"] == heldout.height > 0
-    truth = pl.read_parquet(data / "ground_truth" / "labels.parquet").filter(pl.col("image_id").is_in(heldout["image_id"].implode()))
-    boxes = truth.filter(pl.col("task") == "object").select("image_id", "box").unique().height
-    # <OD>, <CAPTION> and <OCR_WITH_REGION> per image, <REGION_TO_CATEGORY> per true box
-    assert metadata["requests"] == 3 * heldout.height + boxes
+    assert sorted(images.filter(pl.col("split") == "eval")["image_id"].to_list()) == sorted(split["image_id"].to_list())
+    assert metadata["heldout_images"] == split.height > 0
+    assert metadata["split_digest"] == read_freeze(frozen_dir(data))["digest"]
+    audited = pl.read_parquet(frozen_dir(data) / "labels.parquet")
+    boxes = audited.filter(pl.col("task") == "object").select("image_id", "box").unique().height
+    groundings = audited.filter(pl.col("task") == "phrase_grounding").select("image_id", "text").unique().height
+    # <OD>, <CAPTION> and <OCR_WITH_REGION> per image, <REGION_TO_CATEGORY> per audited box,
+    # grounding per audited caption, segmentation per expression naming one polygon
+    assert metadata["requests"] >= 3 * split.height + boxes + groundings
 
     summary = pl.read_parquet(data / "model" / "iteration-0" / "heldout" / "summary.parquet")
     assert summary["output"].to_list() == ["model", "baseline"]
-    assert summary["region_naming_accuracy"].is_between(0, 1).all()
+    model = summary.filter(pl.col("output") == "model").row(0, named=True)
     baseline = summary.filter(pl.col("output") == "baseline").row(0, named=True)
-    assert baseline["labels"] >= heldout.height  # at least its object on every held-out image
+    # a metric is measured wherever the split has audited labels to measure it on
+    has = {
+        "map": "object", "map50": "object", "region_naming_accuracy": "object", "caption_cider": "brief_caption",
+        "grounding_recall_at_1": "phrase_grounding", "res_miou": "object", "ocr_cer": "ocr",
+    }
+    for metric, task in has.items():
+        present = audited.filter(pl.col("task") == task).height > 0
+        assert (model[metric] is not None) == present, metric
+        assert model[metric] is None or model[metric] >= 0
+    assert model["map"] <= model["map50"] <= 1 and baseline["map"] <= baseline["map50"] <= 1
+    assert baseline["grounding_recall_at_1"] is None  # the baseline is not asked prompted tasks
+    per_class = pl.read_parquet(data / "model" / "iteration-0" / "heldout" / "per_class.parquet")
+    assert set(per_class["output"]) == {"model", "baseline"}
+    truth_classes = set(audited.filter(pl.col("task") == "object")["category"])
+    assert truth_classes <= set(per_class.filter(pl.col("output") == "model", pl.col("n_truth") > 0)["category"])
     generated = pl.read_parquet(data / "model" / "iteration-0" / "heldout" / "generated_labels.parquet")
     problems = pl.read_parquet(data / "model" / "iteration-0" / "heldout" / "generation_problems.parquet")
-    assert set(generated["image_id"]) | set(problems["image_id"]) <= set(heldout["image_id"])
+    assert set(generated["image_id"]) | set(problems["image_id"]) <= set(split["image_id"])
     assert (generated["source"] == "florence2@iteration-0").all()
 
-    model_run = _metadata(results[("train_model", "0")], "florence2")["mlflow_run_id"]
-    run = MlflowClient(f"sqlite:///{data / 'mlflow' / 'mlflow.db'}").get_run(model_run)
-    assert run.data.metrics["heldout.f1.baseline"] == pytest.approx(baseline["f1"])
-    assert run.data.metrics["heldout.region_naming_accuracy.baseline"] == pytest.approx(baseline["region_naming_accuracy"])
-    assert metadata["mlflow_run"].endswith(model_run)
+    client = MlflowClient(f"sqlite:///{data / 'mlflow' / 'mlflow.db'}")
+    training_run = _metadata(results[("train_model", "0")], "florence2")["mlflow_run_id"]
+    run = client.get_run(metadata["mlflow_run"].rsplit("/", 1)[1])
+    assert run.info.run_name == "evaluation-iteration-0" and run.data.tags["phase"] == "evaluation"
+    assert run.data.tags["mlflow.parentRunId"] == training_run  # nested under its training run
+    assert run.data.metrics["map.model"] == pytest.approx(model["map"])
+    assert run.data.metrics["caption_cider.baseline"] == pytest.approx(baseline["caption_cider"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/report")}
+    plots = ("metrics_by_iteration", "per_class_recall", "labels_by_source_status", "quarantine_by_reason")
+    assert {f"evaluation/report/{name}.png" for name in plots} | {"evaluation/report/summary.md"} <= artifacts
+
+    report = data / "model" / "iteration-0" / "heldout" / "report"
+    for name in plots:
+        assert Image.open(report / f"{name}.png").size[0] >= 600
+    summary_md = (report / "summary.md").read_text()
+    assert summary_md.startswith("# Iteration 0 on the frozen split") or "Iteration 0 on the frozen split" in summary_md
+    assert f"{model['map50']:.3f}" in summary_md
+    assert "![" in metadata["report"] and "data:image/png;base64," in metadata["report"]  # plots in the Dagster UI

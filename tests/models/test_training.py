@@ -229,3 +229,32 @@ def test_heldout_evaluation_scores_a_silent_model_at_its_worst_and_the_baseline_
     assert scores["model"]["f1"] == 0.0 and scores["model"]["caption_object_recall"] == 0.0
     assert scores["model"].get("ocr_cer") is None  # OCR was not asked (and the world has no text here)
     assert 0 < scores["baseline"]["region_naming_accuracy"] < 1 and 0 <= scores["baseline"]["caption_object_recall"] <= 1
+    # the standard metrics: a silent model finds nothing and describes nothing
+    assert scores["model"]["map"] == 0.0 and scores["model"]["map50"] == 0.0 and scores["model"]["caption_cider"] == 0.0
+    assert scores["baseline"]["map50"] is not None and scores["model"]["grounding_recall_at_1"] is None  # not asked
+    assert set(evaluation.per_class["output"]) == {"model", "baseline"}
+
+
+def test_prompted_evaluation_tasks_ask_the_audited_captions_and_expressions(world):
+    from models.evaluation import evaluate_heldout, segmentation_queries
+    from models.inference import GenerationSettings
+    from models.tasks import CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION
+
+    images, truth = world
+    tokenizer = train_tokenizer(truth["text"].drop_nulls().to_list(), vocab_size=600)
+    torch.manual_seed(0)
+    model, processor = build_model("micro", tokenizer), build_processor(tokenizer, "micro")
+    heldout = images.rename({"uri": "image_path"}).head(2)
+    tasks = [CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION]
+    evaluation = evaluate_heldout(
+        model, processor, heldout, heldout, truth.clear(), truth, tasks, GenerationSettings(batch_size=8, max_new_tokens=4), source="model", iteration=0
+    )
+    own = truth.filter(pl.col("image_id").is_in(heldout["image_id"].implode()))
+    captions = own.filter(pl.col("task") == "phrase_grounding").select("image_id", "text").unique().height
+    expressions = segmentation_queries(own)
+    assert expressions.height > 0 and (expressions["polygon"].is_not_null()).all()
+    assert expressions.select("image_id", "text").is_unique().all()  # each names one region
+    boxes = own.filter(pl.col("task") == "object").select("image_id", "box").unique().height
+    assert evaluation.requests == boxes + captions + expressions.height  # no prompt-free task asked
+    model_row = evaluation.summary.filter(pl.col("output") == "model").row(0, named=True)
+    assert model_row["grounding_recall_at_1"] == 0.0 and model_row["res_miou"] == 0.0  # a silent model misses all

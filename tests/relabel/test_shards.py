@@ -2,7 +2,7 @@ import hashlib
 
 import polars as pl
 
-from relabel.shards import in_shard, shard_keys, shard_of, split_of
+from relabel.shards import in_shard, shard_keys, shard_of
 
 IMAGE_IDS = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(2000)]
 
@@ -19,10 +19,3 @@ def test_every_image_lands_in_exactly_one_shard_and_shards_are_balanced():
     assert all(400 < len(p) < 600 for p in parts)
     for key, part in zip(shard_keys(4), parts):
         assert {shard_of(i, 4) for i in part["image_id"]} == {key}
-
-
-def test_split_is_stable_and_holds_out_about_the_configured_share():
-    splits = [split_of(i, 0.1) for i in IMAGE_IDS]
-    assert splits == [split_of(i, 0.1) for i in IMAGE_IDS]
-    assert 0.07 < splits.count("eval") / len(splits) < 0.13
-    assert {split_of(i, 0.0) for i in IMAGE_IDS} == {"train"}

@@ -14,12 +14,12 @@ import pytest
 from models.specialists.base import ImageRef
 from models.specialists.shapes import box_iou
 from relabel.labels import check_schema, frame, label_id_for
-from relabel.shards import split_of
+from relabel.evaluation_split import draw_split
 
 
 def human_frames(world_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The curated images (images table) and their human COCO boxes (labels table), read
-    the way ingest reads them: image_id = SHA-256 of the file, a 10% eval split."""
+    the way ingest reads them: image_id = SHA-256 of the file, a 10% eval split drawn by category."""
     document = json.loads((world_dir / "human" / "instances.json").read_text())
     names = {c["id"]: c["name"] for c in document["categories"]}
     images, ids = [], {}
@@ -30,7 +30,7 @@ def human_frames(world_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
         image_id = hashlib.sha256(path.read_bytes()).hexdigest()
         ids[entry["id"]] = image_id
         images.append({"image_id": image_id, "uri": str(path), "width": entry["width"], "height": entry["height"],
-                       "dataset": "world", "split": split_of(image_id, 0.1)})
+                       "dataset": "world"})
     labels = []
     for a in document["annotations"]:
         if a["image_id"] not in ids or a["category_id"] not in names:
@@ -41,6 +41,11 @@ def human_frames(world_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
                        "task": "object", "region_kind": "object", "text": name, "category": name,
                        "box": [x, y, x + w, y + h], "polygon": a.get("segmentation") or None, "score": 1.0,
                        "source": "human", "iteration": 0, "status": "raw"})
+    categories: dict[str, set[str]] = {}
+    for label in labels:
+        categories.setdefault(label["image_id"], set()).add(label["category"])
+    split = draw_split([i["image_id"] for i in images], [None] * len(images), categories, 0.1, 0)
+    images = [{**image, "split": split[image["image_id"]]} for image in images]
     return frame("images", images).unique("image_id", keep="first", maintain_order=True), frame("labels", labels)
 
 

@@ -30,10 +30,10 @@ def coco_mini_source(coco_mini_dir: Path) -> SourceParams:
 
 
 def ingest_all(sources: list[SourceParams], root: Path) -> list[ShardIngest]:
-    catalog = catalog_sources(sources, root, root / "data", SHARDS, progress=False)
+    catalog = catalog_sources(sources, root, root / "data", SHARDS, EVAL_FRACTION, progress=False)
     shards = [
         ingest_shard(
-            catalog.files, sources, root, root / "data", shard, SHARDS, EVAL_FRACTION, progress=False
+            catalog.files, sources, root, root / "data", shard, SHARDS, progress=False
         )
         for shard in shard_keys(SHARDS)
     ]

@@ -58,9 +58,9 @@ class Ingested:
 
 
 def ingest(sources: list[SourceParams], root: Path, shard_count: int = SHARDS) -> Ingested:
-    catalog = catalog_sources(sources, root, Path("data"), shard_count, progress=False)
+    catalog = catalog_sources(sources, root, Path("data"), shard_count, 0.5, progress=False)
     shards = [
-        ingest_shard(catalog.files, sources, root, Path("data"), shard, shard_count, 0.5, progress=False)
+        ingest_shard(catalog.files, sources, root, Path("data"), shard, shard_count, progress=False)
         for shard in shard_keys(shard_count)
     ]
     for result in shards:

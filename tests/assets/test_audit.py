@@ -1,0 +1,148 @@
+"""The audit phase through Dagster: the evaluation split goes out as Label Studio tasks, comes
+back audited, is frozen, stays frozen to the byte, and no copy of it reaches a corpus."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import polars as pl
+import pytest
+from dagster import AssetCheckKey, materialize
+from PIL import Image
+
+from assets.audit import FROZEN_SPLIT
+from data_checks.shards import CORPUS_EXAMPLES
+from pipelines.cli import main
+from pipelines.definitions import build_definitions
+from pipelines.phases import AUDIT_SPLIT_JOB, CATALOG_JOB, CORPUS_SHARDS_JOB, INGEST_SHARDS_JOB
+from relabel.evaluation_split import freeze_history, frozen_dir, read_freeze
+from relabel.labels import frame
+
+SPLIT_UNCHANGED = AssetCheckKey(FROZEN_SPLIT, "split_unchanged")
+
+
+def check_passed(result, key: AssetCheckKey) -> bool:
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.asset_check_key == key]
+    return evaluation.passed
+
+
+def test_the_split_is_audited_through_label_studio_json_and_frozen(annotated_project):
+    root, results, _ = annotated_project
+    data = root / "data"
+    images = pl.read_parquet(data / "ingest" / "images" / "*.parquet")
+    held = images.filter(pl.col("split") == "eval")
+    assert held.height >= 1
+
+    tasks = json.loads((data / "audit" / "label_studio" / "tasks.json").read_text())
+    assert sorted(task["data"]["image_id"] for task in tasks) == sorted(held["image_id"].to_list())
+    assert all(task["data"]["image"].startswith("/data/local-files/?d=data/world/") for task in tasks)
+    export = json.loads((data / "audit" / "label_studio" / "completed.json").read_text())
+    assert {annotation["completed_by"] for item in export for annotation in item["annotations"]} == {"world-auditor"}
+
+    audited = pl.read_parquet(data / "audit" / "audited_labels.parquet")
+    assert set(audited["image_id"]) <= set(held["image_id"])
+    assert set(audited["source"]) == {"human-audit@world-auditor"} and set(audited["status"].cast(pl.String)) == {"audited"}
+    # the world's auditor corrects the split to the truth: same objects, same categories
+    truth = pl.read_parquet(data / "ground_truth" / "labels.parquet").filter(pl.col("image_id").is_in(held["image_id"].implode()), pl.col("task") == "object")
+    assert sorted(audited.filter(pl.col("task") == "object")["category"].to_list()) == sorted(truth["category"].to_list())
+
+    decisions = pl.read_parquet(data / "audit" / "label_studio" / "decisions.parquet")
+    predicted = pl.read_parquet(data / "ingest" / "human_labels" / "*.parquet").filter(
+        pl.col("image_id").is_in(held["image_id"].implode()), pl.col("task").cast(pl.String).is_in(["object", "ocr", "brief_caption", "region_caption", "phrase_grounding", "detailed_caption", "more_detailed_caption"])
+    )
+    by_decision = dict(decisions.group_by("decision").len().iter_rows())
+    # every predicted label has one decision: rows in = accepted + corrected + rejected
+    assert by_decision.get("accepted", 0) + by_decision.get("corrected", 0) + by_decision.get("rejected", 0) == predicted.height
+    quarantined = dict(pl.read_parquet(data / "audit" / "label_studio" / "quarantine.parquet").group_by("reason").len().iter_rows())
+    assert quarantined.get("rejected_in_audit", 0) == by_decision.get("rejected", 0)
+    assert quarantined.get("corrected_in_audit", 0) == by_decision.get("corrected", 0)
+
+    record = read_freeze(frozen_dir(data))
+    assert record["images"] == held.height and record["labels"] == audited.height
+    assert record["auditors"] == ["world-auditor"]
+    assert check_passed(results["audit_split"], SPLIT_UNCHANGED)
+
+
+@pytest.fixture
+def frozen_project(tiny_project, materialize_all):
+    """A tiny project ingested, audited (by the world) and frozen."""
+    results = materialize_all(tiny_project, phases=("world", "ingest", "audit"))
+    return tiny_project, results
+
+
+def rerun(root, instance, job_name: str, partition: str | None = None):
+    defs = build_definitions(str(root))
+    job = next(job for job in defs.jobs if job.name == job_name)
+    return materialize([*defs.assets, *defs.asset_checks], selection=job.selection, partition_key=partition, resources=defs.resources, instance=instance, raise_on_error=False)
+
+
+def test_any_changed_byte_fails_the_check_until_an_explicit_logged_unfreeze(frozen_project, instance, capsys):
+    root, _ = frozen_project
+    data = root / "data"
+    frozen = read_freeze(frozen_dir(data))
+    assert rerun(root, instance, AUDIT_SPLIT_JOB).success  # re-running the phase changes nothing
+
+    held = pl.read_parquet(data / "ingest" / "images" / "*.parquet").filter(pl.col("split") == "eval")
+    path = data / held["uri"][0]
+    original = path.read_bytes()
+    changed = bytearray(original)
+    changed[-30] ^= 0x01
+    path.write_bytes(bytes(changed))
+    result = rerun(root, instance, AUDIT_SPLIT_JOB)
+    assert not check_passed(result, SPLIT_UNCHANGED)
+    assert read_freeze(frozen_dir(data)) == frozen  # the freeze did not move
+    path.write_bytes(original)
+    assert check_passed(rerun(root, instance, AUDIT_SPLIT_JOB), SPLIT_UNCHANGED)
+
+    # an audit that reads differently now: one audited label's text edited in the stored copy
+    stored = pl.read_parquet(frozen_dir(data) / "labels.parquet")
+    stored.with_columns(text=pl.when(pl.int_range(pl.len()) == 0).then(pl.col("text") + ".").otherwise(pl.col("text"))).write_parquet(frozen_dir(data) / "labels.parquet")
+    assert not check_passed(rerun(root, instance, AUDIT_SPLIT_JOB), SPLIT_UNCHANGED)
+
+    assert main(["--root", str(root), "unfreeze", "--by", "maria", "--reason", "a caption typo"]) == 0
+    assert "unfroze the evaluation split" in capsys.readouterr().out
+    assert main(["--root", str(root), "unfreeze", "--by", "maria", "--reason", "again"]) == 1
+    assert "not frozen" in capsys.readouterr().err
+    refrozen = rerun(root, instance, AUDIT_SPLIT_JOB)
+    assert check_passed(refrozen, SPLIT_UNCHANGED)
+    history = freeze_history(frozen_dir(data))
+    assert [(h["action"], h.get("by") or h.get("frozen_by")) for h in history] == [("freeze", "relabel-demo"), ("unfreeze", "maria"), ("freeze", "relabel-demo")]
+    assert history[1]["reason"] == "a caption typo"
+
+
+def test_a_resized_recompressed_copy_of_a_split_image_is_caught(frozen_project, instance):
+    root, _ = frozen_project
+    data = root / "data"
+    held = pl.read_parquet(data / "ingest" / "images" / "*.parquet").filter(pl.col("split") == "eval")
+    original = Image.open(data / held["uri"][0]).convert("RGB")
+    buffer = io.BytesIO()
+    original.resize((original.width * 3 // 4, original.height * 3 // 4)).save(buffer, "JPEG", quality=60)
+    copy = data / "world" / "web" / "copy-of-a-split-image.jpg"
+    copy.write_bytes(buffer.getvalue())
+
+    # new data arrives: the catalog keeps the copy with its original, in the frozen split
+    assert rerun(root, instance, CATALOG_JOB).success
+    catalog = pl.read_parquet(data / "ingest" / "source_catalog.parquet")
+    row = catalog.filter(pl.col("path").str.ends_with("copy-of-a-split-image.jpg")).row(0, named=True)
+    assert row["split"] == "eval"
+    assert set(catalog.filter(pl.col("image_id").is_in(held["image_id"].implode()))["split"]) == {"eval"}
+
+    # a training shard that holds it anyway (written before the split was frozen, say) gives
+    # a corpus that fails the blocking leakage check, which names the copy and its original
+    shard = row["shard"]
+    assert rerun(root, instance, INGEST_SHARDS_JOB, shard).success
+    images_path = data / "ingest" / "images" / f"{shard}.parquet"
+    stale = pl.read_parquet(images_path)
+    stale.with_columns(split=pl.when(pl.col("image_id") == row["image_id"]).then(pl.lit("train")).otherwise(pl.col("split")).cast(stale.schema["split"])).write_parquet(images_path)
+    caption = frame("labels", [{"label_id": "copy-caption", "image_id": row["image_id"], "annotation_type": "text", "task": "brief_caption", "text": "A bird and a fish.", "score": 1.0, "source": "human", "iteration": 0, "status": "accepted"}])
+    filtered = data / "filter" / "filtered_labels" / "iteration-0" / f"{shard}.parquet"
+    filtered.parent.mkdir(parents=True, exist_ok=True)
+    caption.write_parquet(filtered)
+    instance.add_dynamic_partitions("iteration", ["0"])
+    result = rerun(root, instance, CORPUS_SHARDS_JOB, f"0|{shard}")
+    assert not result.success  # blocking: nothing downstream of the shard runs
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.asset_check_key == AssetCheckKey(CORPUS_EXAMPLES, "no_eval_leakage")]
+    assert not evaluation.passed
+    assert evaluation.metadata["near_duplicates"].value == 1
+    assert held["image_id"][0][:12] in evaluation.metadata["leaks"].value
