@@ -1,84 +1,247 @@
-"""``relabel``: run the data engine's phases against the local Dagster instance.
+"""relabel: the data engine from a terminal, through Dagster (runs show in the UI afterwards).
 
-``relabel demo`` materializes every asset for every shard, through two refinement iterations,
-and prints what it made; ``relabel iterate`` runs refinement iterations; ``relabel materialize
-PHASE`` runs one phase (this is also what each ``dvc.yaml`` stage runs); ``relabel unfreeze``
-lifts the freeze of the evaluation split, recording who and why.
-Runs go to the persistent instance in ``$DAGSTER_HOME`` (``data/dagster_home`` by default),
-so they show in the Dagster UI afterwards (``make ui``).
+``relabel demo`` sets up the embedded world, runs two refinement iterations, exports the
+result and prints what it made; ``relabel world`` / ``ingest`` / ``materialize PHASE
+[--iteration K] [--shards ...]`` run one phase (``materialize`` is what each ``dvc.yaml`` stage
+runs); ``relabel iterate`` runs whole iterations; ``relabel status`` shows the iterations, their
+gates and counts; ``relabel export --format F`` writes an iteration's labels with a dataset
+card; ``relabel unfreeze`` lifts the freeze of the evaluation split, recording who and why;
+``relabel resume`` re-executes interrupted runs; ``relabel ui`` starts the Dagster and MLflow
+UIs. ``--json`` prints any result as JSON; a failure exits non-zero with a one-line reason.
+Runs go to the persistent instance in ``$DAGSTER_HOME`` (``data/dagster_home`` by default).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 from dvc.repo import Repo
 
-from pipelines.phases import ITERATION_PHASES, LABEL_PHASES, PHASE_JOBS, SETUP_PHASES
+from pipelines.phases import EXPORT_JOBS, ITERATION_PHASES, LABEL_PHASES, PHASE_JOBS, SETUP_PHASES
 from relabel.config import load_params, resolve
+from pipelines.status import project_status, status_lines
 from relabel.evaluation_split import frozen_dir, read_freeze, unfreeze
+from relabel.shards import shard_keys
 from relabel.versioning import commit_iterations
 
 PHASES = tuple(PHASE_JOBS)
 DEMO_ITERATIONS = 2
+EXPORT_FORMATS = ("coco", "florence2", "hf-parquet", "yolo")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="relabel", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=os.getcwd(), help="project root holding params.yaml")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="set up, run two refinement iterations and summarise")
-    demo.add_argument("--iterations", type=int, default=DEMO_ITERATIONS, help=f"models trained (default {DEMO_ITERATIONS})")
-    iterate = commands.add_parser("iterate", help="run refinement iterations after the annotate phase")
-    iterate.add_argument("--iterations", type=int, default=1, help="models to train (default 1)")
-    iterate.add_argument("--start", default=None, help="the first iteration (default: the next one to start)")
-    commands.add_parser("resume", help="re-execute, from where they stopped, the runs whose process died (killed, crashed)")
-    materialize = commands.add_parser("materialize", help="materialize one phase for every shard")
+class CommandError(Exception):
+    """A command cannot do what was asked; the message is the one line the user sees."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and its options (``relabel COMMAND --help``)."""
+    parser = argparse.ArgumentParser(prog="relabel", description=__doc__.splitlines()[0].removeprefix("relabel: "))
+    parser.add_argument("--root", default=os.getcwd(), help="project root holding params.yaml (default: the working directory)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout (progress goes to stderr)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("world", help="render the embedded demo world (the world phase)")
+    commands.add_parser("ingest", help="catalog every source in params.yaml and ingest it shard by shard (the ingest phase)")
+    materialize = commands.add_parser("materialize", help="run one phase through Dagster, for every shard or some")
     materialize.add_argument("phase", choices=PHASES)
     materialize.add_argument("--iteration", default="0", help="the iteration of an iteration phase (default: 0)")
+    materialize.add_argument("--shards", nargs="+", metavar="SHARD", help="only these shards (e.g. shard-00 shard-02; default: all)")
+    iterate = commands.add_parser("iterate", help="run whole refinement iterations after the annotate phase")
+    iterate.add_argument("--iterations", type=int, default=1, help="models to train (default 1)")
+    iterate.add_argument("--start", default=None, help="the first iteration (default: the next one to start)")
+    demo = commands.add_parser("demo", help="set up, run two refinement iterations and summarise")
+    demo.add_argument("--iterations", type=int, default=DEMO_ITERATIONS, help=f"models trained (default {DEMO_ITERATIONS})")
+    commands.add_parser("status", help="iterations, gates passed and failed, counts, the frozen split and the runs")
+    export = commands.add_parser("export", help="write an iteration's labels in a format other tools read, with a dataset card")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="coco, florence2 (JSONL), hf-parquet or yolo")
+    export.add_argument("--iteration", default=None, help="default: the latest iteration whose gates all passed")
+    export.add_argument("--min-score", type=float, default=None, help="leave out labels scored below this (default: export.min_score)")
+    export.add_argument("--status", nargs="+", dest="statuses", metavar="STATUS", help="keep only labels of these statuses (default: export.statuses)")
+    export.add_argument("--include-quarantined", action="store_true", default=None, help="also export the labels the filters quarantined")
+    commands.add_parser("resume", help="re-execute, from where they stopped, the runs whose process died (killed, crashed)")
     unfreeze = commands.add_parser("unfreeze", help="lift the freeze of the evaluation split (logged); the next audit phase freezes it anew")
     unfreeze.add_argument("--by", required=True, help="who unfreezes it")
     unfreeze.add_argument("--reason", required=True, help="why")
-    args = parser.parse_args(argv)
+    ui = commands.add_parser("ui", help="start the Dagster UI and the MLflow UI on this project (Ctrl-C stops both)")
+    ui.add_argument("--dagster-port", type=int, default=3000)
+    ui.add_argument("--mlflow-port", type=int, default=5000)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     root = Path(args.root).resolve()
-    if args.command == "unfreeze":
-        return unfreeze_split(root, args.by, args.reason)
+    try:
+        if not (root / "params.yaml").is_file():
+            raise CommandError(f"no params.yaml in {root}: run relabel in a project root or pass --root")
+        with _stdout_to_stderr(args.json):
+            result = COMMANDS[args.command](args, root)
+    except CommandError as error:
+        print(f"relabel {args.command}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"relabel {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a one-line reason, not a traceback; the runs' own logs are in the UI
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"relabel {args.command}: {type(error).__name__}: {first}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.payload, indent=2, default=str))
+    elif result.text:
+        print(result.text)
+    return result.code
+
+
+@contextmanager
+def _stdout_to_stderr(active: bool) -> Iterator[None]:
+    """With ``--json``, everything but the JSON goes to stderr: DVC, Dagster and the worker
+    processes (which inherit the file descriptor) print progress to stdout."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command returns: its exit code, what ``--json`` prints, what a person reads."""
+
+    payload: dict
+    text: str = ""
+    code: int = 0
+
+
+def _phase_command(phase: str):
+    def run(args: argparse.Namespace, root: Path) -> Outcome:
+        _point_dagster_at(root)
+        started = time.monotonic()
+        with _pool() as pool:
+            runs = materialize_phase(phase, root, getattr(args, "iteration", "0"), pool, shards=getattr(args, "shards", None))
+        seconds = time.monotonic() - started
+        return Outcome({"phase": phase, "runs": runs, "seconds": round(seconds, 1)}, f"[relabel] {phase}: {len(runs)} run(s) succeeded in {seconds:.0f} s")
+
+    return run
+
+
+def _materialize(args: argparse.Namespace, root: Path) -> Outcome:
+    return _phase_command(args.phase)(args, root)
+
+
+def _iterations(args: argparse.Namespace, root: Path) -> Outcome:
     _point_dagster_at(root)
-    if args.command == "resume":
-        return resume_interrupted()
     started = time.monotonic()
-    # one pool for the whole command: its processes import the definitions once, and each
-    # run of a phase goes to one of them (shards in parallel)
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        if args.command == "materialize":
-            materialize_phase(args.phase, root, args.iteration, pool)
-            return 0
+    with _pool() as pool:
         timings = _run_iterations(args, root, pool)
+    data = resolve(root, load_params(root / "params.yaml").data_dir)
     if args.command == "demo":
-        print(demo_summary(root, time.monotonic() - started, timings))
+        text = demo_summary(root, time.monotonic() - started, timings)
     else:
-        print("\n".join(["", *_iteration_lines(resolve(root, load_params(root / "params.yaml").data_dir)), *_timing_lines(timings)]))
-    return 0
+        text = "\n".join(["", *_iteration_lines(data), *_timing_lines(timings)])
+    return Outcome({"seconds": {name: round(value, 1) for name, value in timings.items()}, "status": project_status(root)}, text)
 
 
-def unfreeze_split(root: Path, by: str, reason: str) -> int:
-    """Lift the freeze of the project's evaluation split; 1 with the reason when it cannot."""
+def _status(args: argparse.Namespace, root: Path) -> Outcome:
+    _point_dagster_at(root)
+    status = project_status(root)
+    return Outcome(status, "\n".join(status_lines(status)))
+
+
+def _resume(args: argparse.Namespace, root: Path) -> Outcome:
+    _point_dagster_at(root)
+    resumed = resume_interrupted()
+    return Outcome({"resumed": resumed}, code=1 if any(not ok for ok in resumed.values()) else 0)
+
+
+def _unfreeze(args: argparse.Namespace, root: Path) -> Outcome:
     folder = frozen_dir(resolve(root, load_params(root / "params.yaml").data_dir))
     try:
-        entry = unfreeze(folder, by=by, reason=reason)
+        entry = unfreeze(folder, by=args.by, reason=args.reason)
     except ValueError as error:
-        print(f"relabel unfreeze: {error}", file=sys.stderr)
-        return 1
-    print(f"unfroze the evaluation split {entry['digest'][:12]} ({by}: {reason}); logged in {folder}. Run `relabel materialize audit` to audit and freeze it again.")
-    return 0
+        raise CommandError(str(error)) from error
+    return Outcome(entry, f"unfroze the evaluation split {entry['digest'][:12]} ({args.by}: {args.reason}); logged in {folder}. Run `relabel materialize audit` to audit and freeze it again.")
+
+
+def _ui(args: argparse.Namespace, root: Path) -> Outcome:
+    """The two UIs as child processes, until Ctrl-C."""
+    _point_dagster_at(root)
+    params = load_params(root / "params.yaml")
+    binaries = Path(sys.executable).parent
+    database = resolve(root, params.data_dir) / "mlflow" / "mlflow.db"
+    commands = {
+        f"Dagster UI  http://127.0.0.1:{args.dagster_port}": [str(binaries / "dagster"), "dev", "-w", str(root / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(args.dagster_port)],
+        f"MLflow UI   http://127.0.0.1:{args.mlflow_port}": [str(binaries / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{database}", "-h", "127.0.0.1", "-p", str(args.mlflow_port)],
+    }
+    processes = [subprocess.Popen(command, cwd=root) for command in commands.values()]
+    print("\n".join(commands) + "\n(Ctrl-C stops both)", file=sys.stderr, flush=True)
+    try:
+        codes = [process.wait() for process in processes]
+    finally:
+        for process in processes:
+            process.terminate()
+    return Outcome({"exit_codes": codes}, code=max(codes))
+
+
+def _export(args: argparse.Namespace, root: Path) -> Outcome:
+    """One export job for one iteration (default: the latest whose gates all passed), with the
+    command line's overrides as the run's config."""
+    _point_dagster_at(root)
+    status = project_status(root)
+    iteration = args.iteration if args.iteration is not None else latest_passing_iteration(status)
+    if iteration is None:
+        raise CommandError("no iteration has filtered labels whose gates all passed: run relabel iterate (or relabel demo) first")
+    if int(iteration) not in {it["iteration"] for it in status["iterations"] if it["filtered_labels"]}:
+        raise CommandError(f"iteration {iteration} has no filtered labels to export (relabel status lists the iterations)")
+    overrides = {key: value for key, value in (("min_score", args.min_score), ("statuses", args.statuses), ("include_quarantined", args.include_quarantined)) if value is not None}
+    with _pool() as pool:
+        folder, manifest = run_export(root, args.format, str(iteration), overrides, pool)
+    counts = ", ".join(f"{task} {n}" for task, n in manifest["labels_by_task"].items())
+    text = f"exported iteration {iteration} as {args.format}: {manifest['images']} images, {counts}\n  {folder}\n  dataset card: {folder / 'DATASET_CARD.md'}"
+    return Outcome({"folder": str(folder), **manifest}, text)
+
+
+def run_export(root: Path, fmt: str, iteration: str, overrides: dict, pool: ProcessPoolExecutor) -> tuple[Path, dict]:
+    """Run the export job of ``fmt`` for ``iteration``; its folder and manifest."""
+    from assets.export import EXPORT_ASSETS, MANIFEST_FILE, export_dir
+
+    print(f"[relabel] export: {EXPORT_JOBS[fmt]} for iteration {iteration}", file=sys.stderr, flush=True)
+    op_name = "__".join(EXPORT_ASSETS[fmt].path)
+    (ok,) = pool.map(_execute, [EXPORT_JOBS[fmt]], [iteration], [os.cpu_count() or 1], [{"ops": {op_name: {"config": overrides}}}])
+    if not ok:
+        raise CommandError(f"the {fmt} export of iteration {iteration} failed; see its run in the Dagster UI (relabel ui)")
+    folder = export_dir(resolve(root, load_params(root / "params.yaml").data_dir), fmt, iteration)
+    return folder, json.loads((folder / MANIFEST_FILE).read_text())
+
+
+def latest_passing_iteration(status: dict) -> int | None:
+    """The newest iteration with filtered labels on every shard and no failed gate."""
+    ready = [it for it in status["iterations"] if it["filtered_labels"] and it["merged_shards"] == len(status["shards"]) and not it["gates_failed"]]
+    return max((it["iteration"] for it in ready), default=None)
+
+
+def _pool() -> ProcessPoolExecutor:
+    # one pool for the whole command: its processes import the definitions once, and each
+    # run of a phase goes to one of them (shards in parallel)
+    return ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _run_iterations(args: argparse.Namespace, root: Path, pool: ProcessPoolExecutor) -> dict[str, float]:
@@ -96,7 +259,12 @@ def _run_iterations(args: argparse.Namespace, root: Path, pool: ProcessPoolExecu
     last = str(first + args.iterations)
     for phase in LABEL_PHASES:
         timings[f"{phase} {last}"] = _timed(materialize_phase, phase, root, last, pool)
-    commit_iterations(root, list(ITERATION_PHASES), push=load_params(root / "params.yaml").dvc.push)
+    if args.command == "demo":
+        # the product: the last iteration's labels released as COCO, with their dataset card
+        timings["export"] = _timed(run_export, root, "coco", last, {}, pool)
+    data = resolve(root, load_params(root / "params.yaml").data_dir)
+    stages = [*ITERATION_PHASES, *(["export"] if (data / "export").is_dir() else [])]
+    commit_iterations(root, stages, push=load_params(root / "params.yaml").dvc.push)
     return timings
 
 
@@ -131,33 +299,53 @@ def _point_dagster_at(root: Path) -> None:
         config.write_text("telemetry:\n  enabled: false\n")
 
 
-def materialize_phase(phase: str, root: Path, iteration: str, pool: ProcessPoolExecutor) -> None:
+def materialize_phase(phase: str, root: Path, iteration: str, pool: ProcessPoolExecutor, shards: list[str] | None = None, run_config: dict | None = None) -> list[str]:
     """Run the jobs of ``phase`` in ``pool``'s processes: unpartitioned ones once, shard jobs
-    once per shard, in parallel, iteration jobs for ``iteration`` (added to the instance's
-    iterations if new)."""
+    once per shard (of ``shards``, default all), in parallel, iteration jobs for ``iteration``
+    (added to the instance's iterations if new). Returns the runs as ``job [partition]``;
+    raises ``CommandError`` naming the runs that failed."""
     from pipelines import definitions
 
+    done = []
     for job_name in PHASE_JOBS[phase]:
         job = definitions.defs.resolve_job_def(job_name)
-        keys = _partition_keys(job.partitions_def, iteration)
-        print(f"[relabel] {phase}: {job_name} over {len(keys) if keys != [None] else 1} run(s)", flush=True)
+        if shards is not None and not _by_shard(job.partitions_def):
+            # a step over every shard (a report, a model) waits for a run of the whole phase
+            print(f"[relabel] {phase}: {job_name} skipped: it reads every shard (run the phase without --shards)", file=sys.stderr, flush=True)
+            continue
+        keys = _partition_keys(job.partitions_def, iteration, shards)
+        print(f"[relabel] {phase}: {job_name} over {len(keys)} run(s)", file=sys.stderr, flush=True)
         # runs side by side share the cores: torch in each gets its share, since more threads
         # than free cores make it many times slower
         cores = os.cpu_count() or 1
         threads = max(1, cores // min(len(keys), cores))
-        outcomes = list(pool.map(_execute, [job_name] * len(keys), keys, [threads] * len(keys)))
+        outcomes = list(pool.map(_execute, [job_name] * len(keys), keys, [threads] * len(keys), [run_config] * len(keys)))
         failed = [key or job_name for key, ok in zip(keys, outcomes) if not ok]
         if failed:
-            raise SystemExit(f"[relabel] {job_name} failed for {failed}; see the runs in the Dagster UI")
+            raise CommandError(f"{job_name} failed for {failed}; see the runs in the Dagster UI (relabel ui)")
+        done += [f"{job_name} {key}" if key else job_name for key in keys]
+    return done
 
 
-def _partition_keys(partitions, iteration: str) -> list[str | None]:
+def _by_shard(partitions) -> bool:
+    """Whether a job's runs are per shard (shards, or iteration x shard)."""
+    from dagster import MultiPartitionsDefinition, StaticPartitionsDefinition
+
+    return isinstance(partitions, (StaticPartitionsDefinition, MultiPartitionsDefinition))
+
+
+def _partition_keys(partitions, iteration: str, shards: list[str] | None = None) -> list[str | None]:
     from dagster import DagsterInstance, DynamicPartitionsDefinition, MultiPartitionsDefinition
 
     from assets.partitions import ITERATIONS, iteration_shard_key
 
     if partitions is None:
         return [None]
+    every_shard = shard_keys(load_params(Path(os.environ["RELABEL_ROOT"]) / "params.yaml").shards.count)
+    unknown = sorted(set(shards or ()) - set(every_shard))
+    if unknown:
+        raise CommandError(f"unknown shards {unknown}; the project has {every_shard}")
+    chosen = [shard for shard in every_shard if shards is None or shard in shards]
     if isinstance(partitions, (DynamicPartitionsDefinition, MultiPartitionsDefinition)):
         with DagsterInstance.get() as instance:
             if not instance.has_dynamic_partition(ITERATIONS.name, iteration):
@@ -165,12 +353,11 @@ def _partition_keys(partitions, iteration: str) -> list[str | None]:
     if isinstance(partitions, DynamicPartitionsDefinition):
         return [iteration]
     if isinstance(partitions, MultiPartitionsDefinition):
-        (shards,) = [d.partitions_def for d in partitions.partitions_defs if d.name == "shard"]
-        return [iteration_shard_key(iteration, shard) for shard in shards.get_partition_keys()]
-    return partitions.get_partition_keys()
+        return [iteration_shard_key(iteration, shard) for shard in chosen]
+    return chosen
 
 
-def _execute(job_name: str, partition_key: str | None, threads: int) -> bool:
+def _execute(job_name: str, partition_key: str | None, threads: int, run_config: dict | None = None) -> bool:
     import torch
     from dagster import DagsterInstance, execute_job, reconstructable
 
@@ -191,15 +378,15 @@ def _execute(job_name: str, partition_key: str | None, threads: int) -> bool:
             instance=instance,
             tags=tags,
             # the full event stream is in the UI; the terminal gets the phases' own messages
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})},
         )
     return result.success
 
 
-def resume_interrupted() -> int:
+def resume_interrupted() -> dict[str, bool]:
     """Re-execute from failure every run still marked as running whose process is gone: its
     finished steps are kept (their outputs were written whole: the IO manager writes beside
-    and renames), the others run again. Returns 0 when every re-execution succeeded."""
+    and renames), the others run again. Returns whether each re-execution succeeded, by run id."""
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
     with DagsterInstance.get() as instance:
@@ -208,16 +395,16 @@ def resume_interrupted() -> int:
         for run in dead:
             instance.report_run_failed(run, "its process is gone (killed or crashed): relabel resume re-executes it")
     if not dead:
-        print("[relabel] nothing to resume: no run was interrupted")
-        return 0
-    print(f"[relabel] resuming {len(dead)} interrupted run(s): " + ", ".join(f"{r.job_name} {r.tags.get('dagster/partition', '')}".strip() for r in dead), flush=True)
+        print("[relabel] nothing to resume: no run was interrupted", file=sys.stderr)
+        return {}
+    print(f"[relabel] resuming {len(dead)} interrupted run(s): " + ", ".join(f"{r.job_name} {r.tags.get('dagster/partition', '')}".strip() for r in dead), file=sys.stderr, flush=True)
     workers = min(len(dead), os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         outcomes = list(pool.map(_reexecute, [run.job_name for run in dead], [run.run_id for run in dead]))
     failed = [run.run_id for run, ok in zip(dead, outcomes) if not ok]
     if failed:
-        print(f"[relabel] re-executions failed: {failed}; see the runs in the Dagster UI")
-    return 1 if failed else 0
+        print(f"[relabel] re-executions failed: {failed}; see the runs in the Dagster UI", file=sys.stderr)
+    return {run.run_id: ok for run, ok in zip(dead, outcomes)}
 
 
 def _process_alive(instance, run_id: str) -> bool:
@@ -287,11 +474,14 @@ def demo_summary(root: Path, seconds: float, timings: dict[str, float]) -> str:
         *_corpus_lines(data),
         *_model_lines(data),
         *_iteration_lines(data),
+        *_export_lines(data),
         *_timing_lines(timings),
         "",
         "Look at it:",
-        "  make ui                          Dagster UI on http://127.0.0.1:3000 (runs, assets, metadata)",
-        "  make mlflow                      MLflow UI on http://127.0.0.1:5000 (scores, training runs, registered models)",
+        "  .venv/bin/relabel ui             Dagster UI on http://127.0.0.1:3000 (runs, assets, metadata) and",
+        "                                   MLflow UI on http://127.0.0.1:5000 (scores, training runs, registered models)",
+        "  .venv/bin/relabel status         iterations, gates, counts (--json for scripts)",
+        "  .venv/bin/relabel export --format coco|florence2|hf-parquet|yolo   the labels, with a dataset card",
         "  .venv/bin/dvc status             phase outputs against dvc.lock and the cache",
         f"  .venv/bin/dvc push / pull        remote: {params.dvc.remote_url}",
     ]
@@ -387,6 +577,12 @@ def _model_lines(data: Path) -> list[str]:
     return lines + _frozen_split_metric_lines(data)
 
 
+def _export_lines(data: Path) -> list[str]:
+    """The exports written, with their dataset cards."""
+    cards = sorted((data / "export").glob("*/iteration-*/DATASET_CARD.md"))
+    return ["", "Exports:", *(f"  {card.parent.parent.name} iteration {card.parent.name.split('-')[1]}: {card.parent} (card: DATASET_CARD.md)" for card in cards)] if cards else []
+
+
 def _split_lines(data: Path) -> list[str]:
     """The frozen evaluation split: what was audited, how, and its freeze."""
     folder = frozen_dir(data)
@@ -478,3 +674,17 @@ def _timing_lines(timings: dict[str, float]) -> list[str]:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+COMMANDS = {
+    "world": _phase_command("world"),
+    "ingest": _phase_command("ingest"),
+    "materialize": _materialize,
+    "iterate": _iterations,
+    "demo": _iterations,
+    "status": _status,
+    "export": _export,
+    "resume": _resume,
+    "unfreeze": _unfreeze,
+    "ui": _ui,
+}

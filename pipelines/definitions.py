@@ -14,6 +14,7 @@ from dagster import (
 from assets.annotate import build_annotate_assets
 from assets.audit import build_audit_assets
 from assets.corpus import build_corpus_assets
+from assets.export import EXPORT_ASSETS, build_export_assets
 from assets.filter import build_filter_assets
 from assets.ingest import QUARANTINES, SOURCE_CATALOG, build_ingest_assets
 from assets.model import HELDOUT_SCORES, MODEL, build_model_assets
@@ -30,6 +31,7 @@ from pipelines.phases import (
     CAPTION_SPECIALIST_JOB,
     CATALOG_JOB,
     CORPUS_SHARDS_JOB,
+    EXPORT_JOBS,
     FILTER_REPORT_JOB,
     FILTER_SHARDS_JOB,
     INGEST_SHARDS_JOB,
@@ -161,6 +163,15 @@ def build_definitions(root: str | None = None) -> Definitions:
             executor_def=step_executor,
             description="The iteration's model labels every training image of one shard for every task: the raw material of the next iteration's merge.",
         ),
+        *(
+            define_asset_job(
+                job_name,
+                selection=AssetSelection.assets(EXPORT_ASSETS[fmt]),
+                partitions_def=ITERATIONS,
+                description=f"Export an iteration's labels as {fmt}, with a dataset card (relabel export --format {fmt}).",
+            )
+            for fmt, job_name in EXPORT_JOBS.items()
+        ),
     ]
     automation = build_automation(params.refine.schedule, shards)
     return Definitions(
@@ -180,6 +191,7 @@ def build_definitions(root: str | None = None) -> Definitions:
             *build_model_assets(),
             caption_specialist,
             *reannotate,
+            *build_export_assets(),
         ],
         asset_checks=[*build_shard_checks(shards, by_iteration_and_shard, params.filter.gates, project.ontology()), rare_class_guard, *audit_checks, *corpus_checks],
         jobs=jobs,
@@ -260,6 +272,22 @@ def reannotate_shards_job():
     return defs.resolve_job_def(REANNOTATE_SHARDS_JOB)
 
 
+def export_coco_job():
+    return defs.resolve_job_def(EXPORT_JOBS["coco"])
+
+
+def export_florence2_job():
+    return defs.resolve_job_def(EXPORT_JOBS["florence2"])
+
+
+def export_hf_parquet_job():
+    return defs.resolve_job_def(EXPORT_JOBS["hf-parquet"])
+
+
+def export_yolo_job():
+    return defs.resolve_job_def(EXPORT_JOBS["yolo"])
+
+
 JOB_FACTORIES = {
     WORLD_JOB: render_world_job,
     CATALOG_JOB: catalog_sources_job,
@@ -276,4 +304,8 @@ JOB_FACTORIES = {
     MERGE_SHARDS_JOB: merge_shards_job,
     CAPTION_SPECIALIST_JOB: tune_caption_specialist_job,
     REANNOTATE_SHARDS_JOB: reannotate_shards_job,
+    EXPORT_JOBS["coco"]: export_coco_job,
+    EXPORT_JOBS["florence2"]: export_florence2_job,
+    EXPORT_JOBS["hf-parquet"]: export_hf_parquet_job,
+    EXPORT_JOBS["yolo"]: export_yolo_job,
 }

@@ -35,6 +35,8 @@ PHASE_JOBS = {
     "refine": (CAPTION_SPECIALIST_JOB, REANNOTATE_SHARDS_JOB),
 }
 # the evaluation split is audited and frozen before anything is trained
+# `relabel export --format F` runs one of these, for one iteration (not a phase of the loop)
+EXPORT_JOBS = {fmt: f"export_{fmt.replace('-', '_')}" for fmt in ("coco", "florence2", "hf-parquet", "yolo")}
 SETUP_PHASES = ("world", "ingest", "audit", "annotate")
 ITERATION_PHASES = ("merge", "filter", "corpus", "model", "refine")
 # the phases that give an iteration's labels and their quality (what the last iteration runs)

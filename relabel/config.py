@@ -70,6 +70,9 @@ class SourceParams(_Strict):
 
     name: str
     kind: Literal["coco", "folder", "parquet"]
+    # what the dataset card says of the collection's terms (an SPDX id where there is one)
+    licence: str | None = None
+    url: str | None = None
     images: str | None = None
     instances: str | None = None
     captions: str | None = None
@@ -85,6 +88,16 @@ class SourceParams(_Strict):
         if missing:
             raise ValueError(f"source {self.name!r} of kind {self.kind} needs {missing}")
         return self
+
+
+class ExportParams(_Strict):
+    """What ``relabel export`` and the ``export/*`` assets leave out by default."""
+
+    min_score: float | None = Field(None, ge=0, le=1)
+    statuses: tuple[Literal["raw", "accepted", "audited", "superseded"], ...] | None = None
+    include_quarantined: bool = False
+    # hf-parquet: the image bytes in the export too, not only their paths
+    embed_images: bool = False
 
 
 class IngestParams(_Strict):
@@ -372,6 +385,7 @@ class Params(_Strict):
     world: WorldParams = WorldParams()
     ingest: IngestParams = IngestParams()
     audit: AuditParams = AuditParams()
+    export: ExportParams = ExportParams()
     annotate: AnnotateParams = AnnotateParams()
     filter: FilterParams = FilterParams()
     model: ModelParams = ModelParams()

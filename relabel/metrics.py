@@ -114,7 +114,7 @@ def detection_map(predictions: pl.DataFrame, truth: pl.DataFrame, images: pl.Dat
         truths.select("image_id", "_category", "box", "polygon", "is_crowd").iter_rows(), start=1
     ):
         x, y, w, h = _xywh(box)
-        area = float(mask.area(_rasterise(polygon, *sizes[image]))) if polygon else w * h
+        area = float(mask.area(rasterise(polygon, *sizes[image]))) if polygon else w * h
         annotations.append(
             {
                 "id": number,  # COCOeval reads a match to id 0 as no match: ids start at 1
@@ -366,7 +366,7 @@ def referring_segmentation_miou(
             ious.append(0.0)
             continue
         size = sizes[image]
-        ious.append(float(mask.iou([_rasterise(answer, *size)], [_rasterise(polygon, *size)], [0])[0, 0]))
+        ious.append(float(mask.iou([rasterise(answer, *size)], [rasterise(polygon, *size)], [0])[0, 0]))
     return float(np.mean(ious))
 
 
@@ -396,7 +396,7 @@ def _image_sizes(images: pl.DataFrame) -> dict[str, tuple[int, int]]:
     return {image: (int(w), int(h)) for image, w, h in images.select("image_id", "width", "height").iter_rows()}
 
 
-def _rasterise(polygon: list[list[float]], width: int, height: int) -> dict[str, Any]:
+def rasterise(polygon: list[list[float]], width: int, height: int) -> dict[str, Any]:
     """The COCO RLE mask of a polygon (a list of flat ``[x, y, ...]`` rings)."""
     # a ring of under three points encloses nothing, and frPyObjects would read a ring of
     # four numbers as a box

@@ -2,8 +2,10 @@
 
 This is how a label store (or another team's export of one) comes back in. The tables are
 checked against the schema; a table that does not match is one quarantined source record, not
-a crash. Image ids are recomputed from the files like for any other source, and the labels
-follow their image to the recomputed id.
+a crash. Enum columns stored as plain strings and fixed-size array columns stored as lists (as
+``relabel.export``'s ``hf-parquet`` format writes them, for readers that do not know polars'
+types) are cast back to the schema's types first. Image ids are recomputed from the files like
+for any other source, and the labels follow their image to the recomputed id.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import polars as pl
 from relabel.config import SourceParams
 from relabel.ingest.images import from_root, path_of_uri
 from relabel.ingest.records import Problem, RawImage, RawLabel, SourceRecords, source_problem
-from relabel.labels import SchemaError, check_schema
+from relabel.labels import SCHEMAS, SchemaError, check_schema
 
 
 def read_parquet_source(
@@ -58,11 +60,34 @@ def _read_table(
         )
         return []
     try:
-        check_schema(data, table)
+        data = check_schema(_schema_types(data, table), table)
     except SchemaError as error:
         problems.append(source_problem(name, path, "schema_mismatch", str(error)))
         return []
     return list(enumerate(data.iter_rows(named=True)))
+
+
+def _schema_types(data: pl.DataFrame, table: str) -> pl.DataFrame:
+    """``data`` with plain-typed columns cast to ``table``'s enum and array types.
+
+    An export for other tools (``relabel.export.write_hf_parquet``) writes enums as strings and
+    fixed-size arrays as lists; a value outside the enum or a list of the wrong length is a
+    ``SchemaError``, so such a table is quarantined like any other mismatch.
+    """
+    stored = data.schema
+    casts = {
+        name: dtype
+        for name, dtype in SCHEMAS[table].items()
+        if name in stored
+        and (
+            (isinstance(dtype, pl.Enum) and stored[name] == pl.String)
+            or (isinstance(dtype, pl.Array) and stored[name] == pl.List(dtype.inner))
+        )
+    }
+    try:
+        return data.cast(casts)
+    except pl.exceptions.PolarsError as error:
+        raise SchemaError(f"{table} columns do not cast to the schema: {error}") from error
 
 
 def _image_record(

@@ -1,0 +1,140 @@
+"""``relabel status``: where the engine stands, from the Dagster instance and the files it wrote.
+
+``project_status`` gathers, as plain JSON-ready data: the set-up (images, human labels,
+quarantine, the frozen split), every iteration (its labels, the gates that passed and failed,
+its model and its scores on the frozen split, how far its re-annotation got) and the runs by
+status. ``status_lines`` prints the same for a person.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from relabel.config import load_params, resolve
+from relabel.evaluation_split import frozen_dir, read_freeze
+from relabel.shards import shard_keys
+
+# the standard metrics of the model on the frozen split, as models.evaluation names them
+SPLIT_METRICS = ("map", "map50", "caption_cider", "grounding_recall_at_1", "res_miou", "ocr_cer")
+
+
+def project_status(root: Path) -> dict[str, Any]:
+    """Everything ``relabel status`` reports, JSON-ready. Needs ``DAGSTER_HOME`` set (the CLI
+    points it at the project's instance)."""
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    params = load_params(root / "params.yaml")
+    data = resolve(root, params.data_dir)
+    with DagsterInstance.get() as instance:
+        iterations = sorted(instance.get_dynamic_partitions("iteration"), key=int)
+        gates = gate_results(instance)
+        runs = {status.value: instance.get_runs_count(_runs_with(status)) for status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELED)}
+    return {
+        "root": str(root),
+        "data_dir": str(data),
+        "shards": shard_keys(params.shards.count),
+        "setup": _setup(data),
+        "frozen_split": read_freeze(frozen_dir(data)),
+        "iterations": [_iteration(data, k, gates, params.shards.count) for k in iterations],
+        "runs": runs,
+    }
+
+
+def gate_results(instance) -> dict[str, dict[str, list[str]]]:
+    """The latest outcome of every blocking check, by partition: ``{"passed": [...], "failed":
+    [...]}`` per partition key (``"-"`` for an unpartitioned asset), each entry
+    ``<asset>:<check>``."""
+    from dagster import AssetCheckKey
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    from assets.audit import FROZEN_SPLIT
+    from data_checks.shards import GATES
+
+    outcome = {AssetCheckExecutionRecordStatus.SUCCEEDED: "passed", AssetCheckExecutionRecordStatus.FAILED: "failed"}
+    results: dict[str, dict[str, list[str]]] = {}
+    keys = [AssetCheckKey(asset, name) for asset, names in GATES.items() for name in names]
+    for info in instance.event_log_storage.get_asset_check_partition_info(keys):
+        verdict = outcome.get(info.latest_execution_status)
+        if verdict and info.partition_key is not None:
+            results.setdefault(info.partition_key, {"passed": [], "failed": []})[verdict].append(f"{info.check_key.asset_key.to_user_string()}:{info.check_key.name}")
+    split_check = AssetCheckKey(FROZEN_SPLIT, "split_unchanged")
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([split_check]).get(split_check)
+    if latest is not None and latest.status in outcome:
+        results.setdefault("-", {"passed": [], "failed": []})[outcome[latest.status]].append(f"{FROZEN_SPLIT.to_user_string()}:split_unchanged")
+    return results
+
+
+def _runs_with(status):
+    from dagster import RunsFilter
+
+    return RunsFilter(statuses=[status])
+
+
+def _rows(pattern: Path) -> int:
+    files = sorted(pattern.parent.glob(pattern.name))
+    return sum(pl.scan_parquet(path).select(pl.len()).collect().item() for path in files)
+
+
+def _setup(data: Path) -> dict[str, Any]:
+    images = sorted((data / "ingest" / "images").glob("*.parquet"))
+    split = pl.concat([pl.read_parquet(path, columns=["split"]) for path in images]) if images else pl.DataFrame({"split": []})
+    return {
+        "world": (data / "world" / "ontology.json").is_file(),
+        "images": split.height,
+        "eval_images": split.filter(pl.col("split") == "eval").height,
+        "human_labels": _rows(data / "ingest" / "human_labels" / "*.parquet"),
+        "ingest_quarantine": _rows(data / "ingest" / "ingest_quarantine" / "*.parquet"),
+        "initial_annotations": _rows(data / "annotate" / "initial_annotations" / "*.parquet"),
+    }
+
+
+def _iteration(data: Path, k: str, gates: dict[str, dict[str, list[str]]], shard_count: int) -> dict[str, Any]:
+    folder = f"iteration-{k}"
+    shards = shard_keys(shard_count)
+    # gates are kept per "k|shard" (shard assets) and per "k" (iteration assets)
+    keys = [k, *(f"{k}|{shard}" for shard in shards)]
+    passed = [f"{key} {name}" for key in keys for name in gates.get(key, {}).get("passed", [])]
+    failed = [f"{key} {name}" for key in keys for name in gates.get(key, {}).get("failed", [])]
+    summary_path = data / "model" / folder / "heldout" / "summary.parquet"
+    scores = None
+    if summary_path.is_file():
+        model_row = pl.read_parquet(summary_path).filter(pl.col("output") == "model").row(0, named=True)
+        scores = {metric: model_row.get(metric) for metric in SPLIT_METRICS}
+    return {
+        "iteration": int(k),
+        "merged_shards": len(list((data / "merge" / "labels" / folder).glob("*.parquet"))),
+        "filtered_labels": _rows(data / "filter" / "filtered_labels" / folder / "*.parquet"),
+        "corpus_examples": _rows(data / "corpus" / "examples" / folder / "*.parquet"),
+        "gates_passed": len(passed),
+        "gates_failed": failed,
+        "model_trained": (data / "model" / folder / "model" / "model.safetensors").is_file(),
+        "frozen_split_scores": scores,
+        "reannotated_shards": len(list((data / "refine" / "reannotation" / folder).glob("*.parquet"))),
+    }
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """``project_status`` for a person."""
+    setup, split = status["setup"], status["frozen_split"]
+    lines = [
+        f"relabel project {status['root']} (data: {status['data_dir']}, {len(status['shards'])} shards)",
+        f"  set-up: world {'rendered' if setup['world'] else 'not rendered'}, {setup['images']} images ({setup['eval_images']} eval), "
+        f"{setup['human_labels']} human labels, {setup['ingest_quarantine']} quarantined at ingest, {setup['initial_annotations']} initial annotations",
+        "  frozen split: " + (f"{split['images']} images, {split['labels']} audited labels, digest {split['digest'][:12]}, by {split['frozen_by']} ({split['reason']})" if split else "not frozen (relabel materialize audit)"),
+    ]
+    if not status["iterations"]:
+        lines.append("  iterations: none yet (relabel iterate)")
+    for it in status["iterations"]:
+        scores = it["frozen_split_scores"]
+        score_text = ", ".join(f"{name} {value:.3f}" for name, value in scores.items() if value is not None) if scores else "not scored"
+        lines.append(
+            f"  iteration {it['iteration']}: {it['merged_shards']} shards merged, {it['filtered_labels']} filtered labels, {it['corpus_examples']} corpus examples, "
+            f"gates {it['gates_passed']} passed / {len(it['gates_failed'])} failed, model {'trained' if it['model_trained'] else 'not trained'}, "
+            f"{it['reannotated_shards']} shards re-annotated; frozen split: {score_text}"
+        )
+        lines += [f"    failed gate: {gate}" for gate in it["gates_failed"]]
+    lines.append("  runs: " + ", ".join(f"{name.lower()} {count}" for name, count in status["runs"].items()))
+    return lines
