@@ -25,6 +25,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import polars as pl
+
+from relabel.report import LEGEND_OUTSIDE
 import yaml
 
 from relabel.labels import ANNOTATION_TYPES, HUMAN_SOURCE, SPLITS, TASKS, TASKS_BY_TYPE
@@ -86,7 +88,6 @@ _KIND_COLOURS = {
 }
 _CLASS_COLOUR = "#1b9e77"
 _OTHER_COLOUR = "#969696"
-_LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 8}
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -284,7 +285,7 @@ def _bar_chart(
         axis.set_xlabel("labels")
         if legend:
             handles = [Patch(color=colour, label=entry) for entry, colour in legend.items()]
-            axis.legend(handles=handles, **_LEGEND_OUTSIDE)
+            axis.legend(handles=handles, **LEGEND_OUTSIDE)
     else:
         axis.set_axis_off()
         axis.text(0.5, 0.5, "no labels", ha="center", va="center", transform=axis.transAxes)

@@ -57,7 +57,7 @@ _STATUS_COLOURS = {
 _OTHER_STATUS_COLOUR = "#756bb1"
 _QUARANTINE_COLOUR = "#e6550d"
 # right of the axes, where it never covers a bar
-_LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 8}
+LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 8}
 
 
 def plot_titles(iteration: int) -> dict[str, str]:
@@ -232,7 +232,7 @@ def per_class_recall(
         Patch(color=_COMMON_COLOUR, label="common class"),
         Patch(color=_RARE_COLOUR, label="rare class"),
     ]
-    axis.legend(handles=legend, **_LEGEND_OUTSIDE)
+    axis.legend(handles=legend, **LEGEND_OUTSIDE)
     return _save(figure, path)
 
 
@@ -264,7 +264,7 @@ def labels_by_source_and_status(labels: pl.DataFrame, path: Path, iteration: int
         axis.text(total, y, f" {total}", va="center", fontsize=8)
     axis.set_yticks(list(positions), origins)
     if origins:
-        axis.legend(**_LEGEND_OUTSIDE)
+        axis.legend(**LEGEND_OUTSIDE)
         axis.set_xlim(0, max(left) * 1.15)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:
