@@ -46,7 +46,7 @@ def test_a_killed_filter_run_resumes_from_failure_with_no_label_lost_or_doubled(
 
     resumed = subprocess.run([RELABEL, "--root", str(root), "resume"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"resuming {len(interrupted)} interrupted run(s)" in resumed.stdout
+    assert f"resuming {len(interrupted)} interrupted run(s)" in resumed.stderr  # progress goes to stderr
 
     with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         for run in interrupted:
