@@ -2,7 +2,9 @@
 
 One asset per format (``export/coco``, ``export/florence2``, ``export/hf_parquet``,
 ``export/yolo``), partitioned by iteration. Each writes ``<data>/export/<format>/iteration-<k>/``:
-the format's files (``relabel.export``), ``DATASET_CARD.md`` with its plots
+the format's files (``relabel.export``): the iteration's filtered labels of the training
+images and, for the frozen evaluation split's images, their audited labels (the split's
+images keep ``split = eval``: YOLO's ``val``), ``DATASET_CARD.md`` with its plots
 (``relabel.dataset_card``) and ``export.json``, which names the DVC hashes of every file the
 export was made from. Nothing in them depends on when they were written, so exporting the same
 iteration twice gives the same bytes; the folder is a DVC output (stage ``export``).
@@ -32,6 +34,7 @@ from assets.metadata import markdown_table
 from assets.model import iteration_dir, latest_model_metadata
 from assets.partitions import ITERATIONS, SAME_ITERATION, iteration_number
 from pipelines.resources import DvcResource, ProjectResource
+from relabel.evaluation_split import LABELS_FILE, frozen_dir, frozen_manifest, read_freeze
 from relabel.versioning import file_md5
 
 EXPORT_STAGE = "export"
@@ -83,6 +86,14 @@ def _export_asset(fmt: str, key: AssetKey):
             "statuses": config.statuses if config.statuses is not None else (list(defaults.statuses) if defaults.statuses is not None else None),
             "include_quarantined": config.include_quarantined if config.include_quarantined is not None else defaults.include_quarantined,
         }
+        # the frozen split's images go out with their audited labels, not the machine labels the
+        # iteration has on them: a user who trains on the export never trains on the split
+        split_dir = frozen_dir(project.data_dir)
+        frozen = frozen_manifest(split_dir)
+        if frozen is not None:
+            in_split = pl.col("image_id").is_in(frozen["image_id"].implode())
+            labels = pl.concat([labels.filter(~in_split), pl.read_parquet(split_dir / LABELS_FILE)])
+            quarantine = quarantine.filter(~in_split)
         selection = select_labels(labels, quarantine=quarantine.drop("asset"), **chosen)
         folder = export_dir(project.data_dir, fmt, iteration)
         options = {"embed_images": defaults.embed_images} if fmt == "hf-parquet" else {}
@@ -145,6 +156,7 @@ def _input_hashes(data_dir: Path, iteration: str) -> dict[str, str]:
         *sorted((data_dir / "ingest" / "images").glob("*.parquet")),
         *sorted(Path(data_dir, *FILTERED_LABELS.path, f"iteration-{iteration}").glob("*.parquet")),
         Path(data_dir, *QUARANTINE_INDEX.path, f"{iteration}.parquet"),
+        frozen_dir(data_dir) / LABELS_FILE,
     ]
     return {path.relative_to(data_dir).as_posix(): file_md5(path) for path in files if path.is_file()}
 
@@ -185,7 +197,5 @@ def _split_metrics(data_dir: Path, iteration: str) -> pl.DataFrame | None:
 
 
 def _split_summary(data_dir: Path) -> dict | None:
-    from relabel.evaluation_split import frozen_dir, read_freeze
-
     record = read_freeze(frozen_dir(data_dir))
     return {"images": record["images"], "audited labels": record["labels"], "digest": record["digest"][:12]} if record else None

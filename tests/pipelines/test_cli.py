@@ -69,7 +69,10 @@ def test_the_engine_runs_headless_and_exports_what_other_tools_load(tiny_project
     folder = Path(coco["folder"])
     assert coco["iteration"] == 0 and folder == data / "export" / "coco" / "iteration-0"
     loaded = COCO(str(folder / "instances.json"))
-    assert len(loaded.getAnnIds()) == filtered.filter(pl.col("task") == "object", pl.col("box").is_not_null()).height
+    # the training images with the iteration's labels, the frozen split's with their audited ones
+    audited = pl.read_parquet(data / "audit" / "frozen" / "labels.parquet")
+    exported = pl.concat([filtered.filter(~pl.col("image_id").is_in(audited["image_id"].implode())), audited])
+    assert len(loaded.getAnnIds()) == exported.filter(pl.col("task") == "object", pl.col("box").is_not_null()).height
     card = (folder / "DATASET_CARD.md").read_text()
     assert card.startswith("---") and "iteration 0" in card and "CC0-1.0" in card
     assert set(coco["made_from"]) >= {f"filter/filtered_labels/iteration-0/{shard}.parquet" for shard in ("shard-00", "shard-01")}
@@ -81,8 +84,10 @@ def test_the_engine_runs_headless_and_exports_what_other_tools_load(tiny_project
     import datasets
 
     labels = datasets.load_dataset("parquet", data_files={"labels": str(Path(hf["folder"]) / "labels.parquet")}, cache_dir=str(tmp_path / "hf"))["labels"]
-    assert labels.num_rows == sum(hf["labels_by_task"].values()) <= filtered.height
+    assert labels.num_rows == sum(hf["labels_by_task"].values()) <= exported.height
     assert min(score for score, source in zip(labels["score"], labels["source"]) if score is not None) >= 0.5
+    split_images = set(audited["image_id"])
+    assert {source for image, source in zip(labels["image_id"], labels["source"]) if image in split_images} == {"human-audit@world-auditor"}
 
     # the DVC stage of the exports is committed: dvc status is clean for it
     dvc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--json", "dvc.yaml:export"], cwd=root, capture_output=True, text=True)
