@@ -98,7 +98,7 @@ def _export_asset(fmt: str, key: AssetKey):
         folder = export_dir(project.data_dir, fmt, iteration)
         options = {"embed_images": defaults.embed_images} if fmt == "hf-parquet" else {}
         written = export_labels(fmt, images.sort("image_id"), selection.labels, folder, project.data_dir, **options)
-        left_out = {"filtered labels": labels.height, "exported": selection.labels.height, "from quarantine": len(selection.from_quarantine)}
+        left_out = {"candidates": labels.height, "exported": selection.labels.height, "from quarantine": len(selection.from_quarantine)}
         inputs = _input_hashes(project.data_dir, iteration)
         command = f"relabel export --format {fmt} --iteration {iteration}" + (f" --min-score {chosen['min_score']}" if chosen["min_score"] is not None else "") + (f" --status {' '.join(chosen['statuses'])}" if chosen["statuses"] else "") + (" --include-quarantined" if chosen["include_quarantined"] else "")
         card = write_card(
