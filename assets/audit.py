@@ -50,6 +50,7 @@ from relabel.evaluation_split import (
     manifest_changes,
     read_freeze,
     split_manifest,
+    with_labels,
 )
 
 AUDIT_STAGE = "audit"
@@ -223,13 +224,13 @@ def build_audit_assets() -> tuple[list, list]:
         frozen = frozen_manifest(folder)
         if frozen is None:
             return AssetCheckResult(passed=False, metadata={"why": f"the split is not frozen ({folder} has no freeze record)"})
-        held = split_images(images)
         stored = pl.read_parquet(folder / LABELS_FILE)
+        now = split_manifest(split_images(images), stored, project.data_dir)
         # both the labels stored with the freeze and the audit as it reads now must match it
         changes = pl.concat(
             [
-                manifest_changes(frozen, split_manifest(held, stored, project.data_dir)).with_columns(compared=pl.lit("stored labels")),
-                manifest_changes(frozen, split_manifest(held, audited_labels, project.data_dir)).with_columns(compared=pl.lit("audit export")),
+                manifest_changes(frozen, now).with_columns(compared=pl.lit("stored labels")),
+                manifest_changes(frozen, with_labels(now, audited_labels)).with_columns(compared=pl.lit("audit export")),
             ]
         ).unique(["image_id", "change"], keep="first", maintain_order=True)
         checked = suites.split_changes_frame(frozen, changes)

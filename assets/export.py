@@ -31,7 +31,7 @@ from dagster import (
 from assets.annotate import IMAGES
 from assets.filter import FILTERED_LABELS, QUARANTINE_INDEX
 from assets.metadata import markdown_table
-from assets.model import iteration_dir, latest_model_metadata
+from assets.model import frozen_split_scores, iteration_dir, latest_model_metadata
 from assets.partitions import ITERATIONS, SAME_ITERATION, iteration_number
 from pipelines.resources import DvcResource, ProjectResource
 from relabel.evaluation_split import LABELS_FILE, frozen_dir, frozen_manifest, read_freeze
@@ -187,13 +187,10 @@ def _read(path: Path) -> pl.DataFrame | None:
 
 def _split_metrics(data_dir: Path, iteration: str) -> pl.DataFrame | None:
     """The iteration's model on the frozen split, as (metric, value) rows."""
-    from models.evaluation import STANDARD_METRICS
-
-    summary = _read(iteration_dir(data_dir, iteration) / "heldout" / "summary.parquet")
-    if summary is None:
+    scores = frozen_split_scores(data_dir, iteration)
+    if scores is None:
         return None
-    model = summary.filter(pl.col("output") == "model").row(0, named=True)
-    return pl.DataFrame({"metric": list(STANDARD_METRICS), "value": [model.get(metric) for metric in STANDARD_METRICS]}, schema={"metric": pl.String, "value": pl.Float64})
+    return pl.DataFrame({"metric": list(scores), "value": list(scores.values())}, schema={"metric": pl.String, "value": pl.Float64})
 
 
 def _split_summary(data_dir: Path) -> dict | None:

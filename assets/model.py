@@ -38,6 +38,8 @@ from data_checks.shards import LABEL_QUALITY, blocked_in_iteration, blocked_shar
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource
 from relabel.evaluation_split import LABELS_FILE, frozen_dir, frozen_manifest, read_freeze
 from relabel.ingest.images import path_of_uri
+from relabel.metrics import MODEL as MODEL_OUTPUT
+from relabel.metrics import STANDARD_METRICS
 from relabel.refine import rare_classes
 from relabel.versioning import file_md5
 
@@ -169,7 +171,7 @@ def build_model_assets() -> list:
     ) -> MaterializeResult:
         import torch
 
-        from models.evaluation import BASELINE, MODEL, STANDARD_METRICS, evaluate_heldout
+        from models.evaluation import BASELINE, MODEL, evaluate_heldout
         from models.florence2 import load_model
         from models.inference import GenerationSettings
         from relabel.report import write_report
@@ -257,17 +259,24 @@ def build_model_assets() -> list:
     return [florence2, heldout_scores]
 
 
+def frozen_split_scores(data_dir: Path, iteration: str) -> dict[str, float | None] | None:
+    """Iteration ``iteration``'s model on the frozen split, by standard metric; None when it
+    was not scored."""
+    path = iteration_dir(data_dir, iteration) / "heldout" / "summary.parquet"
+    if not path.is_file():
+        return None
+    model_row = pl.read_parquet(path).filter(pl.col("output") == MODEL_OUTPUT).row(0, named=True)
+    return {metric: model_row.get(metric) for metric in STANDARD_METRICS}
+
+
 def iteration_metrics(data_dir: Path, up_to: int) -> pl.DataFrame:
     """The model's standard metrics on the frozen split for iterations 0..``up_to`` that were
     scored, long (``iteration``, ``metric``, ``value``): what the report plots."""
-    from models.evaluation import MODEL, STANDARD_METRICS
-
-    rows = []
-    for k in range(up_to + 1):
-        path = iteration_dir(data_dir, str(k)) / "heldout" / "summary.parquet"
-        if path.is_file():
-            model_row = pl.read_parquet(path).filter(pl.col("output") == MODEL).row(0, named=True)
-            rows += [{"iteration": k, "metric": metric, "value": model_row.get(metric)} for metric in STANDARD_METRICS]
+    rows = [
+        {"iteration": k, "metric": metric, "value": value}
+        for k in range(up_to + 1)
+        for metric, value in (frozen_split_scores(data_dir, str(k)) or {}).items()
+    ]
     return pl.DataFrame(rows, schema={"iteration": pl.Int64, "metric": pl.String, "value": pl.Float64})
 
 

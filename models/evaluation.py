@@ -31,12 +31,11 @@ from models.inference import REQUESTS_SCHEMA, GenerationSettings, generate_label
 from models.tasks import CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION, REGION_TO_CATEGORY
 from relabel.annotate import score_against_truth
 from relabel.baseline import prior_labels, prior_region_names
-from relabel.metrics import caption_cider, detection_map, grounding_recall_at_1, referring_segmentation_miou
+from relabel.metrics import BASELINE, MODEL, STANDARD_METRICS, caption_cider, detection_map, grounding_recall_at_1, referring_segmentation_miou
 from relabel.scoring import region_naming_accuracy
 
 PROMPTED_TASKS = (CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION)
 
-MODEL, BASELINE = "model", "baseline"
 
 # the summary columns each prompt-free task is scored in, and their worst value with the truth
 # it needs: an output with no box has recall 0, one that read no text a CER of 1
@@ -56,8 +55,7 @@ _WORST = {
     "caption_cider": (0.0, "caption"),
     "ocr_cer": (1.0, "ocr"),
 }
-# the standard metrics, as the report and MLflow name them
-STANDARD_METRICS = ("map", "map50", "caption_cider", "grounding_recall_at_1", "res_miou", "ocr_cer")
+
 
 
 @dataclass(frozen=True)

@@ -600,15 +600,17 @@ def _split_lines(data: Path) -> list[str]:
 
 def _frozen_split_metric_lines(data: Path) -> list[str]:
     """The model's standard metrics on the frozen split, one line per iteration."""
-    paths = sorted((data / "model").glob("iteration-*/heldout/summary.parquet"), key=lambda p: int(p.parent.parent.name.split("-")[1]))
-    if not paths:
+    from assets.model import frozen_split_scores
+
+    folders = sorted((data / "model").glob("iteration-*"), key=lambda p: int(p.name.split("-")[1]))
+    scored = [(folder.name.split("-")[1], scores) for folder in folders if (scores := frozen_split_scores(data, folder.name.split("-")[1]))]
+    if not scored:
         return []
     lines = ["", "Frozen-split metrics by iteration (report: data/model/iteration-<k>/heldout/report/summary.md):",
              "  iteration     mAP  mAP@0.5   CIDEr  grounding R@1  RES mIoU  OCR CER"]
-    for path in paths:
-        row = pl.read_parquet(path).filter(pl.col("output") == "model").row(0, named=True)
+    for iteration, row in scored:
         cell = lambda name, width=7: f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"  # noqa: E731
-        lines.append(f"  {path.parent.parent.name.split('-')[1]:>9} {cell('map')}  {cell('map50')} {cell('caption_cider')}  {cell('grounding_recall_at_1', 13)}  {cell('res_miou', 8)}  {cell('ocr_cer')}")
+        lines.append(f"  {iteration:>9} {cell('map')}  {cell('map50')} {cell('caption_cider')}  {cell('grounding_recall_at_1', 13)}  {cell('res_miou', 8)}  {cell('ocr_cer')}")
     return lines
 
 

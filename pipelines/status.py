@@ -17,10 +17,6 @@ from relabel.config import load_params, resolve
 from relabel.evaluation_split import frozen_dir, read_freeze
 from relabel.shards import shard_keys
 
-# the standard metrics of the model on the frozen split, as models.evaluation names them
-SPLIT_METRICS = ("map", "map50", "caption_cider", "grounding_recall_at_1", "res_miou", "ocr_cer")
-
-
 def project_status(root: Path) -> dict[str, Any]:
     """Everything ``relabel status`` reports, JSON-ready. Needs ``DAGSTER_HOME`` set (the CLI
     points it at the project's instance)."""
@@ -98,11 +94,8 @@ def _iteration(data: Path, k: str, gates: dict[str, dict[str, list[str]]], shard
     keys = [k, *(f"{k}|{shard}" for shard in shards)]
     passed = [f"{key} {name}" for key in keys for name in gates.get(key, {}).get("passed", [])]
     failed = [f"{key} {name}" for key in keys for name in gates.get(key, {}).get("failed", [])]
-    summary_path = data / "model" / folder / "heldout" / "summary.parquet"
-    scores = None
-    if summary_path.is_file():
-        model_row = pl.read_parquet(summary_path).filter(pl.col("output") == "model").row(0, named=True)
-        scores = {metric: model_row.get(metric) for metric in SPLIT_METRICS}
+    from assets.model import frozen_split_scores
+
     return {
         "iteration": int(k),
         "merged_shards": len(list((data / "merge" / "labels" / folder).glob("*.parquet"))),
@@ -111,7 +104,7 @@ def _iteration(data: Path, k: str, gates: dict[str, dict[str, list[str]]], shard
         "gates_passed": len(passed),
         "gates_failed": failed,
         "model_trained": (data / "model" / folder / "model" / "model.safetensors").is_file(),
-        "frozen_split_scores": scores,
+        "frozen_split_scores": frozen_split_scores(data, k),
         "reannotated_shards": len(list((data / "refine" / "reannotation" / folder).glob("*.parquet"))),
     }
 

@@ -222,18 +222,28 @@ def split_manifest(images: pl.DataFrame, labels: pl.DataFrame, data_dir: Path) -
     rows = []
     for image_id, uri in images.select("image_id", "uri").sort("image_id").iter_rows():
         path = path_of_uri(uri, data_dir)
-        own = labels.filter(pl.col("image_id") == image_id)
         rows.append(
             {
                 "image_id": image_id,
                 "uri": uri,
                 "sha256": hash_file(path) if path.is_file() else None,
                 "phash": perceptual_hash(path) if path.is_file() else None,
-                "labels": own.height,
-                "labels_sha256": labels_digest(own),
             }
         )
-    return pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
+    return with_labels(pl.DataFrame(rows, schema={name: MANIFEST_SCHEMA[name] for name in ("image_id", "uri", "sha256", "phash")}), labels)
+
+
+def with_labels(manifest: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
+    """``manifest`` with the number and digest of each image's ``labels`` (re)computed: the same
+    images compared against other labels without hashing their files again."""
+    counts, digests = [], []
+    for image_id in manifest["image_id"].to_list():
+        own = labels.filter(pl.col("image_id") == image_id)
+        counts.append(own.height)
+        digests.append(labels_digest(own))
+    return manifest.with_columns(
+        labels=pl.Series(counts, dtype=pl.Int64), labels_sha256=pl.Series(digests, dtype=pl.String)
+    ).select(list(MANIFEST_SCHEMA))
 
 
 def manifest_digest(manifest: pl.DataFrame) -> str:

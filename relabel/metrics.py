@@ -37,6 +37,11 @@ from pycocotools.cocoeval import COCOeval
 
 from relabel.merge import box_iou
 
+# the standard metrics of a model on the frozen split, as the evaluation summary, MLflow, the
+# report, the card and `relabel status` name them; and the summary's two outputs
+STANDARD_METRICS = ("map", "map50", "caption_cider", "grounding_recall_at_1", "res_miou", "ocr_cer")
+MODEL, BASELINE = "model", "baseline"
+
 PER_CLASS_SCHEMA = pl.Schema(
     {
         "category": pl.String,
