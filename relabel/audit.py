@@ -16,11 +16,13 @@ The round trip uses only the files Label Studio imports and exports (no server, 
    one *added*. It returns the audited labels, one decision per label, and a quarantine row
    for every label that left and every result that could not be read.
 
-``accept_all`` and ``audit_from_truth`` stand in for the humans of step 3 and return an
-export in Label Studio's own format, so their audits are read by the same ``import_audit``
-as a real one: ``accept_all`` submits every prediction as it is (a dataset's own human labels
-taken as audited), ``audit_from_truth`` is a careful auditor who knows the embedded world's
-ground truth.
+``accept_all``, ``audit_from_truth`` and ``judge_from_truth`` stand in for the humans of
+step 3 and return an export in Label Studio's own format, so their audits are read by the
+same ``import_audit`` as a real one: ``accept_all`` submits every prediction as it is (a
+dataset's own human labels taken as audited), ``audit_from_truth`` is a careful auditor who
+knows the embedded world's ground truth and fixes every image to it (drawing what is
+missing), ``judge_from_truth`` one who only judges the regions shown (an audit queue): keeps
+a right one, corrects a wrong one to the truth, deletes one that is about nothing.
 
 Geometry: Label Studio places regions in percent of the image's width and height (a rectangle
 by its top-left corner, size and rotation in degrees about that corner); the label store in
@@ -34,13 +36,13 @@ import copy
 import math
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import polars as pl
 
-from relabel.labels import TASKS, TASKS_BY_TYPE, check_schema, frame, label_id_for, quarantine_row
+from relabel.labels import TASKS, TASKS_BY_TYPE, check_schema, frame, label_id_for, quarantine_row, region_box
 from relabel.merge import box_iou
 
 PHASE = "audit"
@@ -55,7 +57,7 @@ OCR_LABEL = "text"  # the one label of the OCR rectangles: a text region has no 
 REGION_ID_LENGTH = 12
 POLYGON_SUFFIX = "_p"  # an object's polygon is its own region: the rectangle's id + this
 TOLERANCE = 0.5  # percentage points of the image's side (and degrees of rotation)
-MATCH_IOU = 0.5  # audit_from_truth: a prediction and a truth region this overlapping match
+MATCH_IOU = 0.5  # audit_from_truth, judge_from_truth: a prediction and a truth region this overlapping match
 PIXEL_DECIMALS = 2
 
 CONTROLS: dict[str, tuple[str, str]] = {
@@ -281,12 +283,10 @@ def _results(row: Mapping[str, Any], region_id: str, width: int, height: int, ex
 
 def _region_box(row: Mapping[str, Any]) -> list[float]:
     """A region's ``[x0, y0, x1, y1]``: its box, else the bounds of its quad or polygon."""
-    if row["box"] is not None:
-        return list(row["box"])
-    for points in (row["quad"], row["polygon"][0] if row["polygon"] else None):
-        if points:
-            return _bounds(list(zip(points[0::2], points[1::2], strict=True)))
-    raise ValueError(f"label {row['label_id']} of task {row['task']} has no region (no box, quad or polygon)")
+    box = region_box(row)
+    if box is None:
+        raise ValueError(f"label {row['label_id']} of task {row['task']} has no region (no box, quad or polygon)")
+    return box
 
 
 def _shown_text(row: Mapping[str, Any]) -> str | None:
@@ -829,36 +829,98 @@ def audit_from_truth(tasks: list[dict], truth: pl.DataFrame, auditor: str = "wor
 
     ``truth`` (LABELS_SCHEMA) holds the ground-truth labels of the tasks' images (rows of
     tasks an audit does not show are ignored). For each image and task, predicted regions are
-    matched one-to-one to truth rows: regions greedily by box IoU >= MATCH_IOU (a phrase
-    grounding only to a truth row of the same caption: the auditor cannot change the caption,
-    only the phrase), captions in label-id order. A matched region keeps its id and takes the
-    truth's geometry, category and text, so it imports as accepted where they agree and as
-    corrected where not; an unmatched prediction is deleted (rejected); an unmatched truth
-    row is drawn as a new region whose id is its label id (added).
+    matched one-to-one to truth rows (``_truth_pairs``): regions greedily by box IoU >=
+    MATCH_IOU (a phrase grounding only to a truth row of the same caption: the auditor cannot
+    change the caption, only the phrase), captions in label-id order. A matched region keeps
+    its id and takes the truth's geometry, category and text, so it imports as accepted where
+    they agree and as corrected where not; an unmatched prediction is deleted (rejected); an
+    unmatched truth row is drawn as a new region whose id is its label id (added).
 
     What Label Studio cannot carry does not come back: a polygon's rings after the first, an
     OCR quad (the box is kept), and a new grounding's phrase span when the phrase occurs
     earlier in the caption (or in an earlier caption) too.
     """
-    check_schema(truth, "labels")
-    truth_by_image = _rows_by_image(truth.filter(pl.col("task").cast(pl.String).is_in(AUDITED_TASKS)))
+    truth_by_image = _truth_by_image(truth)
     export = []
     for position, task in enumerate(tasks):
         info = _read_task(task)
-        rows = truth_by_image.get(info.image_id, [])
         result: list[dict] = []
-        for name in AUDITED_TASKS:
-            predicted = [region_id for region_id in sorted(info.regions) if _task_of(info.regions[region_id]) == name]
-            wanted = [row for row in rows if row["task"] == name]
-            pairs = _pairs(name, predicted, wanted, info)
-            for region_id, index in pairs:
-                result += _results(wanted[index], region_id, info.width, info.height, {})
+        for wanted, pairs in _truth_pairs(info, truth_by_image.get(info.image_id, []), set(info.regions)):
+            result += _fixed(info, wanted, pairs)
             matched = {index for _, index in pairs}
             for index, row in enumerate(wanted):
                 if index not in matched:
                     result += _results(row, row["label_id"], info.width, info.height, {})
         export.append(_export_item(position, task, auditor, result))
     return export
+
+
+def judge_from_truth(
+    tasks: list[dict], truth: pl.DataFrame, correct: Mapping[str, bool | None], auditor: str = "world-auditor"
+) -> list[dict]:
+    """A Label Studio JSON export in which ``auditor`` judged each shown region against the
+    ground truth and drew nothing: the auditor of an audit queue.
+
+    ``correct`` maps a predicted label id to whether the label is right (True), wrong
+    (False) or cannot be judged (None, or missing), as ``relabel.scoring.label_correctness``
+    says; ``truth`` (LABELS_SCHEMA) holds the ground truth of the tasks' images. A right or
+    unjudgeable region is submitted exactly as predicted (its results copied: imported as
+    accepted). The wrong regions of each image and task are matched one-to-one to its truth
+    rows as ``audit_from_truth`` matches (``_truth_pairs``: regions by box IoU >= MATCH_IOU
+    with any category, a phrase grounding only to a truth row of its caption, captions to
+    the truth captions in order); the right and unjudgeable regions take no part. A matched
+    wrong region keeps its id and takes the truth row's geometry, category and text
+    (imported as corrected, or accepted where the truth says the same); an unmatched one is
+    deleted (rejected). A truth row no wrong region matched is not drawn: nothing is added.
+    """
+    truth_by_image = _truth_by_image(truth)
+    export = []
+    for position, task in enumerate(tasks):
+        info = _read_task(task)
+        wrong = {
+            region_id
+            for region_id, label_id in info.label_ids.items()
+            if (verdict := correct.get(label_id)) is not None and not verdict
+        }
+        kept = [result for result in _predicted_results(task) if _region_key(result) not in wrong]
+        result = copy.deepcopy(kept)
+        for wanted, pairs in _truth_pairs(info, truth_by_image.get(info.image_id, []), wrong):
+            result += _fixed(info, wanted, pairs)
+        export.append(_export_item(position, task, auditor, result))
+    return export
+
+
+def _truth_by_image(truth: pl.DataFrame) -> dict[str, list[dict]]:
+    """The truth rows of the tasks an audit shows, by image."""
+    check_schema(truth, "labels")
+    return _rows_by_image(truth.filter(pl.col("task").cast(pl.String).is_in(AUDITED_TASKS)))
+
+
+def _truth_pairs(
+    info: _Task, rows: list[dict], region_ids: Container[str]
+) -> list[tuple[list[dict], list[tuple[str, int]]]]:
+    """For each audited task (in AUDITED_TASKS order): the image's truth ``rows`` of that
+    task, and the one-to-one (region id, truth index) pairs of the predicted regions among
+    ``region_ids`` with them (``_pairs``)."""
+    matches = []
+    for name in AUDITED_TASKS:
+        predicted = [
+            region_id
+            for region_id in sorted(info.regions)
+            if region_id in region_ids and _task_of(info.regions[region_id]) == name
+        ]
+        wanted = [row for row in rows if row["task"] == name]
+        matches.append((wanted, _pairs(name, predicted, wanted, info)))
+    return matches
+
+
+def _fixed(info: _Task, wanted: list[dict], pairs: list[tuple[str, int]]) -> list[dict]:
+    """The results that show each paired region as its truth row, under the region's id."""
+    return [
+        result
+        for region_id, index in pairs
+        for result in _results(wanted[index], region_id, info.width, info.height, {})
+    ]
 
 
 def _pairs(task: str, predicted: list[str], wanted: list[dict], info: _Task) -> list[tuple[str, int]]:

@@ -352,6 +352,40 @@ class RefineParams(_Strict):
     schedule: str = "0 3 * * 1"
 
 
+class SuspicionWeights(_Strict):
+    """How much each signal of ``relabel.audit_queue`` counts in a label's suspicion (a weighted
+    mean of the signals that apply to the label)."""
+
+    category_votes: float = Field(1.0, ge=0)
+    support: float = Field(1.0, ge=0)
+    box_fit: float = Field(0.5, ge=0)
+    model_confidence: float = Field(0.5, ge=0)
+    caption_regions: float = Field(1.0, ge=0)
+    history: float = Field(0.5, ge=0)
+    filter_margin: float = Field(0.5, ge=0)
+    rarity: float = Field(0.25, ge=0)
+
+
+class ReviewParams(_Strict):
+    """The audit queue of each iteration (``relabel.audit_queue``): the ``budget`` labels most
+    likely wrong go to a person through Label Studio; the verdicts come back as
+    ``human-audit`` labels the next iteration trusts.
+
+    ``auditor``: ``label-studio`` reads the export a person made at ``export`` (``{iteration}``
+    is replaced by the iteration); ``world-truth`` lets the embedded world's ground truth judge
+    the queued labels (a stand-in for a person in the demo).
+    """
+
+    budget: int = Field(30, ge=0)
+    min_per_type: int = Field(2, ge=0)          # every annotation type with labels gets this many places
+    min_per_rare_class: int = Field(1, ge=0)    # ... and every rare class with labels this many
+    match_iou: float = Field(0.5, gt=0, le=1)   # a prediction this close to a label is about the same thing
+    margin_scale: float = Field(0.3, gt=0, le=1)  # a score this far above its filter's threshold is no longer close
+    weights: SuspicionWeights = SuspicionWeights()
+    auditor: Literal["label-studio", "world-truth"] = "label-studio"
+    export: str = "data/review/iteration-{iteration}/completed.json"
+
+
 class CeleryParams(_Strict):
     broker: str = "redis://127.0.0.1:6379/0"
     backend: str = "redis://127.0.0.1:6379/1"
@@ -390,6 +424,7 @@ class Params(_Strict):
     filter: FilterParams = FilterParams()
     model: ModelParams = ModelParams()
     refine: RefineParams = RefineParams()
+    review: ReviewParams = ReviewParams()
     executor: ExecutorParams = ExecutorParams()
     mlflow: MlflowParams = MlflowParams()
     dvc: DvcParams = DvcParams()

@@ -203,6 +203,18 @@ def _id_column(table: str) -> str:
     return {"images": "image_id", "labels": "label_id"}[table]
 
 
+def region_box(row: Mapping[str, Any]) -> list[float] | None:
+    """A label row's region as ``[x0, y0, x1, y1]``: its box, else the bounds of its quad or of
+    its polygon's rings; None for a label with no region."""
+    if row["box"] is not None:
+        return list(row["box"])
+    points = row["quad"] if row["quad"] is not None else [value for ring in row["polygon"] or () for value in ring]
+    if not points:
+        return None
+    xs, ys = points[0::2], points[1::2]
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
 def stable_id(*parts: Any) -> str:
     """A short deterministic id from the given parts (same parts -> same id, any machine)."""
     payload = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)

@@ -36,7 +36,8 @@ import polars as pl
 
 from relabel.config import MergePolicyParams
 from relabel.consensus import text_similarity
-from relabel.labels import check_schema, frame, quarantine_row
+from relabel.audit import SOURCE_PREFIX as AUDITED_SOURCE_PREFIX
+from relabel.labels import check_schema, frame, quarantine_row, region_box
 from relabel.merge import box_iou
 from relabel.scoring import ALL, box_scores, caption_object_recall, label_correctness, ocr_cer
 
@@ -178,10 +179,10 @@ def _about_the_same(row: dict, existing: list[dict], match_iou: float) -> list[t
     """The existing labels ``row`` is about, with their box overlap (None without geometry):
     of the same task, and overlapping by ``match_iou`` when both have a region."""
     same_task = [other for other in existing if other["task"] == row["task"] and other["annotation_type"] == row["annotation_type"]]
-    box = _box(row)
+    box = region_box(row)
     if row["annotation_type"] == "text" or box is None:
         return [(other, None) for other in same_task]
-    with_boxes = [(other, _box(other)) for other in same_task]
+    with_boxes = [(other, region_box(other)) for other in same_task]
     with_boxes = [(other, other_box) for other, other_box in with_boxes if other_box is not None]
     if not with_boxes:
         return []
@@ -223,25 +224,12 @@ def _text_match(row: dict, other: dict) -> bool:
 
 def _missing(row: dict) -> str | None:
     """What ``row`` lacks to be a label of its annotation type, or None."""
-    if row["annotation_type"] != "text" and _box(row) is None:
+    if row["annotation_type"] != "text" and region_box(row) is None:
         return "no region (the model wrote none)"
     if row["task"] == "object" and not row["category"]:
         return "an object region with no class (a proposal or a bare segmentation)"
     if not row["text"] and row["task"] not in ("object",):
         return "no text"
-    return None
-
-
-def _box(row: dict) -> list[float] | None:
-    if row["box"] is not None:
-        return list(row["box"])
-    if row["quad"] is not None:
-        xs, ys = row["quad"][0::2], row["quad"][1::2]
-        return [min(xs), min(ys), max(xs), max(ys)]
-    if row["polygon"]:
-        points = [value for ring in row["polygon"] for value in ring]
-        xs, ys = points[0::2], points[1::2]
-        return [min(xs), min(ys), max(xs), max(ys)]
     return None
 
 
@@ -296,12 +284,15 @@ def iteration_quality(
 ) -> IterationQuality:
     """How good an iteration's (filtered, training) labels are: per class their count and,
     with ``truth`` (the world's ground truth of the same images), box recall and F1 at IoU
-    0.5; overall box F1 (all and rare classes), caption object recall and OCR CER; and, given
+    0.5; overall box F1 (all and rare classes), caption object recall, OCR CER and the share of
+    the labels the truth can judge that are wrong (``wrong_share``); how many labels a person
+    audited (``audited_labels``); and, given
     the ``previous`` iteration's labels, the share of its wrong labels this iteration repaired
     (all, and those of protected sources) and of its right labels it broke."""
     objects = labels.filter(pl.col("task") == "object", pl.col("box").is_not_null(), pl.col("category").is_not_null())
     counts = dict(objects.group_by("category").len().iter_rows())
-    summary: dict[str, float | int | None] = {"labels": labels.height, "object_labels": objects.height, "rare_classes": len(rare)}
+    audited = labels.filter(pl.col("source").str.starts_with(AUDITED_SOURCE_PREFIX)).height
+    summary: dict[str, float | int | None] = {"labels": labels.height, "object_labels": objects.height, "audited_labels": audited, "rare_classes": len(rare)}
     recall, f1 = {}, {}
     if truth is not None:
         truth = truth.filter(pl.col("image_id").is_in(labels["image_id"].unique().implode()))
@@ -316,6 +307,9 @@ def iteration_quality(
         summary["caption_object_recall"] = caption_object_recall(captions, truth_objects) if captions.height else None
         ocr = labels.filter(pl.col("task") == "ocr")
         summary["ocr_cer"] = ocr_cer(ocr, truth.filter(pl.col("task") == "ocr"), iou_threshold=0.1) if ocr.height else None
+        judged = label_correctness(labels, truth, categories=categories).filter(pl.col("correct").is_not_null())
+        summary["judged_labels"] = judged.height
+        summary["wrong_share"] = judged.select((~pl.col("correct")).mean()).item() if judged.height else None
         if previous is not None:
             summary.update(_transitions(previous, labels, truth, categories, protected_sources))
     per_class = pl.DataFrame(
