@@ -18,6 +18,7 @@ Three unpartitioned assets, run once before anything is trained:
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -71,6 +72,18 @@ def split_images(images: pl.DataFrame) -> pl.DataFrame:
     return images.filter(pl.col("split") == EVAL).sort("image_id")
 
 
+def image_url_for(project: ProjectResource) -> Callable[[str], str]:
+    """How a Label Studio task names an image: its path under Label Studio's document root (the
+    project), after ``audit.image_url_prefix``."""
+    root = Path(project.root)
+
+    def image_url(uri: str) -> str:
+        path = Path(os.path.abspath(project.data_dir / uri))
+        return project.params.audit.image_url_prefix + (path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix())
+
+    return image_url
+
+
 def labels_to_audit(images: pl.DataFrame, human_labels: pl.DataFrame) -> pl.DataFrame:
     """The human labels of the split's images that the audit shows (``audit.AUDITED_TASKS``)."""
     held = split_images(images)["image_id"].implode()
@@ -91,15 +104,9 @@ def build_audit_assets() -> tuple[list, list]:
         description="The evaluation split's images and their human labels as Label Studio tasks (predictions with scores and sources) and the labeling config, for a person to audit.",
     )
     def tasks(context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource, images: pl.DataFrame, human_labels: pl.DataFrame) -> MaterializeResult:
-        params, root = project.params.audit, Path(project.root)
+        params = project.params.audit
         held, to_audit = split_images(images), labels_to_audit(images, human_labels)
-
-        def image_url(uri: str) -> str:
-            # Label Studio serves local files by their path under its document root (the project)
-            path = Path(os.path.abspath(project.data_dir / uri))
-            return params.image_url_prefix + (path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix())
-
-        written = audit.audit_tasks(held, to_audit, image_url)
+        written = audit.audit_tasks(held, to_audit, image_url_for(project))
         folder = label_studio_dir(project.data_dir)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / TASKS_FILE).write_text(json.dumps(written, indent=1, sort_keys=True) + "\n")

@@ -15,7 +15,7 @@ Bodies only load, call ``relabel.refine`` / ``models`` and record metadata.
 import json
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
@@ -38,6 +38,7 @@ from dagster import (
 )
 
 from assets.annotate import IMAGES, INITIAL_ANNOTATIONS
+from assets.audit import DECISIONS_FILE, QUARANTINE_FILE
 from assets.corpus import CORPUS_EXAMPLES
 from assets.metadata import counts_by, figure_image, markdown_table, png_markdown
 from assets.model import MODEL, MODEL_FOLDER, corpus_files, iteration_dir, latest_model_metadata, model_source
@@ -46,6 +47,7 @@ from data_checks.shards import FILTERED_LABELS, ITERATION_LABELS, LABEL_QUALITY
 from pipelines.io_manager import TABLE_METADATA_KEY, partition_path
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource
 from relabel.ingest.images import path_of_uri
+from relabel.audit_queue import apply_verdicts
 from relabel.labels import empty
 from relabel.refine import (
     DECISIONS_SCHEMA,
@@ -63,7 +65,7 @@ MERGE_DECISIONS = AssetKey([MERGE_STAGE, "decisions"])
 REANNOTATION = AssetKey([REFINE_STAGE, "reannotation"])
 REANNOTATION_PROBLEMS = AssetKey([REFINE_STAGE, "reannotation_problems"])
 CAPTION_SPECIALIST = AssetKey([REFINE_STAGE, "caption_specialist"])
-QUALITY_METRICS = ("box_f1", "box_f1_rare", "caption_object_recall", "ocr_cer", "repaired_share", "protected_repaired_share", "broken_share")
+QUALITY_METRICS = ("box_f1", "box_f1_rare", "caption_object_recall", "ocr_cer", "wrong_share", "repaired_share", "protected_repaired_share", "broken_share")
 
 
 def build_refine_assets(iteration_shards: PartitionsDefinition) -> tuple[list, list, list]:
@@ -145,7 +147,7 @@ def _merged(context: AssetExecutionContext, project: ProjectResource, initial_an
     for path, what in ((previous_path, "labels"), (reannotation_path, "re-annotation")):
         if not path.is_file():
             raise FileNotFoundError(f"iteration {k} starts from iteration {k - 1}'s {what} of {shard}, not found at {path}: materialize iteration {k - 1} first")
-    previous = pl.read_parquet(previous_path)
+    previous, audited = _audited(project, pl.read_parquet(previous_path), str(k - 1))
     arrived = initial_annotations.filter(~pl.col("image_id").is_in(previous["image_id"].unique().implode()))
     previous_classes = _previous_per_class(project.data_dir, k)
     if previous_classes is None:
@@ -154,14 +156,48 @@ def _merged(context: AssetExecutionContext, project: ProjectResource, initial_an
     merged = merge_reannotation(
         pl.concat([previous, arrived], how="vertical"), pl.read_parquet(reannotation_path), project.params.refine.merge, rare=rare, iteration=k
     )
+    # what the audit took out of the shard is quarantined with the merge, so its rows add up
+    merged = replace(merged, quarantine=pl.concat([audited.quarantine, merged.quarantine], how="vertical"))
     model_run = latest_model_metadata(context, str(k - 1)).get("mlflow_run")
     lineage = {
         "made_from": f"{ITERATION_LABELS.to_user_string()} {previous_key} + {REANNOTATION.to_user_string()} {previous_key} (the model {model_source(str(k - 1))})",
         "model_run": MetadataValue.url(model_run.value) if model_run else "(not found)",
         "rare_classes": ", ".join(rare) or "none",
         "images_arrived": arrived["image_id"].n_unique(),
+        **audited.metadata,
     }
     return merged, lineage
+
+
+@dataclass(frozen=True)
+class _Audited:
+    quarantine: pl.DataFrame
+    metadata: dict
+
+
+def _audited(project: ProjectResource, labels: pl.DataFrame, iteration: str) -> tuple[pl.DataFrame, _Audited]:
+    """A shard's labels of ``iteration`` with the verdicts of that iteration's audit queue in
+    place of the labels they judged, and what the audit took out. A queue not yet judged stops
+    the next iteration: it would train on what a person is about to correct."""
+    # assets.review reads this module's keys, so it is imported here, when the merge runs
+    from assets.review import AUDIT_QUEUE, AUDIT_VERDICTS, review_dir
+
+    queue_path, verdicts_path = (partition_path(project.data_dir, key, iteration) for key in (AUDIT_QUEUE, AUDIT_VERDICTS))
+    if not queue_path.is_file() or pl.read_parquet(queue_path).height == 0:
+        return labels, _Audited(empty("quarantine"), {"audit": f"no audit queue in iteration {iteration}"})
+    if not verdicts_path.is_file():
+        raise FileNotFoundError(
+            f"iteration {iteration}'s audit queue has no verdicts yet ({verdicts_path}): judge it in Label Studio and materialize "
+            f"review/verdicts {iteration} (relabel materialize review --iteration {iteration}), or set review.budget to 0"
+        )
+    folder = review_dir(project.data_dir, iteration)
+    decisions = pl.read_parquet(folder / DECISIONS_FILE)
+    in_shard = pl.col("image_id").is_in(labels["image_id"].unique().implode())
+    quarantine = pl.read_parquet(folder / QUARANTINE_FILE).filter(in_shard)
+    decided = decisions.filter(in_shard)
+    return apply_verdicts(labels, pl.read_parquet(verdicts_path), decisions), _Audited(
+        quarantine, {"audit": f"{decided.height} verdicts of iteration {iteration}'s audit queue", **counts_by(decided.select(audit_decision="decision"), "audit_decision")}
+    )
 
 
 def _reannotation(iteration_shards: PartitionsDefinition):

@@ -25,6 +25,7 @@ from dagster import (
 
 from assets.partitions import ITERATIONS, iteration_shard_key
 from assets.refine import REANNOTATION
+from assets.review import AUDIT_VERDICTS
 from data_checks.shards import INITIAL_ANNOTATIONS
 from pipelines.phases import MERGE_SHARDS_JOB
 
@@ -37,7 +38,7 @@ class Automation:
 
 def next_iteration(instance: DagsterInstance, shards: list[str]) -> str | SkipReason:
     """The iteration to start: "0" when there is none; k+1 when iteration k (the newest) has
-    re-annotated every shard; otherwise why not."""
+    re-annotated every shard and its audit queue has its verdicts; otherwise why not."""
     existing = sorted(int(key) for key in instance.get_dynamic_partitions(ITERATIONS.name) if key.isdigit())
     if not existing:
         return "0"
@@ -46,6 +47,9 @@ def next_iteration(instance: DagsterInstance, shards: list[str]) -> str | SkipRe
     missing = [shard for shard in shards if iteration_shard_key(newest, shard) not in done]
     if missing:
         return SkipReason(f"iteration {newest} has not re-annotated {missing} yet")
+    if newest not in instance.get_materialized_partitions(AUDIT_VERDICTS):
+        # the next iteration trusts the verdicts: it must not start before a person gave them
+        return SkipReason(f"iteration {newest}'s audit queue has no verdicts yet (review/verdicts {newest})")
     return str(existing[-1] + 1)
 
 
@@ -67,7 +71,7 @@ def build_automation(cron: str, shards: PartitionsDefinition) -> Automation:
         cron_schedule=cron,
         job_name=MERGE_SHARDS_JOB,
         default_status=DefaultScheduleStatus.STOPPED,
-        description="Start the next refinement iteration (refine.schedule), once the newest one has re-annotated every shard.",
+        description="Start the next refinement iteration (refine.schedule), once the newest one has re-annotated every shard and its audit queue has its verdicts.",
     )
     def next_iteration_schedule(context: ScheduleEvaluationContext):
         iteration = next_iteration(context.instance, shard_keys)

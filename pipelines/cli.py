@@ -634,14 +634,29 @@ def _iteration_lines(data: Path) -> list[str]:
     history = pl.concat([pl.read_parquet(p) for p in summaries], how="diagonal_relaxed")
     lines = ["", "Refinement: the model's labels merged into the next iteration's (merge policy: refine.merge)", *lines]
     lines.append("  label quality on the training images against the world's ground truth (filtered labels):")
-    lines.append("  iteration  labels  box F1  rare F1  caption recall  OCR CER  repaired  human repaired  broken")
+    lines.append("  iteration  labels  audited  wrong  box F1  rare F1  caption recall  OCR CER  repaired  human repaired  broken")
     for row in history.iter_rows(named=True):
         cell = lambda name, width=7: f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"  # noqa: E731
         lines.append(
-            f"  {row['iteration']:>9}  {row['labels']:>6} {cell('box_f1')}  {cell('box_f1_rare')}  {cell('caption_object_recall', 14)}"
-            f"  {cell('ocr_cer')}  {cell('repaired_share', 8)}  {cell('protected_repaired_share', 14)}  {cell('broken_share', 6)}"
+            f"  {row['iteration']:>9}  {row['labels']:>6}  {row.get('audited_labels') or 0:>7}  {cell('wrong_share', 5)} {cell('box_f1')}  {cell('box_f1_rare')}"
+            f"  {cell('caption_object_recall', 14)}  {cell('ocr_cer')}  {cell('repaired_share', 8)}  {cell('protected_repaired_share', 14)}  {cell('broken_share', 6)}"
         )
-    return lines + _guard_lines(data, [int(row["iteration"]) for row in history.iter_rows(named=True)])
+    return lines + _review_lines(data) + _guard_lines(data, [int(row["iteration"]) for row in history.iter_rows(named=True)])
+
+
+def _review_lines(data: Path) -> list[str]:
+    """Each iteration's audit queue: its size, how many of it the world's truth calls wrong,
+    and the verdicts."""
+    lines = []
+    for folder in sorted((data / "review").glob("iteration-*"), key=lambda p: int(p.name.split("-")[1])):
+        queue_path = data / "review" / "queue" / f"{folder.name.split('-')[1]}.parquet"
+        if not queue_path.is_file():
+            continue
+        queued = pl.read_parquet(queue_path)
+        decisions = pl.read_parquet(folder / "decisions.parquet") if (folder / "decisions.parquet").is_file() else None
+        verdicts = ", ".join(f"{d} {n}" for d, n in sorted(decisions.group_by("decision").len().iter_rows())) if decisions is not None else "no verdicts yet"
+        lines.append(f"  audit queue of {folder.name}: {queued.height} labels (review.budget) -> {verdicts}")
+    return lines
 
 
 def _guard_lines(data: Path, iterations: list[int]) -> list[str]:

@@ -20,6 +20,7 @@ from assets.ingest import QUARANTINES, SOURCE_CATALOG, build_ingest_assets
 from assets.model import HELDOUT_SCORES, MODEL, build_model_assets
 from assets.partitions import ITERATIONS, iteration_shards
 from assets.refine import CAPTION_SPECIALIST, MERGE_QUARANTINE, build_refine_assets
+from assets.review import AUDIT_QUEUE, AUDIT_VERDICTS, build_review_assets
 from assets.world import embedded_world
 from data_checks.shards import build_shard_checks
 from pipelines.automation import build_automation
@@ -36,6 +37,8 @@ from pipelines.phases import (
     FILTER_SHARDS_JOB,
     INGEST_SHARDS_JOB,
     MERGE_SHARDS_JOB,
+    QUEUE_AUDIT_JOB,
+    READ_VERDICTS_JOB,
     REANNOTATE_SHARDS_JOB,
     SCORE_ANNOTATIONS_JOB,
     SCORE_MODEL_JOB,
@@ -163,6 +166,20 @@ def build_definitions(root: str | None = None) -> Definitions:
             executor_def=step_executor,
             description="The iteration's model labels every training image of one shard for every task: the raw material of the next iteration's merge.",
         ),
+        define_asset_job(
+            QUEUE_AUDIT_JOB,
+            selection=AssetSelection.assets(AUDIT_QUEUE),
+            partitions_def=ITERATIONS,
+            executor_def=step_executor,
+            description="Score every training label of the iteration by how likely it is wrong and queue the most suspicious (review.budget) as Label Studio tasks.",
+        ),
+        define_asset_job(
+            READ_VERDICTS_JOB,
+            selection=AssetSelection.assets(AUDIT_VERDICTS),
+            partitions_def=ITERATIONS,
+            executor_def=step_executor,
+            description="Read the audit queue's verdicts back from the completed Label Studio export: human-audit labels the next iteration trusts.",
+        ),
         *(
             define_asset_job(
                 job_name,
@@ -191,6 +208,7 @@ def build_definitions(root: str | None = None) -> Definitions:
             *build_model_assets(),
             caption_specialist,
             *reannotate,
+            *build_review_assets([spec.name for spec in params.annotate.perception if spec.enabled]),
             *build_export_assets(),
         ],
         asset_checks=[*build_shard_checks(shards, by_iteration_and_shard, params.filter.gates, project.ontology()), rare_class_guard, *audit_checks, *corpus_checks],
@@ -272,6 +290,14 @@ def reannotate_shards_job():
     return defs.resolve_job_def(REANNOTATE_SHARDS_JOB)
 
 
+def queue_audit_job():
+    return defs.resolve_job_def(QUEUE_AUDIT_JOB)
+
+
+def read_audit_verdicts_job():
+    return defs.resolve_job_def(READ_VERDICTS_JOB)
+
+
 def export_coco_job():
     return defs.resolve_job_def(EXPORT_JOBS["coco"])
 
@@ -304,6 +330,8 @@ JOB_FACTORIES = {
     MERGE_SHARDS_JOB: merge_shards_job,
     CAPTION_SPECIALIST_JOB: tune_caption_specialist_job,
     REANNOTATE_SHARDS_JOB: reannotate_shards_job,
+    QUEUE_AUDIT_JOB: queue_audit_job,
+    READ_VERDICTS_JOB: read_audit_verdicts_job,
     EXPORT_JOBS["coco"]: export_coco_job,
     EXPORT_JOBS["florence2"]: export_florence2_job,
     EXPORT_JOBS["hf-parquet"]: export_hf_parquet_job,

@@ -4,7 +4,8 @@ A light module (no Dagster import), so the command line can list the phases with
 the definitions; a phase is also a DVC stage of the same name in ``dvc.yaml``. The phases of
 ``ITERATION_PHASES`` run once per iteration: iteration k's labels (merged from iteration k-1's
 labels and its model's re-annotation; the initial annotations in iteration 0) are filtered and
-gated, written as a corpus, trained on, and re-annotated by the model for iteration k+1.
+gated, written as a corpus, trained on, and re-annotated by the model for iteration k+1; the
+labels most likely wrong go to a person (the audit queue), whose verdicts iteration k+1 trusts.
 """
 
 WORLD_JOB = "render_world"
@@ -22,6 +23,8 @@ TRAIN_MODEL_JOB = "train_model"
 SCORE_MODEL_JOB = "score_model"
 CAPTION_SPECIALIST_JOB = "tune_caption_specialist"
 REANNOTATE_SHARDS_JOB = "reannotate_shards"
+QUEUE_AUDIT_JOB = "queue_audit"
+READ_VERDICTS_JOB = "read_audit_verdicts"
 
 PHASE_JOBS = {
     "world": (WORLD_JOB,),
@@ -33,11 +36,12 @@ PHASE_JOBS = {
     "corpus": (CORPUS_SHARDS_JOB,),
     "model": (TRAIN_MODEL_JOB, SCORE_MODEL_JOB),
     "refine": (CAPTION_SPECIALIST_JOB, REANNOTATE_SHARDS_JOB),
+    "review": (QUEUE_AUDIT_JOB, READ_VERDICTS_JOB),
 }
 # the evaluation split is audited and frozen before anything is trained
 # `relabel export --format F` runs one of these, for one iteration (not a phase of the loop)
 EXPORT_JOBS = {fmt: f"export_{fmt.replace('-', '_')}" for fmt in ("coco", "florence2", "hf-parquet", "yolo")}
 SETUP_PHASES = ("world", "ingest", "audit", "annotate")
-ITERATION_PHASES = ("merge", "filter", "corpus", "model", "refine")
+ITERATION_PHASES = ("merge", "filter", "corpus", "model", "refine", "review")
 # the phases that give an iteration's labels and their quality (what the last iteration runs)
 LABEL_PHASES = ("merge", "filter")

@@ -106,7 +106,18 @@ def _iteration(data: Path, k: str, gates: dict[str, dict[str, list[str]]], shard
         "model_trained": (data / "model" / folder / "model" / "model.safetensors").is_file(),
         "frozen_split_scores": frozen_split_scores(data, k),
         "reannotated_shards": len(list((data / "refine" / "reannotation" / folder).glob("*.parquet"))),
+        "audit_queue": _audit_queue(data, k),
     }
+
+
+def _audit_queue(data: Path, k: str) -> dict[str, Any] | None:
+    """The iteration's audit queue: its size and the verdicts (None: not queued yet)."""
+    queue = data / "review" / "queue" / f"{k}.parquet"
+    if not queue.is_file():
+        return None
+    decisions = data / "review" / f"iteration-{k}" / "decisions.parquet"
+    verdicts = dict(pl.read_parquet(decisions).group_by("decision").len().iter_rows()) if decisions.is_file() else None
+    return {"queued": _rows(queue), "verdicts": verdicts}
 
 
 def status_lines(status: dict[str, Any]) -> list[str]:
@@ -128,6 +139,10 @@ def status_lines(status: dict[str, Any]) -> list[str]:
             f"gates {it['gates_passed']} passed / {len(it['gates_failed'])} failed, model {'trained' if it['model_trained'] else 'not trained'}, "
             f"{it['reannotated_shards']} shards re-annotated; frozen split: {score_text}"
         )
+        queue = it["audit_queue"]
+        if queue is not None:
+            verdicts = ", ".join(f"{name} {n}" for name, n in sorted(queue["verdicts"].items())) if queue["verdicts"] is not None else "awaiting verdicts (relabel materialize review)"
+            lines.append(f"    audit queue: {queue['queued']} labels; {verdicts}")
         lines += [f"    failed gate: {gate}" for gate in it["gates_failed"]]
     lines.append("  runs: " + ", ".join(f"{name.lower()} {count}" for name, count in status["runs"].items()))
     return lines

@@ -131,10 +131,11 @@ def annotated_project(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def iterated_project(annotated_project):
-    """``annotated_project`` taken through iteration 0 (corpus, model, re-annotation) and into
-    iteration 1 (its merged labels, filtered, gated and scored): ``(root, results)``."""
+    """``annotated_project`` taken through iteration 0 (corpus, model, re-annotation, audit
+    queue and its verdicts) and into iteration 1 (its merged labels, filtered, gated and
+    scored): ``(root, results)``."""
     root, results, materialize_more = annotated_project
-    results = {**results, **materialize_more(phases=("corpus", "model", "refine"))}
+    results = {**results, **materialize_more(phases=("corpus", "model", "refine", "review"))}
     results.update(materialize_more(phases=("merge", "filter"), iteration="1"))
     return root, results
 

@@ -32,14 +32,21 @@ def test_iteration_one_is_iteration_zero_merged_with_the_models_labels_and_loses
         after = pl.read_parquet(data / "merge" / "labels" / "iteration-1" / f"{shard}.parquet")
         quarantined = pl.read_parquet(data / "merge" / "quarantine" / "iteration-1" / f"{shard}.parquet")
         decisions = pl.read_parquet(data / "merge" / "decisions" / "iteration-1" / f"{shard}.parquet")
+        # iteration 0's audit queue: its verdicts replace the labels they judged
+        verdicts = pl.read_parquet(data / "review" / "verdicts" / "0.parquet").filter(pl.col("image_id").is_in(before["image_id"].implode()))
+        judged = pl.read_parquet(data / "review" / "iteration-0" / "decisions.parquet").filter(
+            pl.col("image_id").is_in(before["image_id"].implode()), pl.col("label_id").is_not_null()
+        )
+        written_by_audit = verdicts.filter(~pl.col("label_id").is_in(before["label_id"].implode()))
         # rows in = rows kept + rows quarantined, each decided once
-        assert before.height + model.height == after.height + quarantined.height
-        assert decisions.height == before.height + model.height and decisions["label_id"].is_unique().all()
-        assert after["label_id"].is_unique().all()
-        # every human label of iteration 0 is in iteration 1, unchanged
-        human = before.filter(pl.col("source") == "human")
+        assert before.height + written_by_audit.height + model.height == after.height + quarantined.height
+        assert decisions.height == before.height - judged.height + verdicts.height + model.height
+        assert decisions["label_id"].is_unique().all() and after["label_id"].is_unique().all()
+        # every human label of iteration 0 the audit did not judge is in iteration 1, unchanged
+        human = before.filter(pl.col("source") == "human", ~pl.col("label_id").is_in(judged["label_id"].implode()))
         assert human.height > 0
         assert human.sort("label_id").equals(after.filter(pl.col("source") == "human").sort("label_id"))
+        assert verdicts.join(after, on="label_id", how="anti").height == 0
         # the model wrote for every training image of the shard, for every prompt-free task
         assert (model["source"] == "florence2@iteration-0").all() if model.height else True
         metadata = _metadata(results[(MERGE_SHARDS_JOB, f"1|{shard}")], "merge/labels")

@@ -20,6 +20,7 @@ from pipelines.definitions import build_definitions
 
 SHARDS = ["shard-00", "shard-01"]
 REANNOTATION = AssetKey(["refine", "reannotation"])
+AUDIT_VERDICTS = AssetKey(["review", "verdicts"])
 INITIAL_ANNOTATIONS = AssetKey(["annotate", "initial_annotations"])
 
 
@@ -34,13 +35,16 @@ def _materialized(instance, key: AssetKey, partition: str) -> None:
     instance.report_runless_asset_event(AssetMaterialization(asset_key=key, partition=partition))
 
 
-def test_the_next_iteration_waits_for_the_newest_to_reannotate_every_shard(instance):
+def test_the_next_iteration_waits_for_the_newest_to_reannotate_every_shard_and_its_audit(instance):
     assert next_iteration(instance, SHARDS) == "0"
     instance.add_dynamic_partitions("iteration", ["0"])
     _materialized(instance, REANNOTATION, "0|shard-00")
     waiting = next_iteration(instance, SHARDS)
     assert isinstance(waiting, SkipReason) and "['shard-01']" in waiting.skip_message
     _materialized(instance, REANNOTATION, "0|shard-01")
+    waiting = next_iteration(instance, SHARDS)
+    assert isinstance(waiting, SkipReason) and "audit queue has no verdicts" in waiting.skip_message
+    _materialized(instance, AUDIT_VERDICTS, "0")
     assert next_iteration(instance, SHARDS) == "1"
 
 
