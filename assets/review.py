@@ -39,12 +39,12 @@ from assets.audit import CONFIG_FILE, DECISIONS_FILE, QUARANTINE_FILE, TASKS_FIL
 from assets.metadata import counts_by, figure_image, markdown_table, png_markdown
 from assets.model import model_source
 from assets.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION, iteration_number
-from assets.refine import MERGE_DECISIONS, REANNOTATION
+from assets.refine import REANNOTATION
 from data_checks.shards import FILTERED_LABELS, LABEL_QUALITY
 from pipelines.io_manager import TABLE_METADATA_KEY
 from pipelines.resources import DvcResource, ProjectResource
 from relabel import audit
-from relabel.audit_queue import Evidence, merge_disputes, select_queue, suspicion_scores
+from relabel.audit_queue import Evidence, select_queue, suspicion_scores
 from relabel.scoring import label_correctness
 
 REVIEW_STAGE = "review"
@@ -72,7 +72,6 @@ def build_review_assets(perception: list[str]) -> list:
         ins={
             "labels": AssetIn(FILTERED_LABELS, partition_mapping=SAME_ITERATION),
             "reannotation": AssetIn(REANNOTATION, partition_mapping=SAME_ITERATION),
-            "decisions": AssetIn(MERGE_DECISIONS, partition_mapping=SAME_ITERATION),
             "label_quality": AssetIn(LABEL_QUALITY),
             "images": AssetIn(IMAGES, partition_mapping=AllPartitionMapping()),
             **{name: AssetIn(AssetKey([ANNOTATE_STAGE, name]), partition_mapping=AllPartitionMapping()) for name in perception},
@@ -83,7 +82,7 @@ def build_review_assets(perception: list[str]) -> list:
         automation_condition=FOLLOWS_INPUTS,
         description="The iteration's audit queue: every auditable training label scored by how likely it is wrong (specialist and model disagreement, the model's confidence, history, filter margin, rarity), and the review.budget most suspicious (places kept for rare classes and every annotation type) as Label Studio tasks.",
     )
-    def queue(context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource, labels: pl.DataFrame, reannotation: pl.DataFrame, decisions: pl.DataFrame, label_quality: pl.DataFrame, images: pl.DataFrame, **specialists: pl.DataFrame) -> Output:
+    def queue(context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource, labels: pl.DataFrame, reannotation: pl.DataFrame, label_quality: pl.DataFrame, images: pl.DataFrame, **specialists: pl.DataFrame) -> Output:
         iteration, params = context.partition_key, project.params
         training = images.filter(pl.col("split") == "train")
         on_training = pl.col("image_id").is_in(training["image_id"].implode())
@@ -95,7 +94,6 @@ def build_review_assets(perception: list[str]) -> list:
             rare=rare,
             categories=project.ontology(),
             model_source=model_source(iteration),
-            disputes=merge_disputes(decisions),
         )
         scored = suspicion_scores(labels.filter(on_training), evidence, params.review)
         review = params.review

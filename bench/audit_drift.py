@@ -3,6 +3,7 @@
 Run from the repository root:
 
     .venv/bin/python bench/audit_drift.py [--iterations 3] [--budget 30] [--workdir /tmp/relabel-drift]
+                                          [--set refine.merge.fill_min_score=0.3 ...]
 
 Two projects are made in ``--workdir`` from this checkout's ``params.yaml`` and ``dvc.yaml``:
 ``audit`` (``review.budget`` = ``--budget``: each iteration, the most suspicious labels go to the
@@ -47,12 +48,30 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=3, help="refinement iterations per project (default 3)")
     parser.add_argument("--budget", type=int, default=30, help="labels audited per iteration in the audit project (default 30)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/relabel-drift"), help="where the two projects are made (emptied first)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a params.yaml setting for both projects, e.g. refine.merge.fill_min_score=0.3 (repeatable)",
+    )
     return parser.parse_args()
 
 
-def make_project(folder: Path, budget: int) -> Path:
+def overridden(params: dict, settings: list[str]) -> dict:
+    """``params`` with each ``dotted.key=value`` of ``settings`` set (values read as YAML)."""
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        *parents, name = key.split(".")
+        node = params
+        for parent in parents:
+            node = node[parent]
+        if name not in node:
+            raise SystemExit(f"--set {setting}: params.yaml has no {key}")
+        node[name] = yaml.safe_load(value)
+    return params
+
+
+def make_project(folder: Path, budget: int, settings: list[str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = overridden(yaml.safe_load((ROOT / "params.yaml").read_text()), settings)
     params["review"]["budget"] = budget
     params["dvc"]["push"] = False
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -78,8 +97,8 @@ def quality(project: Path, iterations: int) -> pl.DataFrame:
 def main() -> None:
     args = parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
-    audited = make_project(args.workdir / "audit", args.budget)
-    unaudited = make_project(args.workdir / "none", 0)
+    audited = make_project(args.workdir / "audit", args.budget, args.set)
+    unaudited = make_project(args.workdir / "none", 0, args.set)
     print(f"set-up in {audited}", file=sys.stderr)
     for command in SETUP:
         relabel(audited, *command)
@@ -87,8 +106,8 @@ def main() -> None:
     for project in (audited, unaudited):
         relabel(project, "iterate", "--iterations", str(args.iterations))
     table = pl.concat([quality(project, args.iterations) for project in (unaudited, audited)]).sort("iteration", "project")
-    print(f"\nlabel quality per iteration: review.budget {args.budget} ('audit') against 0 ('none'), {args.iterations} iterations")
-    with pl.Config(tbl_rows=50, tbl_width_chars=160, tbl_hide_dataframe_shape=True, float_precision=3):
+    print(f"\nlabel quality per iteration: review.budget {args.budget} ('audit') against 0 ('none'), {args.iterations} iterations" + (f"; {', '.join(args.set)}" if args.set else ""))
+    with pl.Config(tbl_rows=50, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True, float_precision=3):
         print(table.select("iteration", "project", *COLUMNS))
     last = table.filter(pl.col("iteration") == args.iterations)
     share = dict(last.select("project", "wrong_share").iter_rows())

@@ -24,8 +24,9 @@ meaning more likely wrong, from what the engine already knows about it:
     the mean over them of 1 - the surest region of that class (a person's region 1, a machine's
     its score; none 0); 0.5 when it names none (nothing can be checked).
 ``history``
-    It flipped: it replaced another label in a merge (``replaces``), or the model disputed it in
-    the latest merge (each dispute 0.5).
+    It flipped between iterations: it took another label's place in a merge (``replaces``). (The
+    model's disagreement with it is counted once, in the votes: a merge's refusals of the
+    model's labels would count it again.)
 ``filter_margin``
     How close its score came to its filter's threshold (``filter.region.min_score``): 1 at the
     threshold, 0 at ``margin_scale`` above it. Null for protected (human) labels.
@@ -59,7 +60,6 @@ from relabel.scoring import mentions, word_forms
 SIGNALS = tuple(SuspicionWeights.model_fields)
 OCR_MATCH_IOU = 0.3  # an OCR reading frames the ink, a text label may frame the whole sign
 TEXT_MATCH = 0.9  # two readings this similar (relabel.consensus.text_similarity) agree
-DISPUTE_WEIGHT = 0.5  # each time the model disputed a label in the latest merge
 DESCRIBING_TASKS = ("region_caption", "phrase_grounding")  # labels about another label's region
 
 SCORED_SCHEMA = pl.Schema(
@@ -89,8 +89,7 @@ class Evidence:
     specialists' raw outputs and the iteration's model's re-annotation, whose ``source`` is
     ``model_source``; ``region_filter`` and ``protected_sources``: the filters' score
     thresholds and the sources they never drop; ``rare``: the rare classes; ``categories``: the
-    ontology (what a caption can name); ``disputes``: ``label_id, disputes`` (``merge_disputes``
-    of the latest merge), or None."""
+    ontology (what a caption can name)."""
 
     predictions: pl.DataFrame
     region_filter: RegionFilterParams
@@ -98,7 +97,6 @@ class Evidence:
     rare: Sequence[str]
     categories: Sequence[str]
     model_source: str | None = None
-    disputes: pl.DataFrame | None = None
 
 
 def auditable(labels: pl.DataFrame) -> pl.DataFrame:
@@ -106,16 +104,6 @@ def auditable(labels: pl.DataFrame) -> pl.DataFrame:
     return labels.filter(
         pl.col("task").cast(pl.String).is_in(list(AUDITED_TASKS)),
         ~pl.col("source").str.starts_with(SOURCE_PREFIX),
-    )
-
-
-def merge_disputes(decisions: pl.DataFrame) -> pl.DataFrame:
-    """``label_id, disputes``: how many model labels of a merge (``relabel.refine``'s decisions)
-    said something else about each label and were refused."""
-    return (
-        decisions.filter(pl.col("decision") == "rejected", pl.col("counterpart_id").is_not_null())
-        .group_by(label_id="counterpart_id")
-        .agg(disputes=pl.len().cast(pl.Int64))
     )
 
 
@@ -129,7 +117,6 @@ def suspicion_scores(labels: pl.DataFrame, evidence: Evidence, params: ReviewPar
     sources = _sources_by_kind(predictions)
     by_image = predictions.partition_by("image_id", as_dict=True)
     regions_by_image = _with_boxes(labels).partition_by("image_id", as_dict=True)
-    disputes = dict(evidence.disputes.iter_rows()) if evidence.disputes is not None else {}
     rare, protected = set(evidence.rare), set(evidence.protected_sources)
     categories = list(evidence.categories)
     rows = []
@@ -138,7 +125,7 @@ def suspicion_scores(labels: pl.DataFrame, evidence: Evidence, params: ReviewPar
         context = _ImageEvidence.of(seen, regions_by_image.get((image_id,)), sources, evidence.model_source, params.match_iou, protected)
         for row in image_labels.iter_rows(named=True):
             signals = context.signals(row, categories)
-            signals["history"] = min(1.0, (1.0 if row["replaces"] else 0.0) + DISPUTE_WEIGHT * disputes.get(row["label_id"], 0))
+            signals["history"] = 1.0 if row["replaces"] else 0.0
             signals["filter_margin"] = _filter_margin(row, evidence.region_filter, protected, params.margin_scale)
             signals["rarity"] = None if row["category"] is None else float(row["category"] in rare)
             rows.append(
@@ -338,7 +325,6 @@ __all__ = [
     "SIGNALS",
     "apply_verdicts",
     "auditable",
-    "merge_disputes",
     "select_queue",
     "suspicion_scores",
 ]

@@ -10,7 +10,6 @@ from relabel.audit_queue import (
     Evidence,
     apply_verdicts,
     auditable,
-    merge_disputes,
     select_queue,
     suspicion_scores,
 )
@@ -118,18 +117,10 @@ def test_history_and_rarity_raise_suspicion():
     labels = frame("labels", [
         region("plain", "cat", CAT_BOX, "consensus@1", 0.9),
         region("flipped", "cat", CAT_BOX, "consensus@1", 0.9, replaces="older"),
-        region("disputed", "cat", CAT_BOX, "consensus@1", 0.9),
         region("rare", "kite", CAT_BOX, "consensus@1", 0.9, image_id="img-b"),
     ])
-    decisions = pl.DataFrame(
-        {"label_id": ["m1", "m2", "m3"], "decision": ["rejected", "rejected", "confirmed"], "counterpart_id": ["disputed", "disputed", "plain"]}
-    )
-    disputes = merge_disputes(decisions)
-    assert dict(disputes.iter_rows()) == {"disputed": 2}
-    rows = scored_by_id(labels, disputes=disputes)
-    assert rows["plain"]["history"] == 0.0
-    assert rows["flipped"]["history"] == 1.0
-    assert rows["disputed"]["history"] == 1.0
+    rows = scored_by_id(labels)
+    assert rows["plain"]["history"] == 0.0 and rows["flipped"]["history"] == 1.0
     assert rows["rare"]["rarity"] == 1.0 and rows["plain"]["rarity"] == 0.0
     assert rows["flipped"]["suspicion"] > rows["plain"]["suspicion"]
 
