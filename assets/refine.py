@@ -57,6 +57,7 @@ from relabel.refine import (
     merge_reannotation,
     rare_class_changes,
     rare_classes,
+    without_audited,
 )
 
 MERGE_STAGE, REFINE_STAGE, QUALITY_GROUP = "merge", "refine", "filter"
@@ -372,7 +373,7 @@ def _label_quality():
         history = _quality_history(project.data_dir, k)
         chart = _quality_chart(history, quality.per_class, previous_classes)
         chart.save(report_dir / "quality.png")
-        changes = rare_class_changes(quality.per_class, previous_classes) if previous_classes is not None else None
+        changes = rare_class_changes(quality.per_class, _guarded_baseline(project.data_dir, k, previous_classes)) if previous_classes is not None else None
         run_url = mlflow_tracking.log_report(
             run_name=f"labels-iteration-{iteration}",
             tags={"phase": "label_quality", "iteration": iteration, "dagster_run_id": context.run_id},
@@ -406,7 +407,7 @@ def _label_quality():
         blocking=True,
         partitions_def=ITERATIONS,
         compute_kind="great_expectations",
-        description="The rare-class guard: no rare class (refine.guard.rare_share of the object labels in iteration 0) loses more than refine.guard.max_count_drop of its training labels, or more than refine.guard.max_recall_drop of its ground-truth recall, from the previous iteration to this one. Blocking: the model of an iteration that fails it does not train.",
+        description="The rare-class guard: no rare class (refine.guard.rare_share of the object labels in iteration 0) loses more than refine.guard.max_count_drop of its training labels, or more than refine.guard.max_recall_drop of its ground-truth recall, from the previous iteration to this one (the labels a person's audit took out are not counted as lost). Blocking: the model of an iteration that fails it does not train.",
     )
     def rare_classes_kept(context: AssetCheckExecutionContext, project: ProjectResource, label_quality: pl.DataFrame) -> AssetCheckResult:
         from data_checks import suites
@@ -418,7 +419,7 @@ def _label_quality():
         if previous is None:
             return AssetCheckResult(passed=True, metadata={"compared_with": "nothing: iteration 0 is the reference"})
         guard = project.params.refine.guard
-        changes = rare_class_changes(label_quality, previous)
+        changes = rare_class_changes(label_quality, _guarded_baseline(project.data_dir, k, previous))
         docs_dir = project.data_dir / "gx_docs" / "rare_classes_kept" / iteration
         result = validate(suites.rare_class_guard_suite(guard.max_count_drop, guard.max_recall_drop), changes, index_column="category", docs_dir=docs_dir)
         return AssetCheckResult(
@@ -438,6 +439,19 @@ def _label_quality():
 def _previous_per_class(data_dir: Path, k: int) -> pl.DataFrame | None:
     path = partition_path(data_dir, LABEL_QUALITY, str(k - 1))
     return pl.read_parquet(path).cast(dict(PER_CLASS_SCHEMA)) if k > 0 and path.is_file() else None
+
+
+def _guarded_baseline(data_dir: Path, k: int, previous: pl.DataFrame) -> pl.DataFrame:
+    """Iteration k-1's per-class counts less what iteration k-1's audit queue took out."""
+    from assets.review import review_dir  # assets.review reads this module's keys
+
+    decisions = review_dir(data_dir, str(k - 1)) / DECISIONS_FILE
+    before = _previous_filtered(data_dir, k)
+    if not decisions.is_file() or before is None:
+        return previous
+    gone = pl.read_parquet(decisions).filter(pl.col("decision").is_in(["corrected", "rejected"]))["label_id"].implode()
+    removed = before.filter(pl.col("label_id").is_in(gone), pl.col("task") == "object", pl.col("category").is_not_null()).select("category")
+    return without_audited(previous, removed)
 
 
 def _previous_filtered(data_dir: Path, k: int) -> pl.DataFrame | None:

@@ -346,6 +346,18 @@ def _share(rows: pl.DataFrame, condition: pl.Expr) -> float | None:
     return rows.select(condition.mean()).item() if rows.height else None
 
 
+def without_audited(previous: pl.DataFrame, removed: pl.DataFrame) -> pl.DataFrame:
+    """``previous`` (``PER_CLASS_SCHEMA``) less the labels a person's audit took out of each class
+    (``removed``: one ``category`` per label rejected or corrected away): what the guard holds the
+    next iteration to is what the person left, not the labels they found wrong."""
+    taken = removed.group_by("category").agg(_taken=pl.len().cast(pl.Int64))
+    return (
+        previous.join(taken, on="category", how="left")
+        .with_columns(labels=(pl.col("labels") - pl.col("_taken").fill_null(0)).clip(lower_bound=0))
+        .select(*PER_CLASS_SCHEMA)
+    )
+
+
 def rare_class_changes(per_class: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
     """How each class that was rare in ``previous`` changed in ``per_class`` (both
     ``PER_CLASS_SCHEMA``): its label count and ground-truth recall before and now, the share of
@@ -372,4 +384,5 @@ __all__ = [
     "merge_reannotation",
     "rare_class_changes",
     "rare_classes",
+    "without_audited",
 ]

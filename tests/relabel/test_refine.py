@@ -5,7 +5,7 @@ import pytest
 
 from relabel.config import MergePolicyParams
 from relabel.labels import check_schema, frame, label_id_for
-from relabel.refine import iteration_quality, merge_reannotation, rare_class_changes, rare_classes
+from relabel.refine import PER_CLASS_SCHEMA, iteration_quality, merge_reannotation, rare_class_changes, rare_classes, without_audited
 
 POLICY = MergePolicyParams()
 MODEL = "florence2@iteration-0"
@@ -166,3 +166,17 @@ def test_a_model_label_without_a_usable_score_never_fills(score):
     model = label(MODEL, "cat", [100, 100, 150, 150], score=0.9)
     result = merged([], [{**model, "score": score}])
     assert decision_of(result, model)["decision"] == "rejected"
+
+
+def test_labels_a_person_took_out_are_not_counted_as_lost_by_the_guard():
+    before = pl.DataFrame(
+        [{"category": "kite", "labels": 4, "recall": 0.5, "f1": 0.5, "rare": True}, {"category": "cat", "labels": 10, "recall": 0.8, "f1": 0.8, "rare": True}],
+        schema=PER_CLASS_SCHEMA,
+    )
+    now = before.with_columns(labels=pl.Series([3, 10]))
+    # a kite lost on its own is a quarter of the class: the guard's limit
+    assert rare_class_changes(now, before).filter(pl.col("category") == "kite")["count_drop"].item() == 0.25
+    # the same kite rejected by a person is not a loss: the baseline is what they left
+    baseline = without_audited(before, pl.DataFrame({"category": ["kite"]}))
+    assert baseline.schema == PER_CLASS_SCHEMA and dict(baseline.select("category", "labels").iter_rows()) == {"kite": 3, "cat": 10}
+    assert rare_class_changes(now, baseline)["count_drop"].to_list() == [0.0, 0.0]
