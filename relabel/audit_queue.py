@@ -55,6 +55,7 @@ from relabel.audit import AUDITED_TASKS, SOURCE_PREFIX
 from relabel.config import RegionFilterParams, ReviewParams, SuspicionWeights
 from relabel.consensus import normalise_text, text_similarity
 from relabel.labels import ANNOTATION_TYPES, check_schema, region_box
+from relabel.merge import box_iou
 from relabel.scoring import mentions, word_forms
 
 SIGNALS = tuple(SuspicionWeights.model_fields)
@@ -254,14 +255,7 @@ def _score(row: dict) -> float:
 
 def _iou_with(box: list[float], boxes: np.ndarray) -> np.ndarray:
     """IoU of one box with each of ``boxes`` (0 where neither has area)."""
-    if not len(boxes):
-        return np.zeros(0)
-    x0, y0, x1, y1 = box
-    width = np.clip(np.minimum(x1, boxes[:, 2]) - np.maximum(x0, boxes[:, 0]), 0, None)
-    height = np.clip(np.minimum(y1, boxes[:, 3]) - np.maximum(y0, boxes[:, 1]), 0, None)
-    inter = width * height
-    union = (x1 - x0) * (y1 - y0) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return np.nan_to_num(box_iou(np.repeat([box], len(boxes), axis=0), boxes)) if len(boxes) else np.zeros(0)
 
 
 def _filter_margin(row: dict, region_filter: RegionFilterParams, protected: set[str], scale: float) -> float | None:
