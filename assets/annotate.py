@@ -38,6 +38,7 @@ IMAGES = AssetKey([INGEST_STAGE, "images"])
 HUMAN_LABELS = AssetKey([INGEST_STAGE, "human_labels"])
 CONSENSUS = AssetKey([ANNOTATE_STAGE, "consensus_regions"])
 INITIAL_ANNOTATIONS = AssetKey([ANNOTATE_STAGE, "initial_annotations"])
+INITIAL_QUARANTINE = AssetKey([ANNOTATE_STAGE, "initial_quarantine"])
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def build_annotate_assets(shards: PartitionsDefinition, params: AnnotateParams) 
         scores=_scores_asset([spec.name for spec in (*perception, *language)]),
         quarantines=[
             AssetKey([ANNOTATE_STAGE, f"{name}_quarantine"])
-            for name in (*(spec.name for spec in (*perception, *language)), "consensus")
+            for name in (*(spec.name for spec in (*perception, *language)), "consensus", "initial")
         ],
     )
 
@@ -206,8 +207,13 @@ def _initial_annotations_asset(shards: PartitionsDefinition, language: list[str]
         outs={
             "initial_annotations": AssetOut(
                 key=INITIAL_ANNOTATIONS,
-                description="Every human label verbatim, with the fused specialist regions (traced polygons), captions, groundings and region captions.",
+                description="One label per object: every human label as a person wrote it, enriched by the specialist regions that confirm it (provenance, agreement, a traced polygon), the other fused specialist regions with their traced polygons, captions, groundings and region captions.",
                 metadata={TABLE_METADATA_KEY: "labels"},
+            ),
+            "initial_quarantine": AssetOut(
+                key=INITIAL_QUARANTINE,
+                description="The rows folded into the label they confirm or trace (confirms_existing): kept as evidence, never exported, trained on or counted as a second object.",
+                metadata={TABLE_METADATA_KEY: "quarantine"},
             ),
             "annotation_conflicts": AssetOut(
                 key=[ANNOTATE_STAGE, "annotation_conflicts"],
@@ -230,22 +236,25 @@ def _initial_annotations_asset(shards: PartitionsDefinition, language: list[str]
         consensus_regions: pl.DataFrame,
         **language_labels,
     ):
-        labels, conflicts = initial_annotations(
+        annotated = initial_annotations(
             human_labels, consensus_regions, list(language_labels.values()), project.params.annotate.consensus
         )
+        labels = annotated.labels
         by_source = labels.with_columns(pl.col("source").str.split("@").list.first().alias("origin"))
         yield Output(
             labels,
             "initial_annotations",
             metadata={
                 "human_labels_kept": labels.filter(pl.col("source") == "human").height,
-                "linked_to_human": labels.filter(pl.col("linked_label_id").is_not_null() & (pl.col("source") != "human")).height,
+                "human_labels_confirmed": labels.filter((pl.col("source") == "human") & (pl.col("agreement") > 1)).height,
+                "folded_into_a_label": annotated.quarantine.height,
                 **counts_by(labels, "annotation_type"),
                 **counts_by(labels, "task"),
                 **counts_by(by_source, "origin"),
             },
         )
-        yield Output(conflicts, "annotation_conflicts", metadata={"conflicts": conflicts.height})
+        yield Output(annotated.quarantine, "initial_quarantine", metadata=counts_by(annotated.quarantine, "reason"))
+        yield Output(annotated.conflicts, "annotation_conflicts", metadata={"conflicts": annotated.conflicts.height})
 
     return initial
 

@@ -49,6 +49,7 @@ from pipelines.resources import DvcResource, MlflowResource, ProjectResource
 from relabel.ingest.images import path_of_uri
 from relabel.audit_queue import apply_verdicts
 from relabel.labels import empty
+from relabel.merge import folded_quarantine
 from relabel.refine import (
     DECISIONS_SCHEMA,
     PER_CLASS_SCHEMA,
@@ -66,13 +67,15 @@ MERGE_DECISIONS = AssetKey([MERGE_STAGE, "decisions"])
 REANNOTATION = AssetKey([REFINE_STAGE, "reannotation"])
 REANNOTATION_PROBLEMS = AssetKey([REFINE_STAGE, "reannotation_problems"])
 CAPTION_SPECIALIST = AssetKey([REFINE_STAGE, "caption_specialist"])
-QUALITY_METRICS = ("box_f1", "box_f1_rare", "caption_object_recall", "ocr_cer", "wrong_share", "repaired_share", "protected_repaired_share", "broken_share")
+SELF_TRAINED = AssetKey([REFINE_STAGE, "self_trained_specialists"])
+QUALITY_METRICS = ("box_f1", "box_f1_rare", "caption_object_recall", "ocr_cer", "wrong_share", "repaired_share", "protected_repaired_share", "broken_share", "added_precision")
 
 
 def build_refine_assets(iteration_shards: PartitionsDefinition) -> tuple[list, list, list]:
     """(the iteration's labels, per iteration and shard; the re-annotation, per iteration and
-    shard; the caption specialist and label quality, per iteration)."""
-    return [_iteration_labels(iteration_shards)], [_reannotation(iteration_shards)], [_caption_specialist(), _label_quality()]
+    shard; the caption specialist, the self-trained specialists and label quality, per
+    iteration)."""
+    return [_iteration_labels(iteration_shards)], [_reannotation(iteration_shards)], [_caption_specialist(), _self_trained(), _label_quality()]
 
 
 def _iteration_labels(iteration_shards: PartitionsDefinition):
@@ -196,8 +199,11 @@ def _audited(project: ProjectResource, labels: pl.DataFrame, iteration: str) -> 
     in_shard = pl.col("image_id").is_in(labels["image_id"].unique().implode())
     quarantine = pl.read_parquet(folder / QUARANTINE_FILE).filter(in_shard)
     decided = decisions.filter(in_shard)
-    return apply_verdicts(labels, pl.read_parquet(verdicts_path), decisions), _Audited(
-        quarantine, {"audit": f"{decided.height} verdicts of iteration {iteration}'s audit queue", **counts_by(decided.select(audit_decision="decision"), "audit_decision")}
+    verdicts = apply_verdicts(labels, pl.read_parquet(verdicts_path), decisions, match_iou=project.params.review.match_iou)
+    folded = folded_quarantine(verdicts.folded, phase="review", why="a copy of the object a person audited")
+    return verdicts.labels, _Audited(
+        pl.concat([quarantine, folded], how="vertical"),
+        {"audit": f"{decided.height} verdicts of iteration {iteration}'s audit queue", "folded_into_audited": verdicts.folded.height, **counts_by(decided.select(audit_decision="decision"), "audit_decision")},
     )
 
 
@@ -207,7 +213,7 @@ def _reannotation(iteration_shards: PartitionsDefinition):
         outs={
             "reannotation": AssetOut(
                 key=REANNOTATION,
-                description="What the iteration's model says about every training image of the shard, for every task (prompted tasks ask about the image's filtered labels); the tasks no specialist labels are answered by the caption specialist. These labels feed the next iteration's merge.",
+                description="What the iteration's model says about every training image of the shard, for every task (prompted tasks ask about the image's filtered labels); the tasks no specialist labels are answered by the caption specialist; each self-trained specialist labels the images its held-out fold model never saw. These labels feed the next iteration's merge.",
                 metadata={TABLE_METADATA_KEY: "labels"},
                 automation_condition=FOLLOWS_INPUTS,
             ),
@@ -218,7 +224,11 @@ def _reannotation(iteration_shards: PartitionsDefinition):
             ),
         },
         ins={"images": AssetIn(IMAGES, partition_mapping=SAME_SHARD), "labels": AssetIn(FILTERED_LABELS)},
-        deps=[AssetDep(MODEL, partition_mapping=SAME_ITERATION), AssetDep(CAPTION_SPECIALIST, partition_mapping=SAME_ITERATION)],
+        deps=[
+            AssetDep(MODEL, partition_mapping=SAME_ITERATION),
+            AssetDep(CAPTION_SPECIALIST, partition_mapping=SAME_ITERATION),
+            AssetDep(SELF_TRAINED, partition_mapping=SAME_ITERATION),
+        ],
         partitions_def=iteration_shards,
         group_name=REFINE_STAGE,
         compute_kind="torch",
@@ -250,6 +260,9 @@ def _reannotation(iteration_shards: PartitionsDefinition):
             problems.append(result.problems)
             requests += asked.height
             del model
+        held_out = _held_out_labels(project, training, iteration, device)
+        generated.append(held_out.labels)
+        problems_frame = pl.concat([*problems, held_out.problems], how="vertical")
         seconds = time.perf_counter() - started
         written = pl.concat(generated, how="vertical")
         context.log.info(f"iteration {iteration} {shard}: {requests} requests on {training.height} images, {written.height} labels in {seconds:.0f} s")
@@ -265,12 +278,106 @@ def _reannotation(iteration_shards: PartitionsDefinition):
                 "requests_per_second": round(requests / seconds, 2) if seconds else 0.0,
                 "device": device,
                 **counts_by(written, "task"),
+                **counts_by(written.with_columns(pl.col("source").str.split("@").list.first()), "source"),
             },
         )
-        problems_frame = pl.concat(problems, how="vertical")
         yield Output(problems_frame, "reannotation_problems", metadata={"problems": problems_frame.height, **counts_by(problems_frame, "task")})
 
     return reannotation
+
+
+@dataclass(frozen=True)
+class _HeldOut:
+    labels: pl.DataFrame
+    problems: pl.DataFrame
+
+
+def _held_out_labels(project: ProjectResource, training: pl.DataFrame, iteration: str, device: str) -> _HeldOut:
+    """What each self-trained specialist says about the shard's training images, each image
+    by the fold model that never saw it (``models.self_training``); its failures are problems."""
+    from models.inference import PROBLEMS_SCHEMA
+    from models.self_training import detect_held_out
+
+    settings = project.params.refine.self_training
+    folder = _self_training_dir(project.data_dir, iteration)
+    labels, problems = [empty("labels")], [pl.DataFrame(schema=PROBLEMS_SCHEMA)]
+    for spec in _self_trained_specs(project):
+        found, quarantine = detect_held_out(
+            spec.kind, spec.name, training.drop("image_path"), lambda uri: path_of_uri(uri, project.data_dir), folder / spec.name,
+            {**spec.settings, **settings.settings}, settings.folds, categories=tuple(project.ontology()), device=device,
+            iteration=iteration_number(iteration),
+        )
+        # its source says which iteration's self-training wrote it (the weights' version is in
+        # the self-training report): the next merge and its history read it like the model's
+        labels.append(found.with_columns(source=pl.lit(f"{spec.name}-self-trained@iteration-{iteration}")))
+        problems.append(
+            quarantine.select("image_id", task=pl.lit(spec.name), generated=pl.lit(None, pl.String), problem=pl.col("reason") + ": " + pl.col("detail"))
+        )
+    return _HeldOut(pl.concat(labels, how="vertical"), pl.concat(problems, how="vertical"))
+
+
+def _self_trained_specs(project: ProjectResource) -> list:
+    by_name = {spec.name: spec for spec in project.params.annotate.perception}
+    return [by_name[name] for name in project.params.refine.self_training.specialists]
+
+
+def _self_training_dir(data_dir: Path, iteration: str) -> Path:
+    return Path(data_dir, *SELF_TRAINED.path, f"iteration-{iteration}")
+
+
+def _self_trained():
+    @asset(
+        key=SELF_TRAINED,
+        ins={
+            "labels": AssetIn(FILTERED_LABELS, partition_mapping=SAME_ITERATION),
+            "images": AssetIn(IMAGES, partition_mapping=AllPartitionMapping()),
+        },
+        # the rare-class guard gates it as it gates the model: a failing iteration trains neither
+        deps=[LABEL_QUALITY],
+        partitions_def=ITERATIONS,
+        group_name=REFINE_STAGE,
+        compute_kind="torch",
+        automation_condition=FOLLOWS_INPUTS,
+        description="Self-training (refine.self_training): each named perception specialist re-trained on the iteration's filtered training labels, once per fold of the images (cross-fitting): the model of fold f trains on the other folds and later labels only fold f, so no proposal comes from a model that saw the image's labels.",
+    )
+    def self_trained_specialists(context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource, labels: pl.DataFrame, images: pl.DataFrame) -> MaterializeResult:
+        from models.self_training import train_folds
+
+        iteration, settings = context.partition_key, project.params.refine.self_training
+        folder = _self_training_dir(project.data_dir, iteration)
+        shutil.rmtree(folder, ignore_errors=True)
+        specs = _self_trained_specs(project)
+        if not specs:
+            return MaterializeResult(metadata={"trained": False, "why": "refine.self_training.specialists is empty"})
+        training = images.filter(pl.col("split") == "train")
+        labels = labels.filter(pl.col("image_id").is_in(training["image_id"].implode()))
+        started, reports = time.perf_counter(), []
+        k = iteration_number(iteration)
+        before = _self_training_dir(project.data_dir, str(k - 1)) if settings.warm_start and k > 0 else None
+        for spec in specs:
+            for report in train_folds(
+                spec.kind, training, labels, lambda uri: path_of_uri(uri, project.data_dir), folder / spec.name,
+                {**spec.settings, **settings.settings}, settings.folds, go_on_from=before / spec.name if before else None,
+            ):
+                reports.append({"specialist": spec.name, **{k: v for k, v in report.items() if isinstance(v, (int, float, str))}})
+        folder.mkdir(parents=True, exist_ok=True)
+        summary = folder / "self_training.json"
+        summary.write_text(json.dumps({"iteration": iteration, "folds": settings.folds, "reports": reports}, indent=1))
+        committed = dvc.commit(stage=REFINE_STAGE, written=summary)
+        table = pl.DataFrame(reports).select([c for c in ("specialist", "fold", "n_images", "n_boxes", "held_out_images", "final_loss", "seconds", "went_on_from") if c in reports[0]])
+        return MaterializeResult(
+            metadata={
+                "trained": True,
+                "specialists": ", ".join(spec.name for spec in specs),
+                "folds": settings.folds,
+                "training_labels": labels.filter(pl.col("task") == "object").height,
+                "seconds": round(time.perf_counter() - started, 1),
+                "folds_trained": MetadataValue.md(markdown_table(table)),
+                "dvc_md5": committed.md5,
+            }
+        )
+
+    return self_trained_specialists
 
 
 def _specialist_dir(data_dir: Path, iteration: str) -> Path:

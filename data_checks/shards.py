@@ -53,7 +53,7 @@ GATES: dict[AssetKey, tuple[str, ...]] = {
     IMAGES: ("images_valid",),
     HUMAN_LABELS: ("human_labels_valid",),
     INGEST_QUARANTINE: ("ingest_quarantine_explained",),
-    FILTERED_LABELS: ("filtered_labels_valid", "filtered_labels_cover_images", "filtered_labels_keep_every_class"),
+    FILTERED_LABELS: ("filtered_labels_valid", "filtered_labels_cover_images", "filtered_labels_keep_every_class", "filtered_labels_one_label_per_object"),
     FILTER_QUARANTINE: ("filter_quarantine_explained",),
     LABEL_QUALITY: ("rare_classes_kept",),
     CORPUS_EXAMPLES: ("no_eval_leakage",),
@@ -83,6 +83,9 @@ def build_shard_checks(shards: PartitionsDefinition, iteration_shards: Partition
               ("class_retention_suite", gates.min_class_retention), "class_counts_frame",
               f"Every class keeps at least {gates.min_class_retention:.0%} of the iteration's labels of it through the filters (filter.gates.min_class_retention): a rare class that collapses fails.",
               other=ITERATION_LABELS),
+        _gate(FILTERED_LABELS, "filtered_labels_one_label_per_object", iteration_shards, "label_id",
+              ("one_label_per_object_suite", gates.max_same_object_iou), "same_object_frame",
+              f"One object, one label: no two object labels of an image and class overlap by IoU {gates.max_same_object_iou} or more unless both are a person's (filter.gates.max_same_object_iou)."),
         _gate(FILTER_QUARANTINE, "filter_quarantine_explained", iteration_shards, "row", ("quarantine_suite",), "quarantine_gate_frame",
               "Every label a filter dropped says which filter, why, and keeps the label as JSON."),
     ]

@@ -16,6 +16,7 @@ import polars as pl
 from great_expectations.expectations.row_conditions import Column
 
 from data_checks.gates import gx_type_name
+from relabel.merge import same_object_overlaps
 from relabel.labels import IMAGES_SCHEMA, LABELS_SCHEMA, QUARANTINE_SCHEMA, RECORD_KINDS, SPLITS
 
 # A value that is present has at least one non-whitespace character (GX searches, not matches).
@@ -239,6 +240,24 @@ def coverage_suite(min_labelled_share: float) -> gx.ExpectationSuite:
             gxe.ExpectColumnValuesToBeBetween(column="labels", min_value=1, mostly=min_labelled_share)
         ],
     )
+
+
+def one_label_per_object_suite(max_iou: float) -> gx.ExpectationSuite:
+    """Gates "one object, one label", validated as ``relabel.merge.same_object_overlaps``: no
+    two object labels of one image and class overlap by ``max_iou`` or more unless both are a
+    person's. A confirming detection, a traced polygon or a model's re-detection belongs to
+    the label of its object (its provenance and agreement), never beside it: a second copy
+    would be exported, trained on and counted as another object."""
+    return gx.ExpectationSuite(
+        name="one_label_per_object",
+        expectations=[gxe.ExpectColumnValuesToBeBetween(column="same_object_iou", max_value=max_iou, strict_max=True)],
+    )
+
+
+def same_object_frame(labels: pl.DataFrame) -> pl.DataFrame:
+    """``relabel.merge.same_object_overlaps`` of ``labels``: per object label, its largest
+    overlap with another label of its image and class."""
+    return same_object_overlaps(labels)
 
 
 def class_counts_frame(current: pl.DataFrame, reference: pl.DataFrame) -> pl.DataFrame:

@@ -621,25 +621,30 @@ def _iteration_lines(data: Path) -> list[str]:
     for folder in decisions:
         if folder.name == "iteration-0":
             continue
-        decided = pl.read_parquet(folder / "*.parquet")
-        counts = decided.group_by("decision").len().sort("decision")
+        decided = pl.read_parquet(folder / "*.parquet").filter(pl.col("decision") != "kept")
+        by_source = decided.with_columns(origin=pl.col("source").str.split("@").list.first()).group_by("origin", "decision").len().sort("origin", "decision")
         protected = decided.filter(pl.col("reason").str.contains("rare class")).height
-        lines.append(
-            f"  merge into {folder.name}: " + ", ".join(f"{r['decision']} {r['len']}" for r in counts.iter_rows(named=True))
-            + f"; {protected} model labels refused to protect a rare-class label"
+        said = "; ".join(
+            f"{origin}: " + ", ".join(f"{r['decision']} {r['len']}" for r in rows.iter_rows(named=True))
+            for (origin,), rows in by_source.group_by("origin", maintain_order=True)
         )
+        lines.append(f"  merge into {folder.name}: {said}; {protected} labels refused to protect a rare-class label")
     summaries = sorted((data / "filter" / "quality").glob("iteration-*/summary.parquet"), key=lambda p: int(p.parent.name.split("-")[1]))
     if not summaries:
         return lines
     history = pl.concat([pl.read_parquet(p) for p in summaries], how="diagonal_relaxed")
     lines = ["", "Refinement: the model's labels merged into the next iteration's (merge policy: refine.merge)", *lines]
     lines.append("  label quality on the training images against the world's ground truth (filtered labels):")
-    lines.append("  iteration  labels  audited  wrong  box F1  rare F1  caption recall  OCR CER  repaired  human repaired  broken")
+    lines.append("  (filled, repaired: labels the machines added since the iteration before, in no label's place or in a label's; right: their share the truth calls right;")
+    lines.append("   broken: right labels of the iteration before replaced by a wrong one or gone; wrong fixed: share of its wrong labels replaced by a right one)")
+    lines.append("  iteration  labels  audited  wrong  box F1  rare F1  caption recall  OCR CER  filled  repaired  right  broken  wrong fixed")
     for row in history.iter_rows(named=True):
         cell = lambda name, width=7: f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"  # noqa: E731
+        count = lambda name, width: f"{row[name]:>{width}}" if row.get(name) is not None else f"{'-':>{width}}"  # noqa: E731
         lines.append(
             f"  {row['iteration']:>9}  {row['labels']:>6}  {row.get('audited_labels') or 0:>7}  {cell('wrong_share', 5)} {cell('box_f1')}  {cell('box_f1_rare')}"
-            f"  {cell('caption_object_recall', 14)}  {cell('ocr_cer')}  {cell('repaired_share', 8)}  {cell('protected_repaired_share', 14)}  {cell('broken_share', 6)}"
+            f"  {cell('caption_object_recall', 14)}  {cell('ocr_cer')}  {count('filled_labels', 6)}  {count('repaired_labels', 8)}  {cell('added_precision', 5)}"
+            f"  {count('broken_labels', 6)}  {cell('repaired_share', 11)}"
         )
     return lines + _review_lines(data) + _guard_lines(data, [int(row["iteration"]) for row in history.iter_rows(named=True)])
 

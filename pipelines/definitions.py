@@ -19,7 +19,7 @@ from assets.filter import build_filter_assets
 from assets.ingest import QUARANTINES, SOURCE_CATALOG, build_ingest_assets
 from assets.model import HELDOUT_SCORES, MODEL, build_model_assets
 from assets.partitions import ITERATIONS, iteration_shards
-from assets.refine import CAPTION_SPECIALIST, MERGE_QUARANTINE, build_refine_assets
+from assets.refine import CAPTION_SPECIALIST, MERGE_QUARANTINE, SELF_TRAINED, build_refine_assets
 from assets.review import AUDIT_QUEUE, AUDIT_VERDICTS, build_review_assets
 from assets.world import embedded_world
 from data_checks.shards import build_shard_checks
@@ -42,6 +42,7 @@ from pipelines.phases import (
     REANNOTATE_SHARDS_JOB,
     SCORE_ANNOTATIONS_JOB,
     SCORE_MODEL_JOB,
+    SELF_TRAIN_JOB,
     TRAIN_MODEL_JOB,
     TRAIN_SPECIALISTS_JOB,
     WORLD_JOB,
@@ -61,7 +62,7 @@ def build_definitions(root: str | None = None) -> Definitions:
     dvc = DvcResource(project=project)
     catalog = AssetSelection.assets(SOURCE_CATALOG).required_multi_asset_neighbors()
     annotate = build_annotate_assets(shards, params.annotate)
-    merge, reannotate, (caption_specialist, (label_quality, rare_class_guard)) = build_refine_assets(by_iteration_and_shard)
+    merge, reannotate, (caption_specialist, self_trained, (label_quality, rare_class_guard)) = build_refine_assets(by_iteration_and_shard)
     filter_shard, (filter_report, quarantine_index) = build_filter_assets(
         by_iteration_and_shard, [*QUARANTINES, *annotate.quarantines], [MERGE_QUARANTINE]
     )
@@ -160,6 +161,13 @@ def build_definitions(root: str | None = None) -> Definitions:
             description="Fine-tune the iteration's model on the few labels of the tasks no specialist labels (detailed captions).",
         ),
         define_asset_job(
+            SELF_TRAIN_JOB,
+            selection=AssetSelection.assets(SELF_TRAINED),
+            partitions_def=ITERATIONS,
+            executor_def=step_executor,
+            description="Re-train the self-trained perception specialists on the iteration's filtered labels, one model per fold of the images (cross-fitting).",
+        ),
+        define_asset_job(
             REANNOTATE_SHARDS_JOB,
             selection=AssetSelection.assets(*reannotate),
             partitions_def=by_iteration_and_shard,
@@ -207,6 +215,7 @@ def build_definitions(root: str | None = None) -> Definitions:
             *corpus,
             *build_model_assets(),
             caption_specialist,
+            self_trained,
             *reannotate,
             *build_review_assets([spec.name for spec in params.annotate.perception if spec.enabled]),
             *build_export_assets(),
@@ -286,6 +295,10 @@ def tune_caption_specialist_job():
     return defs.resolve_job_def(CAPTION_SPECIALIST_JOB)
 
 
+def self_train_specialists_job():
+    return defs.resolve_job_def(SELF_TRAIN_JOB)
+
+
 def reannotate_shards_job():
     return defs.resolve_job_def(REANNOTATE_SHARDS_JOB)
 
@@ -329,6 +342,7 @@ JOB_FACTORIES = {
     SCORE_MODEL_JOB: score_model_job,
     MERGE_SHARDS_JOB: merge_shards_job,
     CAPTION_SPECIALIST_JOB: tune_caption_specialist_job,
+    SELF_TRAIN_JOB: self_train_specialists_job,
     REANNOTATE_SHARDS_JOB: reannotate_shards_job,
     QUEUE_AUDIT_JOB: queue_audit_job,
     READ_VERDICTS_JOB: read_audit_verdicts_job,

@@ -9,9 +9,12 @@ The flow for one shard:
    fusion with their agreement and provenance, a region only one low-scoring specialist saw is
    quarantined (``lone_low_score``), near-duplicate texts are merged;
 3. language specialists (segmenter, captioner, grounding) read the fused regions and texts;
-4. ``initial_annotations``: polygons the segmenter traced are folded into their regions, and
-   everything is merged with the human labels, which are kept verbatim; conflicts (same
-   region, other category) are listed, never resolved silently.
+4. ``initial_annotations``: one object, one label. Polygons the segmenter traced are folded
+   into the regions they trace (human or fused), fused regions that confirm a human label are
+   folded into it (its provenance and agreement), and the folded rows are quarantined as
+   evidence (``confirms_existing``) so no object is exported, trained on or counted twice;
+   what a person wrote is kept as written; conflicts (same region, other category) are
+   listed, never resolved silently.
 
 ``score_against_truth`` compares any of these outputs with the embedded world's ground truth.
 """
@@ -26,7 +29,7 @@ import polars as pl
 from relabel.config import ConsensusParams
 from relabel.consensus import fuse_regions, merge_texts
 from relabel.labels import empty
-from relabel.merge import merge_with_human
+from relabel.merge import fold_evidence, folded_quarantine, merge_with_human
 from relabel.scoring import box_scores, caption_object_recall, ocr_cer
 
 PHASE = "annotate"
@@ -53,46 +56,55 @@ def consensus_regions(
     return pl.concat([fusion.fused, fusion.passthrough, texts], how="vertical"), fusion.quarantine(PHASE)
 
 
+@dataclass(frozen=True)
+class InitialAnnotations:
+    """What ``initial_annotations`` returns: the shard's ``labels`` (one per object), the
+    human/machine ``conflicts`` (``relabel.merge.CONFLICTS_SCHEMA``) and the ``quarantine``
+    of the rows folded into the label they trace or confirm (reason ``confirms_existing``).
+    Rows in = labels + quarantine."""
+
+    labels: pl.DataFrame
+    conflicts: pl.DataFrame
+    quarantine: pl.DataFrame
+
+
 def initial_annotations(
     human: pl.DataFrame,
     consensus: pl.DataFrame,
     language: Sequence[pl.DataFrame],
     params: ConsensusParams,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The shard's initial annotations and the human/machine conflicts.
+) -> InitialAnnotations:
+    """The shard's initial annotations, each object once, and the human/machine conflicts.
 
-    A language-stage ``object`` row linked to a consensus region is that region's traced
-    polygon: it is folded into the region (polygon set, its id added to the provenance).
-    Everything else from the language stage (captions, groundings, region captions) is added;
-    near-duplicate machine texts are merged. Then human labels are merged in verbatim.
+    A language-stage ``object`` row linked to a human or consensus region is that region's
+    traced polygon: it is folded into the region (``relabel.merge.fold_evidence``). Everything
+    else from the language stage (captions, groundings, region captions) is added; near-
+    duplicate machine texts are merged. Then the machine labels are merged with the human
+    labels (``merge_with_human``): a fused region confirming a human one is folded into it.
+    Labels that described a folded region (region captions, groundings) are relinked to the
+    label it was folded into.
     """
     language_rows = pl.concat([empty("labels"), *language], how="vertical")
-    refines = (pl.col("task") == "object") & pl.col("linked_label_id").is_in(consensus["label_id"].implode())
-    traced = (
-        language_rows.filter(refines & pl.col("polygon").is_not_null())
-        .sort("score", descending=True)
-        .unique("linked_label_id", keep="first", maintain_order=True)
-        .select(
-            pl.col("linked_label_id").alias("label_id"),
-            pl.col("polygon").alias("traced_polygon"),
-            pl.col("label_id").alias("traced_by"),
-        )
-    )
-    regions = (
-        consensus.join(traced, on="label_id", how="left", maintain_order="left")
-        .with_columns(
-            polygon=pl.coalesce("traced_polygon", "polygon"),
-            provenance=pl.when(pl.col("traced_by").is_not_null())
-            .then(pl.concat_list(pl.col("provenance").fill_null([]), pl.col("traced_by")))
-            .otherwise(pl.col("provenance")),
-        )
-        .select(consensus.columns)
-    )
-    added = language_rows.filter(~refines)
+    region_ids = pl.concat([human["label_id"], consensus["label_id"]]).implode()
+    traces = (pl.col("task") == "object") & pl.col("linked_label_id").is_in(region_ids)
+    traced = language_rows.filter(traces)
+    human = fold_evidence(human, traced, votes=False)
+    regions = fold_evidence(consensus, traced, votes=False)
+    added = language_rows.filter(~traces)
     texts = merge_texts(added.filter(pl.col("annotation_type") == "text"), similarity=params.text_similarity)
     machine = pl.concat([regions, texts, added.filter(pl.col("annotation_type") != "text")], how="vertical")
     merged = merge_with_human(human, machine, iou_threshold=params.human_match_iou)
-    return merged.labels, merged.conflicts
+    # what named a region folded into a human label names that label now
+    into = dict(zip(merged.folded["label_id"], merged.folded["linked_label_id"], strict=True))
+    relinked = pl.col("linked_label_id").replace(into)
+    quarantine = pl.concat(
+        [
+            folded_quarantine(traced.with_columns(linked_label_id=relinked), phase=PHASE, why="its traced polygon"),
+            folded_quarantine(merged.folded, phase=PHASE, why="another source seeing the same object"),
+        ],
+        how="vertical",
+    )
+    return InitialAnnotations(labels=merged.labels.with_columns(linked_label_id=relinked), conflicts=merged.conflicts, quarantine=quarantine)
 
 
 @dataclass(frozen=True)

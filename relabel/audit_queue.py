@@ -54,8 +54,8 @@ import polars as pl
 from relabel.audit import AUDITED_TASKS, SOURCE_PREFIX
 from relabel.config import RegionFilterParams, ReviewParams, SuspicionWeights
 from relabel.consensus import normalise_text, text_similarity
-from relabel.labels import ANNOTATION_TYPES, check_schema, region_box
-from relabel.merge import box_iou
+from relabel.labels import ANNOTATION_TYPES, HUMAN_SOURCE, check_schema, region_box
+from relabel.merge import box_iou, fold_confirming
 from relabel.scoring import mentions, word_forms
 
 SIGNALS = tuple(SuspicionWeights.model_fields)
@@ -192,9 +192,12 @@ class _ImageEvidence:
         made: dict[str, list[str]] = {}
         if labels is not None:
             for row in labels.filter(pl.col("_box").is_not_null()).iter_rows(named=True):
-                made[row["label_id"]] = row["provenance"] or []
+                by_person = row["source"].split("@", 1)[0] in protected
+                # a person's box is their own claim, not fused from the detections that
+                # confirmed it (its provenance): those still judge its fit
+                made[row["label_id"]] = [] if by_person else row["provenance"] or []
                 if row["category"]:
-                    regions_there.append((row, 1.0 if row["source"].split("@", 1)[0] in protected else _score(row)))
+                    regions_there.append((row, 1.0 if by_person else _score(row)))
         for row, sureness in regions_there:
             shown[row["category"]] = max(shown.get(row["category"], 0.0), sureness)
         return cls(regions, model_texts, any(is_model), shown, made, sources, model_source, match_iou)
@@ -300,16 +303,41 @@ def select_queue(scored: pl.DataFrame, budget: int, *, min_per_type: int, min_pe
     ).select(*QUEUE_SCHEMA)
 
 
-def apply_verdicts(labels: pl.DataFrame, audited: pl.DataFrame, decisions: pl.DataFrame) -> pl.DataFrame:
+@dataclass(frozen=True)
+class Verdicts:
+    """What ``apply_verdicts`` returns: the ``labels`` after the audit, and the labels ``folded``
+    into an audited label they are a copy of (``linked_label_id`` names it)."""
+
+    labels: pl.DataFrame
+    folded: pl.DataFrame
+
+
+def apply_verdicts(labels: pl.DataFrame, audited: pl.DataFrame, decisions: pl.DataFrame, *, match_iou: float = 0.5) -> Verdicts:
     """``labels`` after an audit of some of them: every label the audit decided on
     (``relabel.audit.DECISIONS_SCHEMA``) leaves, and the audited labels of ``labels``'s images
     (accepted ones under their own id, corrections naming what they replace, additions) come in.
-    What left is in the audit's quarantine: rows in = rows out + quarantined."""
+    A machine label of the same object as an audited one (same task and class, IoU ``match_iou``
+    or more: a correction moved a box onto it) is folded into the audited label, one object one
+    label. What left, and what was folded, is the caller's to quarantine: rows in = rows out +
+    quarantined."""
     check_schema(labels, "labels")
     check_schema(audited, "labels")
     images = labels["image_id"].unique().implode()
     decided = decisions.filter(pl.col("label_id").is_not_null(), pl.col("image_id").is_in(images))["label_id"].implode()
-    return pl.concat([labels.filter(~pl.col("label_id").is_in(decided)), audited.filter(pl.col("image_id").is_in(images))], how="vertical")
+    after = pl.concat([labels.filter(~pl.col("label_id").is_in(decided)), audited.filter(pl.col("image_id").is_in(images))], how="vertical")
+    by_people = pl.col("source").str.starts_with(HUMAN_SOURCE)  # human, human-audit@<auditor>
+    merged = fold_confirming(after.filter(by_people), after.filter(~by_people), iou_threshold=match_iou)
+    # a region caption or grounding of a folded label now describes the label it went into;
+    # the labels keep their order
+    into = dict(zip(merged.folded["label_id"], merged.folded["linked_label_id"], strict=True))
+    order = after.select("label_id").with_row_index("_order")
+    kept = (
+        merged.labels.with_columns(linked_label_id=pl.col("linked_label_id").replace(into))
+        .join(order, on="label_id", maintain_order="left")
+        .sort("_order")
+        .drop("_order")
+    )
+    return Verdicts(labels=kept, folded=merged.folded)
 
 
 __all__ = [
@@ -317,6 +345,7 @@ __all__ = [
     "QUEUE_SCHEMA",
     "SCORED_SCHEMA",
     "SIGNALS",
+    "Verdicts",
     "apply_verdicts",
     "auditable",
     "select_queue",

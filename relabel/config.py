@@ -206,6 +206,9 @@ class GateParams(_Strict):
     # a class must keep this share of its count in the reference (the labels the filters
     # read; the previous iteration's corpus once there is one): a rare class that collapses fails
     min_class_retention: float = Field(0.5, ge=0, le=1)
+    # two object labels of an image and class overlapping this much are one object stored
+    # twice (unless both are a person's): the gate "one object, one label"
+    max_same_object_iou: float = Field(0.5, gt=0, le=1)
 
 
 class FilterParams(_Strict):
@@ -305,8 +308,11 @@ class MergePolicyParams(_Strict):
     # never replaced, whatever the model says (and never dropped by the merge)
     protected_sources: tuple[str, ...] = ("human",)
     match_iou: float = Field(0.5, gt=0, le=1)
-    # a model label with no counterpart fills the gap at this score or more
+    # a model label with no counterpart fills the gap at this score or more ...
     fill_min_score: float = Field(0.6, ge=0, le=1)
+    # ... or at this score for the labels of a source (its name before "@"): each model's
+    # scores mean something of their own (a detector's centre x class score runs lower)
+    fill_min_score_by_source: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
     # a model label that disagrees with its counterpart replaces it at this score or more, when
     # at least repair_min_support other labels (of any source) say what the model says
     repair_min_score: float = Field(0.8, ge=0, le=1)
@@ -336,6 +342,21 @@ class CaptionSpecialistParams(_Strict):
     learning_rate: float = Field(2e-4, gt=0)
 
 
+class SelfTrainingParams(_Strict):
+    """Perception specialists re-trained on each iteration's filtered labels (self-training),
+    cross-fitted: the images are split into ``folds`` and each image is labelled by the model
+    of the folds it is not in, so no proposal comes from a model that saw the image's labels."""
+
+    # names of annotate.perception specialists of a trainable kind; empty: no self-training
+    specialists: tuple[str, ...] = ()
+    folds: int = Field(2, ge=2)
+    # each fold's model goes on from the same fold's model of the previous iteration (the
+    # folds are fixed by image id, so no model ever sees its own fold): training accumulates
+    warm_start: bool = True
+    # over the specialist's own settings, for training and detection
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
 class RefineParams(_Strict):
     """Phase 4, iterative refinement: iteration k's model re-labels every training image for
     ``tasks``; the merge policy folds that into iteration k+1's labels, which pass the same
@@ -348,6 +369,7 @@ class RefineParams(_Strict):
     merge: MergePolicyParams = MergePolicyParams()
     guard: RareClassGuardParams = RareClassGuardParams()
     caption_specialist: CaptionSpecialistParams = CaptionSpecialistParams()
+    self_training: SelfTrainingParams = SelfTrainingParams()
     # the schedule that starts the next iteration (five-field cron, the instance's time zone)
     schedule: str = "0 3 * * 1"
 
@@ -428,6 +450,15 @@ class Params(_Strict):
     executor: ExecutorParams = ExecutorParams()
     mlflow: MlflowParams = MlflowParams()
     dvc: DvcParams = DvcParams()
+
+    @model_validator(mode="after")
+    def _self_trained_specialists_exist(self) -> Params:
+        # (whether its kind can be trained is the trainer registry's to say, when it trains)
+        names = [spec.name for spec in self.annotate.perception]
+        for name in self.refine.self_training.specialists:
+            if name not in names:
+                raise ValueError(f"refine.self_training.specialists names {name!r}, not a specialist of annotate.perception {names}")
+        return self
 
 
 def load_params(path: str | Path) -> Params:

@@ -479,8 +479,15 @@ def _absolute_path(uri: str, data_dir: Path) -> str:
 
 
 def _extras(row: dict[str, Any]) -> dict[str, Any]:
-    # relabel's own keys on a COCO annotation: where it came from and how sure it is
-    return {"score": row["score"], "source": row["source"], "label_id": row["label_id"]}
+    # relabel's own keys on a COCO annotation: where it came from, how sure it is, and who
+    # confirmed it (one annotation per object: the labels folded into it are its provenance)
+    return {
+        "score": row["score"],
+        "source": row["source"],
+        "label_id": row["label_id"],
+        "agreement": row.get("agreement"),
+        "provenance": list(row.get("provenance") or []),
+    }
 
 
 def _coco_header(entries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -309,21 +309,13 @@ class _Judge:
 
     def suppress(self, params: FilterParams, protected_sources: Iterable[str]) -> None:
         """Greedy NMS per image and task (and category, and grounded phrase): protected labels
-        first, then by score. Refinements of a kept label (a traced polygon, a confirming box:
-        linked to a label of the same task and category) are evidence, not rivals: skipped."""
+        first, then by score. (A confirming box or a traced polygon never reaches the filters:
+        the merges fold it into the label it confirms, so every row here is its own object.)"""
         region = params.region
         protected = set(protected_sources)
         live = self.rows.with_columns(_alive=pl.Series(~self.dropped)).filter(
             pl.col("_alive"), pl.col("box").is_not_null(), pl.col("task").cast(pl.String).is_in(NMS_TASKS)
         )
-        ids = set(live["label_id"].to_list())
-        category_of = dict(zip(live["label_id"], live["category"], strict=True))
-        task_of = dict(zip(live["label_id"], live["task"].cast(pl.String), strict=True))
-        refinement = [
-            link is not None and link in ids and task_of[link] == task and category_of[link] == category
-            for link, task, category in zip(live["linked_label_id"], live["task"].cast(pl.String), live["category"], strict=True)
-        ]
-        live = live.filter(~pl.Series(refinement, dtype=pl.Boolean))
         keys = ["image_id", "task"] + ([] if region.class_agnostic_nms else ["category"])
         grounding = pl.col("task") == "phrase_grounding"
         # a grounded phrase competes only with boxes of the same phrase: "four birds" has four
@@ -461,9 +453,11 @@ def _nms_group(group: pl.DataFrame, iou_threshold: float, protected: set[str]) -
         return [{**row, "_rejected": False, "_value": None, "_threshold": iou_threshold, "_other": None, "_other_source": None} for row in group.iter_rows(named=True)]
     records = list(group.iter_rows(named=True))
     boxes = np.array([r["box"] for r in records], dtype=np.float64)
+    # a source is named by its origin: "human-audit@maria" is protected by "human-audit"
+    is_protected = [r["source"].split("@")[0] in protected for r in records]
     rank = sorted(
         range(len(records)),
-        key=lambda i: (records[i]["source"] not in protected, -_finite(records[i]["score"]), -(records[i]["agreement"] or 0)),
+        key=lambda i: (not is_protected[i], -_finite(records[i]["score"]), -(records[i]["agreement"] or 0)),
     )
     kept: list[int] = []
     out = []
@@ -471,7 +465,7 @@ def _nms_group(group: pl.DataFrame, iou_threshold: float, protected: set[str]) -
         overlaps = box_iou(np.repeat(boxes[i : i + 1], len(kept), axis=0), boxes[kept]) if kept else np.array([])
         best = int(np.nanargmax(overlaps)) if len(kept) and not np.all(np.isnan(overlaps)) else None
         iou = float(overlaps[best]) if best is not None else None
-        suppressed = iou is not None and iou >= iou_threshold and records[i]["source"] not in protected
+        suppressed = iou is not None and iou >= iou_threshold and not is_protected[i]
         if not suppressed:
             kept.append(i)
         other = records[kept[best]] if best is not None else None

@@ -31,7 +31,10 @@ Three tables, each a polars frame with a fixed schema and stored as parquet:
     labels), ``source`` is ``human``, ``<specialist>@<version>`` or ``model@iter<k>``, and
     ``iteration`` the data-engine iteration in which the row entered. Fused labels keep the
     ids they were fused from in ``provenance`` and the number of agreeing sources in
-    ``agreement``; a machine label confirming a human one names it in ``linked_label_id``. A
+    ``agreement``; a label that confirms another (a specialist's box on a human one) is folded
+    into it (its id joins the provenance, its vote the agreement: one object, one label), and a
+    label about another region (a region caption, a grounding, a conflicting class) names it in
+    ``linked_label_id``. A
     label the model wrote in place of another names that one in ``replaces``.
 
 ``quarantine``

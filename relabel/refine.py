@@ -6,7 +6,8 @@ image for every task; each of its labels meets the label the image already has a
 thing (its *counterpart*: the same image-level task, or a region of the same task overlapping
 it by ``match_iou``) and is, in this order of rules:
 
-* **confirmed** when it says what the counterpart says (nothing new: not added);
+* **confirmed** when it says what the counterpart says: not added, but folded into the
+  counterpart as evidence (its ``provenance`` and ``agreement``; one object, one label);
 * **rejected** when the counterpart comes from a protected source (human labels are never
   replaced), when it lacks what its annotation type needs (a class, a region), or when its
   score or its *support* (other labels of the image saying the same thing) is too low;
@@ -38,7 +39,7 @@ from relabel.config import MergePolicyParams
 from relabel.consensus import text_similarity
 from relabel.audit import SOURCE_PREFIX as AUDITED_SOURCE_PREFIX
 from relabel.labels import check_schema, frame, quarantine_row, region_box
-from relabel.merge import box_iou
+from relabel.merge import box_iou, fold_evidence
 from relabel.scoring import ALL, box_scores, caption_object_recall, label_correctness, ocr_cer
 
 PHASE = "refine"
@@ -104,7 +105,7 @@ def merge_reannotation(
     protected = set(policy.protected_sources)
     by_image = labels.partition_by("image_id", as_dict=True)
     replaced: dict[str, str] = {}  # counterpart id -> the model label id replacing it
-    decisions, added, quarantined = [], [], []
+    decisions, added, quarantined, confirmations = [], [], [], []
     # the surest model labels first: when two meet one counterpart, the surer one decides
     ordered = model_labels.sort(["image_id", "score", "label_id"], descending=[False, True, False], nulls_last=True)
     for (image_id,), rows in ordered.group_by("image_id", maintain_order=True):
@@ -117,8 +118,17 @@ def merge_reannotation(
                 if replaces:
                     replaced[replaces] = row["label_id"]
                 added.append({**row, "iteration": iteration, "status": "raw", "replaces": replaces})
+                # what the model added is there now: a second model label about the same
+                # thing meets it, so no object is filled twice
+                existing.append({**added[-1], "_added": True})
             else:
                 quarantined.append(_quarantine(row, decision, reason, counterpart))
+                if decision == "confirmed":
+                    confirmations.append({**row, "linked_label_id": counterpart["label_id"]})
+    # a confirmation is evidence for the label it confirms (its provenance and agreement),
+    # never a second copy of it
+    confirmed = frame("labels", confirmations)
+    labels = fold_evidence(labels, confirmed, votes=True)
     kept = labels.filter(~pl.col("label_id").is_in(list(replaced)))
     for row in labels.filter(pl.col("label_id").is_in(list(replaced))).iter_rows(named=True):
         by = replaced[row["label_id"]]
@@ -170,8 +180,9 @@ def _decide(
         return "refit", f"same class, box overlap {overlap:.2f} < refit_below_iou {policy.refit_below_iou}", counterpart, support - 1
     if missing:
         return "rejected", missing, None, support
-    if score < policy.fill_min_score:
-        return "rejected", f"fills nothing at score {score:.2f} < fill_min_score {policy.fill_min_score}", None, support
+    fill_at = policy.fill_min_score_by_source.get(row["source"].split("@")[0], policy.fill_min_score)
+    if score < fill_at:
+        return "rejected", f"fills nothing at score {score:.2f} < the fill threshold {fill_at} (refine.merge.fill_min_score)", None, support
     return "filled", "nothing of its task was there", None, support
 
 
@@ -204,6 +215,8 @@ def _blocked(counterpart: dict, replaced: dict, protected: set, rare: set, suppo
         return f"the existing label is from a protected source ({counterpart['source']})"
     if counterpart["label_id"] in replaced:
         return f"the existing label was already replaced by {replaced[counterpart['label_id']]}"
+    if counterpart.get("_added"):
+        return "the label there is the model's own, added by this merge"
     if counterpart["category"] in rare and support == 0:
         return f"the existing label is of the rare class {counterpart['category']!r} and only the model disagrees"
     return None
@@ -300,9 +313,12 @@ def iteration_quality(
         scores = box_scores(objects, truth_objects)
         recall = {row["category"]: row["recall"] for row in scores.iter_rows(named=True)}
         f1 = {row["category"]: row["f1"] for row in scores.iter_rows(named=True)}
-        summary["box_f1"] = f1.get(ALL)
+        overall = scores.filter(pl.col("category") == ALL)
+        summary.update(box_precision=overall["precision"].first(), box_recall=overall["recall"].first(), box_f1=f1.get(ALL))
         rare_scores = box_scores(objects.filter(pl.col("category").is_in(list(rare))), truth_objects.filter(pl.col("category").is_in(list(rare))))
-        summary["box_f1_rare"] = rare_scores.filter(pl.col("category") == ALL)["f1"].first() if rare_scores.height else None
+        rare_overall = rare_scores.filter(pl.col("category") == ALL) if rare_scores.height else None
+        for name in ("precision", "recall", "f1"):
+            summary[f"box_{name}_rare"] = rare_overall[name].first() if rare_overall is not None and rare_overall.height else None
         captions = labels.filter(pl.col("task") == "brief_caption")
         summary["caption_object_recall"] = caption_object_recall(captions, truth_objects) if captions.height else None
         ocr = labels.filter(pl.col("task") == "ocr")
@@ -323,8 +339,14 @@ def _transitions(previous: pl.DataFrame, current: pl.DataFrame, truth: pl.DataFr
     """Of the previous iteration's judged labels: the share of wrong ones whose replacement is
     right (repaired) and of right ones that were replaced by a wrong one or dropped (broken)."""
     before = previous.join(label_correctness(previous, truth, categories=categories), on="label_id").filter(pl.col("correct").is_not_null())
-    after = label_correctness(current, truth, categories=categories).join(current.select("label_id", "replaces"), on="label_id")
-    successor = after.filter(pl.col("replaces").is_not_null()).select(label_id=pl.col("replaces"), successor_correct=pl.col("correct"))
+    after = label_correctness(current, truth, categories=categories).join(current.select("label_id", "replaces", "provenance"), on="label_id")
+    # a label's successor replaced it, or took it in as evidence (a copy folded into it)
+    successor = pl.concat(
+        [
+            after.filter(pl.col("replaces").is_not_null()).select(label_id=pl.col("replaces"), successor_correct=pl.col("correct")),
+            after.select(label_id=pl.col("provenance"), successor_correct=pl.col("correct")).explode("label_id").drop_nulls("label_id"),
+        ]
+    ).group_by("label_id").agg(pl.col("successor_correct").any(ignore_nulls=False))
     present = current.select("label_id", still_there=pl.lit(True))
     fate = before.join(successor, on="label_id", how="left").join(present, on="label_id", how="left")
     is_protected = pl.col("source").str.split("@").list.first().is_in(list(protected))
@@ -332,6 +354,12 @@ def _transitions(previous: pl.DataFrame, current: pl.DataFrame, truth: pl.DataFr
     repaired = pl.col("successor_correct").fill_null(False)
     # replaced by a wrong label, or gone with no successor
     broken = pl.col("successor_correct").not_().fill_null(False) | (pl.col("still_there").is_null() & pl.col("successor_correct").is_null())
+    # what the machines (the model, the self-trained specialists) added since: filled where
+    # nothing was, or in place of a label (repaired, refit); a person's audit is not counted
+    added = after.join(current.select("label_id", "source"), on="label_id").filter(
+        ~pl.col("label_id").is_in(previous["label_id"].implode()), ~pl.col("source").str.split("@").list.first().is_in(list(protected))
+    )
+    judged_added = added.filter(pl.col("correct").is_not_null())
     return {
         "wrong_labels_before": wrong.height,
         "repaired_share": _share(wrong, repaired),
@@ -339,6 +367,12 @@ def _transitions(previous: pl.DataFrame, current: pl.DataFrame, truth: pl.DataFr
         "protected_repaired_share": _share(wrong.filter(is_protected), repaired),
         "right_labels_before": right.height,
         "broken_share": _share(right, broken),
+        "broken_labels": right.filter(broken).height,
+        "filled_labels": added.filter(pl.col("replaces").is_null()).height,
+        "filled_precision": _share(judged_added.filter(pl.col("replaces").is_null()), pl.col("correct")),
+        "repaired_labels": added.filter(pl.col("replaces").is_not_null()).height,
+        "repaired_precision": _share(judged_added.filter(pl.col("replaces").is_not_null()), pl.col("correct")),
+        "added_precision": _share(judged_added, pl.col("correct")),
     }
 
 

@@ -77,6 +77,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.1,  # some human categories are wrong
     "copy_paste": True,  # paste human-traced objects onto other training images
     "max_seconds": None,  # stop after this long; makes training depend on the machine's speed
+    "init_from": None,  # a folder of a trained tiny detector to go on from (its classes matched by name)
 }
 DETECT_DEFAULTS: dict[str, Any] = {
     "min_score": 0.2,  # detections scoring lower are dropped (best F1 on the demo world)
@@ -453,7 +454,10 @@ def train_tiny_detector(
         stem = int(settings["stem"])
         stride = 4 * 2**stem
         out_hw = _output_shape(input_size, stem)
-        model = TinyCenterNet(len(categories), int(settings["width"]), stem).to(memory_format=torch.channels_last)
+        model = TinyCenterNet(len(categories), int(settings["width"]), stem)
+        if settings["init_from"] is not None:
+            _go_on_from(model, Path(settings["init_from"]), categories, int(settings["width"]), stem)
+        model = model.to(memory_format=torch.channels_last)
         n_images, batch_size, epochs = len(data.pixels), int(settings["batch_size"]), int(settings["epochs"])
         steps_per_epoch = math.ceil(n_images / batch_size)
         optimiser = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"], weight_decay=settings["weight_decay"])
@@ -519,6 +523,25 @@ def train_tiny_detector(
     finally:
         torch.set_num_threads(threads_before)
         torch.set_flush_denormal(False)
+
+
+def _go_on_from(model: TinyCenterNet, folder: Path, categories: list[str], width: int, stem: int) -> None:
+    """Load the weights of the detector trained into ``folder`` into ``model``: every layer,
+    and of the category head the rows of the classes both know (by name; a class new to
+    ``categories`` keeps its fresh rows)."""
+    config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    if (int(config["width"]), int(config.get("stem", 0))) != (width, stem):
+        raise ValueError(f"cannot go on from {folder}: width {config['width']}, stem {config.get('stem', 0)} != width {width}, stem {stem}")
+    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    before = {name: i for i, name in enumerate(config["categories"])}
+    for key in ("classes.weight", "classes.bias"):
+        rows = own[key].clone()
+        for i, name in enumerate(categories):
+            if name in before:
+                rows[i] = state[key][before[name]]
+        state[key] = rows
+    model.load_state_dict(state)
 
 
 # -------------------------------------------------------------------------------- inference

@@ -7,6 +7,7 @@ import pytest
 
 from relabel.config import load_params
 from relabel.labels import check_schema
+from relabel.merge import same_object_overlaps
 
 pytestmark = pytest.mark.slow
 
@@ -38,15 +39,43 @@ def test_each_specialist_labels_each_shard_with_counts_and_timing(annotated):
             check_schema(pl.read_parquet(root / "data" / "annotate" / spec.name / f"{shard}.parquet"), "labels")
 
 
-def test_every_human_label_is_kept_verbatim_in_the_initial_annotations(annotated):
+def test_every_human_label_is_kept_as_written_and_every_object_once(annotated):
     root, _ = annotated
     human = _all(root, "ingest", "human_labels").sort("label_id")
     initial = _all(root, "annotate", "initial_annotations")
     kept = initial.filter(pl.col("source") == "human").sort("label_id")
-    assert kept.equals(human)
+    # what a person wrote is kept; specialists that confirm it add provenance and agreement,
+    # and a traced polygon where the person drew none
+    wrote = ["label_id", "image_id", "annotation_type", "task", "text", "box", "quad", "category", "score", "source", "status"]
+    assert kept.select(wrote).equals(human.select(wrote))
+    drawn = human.filter(pl.col("polygon").is_not_null())
+    assert kept.filter(pl.col("label_id").is_in(drawn["label_id"].implode()))["polygon"].to_list() == drawn["polygon"].to_list()
+    confirmed = kept.filter(pl.col("agreement") > 1)
+    assert confirmed.height > 0 and confirmed["provenance"].list.len().min() >= 1
     machine = initial.filter(pl.col("source") != "human")
     assert machine.height > 0
     assert set(machine["annotation_type"]) == {"text", "region_text", "text_phrase_region"}
+    # one object, one label: no machine copy of an object beside its label
+    assert same_object_overlaps(initial)["same_object_iou"].max() < 0.5
+    assert initial.filter(pl.col("task") == "object", ~pl.col("source").str.starts_with("human"), ~pl.col("source").str.starts_with("consensus")).height == 0
+
+
+def test_rows_in_equal_initial_annotations_plus_what_was_folded(annotated):
+    root, _ = annotated
+    initial = _all(root, "annotate", "initial_annotations")
+    folded = _all(root, "annotate", "initial_quarantine")
+    assert set(folded["reason"]) == {"confirms_existing"}
+    language = pl.concat([_all(root, "annotate", name) for name in ("segmenter", "captioner", "grounding")])
+    inputs = pl.concat([_all(root, "ingest", "human_labels"), _all(root, "annotate", "consensus_regions"), language])
+    # texts the merge found near-identical are merged into one (consensus.merge_texts); every
+    # other input row is a label or a folded row, once
+    outputs = set(initial["label_id"]) | set(folded["label_id"])
+    regions = inputs.filter(pl.col("annotation_type") != "text")
+    assert set(regions["label_id"]) <= outputs
+    assert not set(initial["label_id"]) & set(folded["label_id"])
+    # every folded row names the label it went into, and that label is there
+    into = folded["detail"].str.extract(r"folded into label (\w+)")
+    assert set(into.to_list()) <= set(initial["label_id"])
 
 
 def test_consensus_keeps_provenance_and_quarantines_lone_low_boxes(annotated):

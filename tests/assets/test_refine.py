@@ -38,17 +38,21 @@ def test_iteration_one_is_iteration_zero_merged_with_the_models_labels_and_loses
             pl.col("image_id").is_in(before["image_id"].implode()), pl.col("label_id").is_not_null()
         )
         written_by_audit = verdicts.filter(~pl.col("label_id").is_in(before["label_id"].implode()))
+        # copies of an object a person audited are folded into the audited label
+        folded = quarantined.filter(pl.col("phase") == "review", pl.col("reason") == "confirms_existing")
         # rows in = rows kept + rows quarantined, each decided once
         assert before.height + written_by_audit.height + model.height == after.height + quarantined.height
-        assert decisions.height == before.height - judged.height + verdicts.height + model.height
+        assert decisions.height == before.height - judged.height - folded.height + verdicts.height + model.height
         assert decisions["label_id"].is_unique().all() and after["label_id"].is_unique().all()
-        # every human label of iteration 0 the audit did not judge is in iteration 1, unchanged
+        # every human label of iteration 0 the audit did not judge is in iteration 1 as the
+        # person wrote it (a confirmation adds only its vote and id)
+        wrote = ["label_id", "image_id", "task", "text", "box", "category", "score", "source", "status"]
         human = before.filter(pl.col("source") == "human", ~pl.col("label_id").is_in(judged["label_id"].implode()))
         assert human.height > 0
-        assert human.sort("label_id").equals(after.filter(pl.col("source") == "human").sort("label_id"))
+        assert human.select(wrote).sort("label_id").equals(after.filter(pl.col("source") == "human").select(wrote).sort("label_id"))
         assert verdicts.join(after, on="label_id", how="anti").height == 0
-        # the model wrote for every training image of the shard, for every prompt-free task
-        assert (model["source"] == "florence2@iteration-0").all() if model.height else True
+        # the model, and the self-trained detector for the images its fold model never saw
+        assert set(model["source"]) <= {"florence2@iteration-0", "tinydet-self-trained@iteration-0"}
         metadata = _metadata(results[(MERGE_SHARDS_JOB, f"1|{shard}")], "merge/labels")
         assert "refine/reannotation 0|" in metadata["made_from"] and "florence2@iteration-0" in metadata["made_from"]
         assert metadata["model_run"].startswith("http://127.0.0.1:5000/")
@@ -56,6 +60,21 @@ def test_iteration_one_is_iteration_zero_merged_with_the_models_labels_and_loses
         reannotated = _metadata(results[("reannotate_shards", f"0|{shard}")], "refine/reannotation")
         assert reannotated["images"] == images.height
         assert reannotated["requests"] >= len(PROMPT_FREE_TASKS) * images.height
+
+
+@pytest.mark.slow
+def test_the_self_trained_detector_trains_one_model_per_fold_of_the_iterations_labels(iterated_project):
+    root, results = iterated_project
+    folder = root / "data" / "refine" / "self_trained_specialists" / "iteration-0"
+    import json
+
+    report = json.loads((folder / "self_training.json").read_text())
+    assert report["folds"] == 2 and [r["fold"] for r in report["reports"]] == [0, 1]
+    assert all(r["specialist"] == "tinydet" and r["epochs"] == 2 for r in report["reports"])
+    for fold in (0, 1):
+        assert (folder / "tinydet" / f"fold-{fold}" / "tiny_detector.pt").is_file()
+    metadata = _metadata(results[("self_train_specialists", "0")], "refine/self_trained_specialists")
+    assert metadata["trained"] is True and metadata["folds"] == 2 and metadata["training_labels"] > 0
 
 
 @pytest.mark.slow

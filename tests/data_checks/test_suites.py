@@ -19,9 +19,11 @@ from data_checks.suites import (
     images_suite,
     labels_gate_frame,
     labels_suite,
+    one_label_per_object_suite,
     quarantine_gate_frame,
     quarantine_suite,
     rare_class_guard_suite,
+    same_object_frame,
 )
 from relabel.labels import frame, quarantine_row
 from relabel.refine import PER_CLASS_SCHEMA, rare_class_changes
@@ -317,6 +319,25 @@ def test_coverage_passes_at_and_fails_below_the_share():
     assert not result.passed
     assert result.failed == (f"{BETWEEN}(labels, 1..): 3 unexpected (30.0% of 10, mostly 0.9)",)
     assert offending(result, BETWEEN, "labels") == {image_id(str(i)): "0" for i in (7, 8, 9)}
+
+
+# one object, one label
+
+
+def test_one_label_per_object_fails_a_machine_copy_and_passes_two_people_boxes():
+    rows = [
+        label("person-1", "object", source="human"),
+        label("person-2", "object", source="human", box=[12.0, 20.0, 200.0, 300.0]),  # two people's boxes: allowed
+        label("elsewhere", "object", source="consensus@1", box=[300.0, 300.0, 400.0, 400.0]),
+        label("a-dog-there", "object", source="consensus@1", category="dog", text="dog"),  # another class
+    ]
+    suite = one_label_per_object_suite(0.5)
+    assert validate(suite, same_object_frame(frame("labels", rows)), index_column="label_id").passed
+    copy = label("copy", "object", source="consensus@1", box=[10.0, 22.0, 200.0, 300.0])
+    result = validate(suite, same_object_frame(frame("labels", [*rows, copy])), index_column="label_id")
+    assert not result.passed
+    # the copy, and the two person boxes it overlaps, each name their largest overlap
+    assert set(offending(result, BETWEEN, "same_object_iou")) == {"copy", "person-1", "person-2"}
 
 
 # class retention

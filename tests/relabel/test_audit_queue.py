@@ -187,15 +187,22 @@ def test_verdicts_replace_the_labels_they_judged_and_account_for_every_row():
         "right-cat": "accepted", "wrong-dog": "corrected", "nothing-there": "rejected",
     }
 
-    after = apply_verdicts(labels, verdicts.labels, verdicts.decisions)
+    applied = apply_verdicts(labels, verdicts.labels, verdicts.decisions)
+    after = applied.labels
     by_source = dict(after.group_by("source").len().iter_rows())
-    assert by_source == {"human-audit@world-auditor": 2, "consensus@1": 1, "human": 1}
+    assert by_source == {"human-audit@world-auditor": 2, "human": 1}
     corrected = after.filter(pl.col("replaces") == "wrong-dog").row(0, named=True)
     assert corrected["category"] == "dog" and corrected["status"] == "audited"
     assert "right-cat" in after["label_id"].to_list() and "wrong-dog" not in after["label_id"].to_list()
-    # rows in (labels, plus the corrections the audit wrote) = rows out + quarantined
+    # one object, one label: the unqueued machine copy of the cat a person accepted is folded
+    # into the audited label, as evidence
+    assert applied.folded["label_id"].to_list() == ["unqueued"]
+    assert applied.folded["linked_label_id"].to_list() == ["right-cat"]
+    assert "unqueued" in after.filter(pl.col("label_id") == "right-cat")["provenance"][0].to_list()
+    # rows in (labels, plus the corrections the audit wrote) = rows out + quarantined + folded
     new_rows = verdicts.decisions.filter(pl.col("decision") == "corrected").height
-    assert labels.height + new_rows == after.height + verdicts.quarantine.height
+    assert labels.height + new_rows == after.height + verdicts.quarantine.height + applied.folded.height
     # a shard without the audited image is untouched
     other = labels.filter(pl.col("image_id") == "img-b")
-    assert apply_verdicts(other, verdicts.labels, verdicts.decisions).equals(other)
+    untouched = apply_verdicts(other, verdicts.labels, verdicts.decisions)
+    assert untouched.labels.equals(other) and untouched.folded.height == 0

@@ -212,6 +212,8 @@ def test_pycocotools_loads_the_coco_export(hand_made, tmp_path):
     by_label = {ann["label_id"]: ann for ann in coco.loadAnns(coco.getAnnIds())}
     assert by_label["obj-poly"]["bbox"] == [2.5, 3.25, 27.5, 16.75]
     assert by_label["obj-poly"]["score"] == 0.9 and by_label["obj-poly"]["source"] == "consensus@1"
+    # who confirmed the object travels with its one annotation
+    assert by_label["obj-poly"]["provenance"] == ["p1", "p2"] and by_label["obj-poly"]["agreement"] == 2
     assert by_label["obj-crowd"]["iscrowd"] == 1 and isinstance(by_label["obj-crowd"]["segmentation"], dict)
     assert by_label["obj-crowd"]["area"] == 15 * 20  # the mask's pixels
     assert by_label["obj-box"]["segmentation"] == []  # a box alone: COCO's "no mask"

@@ -125,18 +125,32 @@ def test_protected_human_labels_survive_the_quality_filters():
     assert decision["other_label_id"] == "human_faint" and decision["value"] > 0.9
 
 
-def test_nms_is_class_aware_unless_asked_and_skips_refinements_of_a_kept_label():
+def test_nms_is_class_aware_unless_asked_and_a_linked_copy_is_no_exception():
     rows = [
         label("best", score=0.9),
         label("worse", score=0.6, box=[12.0, 12.0, 41.0, 41.0]),
         label("cat_there", category="cat", score=0.8, box=[10.0, 10.0, 40.0, 41.0]),
-        label("polygon_of_best", source="segmenter@1", score=0.5, box=[10.0, 10.0, 40.0, 40.0], linked_label_id="best",
+        # a copy of a kept label that names it is still a second object label: one object,
+        # one label (the merges fold such rows before the filters ever see them)
+        label("copy_of_best", source="segmenter@1", score=0.5, box=[10.0, 10.0, 40.0, 40.0], linked_label_id="best",
               polygon=[[10.0, 10.0, 40.0, 10.0, 40.0, 40.0]]),
     ]
     aware = run(rows)
-    assert reasons(aware) == {"worse": "nms_suppressed"}
+    assert reasons(aware) == {"worse": "nms_suppressed", "copy_of_best": "nms_suppressed"}
     agnostic = run(rows, params=PARAMS.model_copy(update={"region": PARAMS.region.model_copy(update={"class_agnostic_nms": True})}))
-    assert reasons(agnostic) == {"worse": "nms_suppressed", "cat_there": "nms_suppressed"}
+    assert reasons(agnostic) == {"worse": "nms_suppressed", "cat_there": "nms_suppressed", "copy_of_best": "nms_suppressed"}
+
+
+def test_an_audited_label_is_protected_by_its_origin_in_nms():
+    result = run(
+        [
+            label("audited", source="human-audit@maria", score=1.0),
+            label("audited_twin", source="human-audit@maria", score=1.0, box=[11.0, 11.0, 40.0, 40.0]),
+            label("machine", score=0.99, box=[10.0, 10.0, 40.0, 41.0]),
+        ],
+        params=PARAMS.model_copy(update={"protected_sources": ("human", "human-audit")}),
+    )
+    assert reasons(result) == {"machine": "nms_suppressed"}
 
 
 def test_grounded_phrases_about_no_object_are_blacklisted_by_their_head_word():

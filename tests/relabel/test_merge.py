@@ -1,4 +1,5 @@
-"""relabel.merge: human labels verbatim, machine regions linked to them or in conflict."""
+"""relabel.merge: one object, one label: what a person wrote kept, confirming machine regions
+folded into it, conflicting ones linked to it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import polars as pl
 import pytest
 
 from relabel.labels import LABELS_SCHEMA, empty, frame, label_id_for
-from relabel.merge import CONFLICTS_SCHEMA, merge_with_human
+from relabel.merge import CONFLICTS_SCHEMA, SAME_OBJECT_SCHEMA, fold_evidence, merge_with_human, same_object_overlaps
 
 
 def label(image, source, box, category="dog", task="object", score=None, **extra):
@@ -64,26 +65,83 @@ def machine() -> pl.DataFrame:
     )
 
 
-def test_rows_in_equal_rows_out_and_humans_are_kept_byte_for_byte(human, machine):
+PERSON_WROTE = ["label_id", "image_id", "annotation_type", "task", "text", "box", "category", "score", "source", "status"]
+
+
+def test_rows_in_equal_rows_kept_plus_rows_folded_and_what_a_person_wrote_is_kept(human, machine):
     merged = merge_with_human(human, machine)
-    assert merged.labels.height == human.height + machine.height
-    assert merged.labels.schema == LABELS_SCHEMA
+    assert merged.labels.height + merged.folded.height == human.height + machine.height
+    assert merged.labels.schema == LABELS_SCHEMA == merged.folded.schema
     kept_human = merged.labels.head(human.height)
-    assert kept_human.equals(human)
-    assert parquet_bytes(kept_human) == parquet_bytes(human)
-    # machine rows: every column but linked_label_id unchanged, in order
-    kept_machine = merged.labels.tail(machine.height)
-    assert kept_machine.drop("linked_label_id").equals(machine.drop("linked_label_id"))
+    assert kept_human.select(PERSON_WROTE).equals(human.select(PERSON_WROTE))
+    # the human polygon is the person's, not replaced by a machine's
+    assert kept_human["polygon"].to_list() == human["polygon"].to_list()
+    # machine rows that confirm nothing: every column but linked_label_id unchanged, in order
+    kept_machine = merged.labels.tail(machine.height - merged.folded.height)
+    unfolded = machine.filter(~pl.col("label_id").is_in(merged.folded["label_id"].implode()))
+    assert kept_machine.drop("linked_label_id").equals(unfolded.drop("linked_label_id"))
+    # every input id is in exactly one of the two outputs
+    ids = merged.labels["label_id"].to_list() + merged.folded["label_id"].to_list()
+    assert sorted(ids) == sorted(human["label_id"].to_list() + machine["label_id"].to_list())
 
 
-def test_matching_machine_region_is_linked_not_duplicated(human, machine):
+def test_a_confirming_machine_region_is_folded_into_the_human_label_not_stored_twice(human, machine):
     merged = merge_with_human(human, machine, iou_threshold=0.5)
-    kept = merged.labels.tail(machine.height)
-    links = dict(zip(kept["label_id"], kept["linked_label_id"], strict=True))
-    assert links[machine["label_id"][0]] == human["label_id"][0]  # same region, same category
-    # unmatched: other image region, other task, a caption, too little overlap
+    confirming = machine.row(0, named=True)
+    # the machine region is evidence: out of the labels, naming the label it confirms
+    assert merged.folded["label_id"].to_list() == [confirming["label_id"]]
+    assert merged.folded["linked_label_id"].to_list() == [human["label_id"][0]]
+    assert confirming["label_id"] not in merged.labels["label_id"].to_list()
+    # ... and the human label carries who confirmed it: the region and what it was fused from
+    dog = merged.labels.filter(pl.col("label_id") == human["label_id"][0]).row(0, named=True)
+    assert dog["provenance"] == [confirming["label_id"], "x", "y"]
+    assert dog["agreement"] == 1 + 2
+    # unmatched: other image region, other task, a caption, too little overlap: kept, unlinked
+    links = dict(zip(merged.labels["label_id"], merged.labels["linked_label_id"], strict=True))
     for i in (2, 3, 4, 5):
         assert links[machine["label_id"][i]] is None
+    # one object, one label
+    overlaps = same_object_overlaps(merged.labels)
+    assert overlaps["same_object_iou"].max() < 0.5
+
+
+def test_a_traced_polygon_fills_a_human_label_without_one_and_replaces_a_machine_one():
+    human = frame("labels", [label("a", "human", [0.0, 0.0, 10.0, 10.0], "dog"), label("a", "human", [20.0, 0.0, 30.0, 10.0], "cat", polygon=[[20.0, 0.0, 30.0, 0.0, 30.0, 10.0]])])
+    machine = frame("labels", [label("a", "det@1", [50.0, 0.0, 60.0, 10.0], "dog", score=0.9, polygon=[[50.0, 0.0, 60.0, 0.0, 55.0, 5.0]])])
+    regions = pl.concat([human, machine])
+    traced_rings = [[[1.0, 1.0, 9.0, 1.0, 5.0, 9.0]], [[21.0, 1.0, 29.0, 1.0, 25.0, 9.0]], [[51.0, 1.0, 59.0, 1.0, 55.0, 9.0]]]
+    traces = frame(
+        "labels",
+        [label("a", "seg@1", region["box"], region["category"], score=0.5, polygon=rings, linked_label_id=region["label_id"]) for region, rings in zip(regions.iter_rows(named=True), traced_rings, strict=True)],
+    )
+    folded = fold_evidence(regions, traces, votes=False)
+    assert folded["polygon"].to_list() == [traced_rings[0], human["polygon"][1].to_list(), traced_rings[2]]
+    assert folded["provenance"].to_list() == [[traces["label_id"][0]], [traces["label_id"][1]], [traces["label_id"][2]]]
+    # a traced polygon says nothing about whether the object is there: no vote
+    assert folded["agreement"].to_list() == regions["agreement"].to_list()
+    assert folded.drop("polygon", "provenance").equals(regions.drop("polygon", "provenance"))
+
+
+def test_same_object_overlaps_leaves_out_pairs_of_people_only():
+    labels = frame(
+        "labels",
+        [
+            label("a", "human", [0.0, 0.0, 10.0, 10.0], "dog"),
+            label("a", "human", [1.0, 0.0, 11.0, 10.0], "dog"),  # two people's boxes: allowed
+            label("a", "det@1", [0.0, 0.0, 10.0, 9.0], "dog", score=0.8),  # a copy of the first
+            label("a", "det@1", [0.0, 0.0, 10.0, 10.0], "cat", score=0.8),  # another class
+            label("b", "det@1", [0.0, 0.0, 10.0, 10.0], "dog", score=0.8),  # another image
+        ],
+    )
+    overlaps = same_object_overlaps(labels)
+    assert overlaps.schema == SAME_OBJECT_SCHEMA
+    by_id = {row["label_id"]: row for row in overlaps.iter_rows(named=True)}
+    ids = labels["label_id"].to_list()
+    assert by_id[ids[2]]["same_object_iou"] == pytest.approx(0.9) and by_id[ids[2]]["same_object_as"] == ids[0]
+    assert by_id[ids[0]]["same_object_as"] == ids[2]
+    # the second person box meets only the machine copy (9 x 9 inside, union 100 + 90 - 81)
+    assert by_id[ids[1]]["same_object_iou"] == pytest.approx(81 / 109) and by_id[ids[1]]["same_object_as"] == ids[2]
+    assert by_id[ids[3]]["same_object_iou"] == 0.0 and by_id[ids[4]]["same_object_iou"] == 0.0
 
 
 def test_other_category_on_a_human_region_is_a_recorded_conflict(human, machine):
@@ -97,6 +155,7 @@ def test_other_category_on_a_human_region_is_a_recorded_conflict(human, machine)
     assert (conflict["human_category"], conflict["machine_category"]) == ("cat", "dog")
     assert 0.5 <= conflict["iou"] <= 1
     # the machine row is kept, marked, not resolved: its category stays "dog"
+    assert merged.folded.filter(pl.col("label_id") == machine["label_id"][1]).height == 0
     row = merged.labels.filter(pl.col("label_id") == machine["label_id"][1]).row(0, named=True)
     assert row["linked_label_id"] == human["label_id"][1] and row["category"] == "dog"
 
@@ -111,7 +170,7 @@ def test_same_category_wins_over_a_better_overlapping_other_category():
     )
     machine = frame("labels", [label("a", "det@1", [0.0, 0.0, 100.0, 100.0], "dog", score=0.9)])
     merged = merge_with_human(human, machine)
-    assert merged.labels["linked_label_id"][-1] == human["label_id"][1]
+    assert merged.folded["linked_label_id"].to_list() == [human["label_id"][1]]
     assert merged.conflicts.height == 0
 
 
@@ -125,7 +184,10 @@ def test_many_machine_rows_may_confirm_one_human_row():
         ],
     )
     merged = merge_with_human(human, machine)
-    assert merged.labels["linked_label_id"].to_list() == [None, human["label_id"][0], human["label_id"][0]]
+    assert merged.labels.height == 1
+    assert merged.folded["linked_label_id"].to_list() == [human["label_id"][0]] * 2
+    assert merged.labels.row(0, named=True)["provenance"] == machine["label_id"].to_list()
+    assert merged.labels.row(0, named=True)["agreement"] == 3
 
 
 def test_source_checks():
@@ -141,5 +203,5 @@ def test_source_checks():
 
 def test_empty_inputs(human):
     merged = merge_with_human(empty("labels"), empty("labels"))
-    assert merged.labels.height == 0 and merged.conflicts.height == 0
+    assert merged.labels.height == 0 and merged.conflicts.height == 0 and merged.folded.height == 0
     assert merge_with_human(human, empty("labels")).labels.equals(human)

@@ -126,6 +126,21 @@ def test_two_model_labels_never_replace_one_label_twice():
     assert decision_of(result, second)["decision"] == "rejected"
 
 
+def test_one_new_object_is_filled_once_and_a_confirmation_is_evidence_not_a_copy():
+    kept = label("consensus@1", "dog", [100, 100, 140, 140], score=0.5, agreement=2)
+    confirming = label("tinydet-self-trained@iteration-0", "dog", [101, 100, 140, 141], score=0.7)
+    new = label(MODEL, "cat", [10, 10, 50, 50], score=0.9)
+    again = label("tinydet-self-trained@iteration-0", "cat", [11, 10, 50, 51], score=0.8)
+    result = merged([kept], [confirming, new, again])
+    assert decision_of(result, new)["decision"] == "filled"
+    assert decision_of(result, again)["decision"] == "confirmed"
+    assert result.labels.filter(pl.col("category") == "cat").height == 1
+    # the confirmation adds its vote and its id to the label it confirms
+    dog = result.labels.filter(pl.col("label_id") == kept["label_id"]).row(0, named=True)
+    assert dog["agreement"] == 3 and dog["provenance"] == [confirming["label_id"]]
+    assert dog["box"] == kept["box"]
+
+
 def test_rare_classes_are_the_least_labelled():
     rows = [label("human", "dog", [i, i, i + 20, i + 20]) for i in range(18)] + [label("human", "kite", [0, 0, 9, 9])]
     assert rare_classes(frame("labels", rows), ["dog", "kite", "zebra"], 0.1) == ["kite", "zebra"]
