@@ -40,10 +40,12 @@ import yaml
 from audit_drift import SETUP, make_project, relabel
 
 ROOT = Path(__file__).resolve().parents[1]
-LABEL_COLUMNS = (
+QUALITY_COLUMNS = (
     "labels", "box_precision", "box_recall", "box_f1", "box_precision_rare", "box_recall_rare", "box_f1_rare", "wrong_share",
-    "caption_object_recall", "ocr_cer", "filled_labels", "filled_precision", "repaired_labels", "repaired_precision", "broken_labels",
+    "caption_object_recall", "ocr_cer",
 )
+CHANGE_COLUMNS = ("filled_labels", "filled_precision", "repaired_labels", "repaired_precision", "broken_labels", "audited_labels")
+LABEL_COLUMNS = (*QUALITY_COLUMNS, *CHANGE_COLUMNS)
 MODEL_COLUMNS = {"f1": "OD F1", "region_naming_accuracy": "region naming", "map50": "mAP@0.5", "caption_cider": "CIDEr"}
 
 
@@ -94,7 +96,9 @@ def main() -> None:
         last.append(quality["wrong_share"][-1])
         with pl.Config(tbl_rows=50, tbl_cols=-1, tbl_width_chars=250, tbl_hide_dataframe_shape=True, float_precision=3):
             print(f"\nworld seed {seed} ({seconds / 60:.1f} min): training labels per iteration against the truth" + (f"; {', '.join(args.set)}" if args.set else ""))
-            print(quality)
+            print(quality.select("iteration", *QUALITY_COLUMNS))
+            print(f"world seed {seed}: what the machines changed since the iteration before (and the labels a person audited so far)")
+            print(quality.select("iteration", *CHANGE_COLUMNS))
             print(f"world seed {seed}: the model of each iteration on the frozen split, beside the trivial baseline")
             print(models)
     print(f"\nwrong-label share, iteration 0 -> {args.iterations}: " + ", ".join(f"seed {seed} {a:.4f} -> {b:.4f}" for seed, a, b in zip(seeds, first, last, strict=True)))

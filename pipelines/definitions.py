@@ -29,7 +29,6 @@ from pipelines.io_manager import ShardParquetIOManager
 from pipelines.phases import (
     ANNOTATE_SHARDS_JOB,
     AUDIT_SPLIT_JOB,
-    CAPTION_SPECIALIST_JOB,
     CATALOG_JOB,
     CORPUS_SHARDS_JOB,
     EXPORT_JOBS,
@@ -40,9 +39,9 @@ from pipelines.phases import (
     QUEUE_AUDIT_JOB,
     READ_VERDICTS_JOB,
     REANNOTATE_SHARDS_JOB,
+    REFINE_SPECIALISTS_JOB,
     SCORE_ANNOTATIONS_JOB,
     SCORE_MODEL_JOB,
-    SELF_TRAIN_JOB,
     TRAIN_MODEL_JOB,
     TRAIN_SPECIALISTS_JOB,
     WORLD_JOB,
@@ -154,18 +153,11 @@ def build_definitions(root: str | None = None) -> Definitions:
             description="Score the iteration's model on the frozen audited split against a trivial baseline, and write the iteration report (an MLflow run nested under the training run).",
         ),
         define_asset_job(
-            CAPTION_SPECIALIST_JOB,
-            selection=AssetSelection.assets(CAPTION_SPECIALIST),
+            REFINE_SPECIALISTS_JOB,
+            selection=AssetSelection.assets(CAPTION_SPECIALIST, SELF_TRAINED),
             partitions_def=ITERATIONS,
             executor_def=step_executor,
-            description="Fine-tune the iteration's model on the few labels of the tasks no specialist labels (detailed captions).",
-        ),
-        define_asset_job(
-            SELF_TRAIN_JOB,
-            selection=AssetSelection.assets(SELF_TRAINED),
-            partitions_def=ITERATIONS,
-            executor_def=step_executor,
-            description="Re-train the self-trained perception specialists on the iteration's filtered labels, one model per fold of the images (cross-fitting).",
+            description="The iteration's specialists for re-annotation: the model fine-tuned on the few labels of the tasks no specialist labels (detailed captions), and the self-trained perception specialists, re-trained on the iteration's filtered labels one model per fold of the images (cross-fitting).",
         ),
         define_asset_job(
             REANNOTATE_SHARDS_JOB,
@@ -291,12 +283,8 @@ def merge_shards_job():
     return defs.resolve_job_def(MERGE_SHARDS_JOB)
 
 
-def tune_caption_specialist_job():
-    return defs.resolve_job_def(CAPTION_SPECIALIST_JOB)
-
-
-def self_train_specialists_job():
-    return defs.resolve_job_def(SELF_TRAIN_JOB)
+def train_refine_specialists_job():
+    return defs.resolve_job_def(REFINE_SPECIALISTS_JOB)
 
 
 def reannotate_shards_job():
@@ -341,8 +329,7 @@ JOB_FACTORIES = {
     TRAIN_MODEL_JOB: train_model_job,
     SCORE_MODEL_JOB: score_model_job,
     MERGE_SHARDS_JOB: merge_shards_job,
-    CAPTION_SPECIALIST_JOB: tune_caption_specialist_job,
-    SELF_TRAIN_JOB: self_train_specialists_job,
+    REFINE_SPECIALISTS_JOB: train_refine_specialists_job,
     REANNOTATE_SHARDS_JOB: reannotate_shards_job,
     QUEUE_AUDIT_JOB: queue_audit_job,
     READ_VERDICTS_JOB: read_audit_verdicts_job,

@@ -21,8 +21,7 @@ FILTER_REPORT_JOB = "report_filtering"
 CORPUS_SHARDS_JOB = "write_corpus"
 TRAIN_MODEL_JOB = "train_model"
 SCORE_MODEL_JOB = "score_model"
-CAPTION_SPECIALIST_JOB = "tune_caption_specialist"
-SELF_TRAIN_JOB = "self_train_specialists"
+REFINE_SPECIALISTS_JOB = "train_refine_specialists"
 REANNOTATE_SHARDS_JOB = "reannotate_shards"
 QUEUE_AUDIT_JOB = "queue_audit"
 READ_VERDICTS_JOB = "read_audit_verdicts"
@@ -36,7 +35,7 @@ PHASE_JOBS = {
     "filter": (FILTER_SHARDS_JOB, FILTER_REPORT_JOB),
     "corpus": (CORPUS_SHARDS_JOB,),
     "model": (TRAIN_MODEL_JOB, SCORE_MODEL_JOB),
-    "refine": (CAPTION_SPECIALIST_JOB, SELF_TRAIN_JOB, REANNOTATE_SHARDS_JOB),
+    "refine": (REFINE_SPECIALISTS_JOB, REANNOTATE_SHARDS_JOB),
     "review": (QUEUE_AUDIT_JOB, READ_VERDICTS_JOB),
 }
 # the evaluation split is audited and frozen before anything is trained

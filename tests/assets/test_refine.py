@@ -73,7 +73,7 @@ def test_the_self_trained_detector_trains_one_model_per_fold_of_the_iterations_l
     assert all(r["specialist"] == "tinydet" and r["epochs"] == 2 for r in report["reports"])
     for fold in (0, 1):
         assert (folder / "tinydet" / f"fold-{fold}" / "tiny_detector.pt").is_file()
-    metadata = _metadata(results[("self_train_specialists", "0")], "refine/self_trained_specialists")
+    metadata = _metadata(results[("train_refine_specialists", "0")], "refine/self_trained_specialists")
     assert metadata["trained"] is True and metadata["folds"] == 2 and metadata["training_labels"] > 0
 
 
