@@ -304,7 +304,7 @@ def _held_out_labels(project: ProjectResource, training: pl.DataFrame, iteration
     for spec in _self_trained_specs(project):
         found, quarantine = detect_held_out(
             spec.kind, spec.name, training.drop("image_path"), lambda uri: path_of_uri(uri, project.data_dir), folder / spec.name,
-            {**spec.settings, **settings.settings}, settings.folds, categories=tuple(project.ontology()), device=device,
+            _self_training_settings(project, spec), settings.folds, categories=tuple(project.ontology()), device=device,
             iteration=iteration_number(iteration),
         )
         # its source says which iteration's self-training wrote it (the weights' version is in
@@ -319,6 +319,11 @@ def _held_out_labels(project: ProjectResource, training: pl.DataFrame, iteration
 def _self_trained_specs(project: ProjectResource) -> list:
     by_name = {spec.name: spec for spec in project.params.annotate.perception}
     return [by_name[name] for name in project.params.refine.self_training.specialists]
+
+
+def _self_training_settings(project: ProjectResource, spec) -> dict:  # noqa: ANN001 - a SpecialistParams
+    """The specialist's own settings under refine.self_training's, for training and detection."""
+    return {**spec.settings, **project.params.refine.self_training.settings}
 
 
 def _self_training_dir(data_dir: Path, iteration: str) -> Path:
@@ -357,9 +362,9 @@ def _self_trained():
         for spec in specs:
             for report in train_folds(
                 spec.kind, training, labels, lambda uri: path_of_uri(uri, project.data_dir), folder / spec.name,
-                {**spec.settings, **settings.settings}, settings.folds, go_on_from=before / spec.name if before else None,
+                _self_training_settings(project, spec), settings.folds, go_on_from=before / spec.name if before else None,
             ):
-                reports.append({"specialist": spec.name, **{k: v for k, v in report.items() if isinstance(v, (int, float, str))}})
+                reports.append({"specialist": spec.name, **{key: value for key, value in report.items() if isinstance(value, (int, float, str))}})
         folder.mkdir(parents=True, exist_ok=True)
         summary = folder / "self_training.json"
         summary.write_text(json.dumps({"iteration": iteration, "folds": settings.folds, "reports": reports}, indent=1))
