@@ -2,8 +2,9 @@
 
 This is the one pass over all sources. It reads each source's records, hashes every image
 file that exists (the hash is the image id and decides the shard) and quarantines what no
-shard can take: source files that cannot be read, image records without a file, and the label
-records of those images. Because it sees everything, it also draws the evaluation split
+shard can take: source files that cannot be read, image records without a file, images whose
+header declares more pixels than PIL decodes (decompression bombs), and the label records of
+those images. Because it sees everything, it also draws the evaluation split
 (``relabel.evaluation_split.draw_split``: stratified by the categories of the labels,
 near-duplicates together, a frozen split kept). Decoding images and building labels is left to
 the shards.
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from relabel.config import SourceParams
 # a module import, not names: relabel.evaluation_split reads image files through this package
 import relabel.evaluation_split as evaluation_split
-from relabel.ingest.images import from_root, hash_file, uri_for
+from relabel.ingest.images import decompression_bomb, from_root, hash_file, uri_for
 from relabel.ingest.records import Problem, RawImage, has_surrogates, quarantine, record_json
 from relabel.ingest.sources import read_source
 from relabel.labels import check_schema, frame
@@ -185,17 +186,22 @@ def catalog_sources(
 
 
 def _hash_image(image: RawImage) -> tuple[str, None] | tuple[None, Problem]:
+    """The image id of a record's file, or the problem that keeps the file out of every shard."""
     if image.problem is not None:
         return None, image.problem
     if has_surrogates(str(image.path)):
         # a file name that is not UTF-8 cannot be stored as a uri; rename the file to ingest it
         return None, Problem("non_utf8_path", f"the file name {image.path!r} is not valid UTF-8")
     try:
-        return hash_file(image.path), None
+        image_id = hash_file(image.path)
     except FileNotFoundError:
         return None, Problem("missing_file", f"image file {image.path} does not exist")
     except OSError as error:
         return None, Problem("unreadable_image", f"cannot read {image.path}: {error}")
+    # refused here, before the perceptual hash decodes the file: a bomb would exhaust memory
+    # or raise out of the catalog and stop every source
+    bomb = decompression_bomb(image.path)
+    return (None, bomb) if bomb is not None else (image_id, None)
 
 
 def _orphaned(image_ref: str, failed: Mapping[str, Problem]) -> Problem:

@@ -3,7 +3,9 @@
 Each annotation file lists its own ``images``; a label resolves to an image through the file
 it came from, and an image is one record per distinct file path, however many annotation files
 list it. When an annotation file cannot be used, the images in the folder are listed instead,
-so that the pictures are still ingested while the file itself goes to quarantine.
+so that the pictures are still ingested while the file itself goes to quarantine. Within a
+file an annotation id names one annotation: the first keeps it, a later annotation with the
+same id is quarantined (``duplicate_annotation_id``) rather than silently taken as another label.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ from relabel.ingest.records import (
 from relabel.labels import HUMAN_SOURCE
 
 HUMAN_LABEL = {"score": 1.0, "source": HUMAN_SOURCE, "iteration": 0, "status": "raw"}
+
+# the longest human text (caption or alt text) ingest takes, in characters. The longest texts
+# relabel learns from are detailed captions, a dense paragraph of a few hundred words; the
+# model trains on at most 256 target tokens (models/training.py), about 1,000 characters.
+# Twice that leaves room for any real caption, while a text of many thousands of characters
+# is not a description of the picture but pasted page text or a join gone wrong.
+MAX_TEXT_CHARS = 2_000
 
 # the granularity of the captions of each caption file
 _CAPTION_TASKS = {"captions": "brief_caption", "detailed_captions": "detailed_caption"}
@@ -161,15 +170,29 @@ def _read_annotations(
     convert: Any,
 ) -> list[RawLabel]:
     labels = []
+    first_with_id: dict[Any, int] = {}  # annotation id -> the position of its first annotation
     for position, annotation in enumerate(annotations):
         if not isinstance(annotation, dict):
             origin = f"{source.name}:{json_path}#annotations[{position}]"
             problem = Problem("invalid_record", "annotation is not a JSON object")
             labels.append(RawLabel(index, None, origin, annotation, problem=problem))
             continue
-        origin = f"{source.name}:{json_path}#annotations[id={annotation.get('id', position)}]"
+        annotation_id = annotation.get("id")
         image_id = annotation.get("image_id")
         image_ref = refs.get(image_id) if isinstance(image_id, (int, str)) else None
+        if isinstance(annotation_id, (int, str)):
+            first = first_with_id.setdefault(annotation_id, position)
+            if first != position:
+                # the first keeps the id; a later one is named by its position, as its id is taken
+                origin = f"{source.name}:{json_path}#annotations[{position}]"
+                problem = Problem(
+                    "duplicate_annotation_id",
+                    f"annotation id {annotation_id!r} is already used by annotations[{first}] "
+                    f"of {json_path.name}, which is kept",
+                )
+                labels.append(RawLabel(index, image_ref, origin, annotation, problem=problem))
+                continue
+        origin = f"{source.name}:{json_path}#annotations[id={annotation.get('id', position)}]"
         if image_ref is None:
             problem = Problem(
                 "unknown_image",
@@ -189,12 +212,27 @@ def _caption_row(annotation: dict[str, Any], task: str) -> dict[str, Any] | Prob
     caption = annotation.get("caption")
     if not isinstance(caption, str):
         return Problem("invalid_record", f"caption {caption!r} is not a string")
+    text = caption.strip()
+    problem = too_long(text, "caption")
+    if problem is not None:
+        return problem
     return {
         "annotation_type": "text",
         "task": task,
-        "text": caption.strip(),
+        "text": text,
         **HUMAN_LABEL,
     }
+
+
+def too_long(text: str, what: str) -> Problem | None:
+    """The ``text_too_long`` problem of a human text longer than ``MAX_TEXT_CHARS``; ``what``
+    names the text in the detail."""
+    if len(text) <= MAX_TEXT_CHARS:
+        return None
+    return Problem(
+        "text_too_long",
+        f"{what} has {len(text)} characters, more than the limit of {MAX_TEXT_CHARS}",
+    )
 
 
 def _object_converter(categories: list[Any]) -> Any:

@@ -2,7 +2,10 @@
 
 The alt-text sidecar is JSONL (one ``{"file_name": ..., "alt_text": ...}`` object a line) or
 CSV (columns ``file_name`` and ``alt_text``); ``file_name`` is relative to the image folder.
-A bad line is one quarantined label record; the other lines are read as usual.
+A bad line is one quarantined label record; the other lines are read as usual. An entry has
+exactly those two keys: one with another key (a typo such as ``alt``, a CSV cell beyond the
+header) is quarantined as ``unknown_key``, one lacking either as ``missing_key``, the detail
+naming the keys, so that a misspelt alt text is not mistaken for an empty one.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from relabel.config import SourceParams
-from relabel.ingest.coco import HUMAN_LABEL
+from relabel.ingest.coco import HUMAN_LABEL, too_long
 from relabel.ingest.images import from_root, list_image_files, normalised
 from relabel.ingest.records import (
     Problem,
@@ -26,7 +29,10 @@ from relabel.ingest.records import (
 )
 
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
-_CSV_COLUMNS = ("file_name", "alt_text")
+_SIDECAR_KEYS = ("file_name", "alt_text")
+_SIDECAR_EXAMPLE = '{"file_name": "shop/sign.jpg", "alt_text": "A red stop sign"}'
+# the key csv.DictReader gives the cells of a row beyond the header's columns
+_EXTRA_CELLS = "(cells beyond the header)"
 
 
 def read_folder(source: SourceParams, index: int, root: Path) -> SourceRecords:
@@ -106,8 +112,8 @@ def _jsonl_entries(name: str, path: Path, text: str) -> list[_Entry]:
 
 def _csv_entries(name: str, path: Path, text: str) -> tuple[list[_Entry], dict[str, Any] | None]:
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        missing = [column for column in _CSV_COLUMNS if column not in (reader.fieldnames or [])]
+        reader = csv.DictReader(io.StringIO(text, newline=""), restkey=_EXTRA_CELLS)
+        missing = [column for column in _SIDECAR_KEYS if column not in (reader.fieldnames or [])]
         if missing:
             detail = (
                 f"alt-text CSV {path} lacks the column(s) {missing} (header: {reader.fieldnames})"
@@ -124,6 +130,8 @@ def _csv_entries(name: str, path: Path, text: str) -> tuple[list[_Entry], dict[s
 def _alt_text_label(
     index: int, folder: Path, known: set[str], origin: str, entry: Any, problem: Problem | None
 ) -> RawLabel:
+    if problem is None and isinstance(entry, dict):
+        problem = _key_problem(entry)
     if problem is not None:
         return RawLabel(index, None, origin, entry, problem=problem)
     file_name = entry.get("file_name") if isinstance(entry, dict) else None
@@ -140,10 +148,33 @@ def _alt_text_label(
         )
         return RawLabel(index, None, origin, entry, problem=problem)
     # a null alt-text is kept as an empty text, so the check quarantines it as empty_text
+    text = (alt_text or "").strip()
+    problem = too_long(text, "alt_text")
+    if problem is not None:
+        return RawLabel(index, image_ref, origin, entry, problem=problem)
     row = {
         "annotation_type": "text",
         "task": "alt_text",
-        "text": (alt_text or "").strip(),
+        "text": text,
         **HUMAN_LABEL,
     }
     return RawLabel(index, image_ref, origin, entry, row=row)
+
+
+def _key_problem(entry: dict[Any, Any]) -> Problem | None:
+    """Why a sidecar entry does not have exactly the keys ``_SIDECAR_KEYS``; None when it does."""
+    unknown = [str(key) for key in entry if key not in _SIDECAR_KEYS]
+    missing = [key for key in _SIDECAR_KEYS if key not in entry]
+    found = []
+    if unknown:
+        found.append(f"unknown key(s) {unknown}")
+    if missing:
+        found.append(f"missing key(s) {missing}")
+    if not found:
+        return None
+    # a key is most often missing because it is misspelt, so an unknown key names the reason
+    return Problem(
+        "unknown_key" if unknown else "missing_key",
+        f"{' and '.join(found)}; a sidecar entry has exactly the keys {list(_SIDECAR_KEYS)}, "
+        f"e.g. {_SIDECAR_EXAMPLE}",
+    )

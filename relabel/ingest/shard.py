@@ -89,8 +89,9 @@ def ingest_shard(
 ) -> ShardIngest:
     """Build the images, labels and quarantine of ``shard`` from the catalogued sources.
 
-    Images are decoded in full (unreadable and truncated files are quarantined), get their
-    size and the split the catalog drew; labels become human, iteration-0, raw rows and pass ``validate_labels``.
+    Images are decoded in full (unreadable and truncated files and decompression bombs are
+    quarantined), get their size and the split the catalog drew; labels become human,
+    iteration-0, raw rows and pass ``validate_labels``.
     ``catalog_files`` is ``SourceCatalog.files`` (as stored by the catalog asset) and
     ``sources`` must be the sources the catalog was built from, in the same order.
     """
