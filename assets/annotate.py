@@ -4,9 +4,16 @@ initial annotations merged with the human labels, and their scores against groun
 Which specialists run is configuration (params.yaml ``annotate``); this module turns that list
 into assets, so each specialist's output per shard is visible in the UI with its counts and
 timing. Bodies only load, call ``models.specialists`` / ``relabel.annotate`` and record metadata.
+
+A specialist that is trained on the human boxes (``models.specialists.registry.TRAINERS``) is
+left out, with a warning, where there are none to train on (a collection of photos with
+captions only): its training writes a report saying so instead of weights, and its per-shard
+step then writes no labels, so the other specialists annotate the shard.
 """
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 from dagster import (
@@ -26,6 +33,7 @@ from assets.ingest import INGEST_STAGE
 from assets.metadata import counts_by, figure_image, markdown_table, png_markdown
 from models.specialists.registry import TRAINERS, BuildContext, build_specialist, train_specialist
 from models.specialists.runner import image_refs, run_specialist
+from models.specialists.shapes import training_images
 from pipelines.io_manager import TABLE_METADATA_KEY
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource
 from relabel.annotate import consensus_regions, initial_annotations, score_against_truth
@@ -39,6 +47,9 @@ HUMAN_LABELS = AssetKey([INGEST_STAGE, "human_labels"])
 CONSENSUS = AssetKey([ANNOTATE_STAGE, "consensus_regions"])
 INITIAL_ANNOTATIONS = AssetKey([ANNOTATE_STAGE, "initial_annotations"])
 INITIAL_QUARANTINE = AssetKey([ANNOTATE_STAGE, "initial_quarantine"])
+# written into a trained specialist's folder in place of weights when it was not trained
+TRAINING_SKIPPED_FILE = "training_skipped.json"
+NO_HUMAN_BOXES = "no human object boxes on the train images to train on"
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,7 @@ def _training_asset(spec: SpecialistParams):
         ins={"images": AssetIn(IMAGES), "human_labels": AssetIn(HUMAN_LABELS)},
         group_name=ANNOTATE_STAGE,
         compute_kind="torch",
-        description=f"The {spec.kind} specialist '{spec.name}', trained on the human labels of every shard's train split.",
+        description=f"The {spec.kind} specialist '{spec.name}', trained on the human labels of every shard's train split (skipped, with a warning, where they have no object box).",
     )
     def trained_specialist(
         context: AssetExecutionContext,
@@ -100,9 +111,20 @@ def _training_asset(spec: SpecialistParams):
         human_labels: pl.DataFrame,
     ) -> MaterializeResult:
         workdir = _context_for(project, spec).workdir
+        skipped = workdir / TRAINING_SKIPPED_FILE
+        train_images = images.filter(pl.col("split") == "train")
+        # the images its trainer would learn from (models.specialists.shapes.training_images)
+        if training_images(train_images, human_labels)[0].is_empty():
+            context.log.warning(f"{spec.name} ({spec.kind}) not trained: {NO_HUMAN_BOXES}; the shards are annotated without it")
+            workdir.mkdir(parents=True, exist_ok=True)
+            skipped.write_text(json.dumps({"skipped": NO_HUMAN_BOXES}) + "\n", encoding="utf-8")
+            version = dvc.commit(stage=ANNOTATE_STAGE, written=skipped)
+            return MaterializeResult(metadata={"skipped": NO_HUMAN_BOXES, "model_dir": MetadataValue.path(str(workdir)), "dvc_stage_hash": version.stage_hash or ""})
+        # weights trained now replace a skip an earlier run recorded
+        skipped.unlink(missing_ok=True)
         report = train_specialist(
             spec.kind,
-            images.filter(pl.col("split") == "train"),
+            train_images,
             human_labels,
             lambda uri: path_of_uri(uri, project.data_dir),
             workdir,
@@ -115,6 +137,12 @@ def _training_asset(spec: SpecialistParams):
         )
 
     return trained_specialist
+
+
+def _training_skipped(workdir: Path) -> str | None:
+    """Why the trained specialist of ``workdir`` was not trained, or None when it was."""
+    report = workdir / TRAINING_SKIPPED_FILE
+    return json.loads(report.read_text(encoding="utf-8"))["skipped"] if report.is_file() else None
 
 
 def _specialist_asset(spec: SpecialistParams, shards: PartitionsDefinition, reads: list[AssetKey]):
@@ -142,7 +170,14 @@ def _specialist_asset(spec: SpecialistParams, shards: PartitionsDefinition, read
         compute_kind=spec.kind,
     )
     def specialist_shard(context: AssetExecutionContext, project: ProjectResource, images: pl.DataFrame, **known_labels):
-        specialist = build_specialist(spec.kind, spec.name, spec.settings, _context_for(project, spec))
+        build_context = _context_for(project, spec)
+        skipped = _training_skipped(build_context.workdir) if spec.kind in TRAINERS else None
+        if skipped is not None:
+            context.log.warning(f"{spec.name} left out of {context.partition_key}: not trained ({skipped})")
+            yield Output(empty("labels"), spec.name, metadata={"skipped": f"not trained: {skipped}"})
+            yield Output(empty("quarantine"), f"{spec.name}_quarantine", metadata={"skipped": f"not trained: {skipped}"})
+            return
+        specialist = build_specialist(spec.kind, spec.name, spec.settings, build_context)
         run = run_specialist(
             specialist,
             image_refs(images, lambda uri: path_of_uri(uri, project.data_dir)),
@@ -280,12 +315,18 @@ def _scores_asset(specialists: list[str]):
         if not truth_path.is_file():
             return MaterializeResult(metadata={"scored": False, "why": f"no ground truth at {truth_path}"})
         scores = score_against_truth(labels_by_output, pl.read_parquet(truth_path))
-        chart = _f1_chart(scores.boxes)
+        # no output has object boxes where no specialist detects objects (those trained on
+        # human boxes left out for want of any): there is no F1 to chart
+        chart = _f1_chart(scores.boxes) if scores.boxes.height else None
         report_dir = project.data_dir / ANNOTATE_STAGE / "scores"
         report_dir.mkdir(parents=True, exist_ok=True)
         scores.boxes.write_parquet(report_dir / "box_scores.parquet")
         scores.summary.write_parquet(report_dir / "summary.parquet")
-        chart.save(report_dir / "f1_by_class.png")
+        chart_path = report_dir / "f1_by_class.png"
+        if chart is not None:
+            chart.save(chart_path)
+        else:
+            chart_path.unlink(missing_ok=True)
         run_url = mlflow_tracking.log_report(
             run_name=f"initial-annotation-{context.run_id[:8]}",
             tags={"phase": "initial_annotation", "dagster_run_id": context.run_id},
@@ -303,7 +344,7 @@ def _scores_asset(specialists: list[str]):
             metadata={
                 "dvc_md5": version.md5,
                 "summary": MetadataValue.md(markdown_table(scores.summary)),
-                "f1_by_class": MetadataValue.md(png_markdown(chart, "F1 at IoU 0.5 per class and output")),
+                "f1_by_class": MetadataValue.md(png_markdown(chart, "F1 at IoU 0.5 per class and output") if chart is not None else "no object boxes to score"),
                 "mlflow_run": MetadataValue.url(run_url),
             }
         )

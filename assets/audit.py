@@ -225,7 +225,7 @@ def build_audit_assets() -> tuple[list, list]:
     )
     def split_unchanged(context: AssetCheckExecutionContext, project: ProjectResource, audited_labels: pl.DataFrame, images: pl.DataFrame) -> AssetCheckResult:
         from data_checks import suites
-        from data_checks.gates import validate
+        from data_checks.gates import validate, verdict_metadata
 
         folder = frozen_dir(project.data_dir)
         frozen = frozen_manifest(folder)
@@ -245,6 +245,7 @@ def build_audit_assets() -> tuple[list, list]:
         return AssetCheckResult(
             passed=result.passed,
             metadata={
+                **verdict_metadata(result),
                 "frozen_images": frozen.height,
                 "changes": changes.height,
                 **({"changed": MetadataValue.md(markdown_table(changes.head(50)))} if changes.height else {}),

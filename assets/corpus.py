@@ -79,7 +79,7 @@ def build_corpus_assets(iteration_shards: PartitionsDefinition) -> tuple[list, l
     )
     def no_eval_leakage(context: AssetCheckExecutionContext, project: ProjectResource, examples: pl.DataFrame, catalog: pl.DataFrame) -> AssetCheckResult:
         from data_checks import suites
-        from data_checks.gates import validate
+        from data_checks.gates import validate, verdict_metadata
 
         frozen = frozen_manifest(frozen_dir(project.data_dir))
         if frozen is None:
@@ -92,6 +92,7 @@ def build_corpus_assets(iteration_shards: PartitionsDefinition) -> tuple[list, l
         return AssetCheckResult(
             passed=result.passed,
             metadata={
+                **verdict_metadata(result),
                 "corpus_images": candidates.height,
                 "frozen_split_images": frozen.height,
                 "same_content": found.filter(pl.col("kind") == "same_content").height,

@@ -523,7 +523,7 @@ def _label_quality():
     )
     def rare_classes_kept(context: AssetCheckExecutionContext, project: ProjectResource, label_quality: pl.DataFrame) -> AssetCheckResult:
         from data_checks import suites
-        from data_checks.gates import validate
+        from data_checks.gates import validate, verdict_metadata
 
         iteration = context.partition_key
         k = iteration_number(iteration)
@@ -537,6 +537,7 @@ def _label_quality():
         return AssetCheckResult(
             passed=result.passed,
             metadata={
+                **verdict_metadata(result),
                 "compared_with": f"iteration {k - 1}",
                 "rare_classes": changes.height,
                 "failed_expectations": len(result.failed),

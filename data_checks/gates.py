@@ -39,6 +39,22 @@ _NULLABLE_PANDAS_TYPES = {
 
 
 @dataclass(frozen=True)
+class Measure:
+    """What a failed rule measured against its threshold: ``labelled share 0.562 < 0.9``,
+    ``class retention 0 < 0.8 (category kite)``, ``changed images 3 > 0``."""
+
+    name: str
+    value: float
+    comparison: str  # how the value breaks the threshold: "<", ">" or ">="
+    threshold: float
+    row: str | None = None  # the worst row, for a rule that judges each row against a bound
+
+    def __str__(self) -> str:
+        said = f"{self.name} {self.value:.3g} {self.comparison} {self.threshold:g}"
+        return f"{said} ({self.row})" if self.row else said
+
+
+@dataclass(frozen=True)
 class GateResult:
     """What one suite said about one frame."""
 
@@ -54,6 +70,9 @@ class GateResult:
     unexpected: pl.DataFrame
     # index.html of the Data Docs site built for this validation, when asked for
     docs: Path | None
+    # what the first failed rule measured; None when passed or when that rule measures
+    # nothing (it raised, or it judges the table's columns)
+    measure: Measure | None = None
 
 
 def validate(
@@ -92,7 +111,21 @@ def validate(
         failed=tuple(_summary(result) for result in failures),
         unexpected=_unexpected_rows(failures, index_column),
         docs=None if docs_dir is None else _build_data_docs(context, Path(docs_dir)),
+        measure=_measure(failures[0]) if failures else None,
     )
+
+
+def verdict_metadata(result: GateResult) -> dict[str, Any]:
+    """A failed gate's verdict as check metadata, the same keys for every gate: ``why`` (one
+    line about its first failed rule, e.g. "labelled share 0.562 < 0.9"), and ``measured`` and
+    ``threshold`` where that rule measures something. Empty for a gate that passed."""
+    if result.passed:
+        return {}
+    why = str(result.measure) if result.measure is not None else result.failed[0]
+    if len(result.failed) > 1:
+        why += f" (and {len(result.failed) - 1} more failed rules)"
+    measured = {"measured": result.measure.value, "threshold": result.measure.threshold} if result.measure is not None else {}
+    return {"why": why, **measured}
 
 
 def pandas_frame(frame: pl.DataFrame) -> pd.DataFrame:
@@ -134,14 +167,20 @@ def _columns(kwargs: Mapping[str, Any]) -> list[str]:
     return list(kwargs.get("column_list") or [])
 
 
-def _summary(result: ExpectationValidationResult) -> str:
-    """One line: the expectation, its columns and bounds, and how it failed."""
+def _rule(result: ExpectationValidationResult) -> str:
+    """The expectation with its columns and bounds: ``expect_column_values_to_be_between(labels, 1..)``."""
     config = result.expectation_config
     kwargs = config.kwargs
     arguments = _columns(kwargs) if "column_list" not in kwargs else []
     if "min_value" in kwargs or "max_value" in kwargs:
         arguments.append(f"{_bound(kwargs.get('min_value'))}..{_bound(kwargs.get('max_value'))}")
-    head = f"{config.type}({', '.join(arguments)})" if arguments else config.type
+    return f"{config.type}({', '.join(arguments)})" if arguments else config.type
+
+
+def _summary(result: ExpectationValidationResult) -> str:
+    """One line: the expectation, its columns and bounds, and how it failed."""
+    kwargs = result.expectation_config.kwargs
+    head = _rule(result)
     errors = _exception_messages(result.exception_info)
     if errors:
         return f"{head}: error: {'; '.join(errors)}"
@@ -153,6 +192,37 @@ def _summary(result: ExpectationValidationResult) -> str:
             line += f" ({share}, mostly {kwargs['mostly']:g})"
         return line
     return f"{head}: observed {details.get('observed_value')!r}"
+
+
+def _measure(result: ExpectationValidationResult) -> Measure | None:
+    """What a failed row-level rule measured, named by its suite (the expectation's
+    ``meta["measure"]``): the share of rows that pass, for a rule that holds for ``mostly``
+    of them; the worst row's value, for one that bounds every row's; else the rows that
+    failed it, of which there should be none."""
+    config = result.expectation_config
+    kwargs, details = config.kwargs, result.result
+    if "unexpected_count" not in details:
+        return None
+    name = (config.meta or {}).get("measure")
+    if name and kwargs.get("mostly") is not None:
+        return Measure(name, 1 - details["unexpected_percent"] / 100, "<", kwargs["mostly"])
+    if name and config.type == "expect_column_values_to_be_between" and details.get("unexpected_index_list"):
+        return _worst_row(name, kwargs, details)
+    return Measure(name or f"rows failing {_rule(result)}", details["unexpected_count"], ">", 0)
+
+
+def _worst_row(name: str, kwargs: Mapping[str, Any], details: Mapping[str, Any]) -> Measure:
+    """The value furthest beyond a between rule's bound, and the row it is of."""
+    column, (index_column,) = kwargs["column"], details["unexpected_index_column_names"]
+    rows = details["unexpected_index_list"]
+    below = [row for row in rows if kwargs.get("min_value") is not None and row[column] < kwargs["min_value"]]
+    if below:
+        worst = min(below, key=lambda row: row[column])
+        comparison, threshold = "<", kwargs["min_value"]
+    else:
+        worst = max(rows, key=lambda row: row[column])
+        comparison, threshold = (">=" if kwargs.get("strict_max") else ">"), kwargs["max_value"]
+    return Measure(name, float(worst[column]), comparison, threshold, f"{index_column} {_text(worst[index_column])}")
 
 
 def _bound(value: Any) -> str:

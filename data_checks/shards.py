@@ -4,7 +4,9 @@ Each check runs one Great Expectations suite (``data_checks.suites``) over one s
 asset (``data_checks.gates.validate``). Checks are blocking: when one fails, nothing downstream
 of that shard runs in the same run; and consumers that read every shard in a later run ask
 ``blocked_shards`` which shards to leave out. A check's metadata lists the failed expectations,
-the offending rows (result format COMPLETE) and a link to the GX Data Docs page it wrote.
+the offending rows (result format COMPLETE) and a link to the GX Data Docs page it wrote; a
+failed one says why in one line, with the value it measured and the threshold
+(``gates.verdict_metadata``), which the command line and ``relabel status`` print.
 
 GX is imported inside the checks: it costs seconds to import, and loading the definitions
 (``dagster dev``, every run's process) should not pay for it.
@@ -80,8 +82,8 @@ def build_shard_checks(shards: PartitionsDefinition, iteration_shards: Partition
               f"At least {gates.min_labelled_share:.0%} of the shard's images keep a label (filter.gates.min_labelled_share).",
               other=IMAGES, other_mapping=SAME_SHARD),
         _gate(FILTERED_LABELS, "filtered_labels_keep_every_class", iteration_shards, "category",
-              ("class_retention_suite", gates.min_class_retention), "class_counts_frame",
-              f"Every class keeps at least {gates.min_class_retention:.0%} of the iteration's labels of it through the filters (filter.gates.min_class_retention): a rare class that collapses fails.",
+              ("class_retention_suite", gates.min_class_retention), ("class_counts_frame", gates.min_class_labels, gates.class_retention_min_score),
+              f"Every class with at least {gates.min_class_labels} label(s) scored {gates.class_retention_min_score} or more keeps at least {gates.min_class_retention:.0%} of them through the filters (filter.gates.min_class_retention, min_class_labels, class_retention_min_score): a rare class that collapses fails.",
               other=ITERATION_LABELS),
         _gate(FILTERED_LABELS, "filtered_labels_one_label_per_object", iteration_shards, "label_id",
               ("one_label_per_object_suite", gates.max_same_object_iou), "same_object_frame",
@@ -97,13 +99,14 @@ def _gate(
     shards: PartitionsDefinition,
     index_column: str,
     suite: tuple,
-    gate_frame: str | None,
+    gate_frame: str | tuple | None,
     description: str,
     other: AssetKey | None = None,
     other_mapping: PartitionMapping | None = None,
 ):
     """A blocking check of ``asset`` per shard: the suite ``suite[0](*suite[1:])`` of
-    ``data_checks.suites`` over ``gate_frame(asset[, other])`` (the asset itself when None).
+    ``data_checks.suites`` over ``gate_frame(asset[, other])`` (the asset itself when None; a
+    tuple ``(builder, *arguments)`` passes the arguments after the frames).
     Builders are named, not passed, so that GX is only imported when a check runs."""
     builder, *arguments = suite
 
@@ -111,7 +114,11 @@ def _gate(
         from data_checks import suites
         from data_checks.gates import validate
 
-        validated = getattr(suites, gate_frame)(*frames) if gate_frame else frames[0]
+        if gate_frame is None:
+            validated = frames[0]
+        else:
+            frame_builder, *frame_arguments = (gate_frame,) if isinstance(gate_frame, str) else gate_frame
+            validated = getattr(suites, frame_builder)(*frames, *frame_arguments)
         docs_dir = project.data_dir / "gx_docs" / name / str(context.partition_key).replace("|", "/")
         result = validate(getattr(suites, builder)(*arguments), validated, index_column=index_column, docs_dir=docs_dir)
         return AssetCheckResult(passed=result.passed, metadata=_metadata(result))
@@ -133,7 +140,10 @@ def _gate(
 
 
 def _metadata(result) -> dict:
+    from data_checks.gates import verdict_metadata
+
     metadata = {
+        **verdict_metadata(result),
         "rows": result.rows,
         "expectations": result.evaluated,
         "failed_expectations": len(result.failed),

@@ -2,8 +2,9 @@
 
 ``project_status`` gathers, as plain JSON-ready data: the set-up (images, human labels,
 quarantine, the frozen split), every iteration (its labels, the gates that passed and failed,
-its model and its scores on the frozen split, how far its re-annotation got) and the runs by
-status. ``status_lines`` prints the same for a person.
+with what each failed one measured against its threshold, its model and its scores on the
+frozen split, how far its re-annotation got) and the runs by status. ``status_lines`` prints
+the same for a person.
 """
 
 from __future__ import annotations
@@ -39,28 +40,43 @@ def project_status(root: Path) -> dict[str, Any]:
     }
 
 
-def gate_results(instance) -> dict[str, dict[str, list[str]]]:
+def gate_results(instance) -> dict[str, dict[str, list]]:
     """The latest outcome of every blocking check, by partition: ``{"passed": [...], "failed":
-    [...]}`` per partition key (``"-"`` for an unpartitioned asset), each entry
-    ``<asset>:<check>``."""
+    [...]}`` per partition key (``"-"`` for an unpartitioned asset); a passed entry is
+    ``<asset>:<check>``, a failed one what ``_failed_gate`` says of it."""
     from dagster import AssetCheckKey
     from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
     from assets.audit import FROZEN_SPLIT
     from data_checks.shards import GATES
 
-    outcome = {AssetCheckExecutionRecordStatus.SUCCEEDED: "passed", AssetCheckExecutionRecordStatus.FAILED: "failed"}
-    results: dict[str, dict[str, list[str]]] = {}
+    storage = instance.event_log_storage
     keys = [AssetCheckKey(asset, name) for asset, names in GATES.items() for name in names]
-    for info in instance.event_log_storage.get_asset_check_partition_info(keys):
-        verdict = outcome.get(info.latest_execution_status)
-        if verdict and info.partition_key is not None:
-            results.setdefault(info.partition_key, {"passed": [], "failed": []})[verdict].append(f"{info.check_key.asset_key.to_user_string()}:{info.check_key.name}")
+    latest = [(info.partition_key, info.check_key, info.latest_execution_status) for info in storage.get_asset_check_partition_info(keys) if info.partition_key is not None]
     split_check = AssetCheckKey(FROZEN_SPLIT, "split_unchanged")
-    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([split_check]).get(split_check)
-    if latest is not None and latest.status in outcome:
-        results.setdefault("-", {"passed": [], "failed": []})[outcome[latest.status]].append(f"{FROZEN_SPLIT.to_user_string()}:split_unchanged")
+    split_record = storage.get_latest_asset_check_execution_by_key([split_check]).get(split_check)
+    if split_record is not None:
+        latest.append((None, split_check, split_record.status))
+    results: dict[str, dict[str, list]] = {}
+    for partition, check, status in latest:
+        name = f"{check.asset_key.to_user_string()}:{check.name}"
+        if status == AssetCheckExecutionRecordStatus.SUCCEEDED:
+            results.setdefault(partition or "-", {"passed": [], "failed": []})["passed"].append(name)
+        elif status == AssetCheckExecutionRecordStatus.FAILED:
+            results.setdefault(partition or "-", {"passed": [], "failed": []})["failed"].append(_failed_gate(storage, name, check, partition))
     return results
+
+
+def _failed_gate(storage, name: str, check, partition: str | None) -> dict[str, Any]:
+    """A gate whose latest evaluation (of ``partition``) failed: its ``gate`` name and what its
+    check said: ``why``, and the value ``measured`` against its ``threshold``
+    (``data_checks.gates.verdict_metadata``); None where its metadata has none."""
+    from dagster._core.event_api import PartitionKeyFilter
+
+    record = storage.get_latest_asset_check_execution_by_key([check], partition_filter=PartitionKeyFilter(key=partition))[check]
+    metadata = record.event.asset_check_evaluation.metadata if record.event is not None else {}
+    said = {key: metadata[key].value if key in metadata else None for key in ("why", "measured", "threshold")}
+    return {"gate": name, **said}
 
 
 def _runs_with(status):
@@ -87,13 +103,13 @@ def _setup(data: Path) -> dict[str, Any]:
     }
 
 
-def _iteration(data: Path, k: str, gates: dict[str, dict[str, list[str]]], shard_count: int) -> dict[str, Any]:
+def _iteration(data: Path, k: str, gates: dict[str, dict[str, list]], shard_count: int) -> dict[str, Any]:
     folder = f"iteration-{k}"
     shards = shard_keys(shard_count)
     # gates are kept per "k|shard" (shard assets) and per "k" (iteration assets)
     keys = [k, *(f"{k}|{shard}" for shard in shards)]
     passed = [f"{key} {name}" for key in keys for name in gates.get(key, {}).get("passed", [])]
-    failed = [f"{key} {name}" for key in keys for name in gates.get(key, {}).get("failed", [])]
+    failed = [{**gate, "gate": f"{key} {gate['gate']}"} for key in keys for gate in gates.get(key, {}).get("failed", [])]
     from assets.model import frozen_split_scores
 
     return {
@@ -143,6 +159,6 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         if queue is not None:
             verdicts = ", ".join(f"{name} {n}" for name, n in sorted(queue["verdicts"].items())) if queue["verdicts"] is not None else "awaiting verdicts (relabel materialize review)"
             lines.append(f"    audit queue: {queue['queued']} labels; {verdicts}")
-        lines += [f"    failed gate: {gate}" for gate in it["gates_failed"]]
+        lines += [f"    failed gate: {gate['gate']}" + (f": {gate['why']}" if gate["why"] else "") for gate in it["gates_failed"]]
     lines.append("  runs: " + ", ".join(f"{name.lower()} {count}" for name, count in status["runs"].items()))
     return lines

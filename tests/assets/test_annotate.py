@@ -1,6 +1,8 @@
 """End to end, phase 1: every specialist per shard, their consensus, the merge with the
 human labels and the scores, materialized with `dagster.materialize` on a tiny world."""
 
+import logging
+
 import mlflow
 import polars as pl
 import pytest
@@ -101,3 +103,42 @@ def test_scores_are_an_mlflow_run_and_in_the_asset_metadata(annotated):
     run = mlflow.get_run(run_id)
     assert "f1.consensus_regions" in run.data.metrics
     assert 0 <= run.data.metrics["f1.consensus_regions"] <= 1
+
+
+def test_without_human_boxes_the_trained_specialists_are_left_out_with_a_warning(tiny_project, instance, materialize_all):
+    """A collection with captions but no human box: the specialists trained on boxes are
+    skipped (said in their metadata and the run's log), the others annotate it."""
+    import yaml
+    from dagster import AssetKey
+
+    from assets.annotate import NO_HUMAN_BOXES
+
+    root = tiny_project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["world"]["human"].update(missing_object_rate=1.0, inject_defects=False)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    results = materialize_all(root, phases=("world", "ingest", "annotate"))
+
+    human = _all(root, "ingest", "human_labels")
+    assert human.filter(pl.col("box").is_not_null()).height == 0 and human.filter(pl.col("task") == "brief_caption").height > 0
+    training = results["train_specialists"]
+    for name in ("shapes", "tinydet"):
+        (event,) = [e for e in training.get_asset_materialization_events() if e.asset_key == AssetKey(["annotate", f"{name}_model"])]
+        assert event.materialization.metadata["skipped"].value == NO_HUMAN_BOXES
+        assert (root / "data" / "annotate" / f"{name}_model" / "training_skipped.json").is_file()
+    warnings = [e.user_message for e in instance.all_logs(training.run_id) if e.level == logging.WARNING]
+    assert sum(f"not trained: {NO_HUMAN_BOXES}" in message for message in warnings) == 2
+
+    for shard in ("shard-00", "shard-01"):
+        run = results[("annotate_shards", shard)]
+        metadata = {m.asset_key.path[-1]: m.materialization.metadata for m in run.get_asset_materialization_events()}
+        for name in ("shapes", "tinydet"):
+            assert metadata[name]["skipped"].value == f"not trained: {NO_HUMAN_BOXES}"
+            assert pl.read_parquet(root / "data" / "annotate" / name / f"{shard}.parquet").height == 0
+        assert metadata["ocr"]["images"].value > 0
+        left_out = [e.user_message for e in instance.all_logs(run.run_id) if e.level == logging.WARNING and "left out" in e.user_message]
+        assert len(left_out) == 2
+    # annotation went on: the human captions kept, the other specialists' labels beside them
+    initial = _all(root, "annotate", "initial_annotations")
+    assert initial.filter(pl.col("source") == "human").height == human.height
+    assert initial.filter(pl.col("source") != "human").height > 0

@@ -104,3 +104,22 @@ def test_failures_exit_non_zero_with_a_one_line_reason(tiny_project):
     assert "no iteration has filtered labels" in nothing.stderr
     elsewhere = relabel(tiny_project / "data", "status")
     assert elsewhere.returncode == 1 and "no params.yaml" in elsewhere.stderr
+
+
+def test_a_failed_gate_is_named_with_what_it_measured_on_the_command_line_and_in_status(hand_made_shards):
+    root = hand_made_shards
+    as_json(relabel(root, "--json", "materialize", "merge", "--iteration", "0"))
+    # shard-01's rare class (kite) has only low-confidence labels: the filters drop them all
+    filtering = relabel(root, "materialize", "filter", "--iteration", "0")
+    assert filtering.returncode == 1
+    assert filtering.stderr.strip().splitlines()[-1] == (
+        "relabel materialize: filter_shards failed for ['0|shard-01']: gate filtered_labels_keep_every_class failed:"
+        " class retention 0 < 0.5 (category kite) (see the run in the Dagster UI: relabel ui)"
+    )
+
+    (iteration,) = as_json(relabel(root, "--json", "status"))["iterations"]
+    assert iteration["gates_failed"] == [
+        {"gate": "0|shard-01 filter/filtered_labels:filtered_labels_keep_every_class", "why": "class retention 0 < 0.5 (category kite)", "measured": 0.0, "threshold": 0.5}
+    ]
+    human = relabel(root, "status")
+    assert "    failed gate: 0|shard-01 filter/filtered_labels:filtered_labels_keep_every_class: class retention 0 < 0.5 (category kite)\n" in human.stdout
