@@ -94,7 +94,8 @@ def _export_asset(fmt: str, key: AssetKey):
             in_split = pl.col("image_id").is_in(frozen["image_id"].implode())
             labels = pl.concat([labels.filter(~in_split), pl.read_parquet(split_dir / LABELS_FILE)])
             quarantine = quarantine.filter(~in_split)
-        selection = select_labels(labels, quarantine=quarantine.drop("asset"), **chosen)
+        categories = list(defaults.categories) if defaults.categories is not None else None
+        selection = select_labels(labels, quarantine=quarantine.drop("asset"), categories=categories, **chosen)
         folder = export_dir(project.data_dir, fmt, iteration)
         options = {"embed_images": defaults.embed_images} if fmt == "hf-parquet" else {}
         written = export_labels(fmt, images.sort("image_id"), selection.labels, folder, project.data_dir, **options)
@@ -113,7 +114,7 @@ def _export_asset(fmt: str, key: AssetKey):
                 versions=package_versions(CARD_PACKAGES),
                 sources=[{"name": s.name, "kind": s.kind, "licence": s.licence or "unknown", "url": s.url or s.images or s.path or ""} for s in project.params.ingest.sources],
                 dvc_inputs=inputs,
-                filters={**chosen, "left_out": left_out},
+                filters={**chosen, "categories": categories, "left_out": left_out},
                 export_command=command,
                 text_statistics=_read(project.data_dir / "filter" / "report" / f"iteration-{iteration}" / "text_statistics.parquet"),
                 frozen_split_metrics=_split_metrics(project.data_dir, iteration),

@@ -3,7 +3,7 @@
 
 import shutil
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from assets.metadata import png_markdown
 from pipelines.resources import DvcResource, ProjectResource
@@ -19,6 +19,8 @@ def embedded_world(
     """Procedurally rendered scenes with their noisy, partial "human" labels (COCO JSON and
     web alt-text, as a real collection would have) and, stored apart, the full ground truth
     for all three annotation types, which no phase of the engine reads."""
+    if project.params.world is None:
+        raise Failure("this project has no embedded world (params.yaml world: null): its sources are its own photos")
     world_dir = project.data_dir / "world"
     truth_dir = project.data_dir / "ground_truth"
     for stale in (world_dir, truth_dir):

@@ -1,7 +1,8 @@
 """relabel: the data engine from a terminal, through Dagster (runs show in the UI afterwards).
 
 ``relabel demo`` sets up the embedded world, runs two refinement iterations, exports the
-result and prints what it made; ``relabel world`` / ``ingest`` / ``materialize PHASE
+result and prints what it made; ``relabel init PATH --images DIR [--coco ...]`` writes a project
+on your own photos, where ``demo`` then runs without the world; ``relabel world`` / ``ingest`` / ``materialize PHASE
 [--iteration K] [--shards ...]`` run one phase (``materialize`` is what each ``dvc.yaml`` stage
 runs); ``relabel iterate`` runs whole iterations; ``relabel status`` shows the iterations, their
 gates and counts; ``relabel export --format F`` writes an iteration's labels with a dataset
@@ -17,6 +18,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import time
@@ -51,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", default=os.getcwd(), help="project root holding params.yaml (default: the working directory)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout (progress goes to stderr)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    init = commands.add_parser("init", help="write a project on your own photos (then run relabel demo or iterate in it)")
+    init.add_argument("path", type=Path, help="the project folder to write (made if missing)")
+    init.add_argument("--images", type=Path, required=True, help="the folder of photos")
+    init.add_argument("--coco", type=Path, help="their COCO instances JSON (boxes, polygons, categories)")
+    init.add_argument("--captions", type=Path, help="their COCO captions JSON")
+    init.add_argument("--alt-text", type=Path, help="an alt-text sidecar of the photos (JSONL or CSV; README: sources)")
+    init.add_argument("--shards", type=int, default=2, help="shards (Dagster partitions) of the collection (default 2)")
+    init.add_argument("--force", action="store_true", help="overwrite the project's params.yaml and dvc.yaml")
     commands.add_parser("world", help="render the embedded demo world (the world phase)")
     commands.add_parser("ingest", help="catalog every source in params.yaml and ingest it shard by shard (the ingest phase)")
     materialize = commands.add_parser("materialize", help="run one phase through Dagster, for every shard or some")
@@ -83,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     root = Path(args.root).resolve()
     try:
-        if not (root / "params.yaml").is_file():
+        if args.command != "init" and not (root / "params.yaml").is_file():
             raise CommandError(f"no params.yaml in {root}: run relabel in a project root or pass --root")
         with _stdout_to_stderr(args.json):
             result = COMMANDS[args.command](args, root)
@@ -94,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"relabel {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # a one-line reason, not a traceback; the runs' own logs are in the UI
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        print(f"relabel {args.command}: {type(error).__name__}: {first}", file=sys.stderr)
+        print(f"relabel {args.command}: {_error_line(type(error).__name__, type(error).__module__, str(error))}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result.payload, indent=2, default=str))
@@ -120,6 +129,14 @@ def _stdout_to_stderr(active: bool) -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def _error_line(type_name: str, module: str, message: str) -> str:
+    """An exception in one line: its type, marked as DVC's where DVC raised it (its message is
+    then DVC's own), and the first line of its message."""
+    first = next(iter(message.strip().splitlines()), "")
+    kind = f"DVC {type_name}" if module.split(".")[0] == "dvc" else type_name
+    return f"{kind}: {first}" if first else kind
 
 
 @dataclass(frozen=True)
@@ -169,7 +186,10 @@ def _status(args: argparse.Namespace, root: Path) -> Outcome:
 def _resume(args: argparse.Namespace, root: Path) -> Outcome:
     _point_dagster_at(root)
     resumed = resume_interrupted()
-    return Outcome({"resumed": resumed}, code=1 if any(not ok for ok in resumed.values()) else 0)
+    failed = [(run_id, outcome) for run_id, outcome in resumed.items() if not outcome.ok]
+    if failed:
+        raise CommandError(f"re-executing {len(failed)} of {len(resumed)} interrupted runs failed for {[run_id for run_id, _ in failed]}: {_reasons(failed)} ({_see_runs(len(failed))})")
+    return Outcome({"resumed": {run_id: outcome.ok for run_id, outcome in resumed.items()}})
 
 
 def _unfreeze(args: argparse.Namespace, root: Path) -> Outcome:
@@ -201,6 +221,19 @@ def _ui(args: argparse.Namespace, root: Path) -> Outcome:
     return Outcome({"exit_codes": codes}, code=max(codes))
 
 
+def _init(args: argparse.Namespace, root: Path) -> Outcome:
+    from pipelines.init_project import InitError, Sources, init_project
+
+    project = args.path.resolve()
+    sources = Sources(*(path.resolve() if path is not None else None for path in (args.images, args.coco, args.captions, args.alt_text)))
+    try:
+        written = init_project(project, sources, shards=args.shards, force=args.force)
+    except InitError as error:
+        raise CommandError(str(error)) from error
+    text = "\n".join([f"wrote the project {project}:", *(f"  {path.name}" for path in written), f"next: relabel --root {project} demo"])
+    return Outcome({"project": str(project), "files": [str(path) for path in written]}, text)
+
+
 def _export(args: argparse.Namespace, root: Path) -> Outcome:
     """One export job for one iteration (default: the latest whose gates all passed), with the
     command line's overrides as the run's config."""
@@ -225,9 +258,9 @@ def run_export(root: Path, fmt: str, iteration: str, overrides: dict, pool: Proc
 
     print(f"[relabel] export: {EXPORT_JOBS[fmt]} for iteration {iteration}", file=sys.stderr, flush=True)
     op_name = "__".join(EXPORT_ASSETS[fmt].path)
-    (ok,) = pool.map(_execute, [EXPORT_JOBS[fmt]], [iteration], [os.cpu_count() or 1], [{"ops": {op_name: {"config": overrides}}}])
-    if not ok:
-        raise CommandError(f"the {fmt} export of iteration {iteration} failed; see its run in the Dagster UI (relabel ui)")
+    (outcome,) = pool.map(_execute, [EXPORT_JOBS[fmt]], [iteration], [os.cpu_count() or 1], [{"ops": {op_name: {"config": overrides}}}])
+    if not outcome.ok:
+        raise CommandError(f"the {fmt} export of iteration {iteration} failed: {outcome.why} ({_see_runs(1)})")
     folder = export_dir(resolve(root, load_params(root / "params.yaml").data_dir), fmt, iteration)
     return folder, json.loads((folder / MANIFEST_FILE).read_text())
 
@@ -249,7 +282,9 @@ def _run_iterations(args: argparse.Namespace, root: Path, pool: ProcessPoolExecu
     with; the wall time of each phase."""
     timings: dict[str, float] = {}
     if args.command == "demo":
-        for phase in SETUP_PHASES:
+        # a project on its own photos (relabel init) has no world to render
+        has_world = load_params(root / "params.yaml").world is not None
+        for phase in (p for p in SETUP_PHASES if has_world or p != "world"):
             timings[phase] = _timed(materialize_phase, phase, root, "0", pool)
     first = int(args.start) if getattr(args, "start", None) is not None else (0 if args.command == "demo" else _next_iteration(root))
     for k in range(first, first + args.iterations):
@@ -303,7 +338,7 @@ def materialize_phase(phase: str, root: Path, iteration: str, pool: ProcessPoolE
     """Run the jobs of ``phase`` in ``pool``'s processes: unpartitioned ones once, shard jobs
     once per shard (of ``shards``, default all), in parallel, iteration jobs for ``iteration``
     (added to the instance's iterations if new). Returns the runs as ``job [partition]``;
-    raises ``CommandError`` naming the runs that failed."""
+    raises ``CommandError`` naming the runs that failed and why."""
     from pipelines import definitions
 
     done = []
@@ -320,9 +355,9 @@ def materialize_phase(phase: str, root: Path, iteration: str, pool: ProcessPoolE
         cores = os.cpu_count() or 1
         threads = max(1, cores // min(len(keys), cores))
         outcomes = list(pool.map(_execute, [job_name] * len(keys), keys, [threads] * len(keys), [run_config] * len(keys)))
-        failed = [key or job_name for key, ok in zip(keys, outcomes) if not ok]
+        failed = [(key or job_name, outcome) for key, outcome in zip(keys, outcomes) if not outcome.ok]
         if failed:
-            raise CommandError(f"{job_name} failed for {failed}; see the runs in the Dagster UI (relabel ui)")
+            raise CommandError(f"{job_name} failed for {[key for key, _ in failed]}: {_reasons(failed)} ({_see_runs(len(failed))})")
         done += [f"{job_name} {key}" if key else job_name for key in keys]
     return done
 
@@ -357,7 +392,80 @@ def _partition_keys(partitions, iteration: str, shards: list[str] | None = None)
     return chosen
 
 
-def _execute(job_name: str, partition_key: str | None, threads: int, run_config: dict | None = None) -> bool:
+@dataclass(frozen=True)
+class RunOutcome:
+    """How one run ended, as a worker process hands it back: whether it succeeded and, when
+    not, why in one line (``run_failure``)."""
+
+    ok: bool
+    why: str = ""
+
+
+def _reasons(failed: list[tuple[str, RunOutcome]]) -> str:
+    """Why the runs failed: the reason once when they share it, else each run's by name."""
+    reasons = {outcome.why for _, outcome in failed}
+    return reasons.pop() if len(reasons) == 1 else "; ".join(f"{name}: {outcome.why}" for name, outcome in failed)
+
+
+def _see_runs(count: int) -> str:
+    return f"see the {'run' if count == 1 else 'runs'} in the Dagster UI: relabel ui"
+
+
+def run_failure(instance, run_id: str) -> str:
+    """Why a run failed, in one line: its failed gates (blocking checks) with what each
+    measured against its threshold (their ``why``, ``data_checks.gates.verdict_metadata``),
+    then its failed steps with the exception their code raised or how their process died;
+    else what the run's own failure says."""
+    from dagster import DagsterEventType
+
+    reasons = []
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION):
+        evaluation = entry.asset_check_evaluation
+        if evaluation.blocking and not evaluation.passed:
+            why = evaluation.metadata.get("why")
+            reasons.append(f"gate {evaluation.check_name} failed" + (f": {why.value}" if why is not None else ""))
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE):
+        error = entry.dagster_event.step_failure_data.error
+        if error.cls_name == "DagsterAssetCheckFailedError":
+            continue  # a gate's step: the gate's own verdict is above
+        # Dagster wraps what user code raised (its DagsterExecution...Error): the cause says why
+        raised = error.cause if error.cls_name.startswith("Dagster") and error.cause is not None else error
+        said = _crash(instance, run_id, entry.step_key) if raised.cls_name == "ChildProcessCrashException" else _stored_error_line(raised.message)
+        reasons.append(f"step {entry.step_key}: {said}")
+    if reasons:
+        return "; ".join(reasons)
+    failures = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)
+    if not failures:
+        return f"run {run_id} failed and recorded no reason"
+    data = failures[-1].dagster_event.event_specific_data
+    if data is None or data.error is None:
+        return failures[-1].dagster_event.message
+    # a step process that failed before its step began (its definitions did not load, say):
+    # the multiprocess executor lists each as "In process <pid>: module.Type: message"
+    children = [line.split(": ", 1)[1] for line in data.error.message.splitlines() if line.startswith("In process ")]
+    return "; ".join(_stored_error_line(child) for child in children) if children else _stored_error_line(data.error.message)
+
+
+def _crash(instance, run_id: str, step_key: str) -> str:
+    """How the process of a step died (killed, out of memory): the exit code the executor's
+    engine event gives ("child process for step X unexpectedly exited with code 137")."""
+    from dagster import DagsterEventType
+
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+        found = re.search(rf"for step {re.escape(step_key)} unexpectedly exited with code (-?\d+)", entry.dagster_event.message or "")
+        if found:
+            return f"its process died (exit code {found.group(1)})"
+    return "its process died"
+
+
+def _stored_error_line(message: str) -> str:
+    """``_error_line`` of an error as Dagster stores it: "module.Type: message"."""
+    qualified, _, text = message.partition(": ")
+    module, _, type_name = qualified.strip().rpartition(".")
+    return _error_line(type_name, module, text)
+
+
+def _execute(job_name: str, partition_key: str | None, threads: int, run_config: dict | None = None) -> RunOutcome:
     import torch
     from dagster import DagsterInstance, execute_job, reconstructable
 
@@ -380,13 +488,13 @@ def _execute(job_name: str, partition_key: str | None, threads: int, run_config:
             # the full event stream is in the UI; the terminal gets the phases' own messages
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})},
         )
-    return result.success
+        return RunOutcome(True) if result.success else RunOutcome(False, run_failure(instance, result.run_id))
 
 
-def resume_interrupted() -> dict[str, bool]:
+def resume_interrupted() -> dict[str, RunOutcome]:
     """Re-execute from failure every run still marked as running whose process is gone: its
     finished steps are kept (their outputs were written whole: the IO manager writes beside
-    and renames), the others run again. Returns whether each re-execution succeeded, by run id."""
+    and renames), the others run again. Returns how each re-execution ended, by run id."""
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
     with DagsterInstance.get() as instance:
@@ -401,10 +509,7 @@ def resume_interrupted() -> dict[str, bool]:
     workers = min(len(dead), os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         outcomes = list(pool.map(_reexecute, [run.job_name for run in dead], [run.run_id for run in dead]))
-    failed = [run.run_id for run, ok in zip(dead, outcomes) if not ok]
-    if failed:
-        print(f"[relabel] re-executions failed: {failed}; see the runs in the Dagster UI", file=sys.stderr)
-    return {run.run_id: ok for run, ok in zip(dead, outcomes)}
+    return {run.run_id: outcome for run, outcome in zip(dead, outcomes)}
 
 
 def _process_alive(instance, run_id: str) -> bool:
@@ -424,7 +529,7 @@ def _process_alive(instance, run_id: str) -> bool:
     return False
 
 
-def _reexecute(job_name: str, run_id: str) -> bool:
+def _reexecute(job_name: str, run_id: str) -> RunOutcome:
     from dagster import DagsterInstance, ReexecutionOptions, execute_job, reconstructable
 
     from pipelines import definitions
@@ -439,7 +544,7 @@ def _reexecute(job_name: str, run_id: str) -> bool:
             reexecution_options=ReexecutionOptions.from_failure(run_id, instance),
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )
-    return result.success
+        return RunOutcome(True) if result.success else RunOutcome(False, run_failure(instance, result.run_id))
 
 
 def demo_summary(root: Path, seconds: float, timings: dict[str, float]) -> str:
@@ -699,6 +804,7 @@ if __name__ == "__main__":
 
 
 COMMANDS = {
+    "init": _init,
     "world": _phase_command("world"),
     "ingest": _phase_command("ingest"),
     "materialize": _materialize,

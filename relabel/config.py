@@ -96,6 +96,9 @@ class ExportParams(_Strict):
     min_score: float | None = Field(None, ge=0, le=1)
     statuses: tuple[Literal["raw", "accepted", "audited", "superseded"], ...] | None = None
     include_quarantined: bool = False
+    # the categories a region label must have to go out (e.g. the COCO classes without the
+    # faces); None: every category. Texts and regions without a category always go out
+    categories: tuple[str, ...] | None = None
     # hf-parquet: the image bytes in the export too, not only their paths
     embed_images: bool = False
 
@@ -206,6 +209,10 @@ class GateParams(_Strict):
     # a class must keep this share of its count in the reference (the labels the filters
     # read; the previous iteration's corpus once there is one): a rare class that collapses fails
     min_class_retention: float = Field(0.5, ge=0, le=1)
+    # ... counted for the classes with at least this many labels in the reference, of the
+    # labels scored at least class_retention_min_score (a person's unscored label counts)
+    min_class_labels: int = Field(1, ge=1)
+    class_retention_min_score: float = Field(0.0, ge=0, le=1)
     # two object labels of an image and class overlapping this much are one object stored
     # twice (unless both are a person's): the gate "one object, one label"
     max_same_object_iou: float = Field(0.5, gt=0, le=1)
@@ -438,7 +445,8 @@ class DvcParams(_Strict):
 class Params(_Strict):
     data_dir: str = "data"
     shards: ShardParams = ShardParams()
-    world: WorldParams = WorldParams()
+    # None: a project without the embedded world (photos of its own; `relabel init`)
+    world: WorldParams | None = WorldParams()
     ingest: IngestParams = IngestParams()
     audit: AuditParams = AuditParams()
     export: ExportParams = ExportParams()

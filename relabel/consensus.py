@@ -198,11 +198,12 @@ def fuse_regions(
        ``weights`` is None): the mean weighted score, discounted when fewer boxes than
        models agree.  ``n`` counts *boxes*, not distinct sources (this is what the
        reference implementation does; a detector rarely puts two boxes into one cluster
-       after its own NMS).  The models of a task are the distinct sources among the rows
-       of that task in ``labels``, so a box on an image that only some of them labelled is
-       discounted all the same, as when ``ensemble_boxes`` is given an empty list for a
-       model; a specialist that returned no region of a task anywhere in ``labels`` is not
-       counted.  Object and OCR regions have separate model sets.  The score is clipped to
+       after its own NMS).  The models of a cluster are the distinct sources among the rows
+       of its task and class in ``labels``, so a box on an image that only some of them
+       labelled is discounted all the same, as when ``ensemble_boxes`` is given an empty list
+       for a model; a specialist that returned no region of that task and class anywhere in
+       ``labels`` is not counted (unlike ``ensemble_boxes``: a face detector does not vote
+       against every dog).  Object and OCR regions have separate model sets.  The score is clipped to
        at most 1 (only reachable when one heavily weighted source contributes several
        boxes to a cluster).
 
@@ -312,7 +313,7 @@ def fuse_regions(
     boxes = rows["box"].to_numpy().reshape(-1, 4).astype(np.float64, copy=False)
     sizes = np.bincount(rows["_group"].to_numpy().astype(np.int64), minlength=0)
     clusters = _wbf_clusters(boxes, rows["_s"].to_numpy(), sizes, iou_threshold)
-    summary = _summarise(rows, clusters, sources, _models(candidates, weight_of))
+    summary = _summarise(rows, clusters, sources, _models(rows, weight_of))
 
     lone = (pl.col("agreement") == 1) & (pl.col("_max_score") < lone_min_score)
     judged = summary.with_columns(
@@ -379,11 +380,11 @@ def _summarise(
     values = rows["label_id"].gather(order).to_arrow()
     provenance = pl.from_arrow(pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values))
 
-    # fused score, with the model count and weight sum of the cluster's task
-    task = rows["task"].to_physical().to_numpy()[clusters.best]
-    task_names = rows.schema["task"].categories.to_list()
-    n_models = np.array([models.get(name, (1, 1.0))[0] for name in task_names], dtype=np.float64)[task]
-    weight_sum = np.array([models.get(name, (1, 1.0))[1] for name in task_names], dtype=np.float64)[task]
+    # fused score, with the model count and weight sum of the cluster's task and class
+    best = rows.select("task", "_class")[clusters.best]
+    of_cluster = [models.get((str(task), cls), (1, 1.0)) for task, cls in best.iter_rows()]
+    n_models = np.array([n for n, _ in of_cluster], dtype=np.float64).reshape(-1)
+    weight_sum = np.array([w for _, w in of_cluster], dtype=np.float64).reshape(-1)
     fused_score = np.minimum(clusters.weight / count * np.minimum(count, n_models) / weight_sum, 1.0)
 
     return pl.DataFrame(
@@ -507,13 +508,16 @@ def _check_parameters(
             raise ValueError(f"weight of {source!r} must be positive and finite, got {weight}")
 
 
-def _models(candidates: pl.DataFrame, weights: Mapping[str, float]) -> dict[str, tuple[int, float]]:
-    """Per fused task: (number of models, sum of their weights)."""
-    models: dict[str, tuple[int, float]] = {}
-    for task in FUSED_TASKS:
-        sources = candidates.filter(pl.col("task") == task)["source"].unique().to_list()
-        models[task] = (len(sources), float(sum(weights.get(s, 1.0) for s in sources)))
-    return models
+def _models(rows: pl.DataFrame, weights: Mapping[str, float]) -> dict[tuple[str, str | None], tuple[int, float]]:
+    """Per fused task and class (``_class``: None for a class-agnostic task): (number of
+    models, sum of their weights). A source that never proposed a class is not one of its
+    models: a face detector does not vote against a dog, nor a detector of a few classes
+    against the others."""
+    grouped = rows.group_by(pl.col("task").cast(pl.String), "_class").agg(pl.col("source").unique())
+    return {
+        (task, cls): (len(sources), float(sum(weights.get(s, 1.0) for s in sources)))
+        for task, cls, sources in grouped.iter_rows()
+    }
 
 
 _x0, _y0, _x1, _y1 = (pl.col("box").arr.get(i, null_on_oob=True) for i in range(4))

@@ -115,8 +115,10 @@ def select_labels(
     statuses: Iterable[str] | None = None,
     quarantine: pl.DataFrame | None = None,
     include_quarantined: bool = False,
+    categories: Iterable[str] | None = None,
 ) -> Selection:
-    """The labels to export: ``labels`` with score >= ``min_score`` and status in ``statuses``.
+    """The labels to export: ``labels`` with score >= ``min_score``, status in ``statuses``
+    and, for labels with a category, category in ``categories``.
 
     Parameters
     ----------
@@ -128,6 +130,9 @@ def select_labels(
         confidence) and fails the filter for any other source, as does a NaN score.
     statuses
         Keep rows whose ``status`` is one of these (None: every status).
+    categories
+        Keep rows without a category or with one of these (None: every category): e.g. the
+        COCO classes without the ``face`` labels of a face detector.
     quarantine, include_quarantined
         With ``include_quarantined``, the label rows of ``quarantine`` (``QUARANTINE_SCHEMA``)
         are added back before filtering: those of ``record_kind`` ``"label"`` whose ``record``
@@ -164,6 +169,8 @@ def select_labels(
         if unknown:
             raise ValueError(f"unknown statuses {unknown}; known: {list(LABEL_STATUSES)}")
         chosen = chosen.filter(pl.col("status").is_in(statuses))
+    if categories is not None:
+        chosen = chosen.filter(pl.col("category").is_null() | pl.col("category").is_in(list(categories)))
     chosen = chosen.sort("label_id")
     from_quarantine = chosen.filter(pl.col("label_id").is_in(restored.implode()))["label_id"]
     return Selection(labels=chosen, from_quarantine=tuple(from_quarantine.to_list()))

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from data_checks.gates import GateResult, validate
+from data_checks.gates import GateResult, validate, verdict_metadata
 from data_checks.suites import (
     class_counts_frame,
     class_retention_suite,
@@ -294,6 +294,9 @@ def test_unexplained_quarantine_rows_are_named():
     assert offending(result, NOT_NULL, "label_id") == {"1": None}
     assert offending(result, JSON, "record") == {"2": "{not json"}
     assert len(result.failed) == 3
+    # a rule that names no measure counts the rows that broke it
+    why = verdict_metadata(result)["why"]
+    assert why.startswith("rows failing expect_column_values_to_") and why.endswith(" 1 > 0 (and 2 more failed rules)")
 
 
 # coverage
@@ -319,6 +322,9 @@ def test_coverage_passes_at_and_fails_below_the_share():
     assert not result.passed
     assert result.failed == (f"{BETWEEN}(labels, 1..): 3 unexpected (30.0% of 10, mostly 0.9)",)
     assert offending(result, BETWEEN, "labels") == {image_id(str(i)): "0" for i in (7, 8, 9)}
+    # the gate's verdict names what it measured and the threshold it fell short of
+    assert verdict_metadata(result) == {"why": "labelled share 0.7 < 0.9", "measured": pytest.approx(0.7), "threshold": 0.9}
+    assert verdict_metadata(validate_coverage(9, share=0.9)) == {}
 
 
 # one object, one label
@@ -338,6 +344,9 @@ def test_one_label_per_object_fails_a_machine_copy_and_passes_two_people_boxes()
     assert not result.passed
     # the copy, and the two person boxes it overlaps, each name their largest overlap
     assert set(offending(result, BETWEEN, "same_object_iou")) == {"copy", "person-1", "person-2"}
+    measured = verdict_metadata(result)
+    assert measured["threshold"] == 0.5 and measured["measured"] >= 0.5
+    assert measured["why"].startswith(f"same-object IoU {measured['measured']:.3g} >= 0.5 (label_id ")
 
 
 # class retention
@@ -356,6 +365,13 @@ def objects(counts: dict[str, int]) -> pl.DataFrame:
 def test_class_counts_against_the_reference():
     counts = class_counts_frame(objects({"cat": 8, "fox": 1}), objects({"cat": 10, "dog": 3}))
     assert counts.rows() == [("cat", 8, 10, 0.8), ("dog", 0, 3, 0.0)]
+    # a class with fewer labels than asked in the reference is not counted
+    assert class_counts_frame(objects({"cat": 8}), objects({"cat": 10, "dog": 3}), min_reference_count=5)["category"].to_list() == ["cat"]
+    # only labels scored at least min_score count, and a person's unscored label does
+    guesses = objects({"cat": 4}).with_columns(score=pl.lit(0.1))
+    confident = pl.concat([objects({"cat": 2}).with_columns(score=pl.lit(0.9)), objects({"cat": 1}).with_columns(score=pl.lit(None, pl.Float64))])
+    counts = class_counts_frame(confident, pl.concat([guesses, confident]), min_score=0.5)
+    assert counts.rows() == [("cat", 3, 3, 1.0)]
 
 
 def test_a_collapsing_class_fails_while_a_shrinking_one_passes():
@@ -371,6 +387,8 @@ def test_a_collapsing_class_fails_while_a_shrinking_one_passes():
     result = validate_retention(objects({"cat": 8}))
     assert not result.passed
     assert offending(result, BETWEEN, "retention") == {"dog": "0.0"}
+    # the worst class, by name
+    assert verdict_metadata(result) == {"why": "class retention 0 < 0.5 (category dog)", "measured": 0.0, "threshold": 0.5}
 
 
 def test_the_rare_class_guard_fails_a_rare_class_that_loses_labels_or_recall():
@@ -387,9 +405,11 @@ def test_the_rare_class_guard_fails_a_rare_class_that_loses_labels_or_recall():
     assert guard(steady).passed
     collapsed = before.with_columns(labels=pl.Series([3, 4, 100]))
     assert offending(guard(collapsed), BETWEEN, "count_drop") == {"kite": "0.625"}
+    assert verdict_metadata(guard(collapsed))["why"] == "rare-class count drop 0.625 > 0.25 (category kite)"
     forgotten = before.with_columns(recall=pl.Series([0.8, 0.3, 0.9]))
     result = guard(forgotten)
     assert not result.passed and set(offending(result, BETWEEN, "recall_drop")) == {"zebra"}
+    assert verdict_metadata(result) == {"why": "rare-class recall drop 0.2 > 0.1 (category zebra)", "measured": pytest.approx(0.2), "threshold": 0.1}
 
 
 # Data Docs

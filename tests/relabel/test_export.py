@@ -401,6 +401,18 @@ def test_select_labels_filters_by_score_and_status():
         select_labels(labels, statuses=["approved"])
 
 
+def test_select_labels_keeps_only_the_categories_asked_for_and_every_text():
+    region = {"image_id": "i", "annotation_type": "region_text", "task": "object", "region_kind": "object", "box": [0.0, 0.0, 4.0, 4.0], "source": "centernet@1", "score": 0.9, "status": "raw"}
+    labels = frame("labels", [
+        {**region, "label_id": "dog", "category": "dog", "text": "dog"},
+        {**region, "label_id": "face", "category": "face", "text": "face"},
+        {"label_id": "caption", "image_id": "i", "annotation_type": "text", "task": "brief_caption", "text": "a dog", "source": "human", "status": "raw"},
+    ])
+    kept = select_labels(labels, categories=["dog", "cat"]).labels
+    assert kept["label_id"].to_list() == ["caption", "dog"]
+    assert select_labels(labels, categories=None).labels.height == 3
+
+
 def entry(reason: str, record: dict, record_kind: str = "label", **fields: str) -> dict:
     return quarantine_row(
         record_kind=record_kind, phase="test", reason=reason, detail="", record=record, **fields
