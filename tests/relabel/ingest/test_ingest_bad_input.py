@@ -14,8 +14,6 @@ import json
 import struct
 import warnings
 import zlib
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,63 +22,14 @@ import pytest
 from PIL import Image
 
 from relabel.config import SourceParams
-from relabel.ingest import ShardIngest, SourceCatalog, catalog_sources, ingest_shard
 from relabel.ingest.coco import MAX_TEXT_CHARS
 from relabel.ingest.images import decode_image
-from relabel.shards import shard_keys
+from tests.relabel.ingest.test_ingest_defects import ingest
 
-SHARDS = 2
 # 20000 x 20000: over twice PIL's default limit (89,478,485 pixels), where PIL raises
 BOMB_SIZE = (20_000, 20_000)
 # 10000 x 10000: between once and twice the limit, where PIL only warns
 WARNING_SIZE = (10_000, 10_000)
-
-
-@dataclass(frozen=True)
-class Ingested:
-    catalog: SourceCatalog
-    shards: list[ShardIngest]
-
-    @property
-    def labels(self) -> pl.DataFrame:
-        return pl.concat([result.labels for result in self.shards])
-
-    @property
-    def quarantine(self) -> pl.DataFrame:
-        return pl.concat([self.catalog.quarantine, *(result.quarantine for result in self.shards)])
-
-    def reasons(self) -> Counter[tuple[str, str]]:
-        return Counter(
-            self.quarantine.select(pl.col("record_kind").cast(pl.String), "reason").iter_rows()
-        )
-
-    def accounting(self) -> dict[str, tuple[int, int, int]]:
-        """(records in, kept, quarantined) by record kind, over the catalog and every shard."""
-        quarantined = Counter(self.quarantine["record_kind"].cast(pl.String).to_list())
-        kept = {
-            "image": sum(result.images.height for result in self.shards),
-            "label": self.labels.height,
-        }
-        return {
-            kind: (self.catalog.records_in.get(kind, 0), kept[kind], quarantined[kind])
-            for kind in ("image", "label")
-        }
-
-
-def ingest(sources: list[SourceParams], root: Path) -> Ingested:
-    catalog = catalog_sources(sources, root, Path("data"), SHARDS, 0.5, progress=False)
-    shards = [
-        ingest_shard(catalog.files, sources, root, Path("data"), shard, SHARDS, progress=False)
-        for shard in shard_keys(SHARDS)
-    ]
-    result = Ingested(catalog, shards)
-    for records_in, kept, quarantined in result.accounting().values():
-        assert records_in == kept + quarantined
-    # and the package's own checks agree
-    for shard in shards:
-        shard.check_accounting()
-    catalog.check_accounting(shards)
-    return result
 
 
 def png_bytes(shade: int, size: tuple[int, int] = (40, 30)) -> bytes:

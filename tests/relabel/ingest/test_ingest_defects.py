@@ -56,6 +56,12 @@ class Ingested:
             self.quarantine.select(pl.col("record_kind").cast(pl.String), "reason").iter_rows()
         )
 
+    def accounting(self) -> dict[str, tuple[int, int, int]]:
+        """(records in, kept, quarantined) by record kind, over the catalog and every shard."""
+        quarantined = Counter(self.quarantine["record_kind"].cast(pl.String).to_list())
+        kept = {"image": self.images.height, "label": self.labels.height}
+        return {kind: (self.catalog.records_in.get(kind, 0), kept[kind], quarantined[kind]) for kind in ("image", "label")}
+
 
 def ingest(sources: list[SourceParams], root: Path, shard_count: int = SHARDS) -> Ingested:
     catalog = catalog_sources(sources, root, Path("data"), shard_count, 0.5, progress=False)
@@ -66,7 +72,10 @@ def ingest(sources: list[SourceParams], root: Path, shard_count: int = SHARDS) -
     for result in shards:
         result.check_accounting()
     catalog.check_accounting(shards)
-    return Ingested(catalog, shards)
+    ingested = Ingested(catalog, shards)
+    for records_in, kept, quarantined in ingested.accounting().values():
+        assert records_in == kept + quarantined
+    return ingested
 
 
 def write_image(path: Path, shade: int, size: tuple[int, int] = (40, 30), fmt: str = "PNG") -> str:
