@@ -208,7 +208,7 @@ def main() -> None:
     survived = match(human, boxes, 0.95)
 
     labels = last_labels(project, last)
-    faces = labels.filter(pl.col("category") == "face")
+    faces = labels.filter(pl.col("task") == "object", pl.col("category") == "face")
     people = [a for a in truth["annotations"] if a["category_id"] == next(c["id"] for c in truth["categories"] if c["name"] == "person")]
     ocr_lines = labels.filter(pl.col("task") == "ocr").height
     face_inside = _faces_in_people(faces, people, truth, project) if faces.height else None
