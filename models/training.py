@@ -357,6 +357,18 @@ def _resume(model, optimizer, folder: Path, device: torch.device) -> int:
 
 
 
+def corpus_folder(data_dir: Path, iteration: int | None = None) -> Path:
+    """Where the corpus asset wrote iteration ``iteration``'s shards (default: the newest
+    iteration's), as the IO manager lays them out: ``corpus/examples/iteration-<k>/``."""
+    examples = Path(data_dir) / "corpus" / "examples"
+    if iteration is None:
+        found = [int(p.name.removeprefix("iteration-")) for p in examples.glob("iteration-*") if p.name.removeprefix("iteration-").isdigit()]
+        if not found:
+            raise SystemExit(f"no corpus in {examples}: materialize the corpus phase first (relabel materialize corpus)")
+        iteration = max(found)
+    return examples / f"iteration-{iteration}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Train the model of params.yaml ``model:`` on the corpus, in this process or in each of
     ``torchrun``'s; rank 0 writes the model folder ``--out/model`` and prints the result."""
@@ -365,15 +377,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m models.training", description=main.__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="the project's params.yaml (its folder is the project root)")
-    parser.add_argument("--corpus", help="folder of corpus parquet files (default: <data_dir>/corpus/examples)")
+    parser.add_argument("--corpus", help="folder of corpus parquet files (default: the iteration's, <data_dir>/corpus/examples/iteration-<k>)")
+    parser.add_argument("--iteration", type=int, help="the iteration whose corpus to train on (default: the newest)")
     parser.add_argument("--out", required=True, help="folder for checkpoints (resumed from) and the model")
     args = parser.parse_args(argv)
     root = Path(args.params).resolve().parent
     params = load_params(args.params)
     data_dir = resolve(root, params.data_dir)
-    files = sorted(Path(args.corpus or data_dir / "corpus" / "examples").glob("*.parquet"))
+    folder = Path(args.corpus) if args.corpus else corpus_folder(data_dir, args.iteration)
+    files = sorted(folder.glob("*.parquet"))
     if not files:
-        raise SystemExit(f"no corpus parquet files in {args.corpus or data_dir / 'corpus' / 'examples'}")
+        raise SystemExit(f"no corpus parquet files in {folder}")
     model_params = params.model
     model, processor = initial_model(
         model_params.preset,

@@ -799,10 +799,6 @@ def _timing_lines(timings: dict[str, float]) -> list[str]:
     return ["", "Wall time by phase: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())]
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 COMMANDS = {
     "init": _init,
     "world": _phase_command("world"),
@@ -816,3 +812,7 @@ COMMANDS = {
     "unfreeze": _unfreeze,
     "ui": _ui,
 }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -258,3 +258,15 @@ def test_prompted_evaluation_tasks_ask_the_audited_captions_and_expressions(worl
     assert evaluation.requests == boxes + captions + expressions.height  # no prompt-free task asked
     model_row = evaluation.summary.filter(pl.col("output") == "model").row(0, named=True)
     assert model_row["grounding_recall_at_1"] == 0.0 and model_row["res_miou"] == 0.0  # a silent model misses all
+
+
+def test_the_entry_point_finds_the_newest_iterations_corpus_where_the_corpus_asset_writes_it(tmp_path):
+    from models.training import corpus_folder
+
+    examples = tmp_path / "corpus" / "examples"
+    for iteration in (0, 2, 10):
+        (examples / f"iteration-{iteration}").mkdir(parents=True)
+    assert corpus_folder(tmp_path) == examples / "iteration-10"
+    assert corpus_folder(tmp_path, 2) == examples / "iteration-2"
+    with pytest.raises(SystemExit, match="no corpus in"):
+        corpus_folder(tmp_path / "elsewhere")
