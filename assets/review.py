@@ -38,7 +38,7 @@ from assets.annotate import ANNOTATE_STAGE, IMAGES
 from assets.audit import CONFIG_FILE, DECISIONS_FILE, QUARANTINE_FILE, TASKS_FILE, image_url_for
 from assets.metadata import counts_by, figure_image, markdown_table, png_markdown
 from assets.model import model_source
-from assets.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION, iteration_number
+from assets.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION
 from assets.refine import REANNOTATION
 from data_checks.shards import FILTERED_LABELS, LABEL_QUALITY
 from pipelines.io_manager import TABLE_METADATA_KEY

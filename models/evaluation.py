@@ -31,7 +31,7 @@ from models.inference import REQUESTS_SCHEMA, GenerationSettings, generate_label
 from models.tasks import CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION, REGION_TO_CATEGORY
 from relabel.annotate import score_against_truth
 from relabel.baseline import prior_labels, prior_region_names
-from relabel.metrics import BASELINE, MODEL, STANDARD_METRICS, caption_cider, detection_map, grounding_recall_at_1, referring_segmentation_miou
+from relabel.metrics import BASELINE, MODEL, caption_cider, detection_map, grounding_recall_at_1, referring_segmentation_miou
 from relabel.scoring import region_naming_accuracy
 
 PROMPTED_TASKS = (CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION)

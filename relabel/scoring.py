@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
+from rapidfuzz.distance import Levenshtein
 
 from relabel.consensus import normalise_text
 from relabel.merge import box_iou
@@ -160,22 +161,8 @@ def _greedy_pairs(first: np.ndarray, second: np.ndarray) -> list[tuple[int, int]
 
 def levenshtein(a: str, b: str) -> int:
     """The edit distance between ``a`` and ``b``: the least number of single-character
-    insertions, deletions and substitutions that turn one into the other."""
-    if a == b:
-        return 0
-    if len(a) < len(b):
-        a, b = b, a
-    if not b:
-        return len(a)
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, start=1):
-        current = [i]
-        for j, char_b in enumerate(b, start=1):
-            current.append(
-                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b))
-            )
-        previous = current
-    return previous[-1]
+    insertions, deletions and substitutions that turn one into the other (rapidfuzz's)."""
+    return Levenshtein.distance(a, b)
 
 
 def character_error_rate(predicted: str, reference: str) -> float:

@@ -41,9 +41,8 @@ import numpy as np
 import polars as pl
 
 from models.specialists.base import ImageRef, LabelRow
-from models.specialists.ocr import read_bgr
-from models.specialists.shapes import box_iou
-from relabel.world.captions import position_words  # the world's own phrasing of positions
+from models.specialists.boxes import iou
+from models.specialists.images import read_rgb
 
 # -- words ---------------------------------------------------------------------------------
 
@@ -375,7 +374,7 @@ def object_regions(
     kept: list[Region] = []
     for region in regions:
         if not any(
-            other.category == region.category and box_iou(other.box, region.box) > dedupe_iou
+            other.category == region.category and iou(other.box, region.box) > dedupe_iou
             for other in kept
         ):
             kept.append(region)
@@ -397,11 +396,6 @@ def text_lines(
     lines.sort(key=lambda line: (-line[1], -len(line[0]), line[0]))
     return lines
 
-
-
-def read_rgb(path: Any) -> np.ndarray:
-    """The image at ``path`` as an RGB uint8 array."""
-    return np.ascontiguousarray(read_bgr(path)[:, :, ::-1])
 
 
 # -- the specialist ------------------------------------------------------------------------

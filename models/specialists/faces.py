@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 
 from models.specialists.base import ImageRef, LabelRow
-from models.specialists.ocr import read_bgr
+from models.specialists.images import read_bgr
 
 _DEFAULTS: dict[str, Any] = {
     "scale_factor": 1.1,

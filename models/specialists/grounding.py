@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from rapidfuzz.distance import OSA
 
 from models.specialists.base import ImageRef, LabelRow
 from models.specialists.captioner import (
@@ -53,11 +54,11 @@ from models.specialists.captioner import (
     object_regions,
     ontology_plurals,
     plural,
-    position_words,
-    read_rgb,
     region_pixels,
     rows_by_image,
 )
+from models.specialists.images import read_rgb
+from relabel.world.captions import position_words  # the world's own phrasing of positions
 
 # word -> the category it names, used only when that category is among the image's regions
 SYNONYMS: dict[str, str] = {
@@ -164,22 +165,6 @@ class Mention:
     count: int | None = None  # a number said (two trees: 2)
 
 
-def damerau_distance(a: str, b: str) -> int:
-    """Optimal string alignment distance (an adjacent swap costs 1)."""
-    rows = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-    for i in range(len(a) + 1):
-        rows[i][0] = i
-    for j in range(len(b) + 1):
-        rows[0][j] = j
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            cost = a[i - 1] != b[j - 1]
-            rows[i][j] = min(rows[i - 1][j] + 1, rows[i][j - 1] + 1, rows[i - 1][j - 1] + cost)
-            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                rows[i][j] = min(rows[i][j], rows[i - 2][j - 2] + 1)
-    return rows[-1][-1]
-
-
 class _Vocabulary:
     """The words that name each category present in one image."""
 
@@ -226,7 +211,7 @@ class _Vocabulary:
             if index in taken or len(word) < 4 or not word.isalpha() or word in self.not_typos:
                 continue
             close = [
-                (damerau_distance(word, surface), surface)
+                (OSA.distance(word, surface), surface)
                 for surface in self.singles
                 if abs(len(surface) - len(word)) <= 1 and self.singles[surface][1] == 1.0
             ]

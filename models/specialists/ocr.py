@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from models.specialists.base import ImageRef, LabelRow
+from models.specialists.images import read_bgr
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "Global.log_level": "critical",
@@ -45,39 +45,6 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "Det.unclip_ratio": 1.1,
 }
 _OWN_SETTINGS = ("min_score", "min_chars", "params")
-
-
-def read_bgr(path: Path | str) -> np.ndarray:
-    """The image at ``path`` as a 3-channel BGR uint8 array (any path, any PNG/JPEG mode)."""
-    import cv2
-
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ValueError(f"cannot decode image {path}")
-    return image
-
-
-def character_error_rate(reference: str, hypothesis: str) -> float:
-    """Edit distance between the strings over the reference's length (1.0 for a miss)."""
-    if not reference:
-        return float(bool(hypothesis))
-    return edit_distance(reference, hypothesis) / len(reference)
-
-
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (insertions, deletions, substitutions all cost 1)."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, 1):
-        current = [i]
-        for j, char_b in enumerate(b, 1):
-            current.append(
-                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b))
-            )
-        previous = current
-    return previous[-1]
 
 
 class RapidOcr:

@@ -36,9 +36,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
-from PIL import Image
 
 from models.specialists.base import ImageRef, LabelRow
+from models.specialists.boxes import nms
+from models.specialists.images import read_rgb
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 # the 80 COCO category names in the models' class order (the library's labels.ts)
@@ -64,13 +65,6 @@ class Detection:
     box: tuple[float, float, float, float]
     score: float
     category: str
-
-
-def read_rgb(path: Path | str) -> np.ndarray:
-    """The image at ``path`` as an RGB uint8 array, pixels as stored (no EXIF rotation: the
-    label boxes of a COCO file are in the stored orientation, as the parity fixtures are)."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -114,32 +108,6 @@ def letterbox(image: np.ndarray, size: int, fill: float = 0.0) -> tuple[np.ndarr
     top, left = (size - new_h) // 2, (size - new_w) // 2
     canvas[top : top + new_h, left : left + new_w] = resize_bilinear(image, new_h, new_w)
     return canvas, Letterbox(scale=new_w / w if w >= h else new_h / h, pad_x=left, pad_y=top)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, min_score: float, max_detections: int, classes: np.ndarray | None = None) -> np.ndarray:
-    """Greedy non-maximum suppression (OpenCV's ``dnn.NMSBoxes``, per class with ``classes``)
-    of the boxes scored over ``min_score``: the indices kept, best first, at most
-    ``max_detections``. A box is dropped when its IoU with a kept one is over ``iou``. Corners
-    may come in any order."""
-    import cv2
-
-    # compared as TensorFlow does: float32 scores against the threshold as a double
-    candidates = np.flatnonzero(scores.astype(np.float32).astype(np.float64) > float(min_score))
-    if not len(candidates):
-        return candidates
-    picked, ranked = boxes[candidates], scores[candidates].astype(np.float32)
-    x0 = np.minimum(picked[:, 0], picked[:, 2])
-    y0 = np.minimum(picked[:, 1], picked[:, 3])
-    rects = np.stack([x0, y0, np.maximum(picked[:, 0], picked[:, 2]) - x0, np.maximum(picked[:, 1], picked[:, 3]) - y0], axis=1)
-    arguments = (rects.astype(np.float64).tolist(), ranked.tolist(), 0.0, float(iou))
-    if classes is None:
-        kept = cv2.dnn.NMSBoxes(*arguments)
-    else:
-        kept = cv2.dnn.NMSBoxesBatched(rects.astype(np.float64).tolist(), ranked.tolist(), classes[candidates].astype(np.int32).tolist(), 0.0, float(iou))
-    # best first, ties in input order (as the library sorts); OpenCV's top_k would cut the
-    # candidates before suppressing where TensorFlow's max output cuts after: cut here
-    kept = np.sort(np.asarray(kept, dtype=int).reshape(-1))
-    return candidates[kept[np.argsort(-ranked[kept], kind="stable")][:max_detections]]
 
 
 class OnnxDetector:

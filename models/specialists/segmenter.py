@@ -35,7 +35,9 @@ import numpy as np
 import polars as pl
 
 from models.specialists.base import ImageRef, LabelRow
-from models.specialists.shapes import background_residual, box_iou, mask_polygon, read_bgr
+from models.specialists.boxes import iou
+from models.specialists.images import read_bgr
+from models.specialists.shapes import background_residual, mask_polygon
 
 VERSION = "1.0"
 
@@ -211,7 +213,7 @@ class ContourSegmenter:
             return 0.0
         ys, xs = np.nonzero(mask)
         h, w = mask.shape
-        tightness = box_iou((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), (0, 0, w, h))
+        tightness = iou((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), (0, 0, w, h))
         if agreement is None:
             return tightness
         return 0.5 * agreement + 0.5 * tightness

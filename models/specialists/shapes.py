@@ -44,10 +44,11 @@ from typing import Any
 import cv2
 import numpy as np
 import polars as pl
-from PIL import Image
 from tqdm import tqdm
 
 from models.specialists.base import ImageRef, LabelRow
+from models.specialists.boxes import iou, nms
+from models.specialists.images import read_bgr
 
 VERSION = "1.0"
 PROTOTYPES_FILE = "shape_prototypes.json"
@@ -84,15 +85,6 @@ _COLOUR_MATCH = 25.0  # Lab distance under which a pixel is of a palette colour
 
 
 # ---------------------------------------------------------------------------------- images
-
-
-def read_bgr(path: Path) -> np.ndarray:
-    """The image at ``path`` as a BGR uint8 array (PIL reads what OpenCV cannot)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        with Image.open(path) as opened:
-            image = cv2.cvtColor(np.asarray(opened.convert("RGB")), cv2.COLOR_RGB2BGR)
-    return image
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -556,16 +548,6 @@ def _human_boxes(human_labels: pl.DataFrame) -> dict[str, list[tuple[list[float]
     return boxes
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``[x0, y0, x1, y1]`` boxes."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def training_images(images: pl.DataFrame, human_labels: pl.DataFrame, split: str | None = "train") -> tuple[pl.DataFrame, dict]:
     """The images (of ``split`` when the frame has a split column) that carry at least one
     human object box, and those boxes by image id. An image without any is left out: in a
@@ -618,7 +600,7 @@ def fit_shape_prototypes(
             continue
         analysis = analyse(bgr, settings["threshold"], settings["min_area"])
         for candidate in analysis.candidates:
-            overlaps = [(box_iou(candidate.box, box), category) for box, category in boxes[image_id]]
+            overlaps = [(iou(candidate.box, box), category) for box, category in boxes[image_id]]
             best, category = max(overlaps)
             if 0.2 <= best < 0.5:
                 continue
@@ -695,17 +677,6 @@ def _looks_like_background(analysis: ImageAnalysis, box: tuple[int, int, int, in
 
 
 # -------------------------------------------------------------------------------- detector
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
-    """Indices of the boxes kept by greedy non-maximum suppression, best first."""
-    order = list(np.argsort(-scores, kind="stable"))
-    kept: list[int] = []
-    while order:
-        best = order.pop(0)
-        kept.append(int(best))
-        order = [i for i in order if box_iou(boxes[best], boxes[i]) < iou]
-    return kept
 
 
 class ShapeDetector:

@@ -58,7 +58,9 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from models.specialists.base import ImageRef, LabelRow
-from models.specialists.shapes import foreground_mask, mask_polygon, nms, read_bgr, training_images
+from models.specialists.boxes import nms
+from models.specialists.images import read_bgr
+from models.specialists.shapes import foreground_mask, mask_polygon, training_images
 
 WEIGHTS_FILE = "tiny_detector.pt"
 CONFIG_FILE = "tiny_detector.json"

@@ -100,6 +100,7 @@ def test_box_scores_zero_division_is_zero():
 
 def test_character_error_rate_of_known_strings():
     assert levenshtein("kitten", "sitting") == 3
+    assert levenshtein("", "abc") == 3 and levenshtein("OPEN", "OPEN") == 0
     assert character_error_rate("kitten", "sitting") == pytest.approx(3 / 7)
     assert character_error_rate("STOP", "STOP") == 0.0
     assert character_error_rate("ST0P", "STOP") == 0.25

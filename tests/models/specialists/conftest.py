@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from models.specialists.base import ImageRef
-from models.specialists.shapes import box_iou
+from models.specialists.boxes import iou
 from relabel.labels import check_schema, frame, label_id_for
 from relabel.evaluation_split import draw_split
 
@@ -67,7 +67,7 @@ def precision_recall(outputs, refs, truth, class_aware: bool = True) -> tuple[fl
         gts, used = truth.get(ref.image_id, []), set()
         for row in sorted(rows, key=lambda r: -r["score"]):
             candidates = [
-                (box_iou(row["box"], box), i) for i, (box, category) in enumerate(gts)
+                (iou(row["box"], box), i) for i, (box, category) in enumerate(gts)
                 if i not in used and (not class_aware or category == row["category"])
             ]
             best = max(candidates, default=(0.0, None))

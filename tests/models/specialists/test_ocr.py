@@ -16,7 +16,8 @@ import polars as pl
 import pytest
 
 from models.specialists.base import ImageRef
-from models.specialists.ocr import RapidOcr, character_error_rate, edit_distance
+from models.specialists.ocr import RapidOcr
+from relabel.scoring import levenshtein
 from models.specialists.registry import BuildContext, build_specialist
 from relabel.config import WorldParams
 from relabel.labels import frame
@@ -46,7 +47,7 @@ def world_cer(scenes: list[dict], predictions: list[list[dict]]) -> dict[str, fl
             best, k = max(overlaps, default=(0.0, -1))
             if best >= 0.1:
                 used.add(k)
-                errors += edit_distance(line["text"], rows[k]["text"])
+                errors += levenshtein(line["text"], rows[k]["text"])
             else:
                 missed += 1
                 errors += len(line["text"])
@@ -80,14 +81,6 @@ def ocr(tmp_path_factory: pytest.TempPathFactory) -> RapidOcr:
     )
     assert isinstance(built, RapidOcr) and built.annotation_types == ("region_text",)
     return built
-
-
-def test_edit_distance_and_cer() -> None:
-    assert edit_distance("kitten", "sitting") == 3
-    assert edit_distance("", "abc") == 3
-    assert edit_distance("OPEN", "OPEN") == 0
-    assert character_error_rate("STOP", "ST0P") == pytest.approx(0.25)
-    assert character_error_rate("EXIT", "") == 1.0
 
 
 def test_reads_world_signs(small_world, ocr) -> None:
@@ -185,7 +178,7 @@ def photo_cer(truth: dict[str, list[str]], predicted: dict[str, list[str]]) -> f
             if not left:
                 errors += len(line)
                 continue
-            distance, best = min((edit_distance(line, text), text) for text in left)
+            distance, best = min((levenshtein(line, text), text) for text in left)
             if distance >= len(line):
                 errors += len(line)
                 continue

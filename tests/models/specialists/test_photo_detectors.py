@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from models.specialists.base import ImageRef
+from models.specialists.boxes import nms
+from models.specialists.images import read_rgb
 from models.specialists.photo_detectors import (
     COCO_CLASSES,
     BlazeFaceDetector,
     CenterNetDetector,
     NanoDetDetector,
-    nms,
-    read_rgb,
     resize_bilinear,
 )
 from models.specialists.registry import BuildContext, build_specialist

@@ -24,7 +24,7 @@ from PIL import Image
 from relabel.config import SourceParams
 from relabel.ingest.coco import MAX_TEXT_CHARS
 from relabel.ingest.images import decode_image
-from tests.relabel.ingest.test_ingest_defects import ingest
+from tests.relabel.ingest.test_ingest_defects import Ingested, ingest
 
 # 20000 x 20000: over twice PIL's default limit (89,478,485 pixels), where PIL raises
 BOMB_SIZE = (20_000, 20_000)
