@@ -467,7 +467,7 @@ def _stored_error_line(message: str) -> str:
 
 def _execute(job_name: str, partition_key: str | None, threads: int, run_config: dict | None = None) -> RunOutcome:
     import torch
-    from dagster import DagsterInstance, execute_job, reconstructable
+    from dagster import DagsterInstance, execute_job
 
     from pipelines import definitions
 
@@ -482,7 +482,7 @@ def _execute(job_name: str, partition_key: str | None, threads: int, run_config:
         tags.update({"dagster/partition/iteration": iteration, "dagster/partition/shard": shard})
     with DagsterInstance.get() as instance:
         result = execute_job(
-            reconstructable(definitions.JOB_FACTORIES[job_name]),
+            definitions.reconstructable_job(job_name),
             instance=instance,
             tags=tags,
             # the full event stream is in the UI; the terminal gets the phases' own messages
@@ -530,14 +530,14 @@ def _process_alive(instance, run_id: str) -> bool:
 
 
 def _reexecute(job_name: str, run_id: str) -> RunOutcome:
-    from dagster import DagsterInstance, ReexecutionOptions, execute_job, reconstructable
+    from dagster import DagsterInstance, ReexecutionOptions, execute_job
 
     from pipelines import definitions
 
     with DagsterInstance.get() as instance:
         parent = instance.get_run_by_id(run_id)
         result = execute_job(
-            reconstructable(definitions.JOB_FACTORIES[job_name]),
+            definitions.reconstructable_job(job_name),
             instance=instance,
             # the re-execution is of the same partition: its tags say which
             tags={key: value for key, value in parent.tags.items() if key.startswith("dagster/partition")},

@@ -229,112 +229,15 @@ def build_definitions(root: str | None = None) -> Definitions:
 defs = build_definitions()
 
 
-# Module-level job factories, so that `dagster.reconstructable` can rebuild a job in the
-# multiprocess executor's step processes.
-def render_world_job():
-    return defs.resolve_job_def(WORLD_JOB)
+def job_named(name: str):
+    """The job ``name`` of the module's definitions: what ``reconstructable_job`` rebuilds in
+    the multiprocess executor's step processes."""
+    return defs.resolve_job_def(name)
 
 
-def catalog_sources_job():
-    return defs.resolve_job_def(CATALOG_JOB)
+def reconstructable_job(name: str):
+    """The job ``name`` as ``dagster.execute_job`` takes it, rebuilt by module and function
+    name in each process that runs its steps."""
+    from dagster import build_reconstructable_job
 
-
-def ingest_shards_job():
-    return defs.resolve_job_def(INGEST_SHARDS_JOB)
-
-
-def audit_split_job():
-    return defs.resolve_job_def(AUDIT_SPLIT_JOB)
-
-
-def train_specialists_job():
-    return defs.resolve_job_def(TRAIN_SPECIALISTS_JOB)
-
-
-def annotate_shards_job():
-    return defs.resolve_job_def(ANNOTATE_SHARDS_JOB)
-
-
-def score_annotations_job():
-    return defs.resolve_job_def(SCORE_ANNOTATIONS_JOB)
-
-
-def filter_shards_job():
-    return defs.resolve_job_def(FILTER_SHARDS_JOB)
-
-
-def report_filtering_job():
-    return defs.resolve_job_def(FILTER_REPORT_JOB)
-
-
-def write_corpus_job():
-    return defs.resolve_job_def(CORPUS_SHARDS_JOB)
-
-
-def train_model_job():
-    return defs.resolve_job_def(TRAIN_MODEL_JOB)
-
-
-def score_model_job():
-    return defs.resolve_job_def(SCORE_MODEL_JOB)
-
-
-def merge_shards_job():
-    return defs.resolve_job_def(MERGE_SHARDS_JOB)
-
-
-def train_refine_specialists_job():
-    return defs.resolve_job_def(REFINE_SPECIALISTS_JOB)
-
-
-def reannotate_shards_job():
-    return defs.resolve_job_def(REANNOTATE_SHARDS_JOB)
-
-
-def queue_audit_job():
-    return defs.resolve_job_def(QUEUE_AUDIT_JOB)
-
-
-def read_audit_verdicts_job():
-    return defs.resolve_job_def(READ_VERDICTS_JOB)
-
-
-def export_coco_job():
-    return defs.resolve_job_def(EXPORT_JOBS["coco"])
-
-
-def export_florence2_job():
-    return defs.resolve_job_def(EXPORT_JOBS["florence2"])
-
-
-def export_hf_parquet_job():
-    return defs.resolve_job_def(EXPORT_JOBS["hf-parquet"])
-
-
-def export_yolo_job():
-    return defs.resolve_job_def(EXPORT_JOBS["yolo"])
-
-
-JOB_FACTORIES = {
-    WORLD_JOB: render_world_job,
-    CATALOG_JOB: catalog_sources_job,
-    INGEST_SHARDS_JOB: ingest_shards_job,
-    AUDIT_SPLIT_JOB: audit_split_job,
-    TRAIN_SPECIALISTS_JOB: train_specialists_job,
-    ANNOTATE_SHARDS_JOB: annotate_shards_job,
-    SCORE_ANNOTATIONS_JOB: score_annotations_job,
-    FILTER_SHARDS_JOB: filter_shards_job,
-    FILTER_REPORT_JOB: report_filtering_job,
-    CORPUS_SHARDS_JOB: write_corpus_job,
-    TRAIN_MODEL_JOB: train_model_job,
-    SCORE_MODEL_JOB: score_model_job,
-    MERGE_SHARDS_JOB: merge_shards_job,
-    REFINE_SPECIALISTS_JOB: train_refine_specialists_job,
-    REANNOTATE_SHARDS_JOB: reannotate_shards_job,
-    QUEUE_AUDIT_JOB: queue_audit_job,
-    READ_VERDICTS_JOB: read_audit_verdicts_job,
-    EXPORT_JOBS["coco"]: export_coco_job,
-    EXPORT_JOBS["florence2"]: export_florence2_job,
-    EXPORT_JOBS["hf-parquet"]: export_hf_parquet_job,
-    EXPORT_JOBS["yolo"]: export_yolo_job,
-}
+    return build_reconstructable_job(__name__, job_named.__name__, reconstructable_args=(name,))
