@@ -33,7 +33,7 @@ def project_status(root: Path) -> dict[str, Any]:
         "root": str(root),
         "data_dir": str(data),
         "shards": shard_keys(params.shards.count),
-        "setup": _setup(data),
+        "setup": {**_setup(data), "world": None if params.world is None else (data / "world" / "ontology.json").is_file()},
         "frozen_split": read_freeze(frozen_dir(data)),
         "iterations": [_iteration(data, k, gates, params.shards.count) for k in iterations],
         "runs": runs,
@@ -90,11 +90,15 @@ def _rows(pattern: Path) -> int:
     return sum(pl.scan_parquet(path).select(pl.len()).collect().item() for path in files)
 
 
+def _world_state(world: bool | None) -> str:
+    # None: a project on its own photos (relabel init), which has no world to render
+    return "no embedded world" if world is None else f"world {'rendered' if world else 'not rendered'}"
+
+
 def _setup(data: Path) -> dict[str, Any]:
     images = sorted((data / "ingest" / "images").glob("*.parquet"))
     split = pl.concat([pl.read_parquet(path, columns=["split"]) for path in images]) if images else pl.DataFrame({"split": []})
     return {
-        "world": (data / "world" / "ontology.json").is_file(),
         "images": split.height,
         "eval_images": split.filter(pl.col("split") == "eval").height,
         "human_labels": _rows(data / "ingest" / "human_labels" / "*.parquet"),
@@ -141,7 +145,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     setup, split = status["setup"], status["frozen_split"]
     lines = [
         f"relabel project {status['root']} (data: {status['data_dir']}, {len(status['shards'])} shards)",
-        f"  set-up: world {'rendered' if setup['world'] else 'not rendered'}, {setup['images']} images ({setup['eval_images']} eval), "
+        f"  set-up: {_world_state(setup['world'])}, {setup['images']} images ({setup['eval_images']} eval), "
         f"{setup['human_labels']} human labels, {setup['ingest_quarantine']} quarantined at ingest, {setup['initial_annotations']} initial annotations",
         "  frozen split: " + (f"{split['images']} images, {split['labels']} audited labels, digest {split['digest'][:12]}, by {split['frozen_by']} ({split['reason']})" if split else "not frozen (relabel materialize audit)"),
     ]
