@@ -564,7 +564,9 @@ def demo_summary(root: Path, seconds: float, timings: dict[str, float]) -> str:
     lines = [
         "",
         f"relabel demo finished in {seconds:.0f} s",
-        f"  world:      {data / 'world'} (ground truth apart in {data / 'ground_truth'})",
+        f"  world:      {data / 'world'} (ground truth apart in {data / 'ground_truth'})"
+        if params.world is not None
+        else f"  sources:    {', '.join(f'{source.name} ({source.kind})' for source in params.ingest.sources)}",
         f"  shards:     {params.shards.count} partitions under {data / 'ingest'}",
         f"  images:     {len(images)} kept ({images.filter(pl.col('split') == 'eval').height} in the eval split)",
         f"  labels:     {len(labels)} human labels kept: "
