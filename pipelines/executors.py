@@ -85,7 +85,7 @@ def worker_command_for(params_file: str | Path, *celery_args: str, name: str | N
 def main(argv: list[str] | None = None) -> int:
     """Start a Celery worker for the project at ``--root``, with the same ``$RELABEL_ROOT``
     and ``$DAGSTER_HOME`` as ``relabel`` would use there."""
-    from pipelines.cli import _point_dagster_at
+    from pipelines.runs import point_dagster_at
 
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.executors", description="Start a dagster-celery worker for a relabel project."
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         raise SystemExit(f"dagster-celery is not installed; {INSTALL_CELERY}") from None
     root = Path(args.root).resolve()
-    _point_dagster_at(root)
+    point_dagster_at(root)
     command = worker_command_for(root / "params.yaml", *args.celery_args, name=args.name)
     # dagster-celery runs `celery` from PATH: the one beside this interpreter
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])

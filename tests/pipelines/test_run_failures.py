@@ -13,7 +13,7 @@ from dvc.exceptions import DvcException
 
 from data_checks.gates import validate, verdict_metadata
 from data_checks.suites import coverage_suite
-from pipelines.cli import run_failure
+from pipelines.runs import run_failure
 
 
 @asset

@@ -1,0 +1,266 @@
+"""What ``relabel demo`` prints when it ends: what the engine made, its figures per phase and
+iteration, and where to look at it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from dvc.repo import Repo
+
+from relabel.config import load_params, resolve
+from relabel.evaluation_split import frozen_dir, read_freeze
+
+
+def demo_summary(root: Path, seconds: float, timings: dict[str, float]) -> str:
+    """What the demo made, and where to look at it."""
+    params = load_params(root / "params.yaml")
+    data = resolve(root, params.data_dir)
+    ingest = data / "ingest"
+    images = pl.read_parquet(ingest / "images" / "*.parquet")
+    labels = pl.read_parquet(ingest / "human_labels" / "*.parquet")
+    quarantine = pl.concat(
+        [pl.read_parquet(ingest / "ingest_quarantine" / "*.parquet"), pl.read_parquet(ingest / "catalog_quarantine.parquet")]
+    )
+    with Repo(str(root)) as repo:
+        in_sync = not repo.status() and not repo.status(cloud=True)
+    by_task = labels.group_by("task").len().sort("task")
+    by_reason = quarantine.group_by("record_kind", "reason").len().sort("record_kind", "reason")
+    lines = [
+        "",
+        f"relabel demo finished in {seconds:.0f} s",
+        f"  world:      {data / 'world'} (ground truth apart in {data / 'ground_truth'})"
+        if params.world is not None
+        else f"  sources:    {', '.join(f'{source.name} ({source.kind})' for source in params.ingest.sources)}",
+        f"  shards:     {params.shards.count} partitions under {data / 'ingest'}",
+        f"  images:     {len(images)} kept ({images.filter(pl.col('split') == 'eval').height} in the eval split)",
+        f"  labels:     {len(labels)} human labels kept: "
+        + ", ".join(f"{row['task']} {row['len']}" for row in by_task.iter_rows(named=True)),
+        f"  quarantine: {len(quarantine)} rows: "
+        + ", ".join(f"{r['record_kind']}/{r['reason']} {r['len']}" for r in by_reason.iter_rows(named=True)),
+        "",
+        f"  dvc:        {'every output committed (dvc.lock) and pushed' if in_sync else 'OUT OF SYNC: run dvc status'}",
+        *_annotation_lines(data),
+        *_filter_lines(data),
+        *_split_lines(data),
+        *_corpus_lines(data),
+        *_model_lines(data),
+        *iteration_lines(data),
+        *_export_lines(data),
+        *timing_lines(timings),
+        "",
+        "Look at it:",
+        "  .venv/bin/relabel ui             Dagster UI on http://127.0.0.1:3000 (runs, assets, metadata) and",
+        "                                   MLflow UI on http://127.0.0.1:5000 (scores, training runs, registered models)",
+        "  .venv/bin/relabel status         iterations, gates, counts (--json for scripts)",
+        "  .venv/bin/relabel export --format coco|florence2|hf-parquet|yolo   the labels, with a dataset card",
+        "  .venv/bin/dvc status             phase outputs against dvc.lock and the cache",
+        f"  .venv/bin/dvc push / pull        remote: {params.dvc.remote_url}",
+    ]
+    return "\n".join(lines)
+
+
+def _annotation_lines(data: Path) -> list[str]:
+    """The phase-1 scores against ground truth, one line per specialist and the consensus."""
+    summary_path = data / "annotate" / "scores" / "summary.parquet"
+    if not summary_path.is_file():
+        return []
+    return ["", "Initial annotation against the world's ground truth (boxes at IoU 0.5):", *_score_lines(summary_path, width=20)]
+
+
+def _score_lines(summary_path: Path, width: int) -> list[str]:
+    """One line per output of a ``relabel.annotate.score_against_truth`` summary."""
+    lines = []
+    for row in pl.read_parquet(summary_path).iter_rows(named=True):
+        parts = [f"{row['output']:<{width}} {row['labels']:>6} labels"]
+        if row.get("f1") is not None:
+            parts.append(f"boxes P {row['precision']:.2f}  R {row['recall']:.2f}  F1 {row['f1']:.2f}")
+        if row.get("ocr_cer") is not None:
+            parts.append(f"OCR CER {row['ocr_cer']:.2f}")
+        if row.get("caption_object_recall") is not None:
+            parts.append(f"caption object recall {row['caption_object_recall']:.2f}")
+        if row.get("region_naming_accuracy") is not None:
+            parts.append(f"regions named right {row['region_naming_accuracy']:.2f}")
+        lines.append("  " + "   ".join(parts))
+    return lines
+
+
+def _filter_lines(data: Path) -> list[str]:
+    """Phase 2: what the filters kept and dropped, table 3, and how right each filter was."""
+    kept_dir, report = data / "filter" / "filtered_labels" / "iteration-0", data / "filter" / "report" / "iteration-0"
+    if not kept_dir.is_dir():
+        return []
+    kept = pl.read_parquet(kept_dir / "*.parquet")
+    dropped = pl.read_parquet(data / "filter" / "filter_quarantine" / "iteration-0" / "*.parquet")
+    by_reason = dropped.group_by("reason").len().sort("len", descending=True)
+    lines = [
+        "",
+        f"Filtering (iteration 0): {kept.height} labels kept, {dropped.height} quarantined: "
+        + ", ".join(f"{r['reason']} {r['len']}" for r in by_reason.iter_rows(named=True)),
+    ]
+    if (report / "text_statistics.parquet").is_file():
+        statistics = pl.read_parquet(report / "text_statistics.parquet")
+        lines.append("  table 3 (per text)        texts  tokens  objects  attributes  actions  object cx  action cx")
+        for row in statistics.iter_rows(named=True):
+            lines.append(
+                f"  {row['task']:<24} {row['texts']:>6} {row['avg_tokens']:>7.2f} {row['avg_objects']:>8.2f}"
+                f" {row['avg_attributes']:>11.2f} {row['avg_actions']:>8.2f} {row['avg_object_complexity'] or 0:>10.2f}"
+                f" {row['avg_action_complexity'] or 0:>10.2f}"
+            )
+    if (report / "filter_quality.parquet").is_file():
+        quality = pl.read_parquet(report / "filter_quality.parquet").filter(pl.col("dropped") > 0)
+        lines.append("  against the world's ground truth: share of dropped labels that were wrong / of kept that are right")
+        for row in quality.iter_rows(named=True):
+            lines.append(
+                f"  {row['filter']:<24} dropped {row['dropped']:>5}  wrong {row['drop_precision']:.2f}   kept right {row['keep_precision']:.2f}"
+            )
+    return lines
+
+
+def _corpus_lines(data: Path) -> list[str]:
+    """Phase 3's input: the (prompt, target) examples written per task, per iteration."""
+    lines = []
+    for folder in sorted((data / "corpus" / "examples").glob("iteration-*")):
+        examples = pl.read_parquet(folder / "*.parquet")
+        by_task = examples.group_by("task").len().sort("len", descending=True)
+        lines += [
+            "",
+            f"Corpus {folder.name}: {examples.height} Florence-2 examples from {examples['image_id'].n_unique()} training images: "
+            + ", ".join(f"{row['task']} {row['len']}" for row in by_task.iter_rows(named=True)),
+        ]
+    return lines
+
+
+def _model_lines(data: Path) -> list[str]:
+    """Phase 3: each iteration's training and its held-out scores beside the baseline."""
+    lines = []
+    for folder in sorted((data / "model").glob("iteration-*")):
+        curve_path, summary_path = folder / "training_curve.parquet", folder / "heldout" / "summary.parquet"
+        if not curve_path.is_file():
+            continue
+        curve = pl.read_parquet(curve_path)
+        lines += [
+            "",
+            f"Model {folder.name}: {curve.height} steps in {curve['seconds'].sum():.0f} s "
+            f"({curve['examples'].sum() / curve['seconds'].sum():.1f} examples/s), loss {curve['loss'][0]:.2f} -> {curve['loss'].tail(10).mean():.2f}",
+        ]
+        if summary_path.is_file():
+            lines += ["  on the frozen audited split:", *_score_lines(summary_path, width=9)]
+    return lines + _frozen_split_metric_lines(data)
+
+
+def _export_lines(data: Path) -> list[str]:
+    """The exports written, with their dataset cards."""
+    cards = sorted((data / "export").glob("*/iteration-*/DATASET_CARD.md"))
+    return ["", "Exports:", *(f"  {card.parent.parent.name} iteration {card.parent.name.split('-')[1]}: {card.parent} (card: DATASET_CARD.md)" for card in cards)] if cards else []
+
+
+def _split_lines(data: Path) -> list[str]:
+    """The frozen evaluation split: what was audited, how, and its freeze."""
+    folder = frozen_dir(data)
+    record = read_freeze(folder)
+    if record is None:
+        return []
+    decisions_path = data / "audit" / "label_studio" / "decisions.parquet"
+    counts = pl.read_parquet(decisions_path).group_by("decision").len().sort("decision") if decisions_path.is_file() else pl.DataFrame()
+    return [
+        "",
+        f"Evaluation split: {record['images']} images, {record['labels']} audited labels, frozen by {record['frozen_by']} ({record['reason']}), digest {record['digest'][:12]}",
+        "  audit decisions: " + ", ".join(f"{r['decision']} {r['len']}" for r in counts.iter_rows(named=True)),
+    ]
+
+
+def _frozen_split_metric_lines(data: Path) -> list[str]:
+    """The model's standard metrics on the frozen split, one line per iteration."""
+    from assets.model import frozen_split_scores
+
+    folders = sorted((data / "model").glob("iteration-*"), key=lambda p: int(p.name.split("-")[1]))
+    scored = [(folder.name.split("-")[1], scores) for folder in folders if (scores := frozen_split_scores(data, folder.name.split("-")[1]))]
+    if not scored:
+        return []
+    lines = ["", "Frozen-split metrics by iteration (report: data/model/iteration-<k>/heldout/report/summary.md):",
+             "  iteration     mAP  mAP@0.5   CIDEr  grounding R@1  RES mIoU  OCR CER"]
+    for iteration, row in scored:
+        cell = lambda name, width=7: f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"  # noqa: E731
+        lines.append(f"  {iteration:>9} {cell('map')}  {cell('map50')} {cell('caption_cider')}  {cell('grounding_recall_at_1', 13)}  {cell('res_miou', 8)}  {cell('ocr_cer')}")
+    return lines
+
+
+def iteration_lines(data: Path) -> list[str]:
+    """Phase 4: what each merge decided, each iteration's label quality, and the guard."""
+    lines = []
+    decisions = sorted((data / "merge" / "decisions").glob("iteration-*"), key=lambda p: int(p.name.split("-")[1]))
+    for folder in decisions:
+        if folder.name == "iteration-0":
+            continue
+        decided = pl.read_parquet(folder / "*.parquet").filter(pl.col("decision") != "kept")
+        by_source = decided.with_columns(origin=pl.col("source").str.split("@").list.first()).group_by("origin", "decision").len().sort("origin", "decision")
+        protected = decided.filter(pl.col("reason").str.contains("rare class")).height
+        said = "; ".join(
+            f"{origin}: " + ", ".join(f"{r['decision']} {r['len']}" for r in rows.iter_rows(named=True))
+            for (origin,), rows in by_source.group_by("origin", maintain_order=True)
+        )
+        lines.append(f"  merge into {folder.name}: {said}; {protected} labels refused to protect a rare-class label")
+    summaries = sorted((data / "filter" / "quality").glob("iteration-*/summary.parquet"), key=lambda p: int(p.parent.name.split("-")[1]))
+    if not summaries:
+        return lines
+    history = pl.concat([pl.read_parquet(p) for p in summaries], how="diagonal_relaxed")
+    lines = ["", "Refinement: the model's labels merged into the next iteration's (merge policy: refine.merge)", *lines]
+    lines.append("  label quality on the training images against the world's ground truth (filtered labels):")
+    lines.append("  (filled, repaired: labels the machines added since the iteration before, in no label's place or in a label's; right: their share the truth calls right;")
+    lines.append("   broken: right labels of the iteration before replaced by a wrong one or gone; wrong fixed: share of its wrong labels replaced by a right one)")
+    lines.append("  iteration  labels  audited  wrong  box F1  rare F1  caption recall  OCR CER  filled  repaired  right  broken  wrong fixed")
+    for row in history.iter_rows(named=True):
+        cell = lambda name, width=7: f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"  # noqa: E731
+        count = lambda name, width: f"{row[name]:>{width}}" if row.get(name) is not None else f"{'-':>{width}}"  # noqa: E731
+        lines.append(
+            f"  {row['iteration']:>9}  {row['labels']:>6}  {row.get('audited_labels') or 0:>7}  {cell('wrong_share', 5)} {cell('box_f1')}  {cell('box_f1_rare')}"
+            f"  {cell('caption_object_recall', 14)}  {cell('ocr_cer')}  {count('filled_labels', 6)}  {count('repaired_labels', 8)}  {cell('added_precision', 5)}"
+            f"  {count('broken_labels', 6)}  {cell('repaired_share', 11)}"
+        )
+    return lines + _review_lines(data) + _guard_lines(data, [int(row["iteration"]) for row in history.iter_rows(named=True)])
+
+
+def _review_lines(data: Path) -> list[str]:
+    """Each iteration's audit queue: its size, how many of it the world's truth calls wrong,
+    and the verdicts."""
+    lines = []
+    for folder in sorted((data / "review").glob("iteration-*"), key=lambda p: int(p.name.split("-")[1])):
+        queue_path = data / "review" / "queue" / f"{folder.name.split('-')[1]}.parquet"
+        if not queue_path.is_file():
+            continue
+        queued = pl.read_parquet(queue_path)
+        decisions = pl.read_parquet(folder / "decisions.parquet") if (folder / "decisions.parquet").is_file() else None
+        verdicts = ", ".join(f"{d} {n}" for d, n in sorted(decisions.group_by("decision").len().iter_rows())) if decisions is not None else "no verdicts yet"
+        lines.append(f"  audit queue of {folder.name}: {queued.height} labels (review.budget) -> {verdicts}")
+    return lines
+
+
+def _guard_lines(data: Path, iterations: list[int]) -> list[str]:
+    """The rare-class guard of each iteration after the first: its verdict and the rare
+    classes' training labels and recall against the iteration before."""
+    from dagster import AssetCheckKey, DagsterInstance
+
+    from data_checks.shards import LABEL_QUALITY
+    from relabel.refine import rare_class_changes
+
+    with DagsterInstance.get() as instance:
+        infos = instance.event_log_storage.get_asset_check_partition_info([AssetCheckKey(LABEL_QUALITY, "rare_classes_kept")])
+        verdicts = {info.partition_key: info.latest_execution_status.value for info in infos}
+    lines = []
+    for k in iterations[1:]:
+        before, now = (pl.read_parquet(data / "filter" / "label_quality" / f"{i}.parquet") for i in (k - 1, k))
+        changes = rare_class_changes(now, before)
+        shown = ", ".join(
+            f"{r['category']} {r['labels_before']}->{r['labels_now']}"
+            + (f" (recall {r['recall_before']:.2f}->{r['recall_now']:.2f})" if r["recall_now"] is not None and r["recall_before"] is not None else "")
+            for r in changes.iter_rows(named=True)
+        )
+        lines.append(f"  rare-class guard, iteration {k} vs {k - 1}: {verdicts.get(str(k), 'not run')}; {shown}")
+    return lines
+
+
+def timing_lines(timings: dict[str, float]) -> list[str]:
+    if not timings:
+        return []
+    return ["", "Wall time by phase: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())]
