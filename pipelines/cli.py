@@ -1,15 +1,16 @@
 """relabel: the data engine from a terminal, through Dagster (runs show in the UI afterwards).
 
 ``relabel demo`` sets up the embedded world, runs two refinement iterations, exports the
-result and prints what it made; ``relabel init PATH --images DIR [--coco ...]`` writes a project
-on your own photos, where ``demo`` then runs without the world; ``relabel world`` / ``ingest`` / ``materialize PHASE
-[--iteration K] [--shards ...]`` run one phase (``materialize`` is what each ``dvc.yaml`` stage
-runs); ``relabel iterate`` runs whole iterations; ``relabel status`` shows the iterations, their
-gates and counts; ``relabel export --format F`` writes an iteration's labels with a dataset
-card; ``relabel unfreeze`` lifts the freeze of the evaluation split, recording who and why;
-``relabel resume`` re-executes interrupted runs; ``relabel ui`` starts the Dagster and MLflow
-UIs. ``--json`` prints any result as JSON; a failure exits non-zero with a one-line reason.
-Runs go to the persistent instance in ``$DAGSTER_HOME`` (``data/dagster_home`` by default).
+result and prints what it made; ``relabel init PATH --images DIR [--coco ...]`` writes a
+project on your own photos, where ``demo`` then runs without the world; ``relabel world`` /
+``ingest`` / ``materialize PHASE [--iteration K] [--shards ...]`` run one phase
+(``materialize`` is what each ``dvc.yaml`` stage runs); ``relabel iterate`` runs whole
+iterations; ``relabel status`` shows the iterations, their gates and counts; ``relabel export
+--format F`` writes an iteration's labels with a dataset card; ``relabel unfreeze`` lifts the
+freeze of the evaluation split, recording who and why; ``relabel resume`` re-executes
+interrupted runs; ``relabel ui`` starts the Dagster and MLflow UIs. ``--json`` prints any
+result as JSON; a failure exits non-zero with a one-line reason (``pipelines.runs``). Runs go
+to the persistent instance in ``$DAGSTER_HOME`` (``data/dagster_home`` by default).
 """
 
 from __future__ import annotations
