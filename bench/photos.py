@@ -30,7 +30,6 @@ the engine added more right boxes than wrong ones, ranked by their scores).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
@@ -38,7 +37,6 @@ import re
 import shutil
 import subprocess
 import sys
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from relabel.merge import box_iou  # noqa: E402
+from relabel.metrics import coco_results_map  # noqa: E402
+from relabel.scoring import greedy_pairs  # noqa: E402
 
 DEFAULT_COCO = ROOT.parent / "shared" / "data" / "coco-mini"
 
@@ -87,19 +87,9 @@ def run_engine(workdir: Path, coco: Path, instances: Path, captions: Path, itera
 
 
 def coco_ap(truth: dict, detections: list[dict]) -> tuple[float, float]:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with redirect_stdout(io.StringIO()):
-        ground = COCO()
-        ground.dataset = truth
-        ground.createIndex()
-        found = ground.loadRes(detections) if detections else COCO()
-        evaluation = COCOeval(ground, found, "bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return float(evaluation.stats[0]), float(evaluation.stats[1])
+    """AP and AP50 of ``detections`` (COCO results) against the ``truth`` COCO document."""
+    found = coco_results_map(truth, detections)
+    return found.map or 0.0, found.map50 or 0.0
 
 
 def exported_boxes(export: dict, truth: dict) -> list[dict]:
@@ -128,21 +118,16 @@ def _corners(bbox: list[float]) -> list[float]:
 
 def match(first: list[dict], second: list[dict], least_iou: float) -> list[tuple[int, int]]:
     """Pairs (i, j) of boxes of one image and class at IoU >= ``least_iou``, greedily by IoU, each
-    box in at most one pair."""
-    pairs = []
+    box in at most one pair (``relabel.scoring.greedy_pairs``)."""
+    candidates = []
     for i, a in enumerate(first):
         for j, b in enumerate(second):
             if a["image_id"] == b["image_id"] and a["category_id"] == b["category_id"]:
                 iou = float(box_iou(np.array([_corners(a["bbox"])]), np.array([_corners(b["bbox"])]))[0])
                 if iou >= least_iou:
-                    pairs.append((iou, i, j))
-    used_first, used_second, kept = set(), set(), []
-    for _, i, j in sorted(pairs, reverse=True):
-        if i not in used_first and j not in used_second:
-            used_first.add(i)
-            used_second.add(j)
-            kept.append((i, j))
-    return kept
+                    candidates.append((-iou, i, j))
+    candidates.sort()
+    return greedy_pairs(np.array([i for _, i, _ in candidates], dtype=int), np.array([j for _, _, j in candidates], dtype=int))
 
 
 def content_words(text: str) -> set[str]:
@@ -211,8 +196,9 @@ def main() -> None:
     faces = labels.filter(pl.col("task") == "object", pl.col("category") == "face")
     people = [a for a in truth["annotations"] if a["category_id"] == next(c["id"] for c in truth["categories"] if c["name"] == "person")]
     ocr_lines = labels.filter(pl.col("task") == "ocr").height
-    face_inside = _faces_in_people(faces, people, truth, project) if faces.height else None
-    recall = _caption_word_recall(labels, truth, truth_captions, uncaptioned, project)
+    ids = _file_ids(truth, project)
+    face_inside = _faces_in_people(faces, people, ids) if faces.height else None
+    recall = _caption_word_recall(labels, truth_captions, uncaptioned, ids)
 
     photos = len(truth["images"])
     rows = [
@@ -261,8 +247,7 @@ def _file_ids(truth: dict, project: Path) -> dict[str, int]:
     return {image_id: by_name[Path(uri).name] for image_id, uri in images.select("image_id", "uri").iter_rows() if Path(uri).name in by_name}
 
 
-def _faces_in_people(faces: pl.DataFrame, people: list[dict], truth: dict, project: Path) -> str:
-    ids = _file_ids(truth, project)
+def _faces_in_people(faces: pl.DataFrame, people: list[dict], ids: dict[str, int]) -> str:
     inside = 0
     for image_id, box in faces.select("image_id", "box").iter_rows():
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
@@ -270,8 +255,7 @@ def _faces_in_people(faces: pl.DataFrame, people: list[dict], truth: dict, proje
     return f"{inside / faces.height:.0%} inside"
 
 
-def _caption_word_recall(labels: pl.DataFrame, truth: dict, truth_captions: dict, uncaptioned: set[int], project: Path) -> float | None:
-    ids = _file_ids(truth, project)
+def _caption_word_recall(labels: pl.DataFrame, truth_captions: dict, uncaptioned: set[int], ids: dict[str, int]) -> float | None:
     said: dict[int, set[str]] = {}
     for image_id, text in labels.filter(pl.col("task") == "brief_caption", ~pl.col("source").str.starts_with("human")).select("image_id", "text").iter_rows():
         if ids.get(image_id) in uncaptioned:

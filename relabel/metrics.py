@@ -35,6 +35,7 @@ from pycocotools import mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from relabel.labels import frame
 from relabel.merge import box_iou
 
 # the standard metrics of a model on the frozen split, as the evaluation summary, MLflow, the
@@ -183,6 +184,24 @@ def detection_map(predictions: pl.DataFrame, truth: pl.DataFrame, images: pl.Dat
     return DetectionMap(
         map=_valid(stats[0]), map50=_valid(stats[1]), mar100=_valid(stats[8]), per_class=per_class
     )
+
+
+def coco_results_map(document: dict[str, Any], results: list[dict[str, Any]]) -> DetectionMap:
+    """``detection_map`` of COCO results (``image_id``, ``category_id``, ``bbox`` [x, y, w, h],
+    ``score``) against a COCO instances ``document`` (its images, categories and annotations),
+    for callers that hold COCO JSON rather than label frames (benchmarks, detector tests)."""
+    name = {category["id"]: category["name"] for category in document["categories"]}
+
+    def objects(boxes: list[dict[str, Any]]) -> pl.DataFrame:
+        return frame("labels", [
+            {"image_id": str(b["image_id"]), "annotation_type": "region_text", "task": "object", "category": name[b["category_id"]],
+             "box": [b["bbox"][0], b["bbox"][1], b["bbox"][0] + b["bbox"][2], b["bbox"][1] + b["bbox"][3]],
+             "score": b.get("score"), "is_crowd": bool(b.get("iscrowd", 0))}
+            for b in boxes
+        ])
+
+    images = frame("images", [{"image_id": str(i["id"]), "uri": str(i.get("file_name", "")), "width": i["width"], "height": i["height"]} for i in document["images"]])
+    return detection_map(objects(results), objects(document["annotations"]), images)
 
 
 def _objects(labels: pl.DataFrame) -> pl.DataFrame:
@@ -416,6 +435,7 @@ __all__ = [
     "DetectionMap",
     "caption_cider",
     "caption_tokens",
+    "coco_results_map",
     "detection_map",
     "grounding_recall_at_1",
     "referring_segmentation_miou",

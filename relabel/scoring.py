@@ -143,7 +143,9 @@ def _greedy(first: np.ndarray, second: np.ndarray, n_first: int, n_second: int) 
     return taken_first
 
 
-def _greedy_pairs(first: np.ndarray, second: np.ndarray) -> list[tuple[int, int]]:
+def greedy_pairs(first: np.ndarray, second: np.ndarray) -> list[tuple[int, int]]:
+    """One-to-one greedy matching over candidate pairs ``(first[i], second[i])`` given in
+    priority order (best first): the pairs kept, each item in at most one."""
     taken_first: set[int] = set()
     taken_second: set[int] = set()
     chosen = []
@@ -228,7 +230,7 @@ def ocr_cer(predictions: pl.DataFrame, truth: pl.DataFrame, iou_threshold: float
         .filter(pl.col("_iou") >= iou_threshold)
         .sort(["_iou", "_t", "_p"], descending=[True, False, False])
     )
-    chosen = _greedy_pairs(candidates["_p"].to_numpy(), candidates["_t"].to_numpy())
+    chosen = greedy_pairs(candidates["_p"].to_numpy(), candidates["_t"].to_numpy())
     texts, refs = preds["_text"].to_list(), truths["_ref"].to_list()
     matched = {t: p for p, t in chosen}
     errors = sum(levenshtein(texts[matched[t]], ref) if t in matched else len(ref) for t, ref in enumerate(refs))

@@ -379,3 +379,18 @@ def test_referring_segmentation_edge_cases():
     assert referring_segmentation_miou(truth, truth.head(0), images("a")) is None
     with pytest.raises(ValueError, match="not in `images`"):
         referring_segmentation_miou(truth, truth, images("b"))
+
+
+def test_coco_results_score_against_a_coco_document_as_label_frames_do():
+    from relabel.metrics import coco_results_map
+
+    document = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100}],
+        "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30]}, {"id": 2, "image_id": 1, "category_id": 2, "bbox": [50, 50, 40, 40]}],
+    }
+    exact = coco_results_map(document, [{**a, "score": 0.9} for a in document["annotations"]])
+    assert exact.map == pytest.approx(1.0) and exact.map50 == pytest.approx(1.0)
+    # the cat found as a dog: the dog's AP falls (a false positive ranked first), the cat's is 0
+    wrong = coco_results_map(document, [{"image_id": 1, "category_id": 1, "bbox": [50, 50, 40, 40], "score": 0.9}, {"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.5}])
+    assert wrong.map50 < 0.6

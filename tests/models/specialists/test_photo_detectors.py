@@ -5,9 +5,7 @@ boxes, and the specialists' rows go through the runner as valid labels."""
 
 from __future__ import annotations
 
-import io
 import json
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from models.specialists.photo_detectors import (
 )
 from models.specialists.registry import BuildContext, build_specialist
 from models.specialists.runner import run_specialist
+from relabel.metrics import coco_results_map
 from tests.conftest import SHARED_DATA
 from tests.models.specialists.test_faces import coco_people
 
@@ -61,23 +60,15 @@ def test_library_decoding_reproduces_the_library_outputs(name: str, coco_mini_di
 
 
 def _coco_ap(detector, coco_dir: Path) -> tuple[float, float]:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with redirect_stdout(io.StringIO()):
-        truth = COCO(str(coco_dir / "annotations" / "instances.json"))
-    category_id = {c["name"]: c["id"] for c in truth.loadCats(truth.getCatIds())}
+    truth = json.loads((coco_dir / "annotations" / "instances.json").read_text())
+    category_id = {c["name"]: c["id"] for c in truth["categories"]}
     results = []
-    for image in truth.loadImgs(truth.getImgIds()):
+    for image in truth["images"]:
         for d in detector.detect(read_rgb(coco_dir / "images" / image["file_name"])):
             x0, y0, x1, y1 = d.box
             results.append({"image_id": image["id"], "category_id": category_id[d.category], "bbox": [x0, y0, x1 - x0, y1 - y0], "score": d.score})
-    with redirect_stdout(io.StringIO()):
-        evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return float(evaluation.stats[0]), float(evaluation.stats[1])
+    found = coco_results_map(truth, results)
+    return found.map, found.map50
 
 
 @pytest.mark.slow
