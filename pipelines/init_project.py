@@ -28,7 +28,7 @@ import yaml
 
 from models.specialists.photo_detectors import COCO_CLASSES, FACE
 from relabel.config import Params
-from relabel.ingest.images import IMAGE_EXTENSIONS
+from relabel.ingest.images import IMAGE_EXTENSIONS, list_image_files
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 ONTOLOGY_FILE = "ontology.json"
@@ -79,13 +79,17 @@ class Sources:
 
 def init_project(root: Path, sources: Sources, *, shards: int = 2, force: bool = False) -> list[Path]:
     """Write the project at ``root`` for ``sources``; returns the files written."""
-    _check(sources)
+    photos = _check(sources)
     root.mkdir(parents=True, exist_ok=True)
     existing = [name for name in ("params.yaml", "dvc.yaml") if (root / name).exists()]
     if existing and not force:
         raise InitError(f"{root} already has {existing}: pass --force to overwrite")
-    categories = ontology_categories(sources.coco)
-    params = photo_params(sources, shards, categories)
+    # a COCO file can be large (train2017's is 450 MB): each is read once
+    documents = {path: _read_json(path) for path in (sources.coco, sources.captions) if path is not None}
+    categories = ontology_categories(sources.coco, documents.get(sources.coco))
+    listed = {str(image.get("file_name")) for document in documents.values() for image in document.get("images", [])}
+    unlisted = [photo for photo in photos if str(photo.relative_to(sources.images)) not in listed]
+    params = photo_params(sources, shards, categories, has_unlisted=bool(unlisted))
     Params.model_validate(params)  # what is written must load
     written = {
         "params.yaml": HEADER.format(checkout=CHECKOUT) + yaml.safe_dump(params, sort_keys=False, width=100),
@@ -98,38 +102,44 @@ def init_project(root: Path, sources: Sources, *, shards: int = 2, force: bool =
     return [root / name for name in [*written, "workspace.yaml"]]
 
 
-def _check(sources: Sources) -> None:
+def _check(sources: Sources) -> list[Path]:
+    """The photos of ``sources.images``, once every path given is checked."""
     if not sources.images.is_dir():
         raise InitError(f"--images {sources.images} is not a folder")
     for flag, path in (("--coco", sources.coco), ("--captions", sources.captions), ("--alt-text", sources.alt_text)):
         if path is not None and not path.is_file():
             raise InitError(f"{flag} {path} is not a file")
-    if not any(_photos(sources.images)):
+    photos = list_image_files(sources.images)
+    if not photos:
         raise InitError(f"--images {sources.images} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
+    return photos
 
 
-def _photos(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise InitError(f"{path} is not JSON: {error}") from error
 
 
-def ontology_categories(coco: Path | None) -> list[str]:
-    """The COCO file's category names (else the 80 COCO names), and ``face``."""
+def ontology_categories(coco: Path | None, document: Any = None) -> list[str]:
+    """The category names of the COCO file ``coco`` (read as ``document``; else the 80 COCO
+    names), and ``face``."""
     names = list(COCO_CLASSES)
     if coco is not None:
         try:
-            document = json.loads(coco.read_text())
             names = [str(category["name"]) for category in document["categories"]]
-        except (ValueError, KeyError, TypeError) as error:
+        except (KeyError, TypeError) as error:
             raise InitError(f"--coco {coco} has no readable categories list: {error}") from error
     return [*dict.fromkeys([*names, FACE])]
 
 
-def photo_params(sources: Sources, shards: int, categories: list[str]) -> dict[str, Any]:
+def photo_params(sources: Sources, shards: int, categories: list[str], *, has_unlisted: bool) -> dict[str, Any]:
     """The checkout's params.yaml, changed for a collection of photos (see the module doc)."""
     params = yaml.safe_load((CHECKOUT / "params.yaml").read_text())
     params["shards"]["count"] = shards
     params["world"] = None
-    params["ingest"]["sources"] = source_entries(sources)
+    params["ingest"]["sources"] = source_entries(sources, has_unlisted=has_unlisted)
     params["audit"]["auditor"] = "accept-all"
     params["export"]["categories"] = [name for name in categories if name != FACE]
     annotate = params["annotate"]
@@ -152,12 +162,11 @@ def photo_params(sources: Sources, shards: int, categories: list[str]) -> dict[s
     return params
 
 
-def source_entries(sources: Sources) -> list[dict[str, Any]]:
+def source_entries(sources: Sources, *, has_unlisted: bool) -> list[dict[str, Any]]:
     """A ``coco`` source when there is a COCO file (instances or captions), and a ``folder``
-    source for the photos it does not list or for the alt-text sidecar. (A photo both list is
-    ingested once; its other copy is quarantined as ``duplicate_image``.)"""
+    source when some photos are not in it (``has_unlisted``) or for the alt-text sidecar. (A
+    photo both list is ingested once; its other copy is quarantined as ``duplicate_image``.)"""
     entries: list[dict[str, Any]] = []
-    listed: set[str] = set()
     if sources.coco is not None or sources.captions is not None:
         coco = {"name": "photos", "kind": "coco", "images": str(sources.images)}
         if sources.coco is not None:
@@ -165,11 +174,7 @@ def source_entries(sources: Sources) -> list[dict[str, Any]]:
         if sources.captions is not None:
             coco["captions"] = str(sources.captions)
         entries.append(coco)
-        for path in (sources.coco, sources.captions):
-            if path is not None:
-                listed |= {str(image.get("file_name")) for image in json.loads(path.read_text()).get("images", [])}
-    unlisted = [p for p in _photos(sources.images) if str(p.relative_to(sources.images)) not in listed]
-    if unlisted or sources.alt_text is not None:
+    if has_unlisted or sources.alt_text is not None:
         folder = {"name": "photos-folder" if entries else "photos", "kind": "folder", "images": str(sources.images)}
         if sources.alt_text is not None:
             folder["sidecar"] = str(sources.alt_text)

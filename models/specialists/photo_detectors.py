@@ -86,20 +86,22 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Letterbox:
-    """Where an image sits in a square input: scaled by ``scale``, offset by ``pad_x``,
-    ``pad_y`` (input pixels)."""
+class Placement:
+    """Where an image sits in a square input: scaled by ``scale_x``, ``scale_y`` and offset by
+    ``pad_x``, ``pad_y`` (input pixels)."""
 
-    scale: float
-    pad_x: float
-    pad_y: float
+    scale_x: float
+    scale_y: float
+    pad_x: float = 0.0
+    pad_y: float = 0.0
 
     def to_image(self, boxes: np.ndarray) -> np.ndarray:
         """Input-pixel boxes [x0, y0, x1, y1] back in image pixels."""
-        return (boxes - [self.pad_x, self.pad_y, self.pad_x, self.pad_y]) / self.scale
+        pads = [self.pad_x, self.pad_y, self.pad_x, self.pad_y]
+        return (boxes - pads) / [self.scale_x, self.scale_y, self.scale_x, self.scale_y]
 
 
-def letterbox(image: np.ndarray, size: int, fill: float = 0.0) -> tuple[np.ndarray, Letterbox]:
+def letterbox(image: np.ndarray, size: int, fill: float = 0.0) -> tuple[np.ndarray, Placement]:
     """``image`` scaled to fit a ``size`` square with its aspect kept, centred on ``fill``."""
     h, w = image.shape[:2]
     scale = size / max(h, w)
@@ -107,7 +109,13 @@ def letterbox(image: np.ndarray, size: int, fill: float = 0.0) -> tuple[np.ndarr
     canvas = np.full((size, size, image.shape[2]), fill, dtype=np.float32)
     top, left = (size - new_h) // 2, (size - new_w) // 2
     canvas[top : top + new_h, left : left + new_w] = resize_bilinear(image, new_h, new_w)
-    return canvas, Letterbox(scale=new_w / w if w >= h else new_h / h, pad_x=left, pad_y=top)
+    return canvas, Placement(scale_x=new_w / w, scale_y=new_h / h, pad_x=left, pad_y=top)
+
+
+def stretch(image: np.ndarray, size: int) -> tuple[np.ndarray, Placement]:
+    """``image`` resized to a ``size`` square, its aspect not kept (what the library does)."""
+    h, w = image.shape[:2]
+    return resize_bilinear(image, size, size), Placement(scale_x=size / w, scale_y=size / h)
 
 
 class OnnxDetector:
@@ -187,12 +195,7 @@ class CenterNetDetector(OnnxDetector):
     }
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        height, width = rgb.shape[:2]
-        if self.decode == "letterbox":
-            tensor, placement = letterbox(rgb, self.INPUT)
-        else:
-            tensor = resize_bilinear(rgb, self.INPUT, self.INPUT)
-            placement = Letterbox(scale=1.0, pad_x=0.0, pad_y=0.0)
+        tensor, placement = letterbox(rgb, self.INPUT) if self.decode == "letterbox" else stretch(rgb, self.INPUT)
         (detections,) = self._run(tensor)["tower_0/detections"]
         boxes, scores, classes = detections[:, :4], detections[:, 4], detections[:, 5]
         valid = np.isfinite(classes) & np.isfinite(scores)
@@ -203,11 +206,7 @@ class CenterNetDetector(OnnxDetector):
             kept = kept[np.argsort(-scores[kept], kind="stable")][: s["max_detections"]]
         else:
             kept = nms(boxes, scores, s["nms_iou"], s["min_score"], s["max_detections"])
-        if self.decode == "library":
-            # boxes relative to the stretched input, as the library reports them
-            in_image = boxes[kept] / self.INPUT * [width, height, width, height]
-        else:
-            in_image = placement.to_image(boxes[kept])
+        in_image = placement.to_image(boxes[kept])
         return [Detection(tuple(box), float(scores[i]), COCO_CLASSES[classes[i]]) for box, i in zip(in_image, kept, strict=True)]
 
 
@@ -242,9 +241,8 @@ class NanoDetDetector(OnnxDetector):
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         if self.decode == "library":
             return self._detect_as_library(rgb)
-        height, width = rgb.shape[:2]
-        resized = resize_bilinear(rgb, self.INPUT, self.INPUT)[..., ::-1]
-        tensor = ((resized - self.MEAN_BGR) / self.STD_BGR).transpose(2, 0, 1)
+        resized, placement = stretch(rgb, self.INPUT)
+        tensor = ((resized[..., ::-1] - self.MEAN_BGR) / self.STD_BGR).transpose(2, 0, 1)
         boxes, scores, classes = [], [], []
         for stride, (class_scores, sides) in self._outputs_by_stride(tensor).items():
             cells = self.INPUT // stride
@@ -266,7 +264,7 @@ class NanoDetDetector(OnnxDetector):
         boxes_, scores_, classes_ = np.concatenate(boxes), np.concatenate(scores), np.concatenate(classes)
         s = self.settings
         kept = nms(boxes_, scores_, s["nms_iou"], s["min_score"], s["max_detections"], classes=classes_)
-        in_image = boxes_[kept] * ([width / self.INPUT, height / self.INPUT] * 2)
+        in_image = placement.to_image(boxes_[kept])
         return [Detection(tuple(box), float(scores_[i]), COCO_CLASSES[classes_[i]]) for box, i in zip(in_image, kept, strict=True)]
 
     def _detect_as_library(self, rgb: np.ndarray) -> list[Detection]:
@@ -326,12 +324,7 @@ class BlazeFaceDetector(OnnxDetector):
         self.anchors = np.concatenate(centres).astype(np.float32)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        height, width = rgb.shape[:2]
-        if self.decode == "letterbox":
-            square, placement = letterbox(rgb, self.INPUT, fill=127.5)
-        else:
-            square = resize_bilinear(rgb, self.INPUT, self.INPUT)
-            placement = Letterbox(scale=self.INPUT / width, pad_x=0.0, pad_y=0.0)
+        square, placement = letterbox(rgb, self.INPUT, fill=127.5) if self.decode == "letterbox" else stretch(rgb, self.INPUT)
         outputs = sorted(self._run(square / 127.5 - 1.0).values(), key=lambda o: o.size)
         # the four outputs by size: logits 384, logits 512, boxes 384, boxes 512
         rows = np.concatenate([np.concatenate([outputs[1][0], outputs[3][0]], axis=1), np.concatenate([outputs[0][0], outputs[2][0]], axis=1)])
@@ -341,8 +334,5 @@ class BlazeFaceDetector(OnnxDetector):
         boxes = np.concatenate([centres - half, centres + half], axis=1)
         s = self.settings
         kept = nms(boxes, scores, s["nms_iou"], s["min_score"], s["max_detections"])
-        if self.decode == "library":
-            in_image = boxes[kept] * ([width / self.INPUT, height / self.INPUT] * 2)
-        else:
-            in_image = placement.to_image(boxes[kept])
+        in_image = placement.to_image(boxes[kept])
         return [Detection(tuple(box), float(scores[i]), FACE) for box, i in zip(in_image, kept, strict=True)]
