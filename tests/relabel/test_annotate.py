@@ -6,27 +6,15 @@ import polars as pl
 
 from relabel.annotate import initial_annotations
 from relabel.config import ConsensusParams
-from relabel.labels import frame, label_id_for
+from relabel.labels import frame
 from relabel.merge import same_object_overlaps
+from tests.relabel.test_consensus import region
 
 
 def label(source, box, category, task="object", score=1.0, **extra):
-    row = {
-        "image_id": "a",
-        "annotation_type": "region_text",
-        "task": task,
-        "region_kind": "object",
-        "text": category,
-        "category": category,
-        "box": box,
-        "score": score,
-        "source": source,
-        "iteration": 0,
-        "status": "accepted" if source == "human" else "raw",
-        **extra,
-    }
-    row["label_id"] = label_id_for(row)
-    return row
+    # a person's label is accepted as written; the machines' are raw
+    status = {"status": "accepted"} if source == "human" else {}
+    return region("a", source, box, score, category, task, **status, **extra)
 
 
 RING = [[1.0, 1.0, 9.0, 1.0, 5.0, 9.0]]
