@@ -350,7 +350,7 @@ def fuse_regions(
 
 
 def _summarise(
-    rows: pl.DataFrame, clusters: _Clusters, sources: list[str], models: dict[str, tuple[int, float]]
+    rows: pl.DataFrame, clusters: _Clusters, sources: list[str], models: pl.DataFrame
 ) -> pl.DataFrame:
     """One row per cluster (in group order, then creation order): what ``_fused_rows`` and
     the judgement need, computed with numpy from the cluster index of each row."""
@@ -381,10 +381,9 @@ def _summarise(
     provenance = pl.from_arrow(pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values))
 
     # fused score, with the model count and weight sum of the cluster's task and class
-    best = rows.select("task", "_class")[clusters.best]
-    of_cluster = [models.get((str(task), cls), (1, 1.0)) for task, cls in best.iter_rows()]
-    n_models = np.array([n for n, _ in of_cluster], dtype=np.float64).reshape(-1)
-    weight_sum = np.array([w for _, w in of_cluster], dtype=np.float64).reshape(-1)
+    of_cluster = rows.select("task", "_class")[clusters.best].join(models, on=["task", "_class"], how="left", nulls_equal=True, maintain_order="left")
+    n_models = of_cluster["_n_models"].to_numpy().astype(np.float64)
+    weight_sum = of_cluster["_weight_sum"].to_numpy().astype(np.float64)
     fused_score = np.minimum(clusters.weight / count * np.minimum(count, n_models) / weight_sum, 1.0)
 
     return pl.DataFrame(
@@ -508,16 +507,16 @@ def _check_parameters(
             raise ValueError(f"weight of {source!r} must be positive and finite, got {weight}")
 
 
-def _models(rows: pl.DataFrame, weights: Mapping[str, float]) -> dict[tuple[str, str | None], tuple[int, float]]:
-    """Per fused task and class (``_class``: None for a class-agnostic task): (number of
-    models, sum of their weights). A source that never proposed a class is not one of its
-    models: a face detector does not vote against a dog, nor a detector of a few classes
-    against the others."""
-    grouped = rows.group_by(pl.col("task").cast(pl.String), "_class").agg(pl.col("source").unique())
-    return {
-        (task, cls): (len(sources), float(sum(weights.get(s, 1.0) for s in sources)))
-        for task, cls, sources in grouped.iter_rows()
-    }
+def _models(rows: pl.DataFrame, weights: Mapping[str, float]) -> pl.DataFrame:
+    """Per fused task and class (``_class``: None for a class-agnostic task): the number of
+    models (``_n_models``) and the sum of their weights (``_weight_sum``). A source that never
+    proposed a class is not one of its models: a face detector does not vote against a dog,
+    nor a detector of a few classes against the others."""
+    sources = rows.select("task", "_class", "source").unique()
+    return sources.group_by("task", "_class").agg(
+        _n_models=pl.len(),
+        _weight_sum=pl.col("source").replace_strict(dict(weights), default=1.0, return_dtype=pl.Float64).sum(),
+    )
 
 
 _x0, _y0, _x1, _y1 = (pl.col("box").arr.get(i, null_on_oob=True) for i in range(4))
