@@ -115,11 +115,19 @@ def _training_asset(spec: SpecialistParams):
         train_images = images.filter(pl.col("split") == "train")
         # the images its trainer would learn from (models.specialists.shapes.training_images)
         if training_images(train_images, human_labels)[0].is_empty():
-            context.log.warning(f"{spec.name} ({spec.kind}) not trained: {NO_HUMAN_BOXES}; the shards are annotated without it")
+            context.log.warning(
+                f"{spec.name} ({spec.kind}) not trained: {NO_HUMAN_BOXES}; the shards are annotated without it"
+            )
             workdir.mkdir(parents=True, exist_ok=True)
             skipped.write_text(json.dumps({"skipped": NO_HUMAN_BOXES}) + "\n", encoding="utf-8")
             version = dvc.commit(stage=ANNOTATE_STAGE, written=skipped)
-            return MaterializeResult(metadata={"skipped": NO_HUMAN_BOXES, "model_dir": MetadataValue.path(str(workdir)), "dvc_stage_hash": version.stage_hash or ""})
+            return MaterializeResult(
+                metadata={
+                    "skipped": NO_HUMAN_BOXES,
+                    "model_dir": MetadataValue.path(str(workdir)),
+                    "dvc_stage_hash": version.stage_hash or "",
+                }
+            )
         # weights trained now replace a skip an earlier run recorded
         skipped.unlink(missing_ok=True)
         report = train_specialist(
@@ -131,9 +139,15 @@ def _training_asset(spec: SpecialistParams):
             spec.settings,
         )
         context.log.info(f"trained {spec.name}: {report}")
-        version = dvc.commit(stage=ANNOTATE_STAGE, written=next(p for p in sorted(workdir.iterdir()) if p.is_file()))
+        version = dvc.commit(
+            stage=ANNOTATE_STAGE, written=next(p for p in sorted(workdir.iterdir()) if p.is_file())
+        )
         return MaterializeResult(
-            metadata={**{k: v for k, v in report.items() if isinstance(v, (int, float, str))}, "model_dir": MetadataValue.path(str(workdir)), "dvc_stage_hash": version.stage_hash or ""}
+            metadata={
+                **{k: v for k, v in report.items() if isinstance(v, (int, float, str))},
+                "model_dir": MetadataValue.path(str(workdir)),
+                "dvc_stage_hash": version.stage_hash or "",
+            }
         )
 
     return trained_specialist
@@ -169,13 +183,19 @@ def _specialist_asset(spec: SpecialistParams, shards: PartitionsDefinition, read
         group_name=ANNOTATE_STAGE,
         compute_kind=spec.kind,
     )
-    def specialist_shard(context: AssetExecutionContext, project: ProjectResource, images: pl.DataFrame, **known_labels):
+    def specialist_shard(
+        context: AssetExecutionContext, project: ProjectResource, images: pl.DataFrame, **known_labels
+    ):
         build_context = _context_for(project, spec)
         skipped = _training_skipped(build_context.workdir) if spec.kind in TRAINERS else None
         if skipped is not None:
             context.log.warning(f"{spec.name} left out of {context.partition_key}: not trained ({skipped})")
             yield Output(empty("labels"), spec.name, metadata={"skipped": f"not trained: {skipped}"})
-            yield Output(empty("quarantine"), f"{spec.name}_quarantine", metadata={"skipped": f"not trained: {skipped}"})
+            yield Output(
+                empty("quarantine"),
+                f"{spec.name}_quarantine",
+                metadata={"skipped": f"not trained: {skipped}"},
+            )
             return
         specialist = build_specialist(spec.kind, spec.name, spec.settings, build_context)
         run = run_specialist(
@@ -185,7 +205,9 @@ def _specialist_asset(spec: SpecialistParams, shards: PartitionsDefinition, read
             batch_size=spec.batch_size or project.params.annotate.batch_size,
             desc=f"{spec.name} {context.partition_key}",
         )
-        context.log.info(f"{run.source}: {run.labels.height} labels on {run.images_in} images in {run.seconds:.1f} s")
+        context.log.info(
+            f"{run.source}: {run.labels.height} labels on {run.images_in} images in {run.seconds:.1f} s"
+        )
         yield Output(
             run.labels,
             spec.name,
@@ -225,11 +247,17 @@ def _consensus_asset(shards: PartitionsDefinition, perception: list[str]):
         compute_kind="polars",
     )
     def consensus(context: AssetExecutionContext, project: ProjectResource, **perception_labels):
-        fused, quarantine = consensus_regions(list(perception_labels.values()), project.params.annotate.consensus)
+        fused, quarantine = consensus_regions(
+            list(perception_labels.values()), project.params.annotate.consensus
+        )
         yield Output(
             fused,
             "consensus_regions",
-            metadata={**counts_by(fused, "task"), **counts_by(fused, "agreement"), **counts_by(fused, "category", top=20)},
+            metadata={
+                **counts_by(fused, "task"),
+                **counts_by(fused, "agreement"),
+                **counts_by(fused, "category", top=20),
+            },
         )
         yield Output(quarantine, "consensus_quarantine", metadata=counts_by(quarantine, "reason"))
 
@@ -281,15 +309,21 @@ def _initial_annotations_asset(shards: PartitionsDefinition, language: list[str]
             "initial_annotations",
             metadata={
                 "human_labels_kept": labels.filter(pl.col("source") == "human").height,
-                "human_labels_confirmed": labels.filter((pl.col("source") == "human") & (pl.col("agreement") > 1)).height,
+                "human_labels_confirmed": labels.filter(
+                    (pl.col("source") == "human") & (pl.col("agreement") > 1)
+                ).height,
                 "folded_into_a_label": annotated.quarantine.height,
                 **counts_by(labels, "annotation_type"),
                 **counts_by(labels, "task"),
                 **counts_by(by_source, "origin"),
             },
         )
-        yield Output(annotated.quarantine, "initial_quarantine", metadata=counts_by(annotated.quarantine, "reason"))
-        yield Output(annotated.conflicts, "annotation_conflicts", metadata={"conflicts": annotated.conflicts.height})
+        yield Output(
+            annotated.quarantine, "initial_quarantine", metadata=counts_by(annotated.quarantine, "reason")
+        )
+        yield Output(
+            annotated.conflicts, "annotation_conflicts", metadata={"conflicts": annotated.conflicts.height}
+        )
 
     return initial
 
@@ -344,7 +378,11 @@ def _scores_asset(specialists: list[str]):
             metadata={
                 "dvc_md5": version.md5,
                 "summary": MetadataValue.md(markdown_table(scores.summary)),
-                "f1_by_class": MetadataValue.md(png_markdown(chart, "F1 at IoU 0.5 per class and output") if chart is not None else "no object boxes to score"),
+                "f1_by_class": MetadataValue.md(
+                    png_markdown(chart, "F1 at IoU 0.5 per class and output")
+                    if chart is not None
+                    else "no object boxes to score"
+                ),
                 "mlflow_run": MetadataValue.url(run_url),
             }
         )
@@ -359,13 +397,27 @@ def _f1_chart(boxes: pl.DataFrame):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = boxes.filter(pl.col("category") != "all").pivot("output", index="category", values="f1").sort("category")
+    table = (
+        boxes.filter(pl.col("category") != "all")
+        .pivot("output", index="category", values="f1")
+        .sort("category")
+    )
     figure, axis = plt.subplots(figsize=(11, 4), dpi=90)
     outputs = [c for c in table.columns if c != "category"]
     width = 0.8 / max(len(outputs), 1)
     for i, name in enumerate(outputs):
-        axis.bar([x + i * width for x in range(table.height)], table[name].fill_null(0).to_list(), width, label=name)
-    axis.set_xticks([x + 0.4 - width / 2 for x in range(table.height)], table["category"].to_list(), rotation=45, ha="right")
+        axis.bar(
+            [x + i * width for x in range(table.height)],
+            table[name].fill_null(0).to_list(),
+            width,
+            label=name,
+        )
+    axis.set_xticks(
+        [x + 0.4 - width / 2 for x in range(table.height)],
+        table["category"].to_list(),
+        rotation=45,
+        ha="right",
+    )
     axis.set_ylabel("F1 at IoU 0.5")
     axis.set_ylim(0, 1)
     axis.legend(fontsize=8, ncols=3)
@@ -375,4 +427,3 @@ def _f1_chart(boxes: pl.DataFrame):
 
 def _in_name(key: AssetKey) -> str:
     return key.path[-1]
-

@@ -79,7 +79,9 @@ def image_url_for(project: ProjectResource) -> Callable[[str], str]:
 
     def image_url(uri: str) -> str:
         path = Path(os.path.abspath(project.data_dir / uri))
-        return project.params.audit.image_url_prefix + (path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix())
+        return project.params.audit.image_url_prefix + (
+            path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+        )
 
     return image_url
 
@@ -87,7 +89,9 @@ def image_url_for(project: ProjectResource) -> Callable[[str], str]:
 def labels_to_audit(images: pl.DataFrame, human_labels: pl.DataFrame) -> pl.DataFrame:
     """The human labels of the split's images that the audit shows (``audit.AUDITED_TASKS``)."""
     held = split_images(images)["image_id"].implode()
-    return human_labels.filter(pl.col("image_id").is_in(held), pl.col("task").cast(pl.String).is_in(list(audit.AUDITED_TASKS)))
+    return human_labels.filter(
+        pl.col("image_id").is_in(held), pl.col("task").cast(pl.String).is_in(list(audit.AUDITED_TASKS))
+    )
 
 
 def build_audit_assets() -> tuple[list, list]:
@@ -103,7 +107,13 @@ def build_audit_assets() -> tuple[list, list]:
         compute_kind="label-studio",
         description="The evaluation split's images and their human labels as Label Studio tasks (predictions with scores and sources) and the labeling config, for a person to audit.",
     )
-    def tasks(context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource, images: pl.DataFrame, human_labels: pl.DataFrame) -> MaterializeResult:
+    def tasks(
+        context: AssetExecutionContext,
+        project: ProjectResource,
+        dvc: DvcResource,
+        images: pl.DataFrame,
+        human_labels: pl.DataFrame,
+    ) -> MaterializeResult:
         params = project.params.audit
         held, to_audit = split_images(images), labels_to_audit(images, human_labels)
         written = audit.audit_tasks(held, to_audit, image_url_for(project))
@@ -112,7 +122,9 @@ def build_audit_assets() -> tuple[list, list]:
         (folder / TASKS_FILE).write_text(json.dumps(written, indent=1, sort_keys=True) + "\n")
         (folder / CONFIG_FILE).write_text(audit.label_config(project.ontology()) + "\n")
         committed = dvc.commit(stage=AUDIT_STAGE, written=folder / TASKS_FILE)
-        context.log.info(f"{len(written)} audit tasks with {to_audit.height} predicted labels in {folder / TASKS_FILE}")
+        context.log.info(
+            f"{len(written)} audit tasks with {to_audit.height} predicted labels in {folder / TASKS_FILE}"
+        )
         return MaterializeResult(
             metadata={
                 "split_images": held.height,
@@ -140,14 +152,22 @@ def build_audit_assets() -> tuple[list, list]:
         metadata={TABLE_METADATA_KEY: "labels"},
         description="The evaluation split's labels after the human audit, read from the completed Label Studio export: accepted, corrected and added labels with source human-audit@<auditor>; rejected ones in the audit quarantine.",
     )
-    def audited_labels(context: AssetExecutionContext, project: ProjectResource, images: pl.DataFrame, human_labels: pl.DataFrame) -> Output:
+    def audited_labels(
+        context: AssetExecutionContext,
+        project: ProjectResource,
+        images: pl.DataFrame,
+        human_labels: pl.DataFrame,
+    ) -> Output:
         params = project.params.audit
         folder = label_studio_dir(project.data_dir)
         written = json.loads((folder / TASKS_FILE).read_text())
         export_path = project.path(params.export)
         if params.auditor != "label-studio":
             export_path.parent.mkdir(parents=True, exist_ok=True)
-            export_path.write_text(json.dumps(_simulated_audit(project, params.auditor, written), indent=1, sort_keys=True) + "\n")
+            export_path.write_text(
+                json.dumps(_simulated_audit(project, params.auditor, written), indent=1, sort_keys=True)
+                + "\n"
+            )
         if not export_path.is_file():
             raise Failure(
                 f"no completed audit at {export_path}: audit {folder / TASKS_FILE} in Label Studio and export it as JSON there "
@@ -161,7 +181,11 @@ def build_audit_assets() -> tuple[list, list]:
         if result.unaudited_images:
             raise Failure(
                 f"the split is frozen only after audit: {len(result.unaudited_images)} of {len(written)} tasks have no completed annotation in {export_path}",
-                metadata={"unaudited": MetadataValue.md("\n".join(f"- `{image_id}`" for image_id in result.unaudited_images[:50]))},
+                metadata={
+                    "unaudited": MetadataValue.md(
+                        "\n".join(f"- `{image_id}`" for image_id in result.unaudited_images[:50])
+                    )
+                },
             )
         result.decisions.write_parquet(folder / DECISIONS_FILE)
         result.quarantine.write_parquet(folder / QUARANTINE_FILE)
@@ -188,16 +212,34 @@ def build_audit_assets() -> tuple[list, list]:
         compute_kind="dvc",
         description="The frozen evaluation split: the SHA-256 of every split image file and of its audited labels, with who froze it and why. Written once, after the audit; only `relabel unfreeze --by --reason` lifts it.",
     )
-    def frozen_split(context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource, audited_labels: pl.DataFrame, images: pl.DataFrame) -> MaterializeResult:
+    def frozen_split(
+        context: AssetExecutionContext,
+        project: ProjectResource,
+        dvc: DvcResource,
+        audited_labels: pl.DataFrame,
+        images: pl.DataFrame,
+    ) -> MaterializeResult:
         folder = frozen_dir(project.data_dir)
         record = read_freeze(folder)
         if record is None:
             manifest = split_manifest(split_images(images), audited_labels, project.data_dir)
-            auditors = {source.removeprefix(audit.SOURCE_PREFIX) for source in audited_labels["source"].unique().to_list() if source.startswith(audit.SOURCE_PREFIX)}
+            auditors = {
+                source.removeprefix(audit.SOURCE_PREFIX)
+                for source in audited_labels["source"].unique().to_list()
+                if source.startswith(audit.SOURCE_PREFIX)
+            }
             folder.mkdir(parents=True, exist_ok=True)
             audited_labels.write_parquet(folder / LABELS_FILE)
-            record = freeze(folder, manifest, by=project.params.audit.frozen_by, reason=f"audited by {', '.join(sorted(auditors)) or 'nobody'}", auditors=auditors)
-            context.log.info(f"froze the evaluation split: {record['images']} images, {record['labels']} audited labels, digest {record['digest'][:12]}")
+            record = freeze(
+                folder,
+                manifest,
+                by=project.params.audit.frozen_by,
+                reason=f"audited by {', '.join(sorted(auditors)) or 'nobody'}",
+                auditors=auditors,
+            )
+            context.log.info(
+                f"froze the evaluation split: {record['images']} images, {record['labels']} audited labels, digest {record['digest'][:12]}"
+            )
         committed = dvc.commit(stage=AUDIT_STAGE, written=folder / LABELS_FILE)
         return MaterializeResult(
             metadata={
@@ -223,25 +265,39 @@ def build_audit_assets() -> tuple[list, list]:
         compute_kind="great_expectations",
         description="The split is what was frozen, to the byte: the same images (file SHA-256 recomputed now) and the same audited labels, as audited now and as stored with the freeze. Blocking: no model is evaluated on a split that moved.",
     )
-    def split_unchanged(context: AssetCheckExecutionContext, project: ProjectResource, audited_labels: pl.DataFrame, images: pl.DataFrame) -> AssetCheckResult:
+    def split_unchanged(
+        context: AssetCheckExecutionContext,
+        project: ProjectResource,
+        audited_labels: pl.DataFrame,
+        images: pl.DataFrame,
+    ) -> AssetCheckResult:
         from data_checks import suites
         from data_checks.gates import validate, verdict_metadata
 
         folder = frozen_dir(project.data_dir)
         frozen = frozen_manifest(folder)
         if frozen is None:
-            return AssetCheckResult(passed=False, metadata={"why": f"the split is not frozen ({folder} has no freeze record)"})
+            return AssetCheckResult(
+                passed=False, metadata={"why": f"the split is not frozen ({folder} has no freeze record)"}
+            )
         stored = pl.read_parquet(folder / LABELS_FILE)
         now = split_manifest(split_images(images), stored, project.data_dir)
         # both the labels stored with the freeze and the audit as it reads now must match it
         changes = pl.concat(
             [
                 manifest_changes(frozen, now).with_columns(compared=pl.lit("stored labels")),
-                manifest_changes(frozen, with_labels(now, audited_labels)).with_columns(compared=pl.lit("audit export")),
+                manifest_changes(frozen, with_labels(now, audited_labels)).with_columns(
+                    compared=pl.lit("audit export")
+                ),
             ]
         ).unique(["image_id", "change"], keep="first", maintain_order=True)
         checked = suites.split_changes_frame(frozen, changes)
-        result = validate(suites.frozen_split_suite(), checked, index_column="image_id", docs_dir=project.data_dir / "gx_docs" / "split_unchanged")
+        result = validate(
+            suites.frozen_split_suite(),
+            checked,
+            index_column="image_id",
+            docs_dir=project.data_dir / "gx_docs" / "split_unchanged",
+        )
         return AssetCheckResult(
             passed=result.passed,
             metadata={
@@ -249,7 +305,11 @@ def build_audit_assets() -> tuple[list, list]:
                 "frozen_images": frozen.height,
                 "changes": changes.height,
                 **({"changed": MetadataValue.md(markdown_table(changes.head(50)))} if changes.height else {}),
-                **({"data_docs": MetadataValue.url(Path(result.docs).resolve().as_uri())} if result.docs is not None else {}),
+                **(
+                    {"data_docs": MetadataValue.url(Path(result.docs).resolve().as_uri())}
+                    if result.docs is not None
+                    else {}
+                ),
             },
         )
 
@@ -262,5 +322,7 @@ def _simulated_audit(project: ProjectResource, auditor: str, written: list[dict]
         return audit.accept_all(written)
     truth_path = project.data_dir / "ground_truth" / "labels.parquet"
     if not truth_path.is_file():
-        raise Failure(f"audit.auditor is world-truth but there is no ground truth at {truth_path}: only the embedded world has one")
+        raise Failure(
+            f"audit.auditor is world-truth but there is no ground truth at {truth_path}: only the embedded world has one"
+        )
     return audit.audit_from_truth(written, pl.read_parquet(truth_path))

@@ -51,12 +51,16 @@ def build_corpus_assets(iteration_shards: PartitionsDefinition) -> tuple[list, l
         compute_kind="polars",
         description="The iteration's filtered labels of the shard's training-split images as (task prompt, target) pairs with location tokens, one row per Florence-2 task instance, with the label ids each was written from.",
     )
-    def examples(context: AssetExecutionContext, project: ProjectResource, images: pl.DataFrame, labels: pl.DataFrame) -> Output:
+    def examples(
+        context: AssetExecutionContext, project: ProjectResource, images: pl.DataFrame, labels: pl.DataFrame
+    ) -> Output:
         training = images.filter(pl.col("split") == "train")
         # image paths stay as stored (relative to the data directory), so the same labels give
         # the same corpus bytes in any checkout; the trainer resolves them (``image_root``)
         written = corpus_examples(labels, training, lambda uri: uri)
-        context.log.info(f"{context.partition_key}: {written.height} examples from {training.height} training images")
+        context.log.info(
+            f"{context.partition_key}: {written.height} examples from {training.height} training images"
+        )
         return Output(
             written,
             metadata={
@@ -64,7 +68,13 @@ def build_corpus_assets(iteration_shards: PartitionsDefinition) -> tuple[list, l
                 "training_images": training.height,
                 "eval_images_left_out": images.height - training.height,
                 **counts_by(written, "task"),
-                "sample": MetadataValue.md(markdown_table(written.group_by("task", maintain_order=True).first().select("task", "prompt", "target"))),
+                "sample": MetadataValue.md(
+                    markdown_table(
+                        written.group_by("task", maintain_order=True)
+                        .first()
+                        .select("task", "prompt", "target")
+                    )
+                ),
             },
         )
 
@@ -77,18 +87,35 @@ def build_corpus_assets(iteration_shards: PartitionsDefinition) -> tuple[list, l
         compute_kind="great_expectations",
         description="The leakage guard: no image of the shard's corpus is an image of the frozen evaluation split (same SHA-256) or a near-duplicate of one (perceptual hash within ingest.near_duplicate_distance bits: a resized or re-compressed copy). Blocking: a leaking shard is not trained on.",
     )
-    def no_eval_leakage(context: AssetCheckExecutionContext, project: ProjectResource, examples: pl.DataFrame, catalog: pl.DataFrame) -> AssetCheckResult:
+    def no_eval_leakage(
+        context: AssetCheckExecutionContext,
+        project: ProjectResource,
+        examples: pl.DataFrame,
+        catalog: pl.DataFrame,
+    ) -> AssetCheckResult:
         from data_checks import suites
         from data_checks.gates import validate, verdict_metadata
 
         frozen = frozen_manifest(frozen_dir(project.data_dir))
         if frozen is None:
-            return AssetCheckResult(passed=False, metadata={"why": "the evaluation split is not frozen: materialize the audit phase first"})
+            return AssetCheckResult(
+                passed=False,
+                metadata={"why": "the evaluation split is not frozen: materialize the audit phase first"},
+            )
         hashes = catalog.select("image_id", "phash").unique("image_id", keep="first", maintain_order=True)
-        candidates = examples.select("image_id").unique(maintain_order=True).join(hashes, on="image_id", how="left")
+        candidates = (
+            examples.select("image_id").unique(maintain_order=True).join(hashes, on="image_id", how="left")
+        )
         found = leaks(candidates, frozen, project.params.ingest.near_duplicate_distance)
-        docs_dir = project.data_dir / "gx_docs" / "no_eval_leakage" / str(context.partition_key).replace("|", "/")
-        result = validate(suites.no_leakage_suite(), suites.leakage_frame(examples, found), index_column="image_id", docs_dir=docs_dir)
+        docs_dir = (
+            project.data_dir / "gx_docs" / "no_eval_leakage" / str(context.partition_key).replace("|", "/")
+        )
+        result = validate(
+            suites.no_leakage_suite(),
+            suites.leakage_frame(examples, found),
+            index_column="image_id",
+            docs_dir=docs_dir,
+        )
         return AssetCheckResult(
             passed=result.passed,
             metadata={
@@ -98,7 +125,11 @@ def build_corpus_assets(iteration_shards: PartitionsDefinition) -> tuple[list, l
                 "same_content": found.filter(pl.col("kind") == "same_content").height,
                 "near_duplicates": found.filter(pl.col("kind") == "near_duplicate").height,
                 **({"leaks": MetadataValue.md(markdown_table(found.head(50)))} if found.height else {}),
-                **({"data_docs": MetadataValue.url(Path(result.docs).resolve().as_uri())} if result.docs is not None else {}),
+                **(
+                    {"data_docs": MetadataValue.url(Path(result.docs).resolve().as_uri())}
+                    if result.docs is not None
+                    else {}
+                ),
             },
         )
 

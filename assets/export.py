@@ -39,10 +39,23 @@ from relabel.versioning import file_md5
 
 EXPORT_STAGE = "export"
 # the CLI's format names, and the asset of each
-EXPORT_ASSETS = {name: AssetKey([EXPORT_STAGE, name.replace("-", "_")]) for name in ("coco", "florence2", "hf-parquet", "yolo")}
+EXPORT_ASSETS = {
+    name: AssetKey([EXPORT_STAGE, name.replace("-", "_")])
+    for name in ("coco", "florence2", "hf-parquet", "yolo")
+}
 MANIFEST_FILE = "export.json"
 # the packages whose versions the card records
-CARD_PACKAGES = ("relabel", "dagster", "dvc", "mlflow", "polars", "torch", "transformers", "spacy", "great_expectations")
+CARD_PACKAGES = (
+    "relabel",
+    "dagster",
+    "dvc",
+    "mlflow",
+    "polars",
+    "torch",
+    "transformers",
+    "spacy",
+    "great_expectations",
+)
 
 
 class ExportConfig(Config):
@@ -76,15 +89,27 @@ def _export_asset(fmt: str, key: AssetKey):
         compute_kind="polars",
         description=f"The iteration's filtered labels as {fmt}, with a dataset card and the DVC hashes of what they came from (params.yaml export: says what is left out).",
     )
-    def export(context: AssetExecutionContext, config: ExportConfig, project: ProjectResource, dvc: DvcResource, images: pl.DataFrame, labels: pl.DataFrame, quarantine: pl.DataFrame) -> MaterializeResult:
+    def export(
+        context: AssetExecutionContext,
+        config: ExportConfig,
+        project: ProjectResource,
+        dvc: DvcResource,
+        images: pl.DataFrame,
+        labels: pl.DataFrame,
+        quarantine: pl.DataFrame,
+    ) -> MaterializeResult:
         from relabel.dataset_card import CardInputs, package_versions, write_card
         from relabel.export import export_labels, select_labels
 
         iteration, defaults = context.partition_key, project.params.export
         chosen = {
             "min_score": config.min_score if config.min_score is not None else defaults.min_score,
-            "statuses": config.statuses if config.statuses is not None else (list(defaults.statuses) if defaults.statuses is not None else None),
-            "include_quarantined": config.include_quarantined if config.include_quarantined is not None else defaults.include_quarantined,
+            "statuses": config.statuses
+            if config.statuses is not None
+            else (list(defaults.statuses) if defaults.statuses is not None else None),
+            "include_quarantined": config.include_quarantined
+            if config.include_quarantined is not None
+            else defaults.include_quarantined,
         }
         # the frozen split's images go out with their audited labels, not the machine labels the
         # iteration has on them: a user who trains on the export never trains on the split
@@ -95,13 +120,26 @@ def _export_asset(fmt: str, key: AssetKey):
             labels = pl.concat([labels.filter(~in_split), pl.read_parquet(split_dir / LABELS_FILE)])
             quarantine = quarantine.filter(~in_split)
         categories = list(defaults.categories) if defaults.categories is not None else None
-        selection = select_labels(labels, quarantine=quarantine.drop("asset"), categories=categories, **chosen)
+        selection = select_labels(
+            labels, quarantine=quarantine.drop("asset"), categories=categories, **chosen
+        )
         folder = export_dir(project.data_dir, fmt, iteration)
         options = {"embed_images": defaults.embed_images} if fmt == "hf-parquet" else {}
-        written = export_labels(fmt, images.sort("image_id"), selection.labels, folder, project.data_dir, **options)
-        left_out = {"candidates": labels.height, "exported": selection.labels.height, "from quarantine": len(selection.from_quarantine)}
+        written = export_labels(
+            fmt, images.sort("image_id"), selection.labels, folder, project.data_dir, **options
+        )
+        left_out = {
+            "candidates": labels.height,
+            "exported": selection.labels.height,
+            "from quarantine": len(selection.from_quarantine),
+        }
         inputs = _input_hashes(project.data_dir, iteration)
-        command = f"relabel export --format {fmt} --iteration {iteration}" + (f" --min-score {chosen['min_score']}" if chosen["min_score"] is not None else "") + (f" --status {' '.join(chosen['statuses'])}" if chosen["statuses"] else "") + (" --include-quarantined" if chosen["include_quarantined"] else "")
+        command = (
+            f"relabel export --format {fmt} --iteration {iteration}"
+            + (f" --min-score {chosen['min_score']}" if chosen["min_score"] is not None else "")
+            + (f" --status {' '.join(chosen['statuses'])}" if chosen["statuses"] else "")
+            + (" --include-quarantined" if chosen["include_quarantined"] else "")
+        )
         card = write_card(
             folder,
             CardInputs(
@@ -112,11 +150,25 @@ def _export_asset(fmt: str, key: AssetKey):
                 labels=selection.labels,
                 lineage=_lineage(context, project.data_dir, iteration_number(iteration)),
                 versions=package_versions(CARD_PACKAGES),
-                sources=[{"name": s.name, "kind": s.kind, "licence": s.licence or "unknown", "url": s.url or s.images or s.path or ""} for s in project.params.ingest.sources],
+                sources=[
+                    {
+                        "name": s.name,
+                        "kind": s.kind,
+                        "licence": s.licence or "unknown",
+                        "url": s.url or s.images or s.path or "",
+                    }
+                    for s in project.params.ingest.sources
+                ],
                 dvc_inputs=inputs,
                 filters={**chosen, "categories": categories, "left_out": left_out},
                 export_command=command,
-                text_statistics=_read(project.data_dir / "filter" / "report" / f"iteration-{iteration}" / "text_statistics.parquet"),
+                text_statistics=_read(
+                    project.data_dir
+                    / "filter"
+                    / "report"
+                    / f"iteration-{iteration}"
+                    / "text_statistics.parquet"
+                ),
                 frozen_split_metrics=_split_metrics(project.data_dir, iteration),
                 split=_split_summary(project.data_dir),
             ),
@@ -133,7 +185,9 @@ def _export_asset(fmt: str, key: AssetKey):
         }
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         committed = dvc.commit(stage=EXPORT_STAGE, written=folder / MANIFEST_FILE)
-        context.log.info(f"{fmt} export of iteration {iteration}: {written.images} images, {selection.labels.height} labels in {folder}")
+        context.log.info(
+            f"{fmt} export of iteration {iteration}: {written.images} images, {selection.labels.height} labels in {folder}"
+        )
         return MaterializeResult(
             metadata={
                 "folder": MetadataValue.path(str(folder)),
@@ -142,7 +196,11 @@ def _export_asset(fmt: str, key: AssetKey):
                 "left_out": labels.height - selection.labels.height + len(selection.from_quarantine),
                 "from_quarantine": len(selection.from_quarantine),
                 "files": MetadataValue.md("\n".join(f"- `{name}`" for name in manifest["files"])),
-                "by_task": MetadataValue.md(markdown_table(pl.DataFrame({"task": list(written.labels), "labels": list(written.labels.values())}))),
+                "by_task": MetadataValue.md(
+                    markdown_table(
+                        pl.DataFrame({"task": list(written.labels), "labels": list(written.labels.values())})
+                    )
+                ),
                 "dataset_card": MetadataValue.md(card.markdown),
                 "dvc_md5": committed.md5,
             }
@@ -173,13 +231,27 @@ def _lineage(context: AssetExecutionContext, data_dir: Path, up_to: int) -> pl.D
         rows.append(
             {
                 "iteration": k,
-                "labels": sum(pl.scan_parquet(path).select(pl.len()).collect().item() for path in sorted(folder.glob("*.parquet"))),
-                "made_from": "initial annotations (specialists + human labels)" if k == 0 else f"iteration {k - 1}'s labels merged with its model's re-annotation",
+                "labels": sum(
+                    pl.scan_parquet(path).select(pl.len()).collect().item()
+                    for path in sorted(folder.glob("*.parquet"))
+                ),
+                "made_from": "initial annotations (specialists + human labels)"
+                if k == 0
+                else f"iteration {k - 1}'s labels merged with its model's re-annotation",
                 "model_run": model["mlflow_run"].value if "mlflow_run" in model else None,
                 "dvc_md5": file_md5(weights) if weights.is_file() else None,
             }
         )
-    return pl.DataFrame(rows, schema={"iteration": pl.Int64, "labels": pl.Int64, "made_from": pl.String, "model_run": pl.String, "dvc_md5": pl.String})
+    return pl.DataFrame(
+        rows,
+        schema={
+            "iteration": pl.Int64,
+            "labels": pl.Int64,
+            "made_from": pl.String,
+            "model_run": pl.String,
+            "dvc_md5": pl.String,
+        },
+    )
 
 
 def _read(path: Path) -> pl.DataFrame | None:
@@ -191,9 +263,16 @@ def _split_metrics(data_dir: Path, iteration: str) -> pl.DataFrame | None:
     scores = frozen_split_scores(data_dir, iteration)
     if scores is None:
         return None
-    return pl.DataFrame({"metric": list(scores), "value": list(scores.values())}, schema={"metric": pl.String, "value": pl.Float64})
+    return pl.DataFrame(
+        {"metric": list(scores), "value": list(scores.values())},
+        schema={"metric": pl.String, "value": pl.Float64},
+    )
 
 
 def _split_summary(data_dir: Path) -> dict | None:
     record = read_freeze(frozen_dir(data_dir))
-    return {"images": record["images"], "audited labels": record["labels"], "digest": record["digest"][:12]} if record else None
+    return (
+        {"images": record["images"], "audited labels": record["labels"], "digest": record["digest"][:12]}
+        if record
+        else None
+    )

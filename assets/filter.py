@@ -27,6 +27,7 @@ from dagster import (
 from assets.annotate import IMAGES
 from assets.metadata import bar_chart, counts_by, markdown_table, png_markdown
 from assets.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION, SAME_SHARD
+
 # the gated assets' keys live with their gates, so the IO manager can honour them
 from data_checks.shards import FILTER_QUARANTINE, FILTERED_LABELS, ITERATION_LABELS, blocked_in_iteration
 from pipelines.io_manager import TABLE_METADATA_KEY
@@ -44,7 +45,9 @@ QUARANTINE_INDEX = AssetKey([FILTER_STAGE, "quarantine_index"])
 
 
 def build_filter_assets(
-    iteration_shards: PartitionsDefinition, shard_quarantines: list[AssetKey], iteration_quarantines: list[AssetKey]
+    iteration_shards: PartitionsDefinition,
+    shard_quarantines: list[AssetKey],
+    iteration_quarantines: list[AssetKey],
 ) -> tuple[list, list]:
     """The phase-2 assets: (per iteration and shard, per iteration over its shards). Every
     iteration's labels pass the same filters and gates. The quarantine index of an iteration
@@ -70,7 +73,9 @@ def _text_parses(shards: PartitionsDefinition):
         texts = labels.filter(pl.col("annotation_type") == "text").select("label_id", "text", "task")
         started = time.perf_counter()
         settings = project.params.filter
-        parses = parse_texts(texts, load_parser(settings.spacy_model), batch_size=settings.batch_size, progress=True)
+        parses = parse_texts(
+            texts, load_parser(settings.spacy_model), batch_size=settings.batch_size, progress=True
+        )
         seconds = time.perf_counter() - started
         statistics = text_statistics(parses.join(texts.select("label_id", "task"), on="label_id"))
         return Output(
@@ -108,7 +113,11 @@ def _filter(shards: PartitionsDefinition):
                 automation_condition=FOLLOWS_INPUTS,
             ),
         },
-        ins={"images": AssetIn(IMAGES, partition_mapping=SAME_SHARD), "labels": AssetIn(ITERATION_LABELS), "text_parses": AssetIn(TEXT_PARSES)},
+        ins={
+            "images": AssetIn(IMAGES, partition_mapping=SAME_SHARD),
+            "labels": AssetIn(ITERATION_LABELS),
+            "text_parses": AssetIn(TEXT_PARSES),
+        },
         partitions_def=shards,
         group_name=FILTER_STAGE,
         compute_kind="polars",
@@ -137,7 +146,11 @@ def _filter(shards: PartitionsDefinition):
             },
         )
         yield Output(result.quarantine, "filter_quarantine", metadata=counts_by(result.quarantine, "reason"))
-        yield Output(result.decisions, "filter_decisions", metadata=counts_by(result.decisions.filter("dropped"), "filter"))
+        yield Output(
+            result.decisions,
+            "filter_decisions",
+            metadata=counts_by(result.decisions.filter("dropped"), "filter"),
+        )
 
     return filter_shard
 
@@ -169,7 +182,12 @@ def _filter_report():
     ) -> MaterializeResult:
         count, iteration = project.params.shards.count, context.partition_key
         blocked = blocked_in_iteration(context.instance, FILTERED_LABELS, iteration)
-        in_passed = pl.col("image_id").map_elements(lambda i: shard_of(i, count), return_dtype=pl.String).is_in(list(blocked)).not_()
+        in_passed = (
+            pl.col("image_id")
+            .map_elements(lambda i: shard_of(i, count), return_dtype=pl.String)
+            .is_in(list(blocked))
+            .not_()
+        )
         # the IO manager already left blocked shards out of the gated filtered labels
         corpus = filtered_labels
         texts = corpus.filter(pl.col("annotation_type") == "text").select("label_id", "task")
@@ -178,7 +196,10 @@ def _filter_report():
         report_dir.mkdir(parents=True, exist_ok=True)
         statistics.write_parquet(report_dir / "text_statistics.parquet")
         metadata = {
-            "shards_blocked": ", ".join(f"{shard} ({', '.join(checks)})" for shard, checks in sorted(blocked.items())) or "none",
+            "shards_blocked": ", ".join(
+                f"{shard} ({', '.join(checks)})" for shard, checks in sorted(blocked.items())
+            )
+            or "none",
             "corpus_labels": corpus.height,
             **counts_by(corpus, "task"),
             "text_statistics": MetadataValue.md(markdown_table(_table3(statistics))),
@@ -187,24 +208,37 @@ def _filter_report():
         truth_path = project.data_dir / "ground_truth" / "labels.parquet"
         if truth_path.is_file():
             considered = labels.filter(in_passed)
-            quality = filter_quality(filter_decisions.join(considered.select("label_id"), on="label_id"), label_correctness(considered, pl.read_parquet(truth_path), categories=project.ontology()))
+            quality = filter_quality(
+                filter_decisions.join(considered.select("label_id"), on="label_id"),
+                label_correctness(considered, pl.read_parquet(truth_path), categories=project.ontology()),
+            )
             quality.write_parquet(report_dir / "filter_quality.parquet")
             metadata["filter_quality"] = MetadataValue.md(markdown_table(quality))
         metrics = {"corpus_labels": corpus.height}
         for row in statistics.iter_rows(named=True):
             metrics.update({f"{row['task']}.{name}": value for name, value in row.items() if name != "task"})
         for row in quality.iter_rows(named=True) if quality is not None else ():
-            metrics.update({f"{row['filter']}.{name}": row[name] for name in ("dropped", "drop_precision", "keep_precision")})
+            metrics.update(
+                {
+                    f"{row['filter']}.{name}": row[name]
+                    for name in ("dropped", "drop_precision", "keep_precision")
+                }
+            )
         run_url = mlflow_tracking.log_report(
             run_name=f"filter-iteration-{iteration}-{context.run_id[:8]}",
             tags={"phase": "filter", "dagster_run_id": context.run_id, "iteration": iteration},
-            params={"shards_blocked": metadata["shards_blocked"], **_flat_params(project.params.filter.model_dump())},
+            params={
+                "shards_blocked": metadata["shards_blocked"],
+                **_flat_params(project.params.filter.model_dump()),
+            },
             metrics=metrics,
             report_dir=report_dir,
             artifact_path="filter_report",
         )
         metadata["mlflow_run"] = MetadataValue.url(run_url)
-        metadata["dvc_md5"] = dvc.commit(stage=FILTER_STAGE, written=report_dir / "text_statistics.parquet").md5
+        metadata["dvc_md5"] = dvc.commit(
+            stage=FILTER_STAGE, written=report_dir / "text_statistics.parquet"
+        ).md5
         return MaterializeResult(metadata=metadata)
 
     return filter_report
@@ -212,7 +246,10 @@ def _filter_report():
 
 def _quarantine_index(shard_quarantines: list[AssetKey], iteration_quarantines: list[AssetKey]):
     names = {_in_name(key): key for key in (*shard_quarantines, *iteration_quarantines)}
-    mappings = {**{_in_name(key): AllPartitionMapping() for key in shard_quarantines}, **{_in_name(key): SAME_ITERATION for key in iteration_quarantines}}
+    mappings = {
+        **{_in_name(key): AllPartitionMapping() for key in shard_quarantines},
+        **{_in_name(key): SAME_ITERATION for key in iteration_quarantines},
+    }
 
     @asset(
         key=QUARANTINE_INDEX,
@@ -226,12 +263,22 @@ def _quarantine_index(shard_quarantines: list[AssetKey], iteration_quarantines: 
     def quarantine_index(context: AssetExecutionContext, **by_asset: pl.DataFrame) -> Output:
         index = pl.concat(
             [empty("quarantine").with_columns(asset=pl.lit(None, pl.String))]
-            + [frame.with_columns(asset=pl.lit("/".join(names[name].path))) for name, frame in by_asset.items()],
+            + [
+                frame.with_columns(asset=pl.lit("/".join(names[name].path)))
+                for name, frame in by_asset.items()
+            ],
             how="vertical",
         )
         counts = index.group_by("phase", "reason").len("rows").sort("rows", descending=True)
-        samples = index.group_by("reason", maintain_order=True).first().select("reason", "asset", "label_id", "detail")
-        chart = bar_chart(counts.select(pl.format("{} / {}", "phase", "reason").alias("label"), "rows"), "quarantined rows by phase / reason")
+        samples = (
+            index.group_by("reason", maintain_order=True)
+            .first()
+            .select("reason", "asset", "label_id", "detail")
+        )
+        chart = bar_chart(
+            counts.select(pl.format("{} / {}", "phase", "reason").alias("label"), "rows"),
+            "quarantined rows by phase / reason",
+        )
         return Output(
             index,
             metadata={
@@ -250,7 +297,9 @@ def _table3(statistics: pl.DataFrame) -> pl.DataFrame:
     """Table 3's layout: one row per statistic, one column per granularity."""
     if statistics.height == 0:
         return pl.DataFrame({"statistic": []})
-    return statistics.with_columns(pl.col("task").cast(pl.String)).transpose(include_header=True, header_name="statistic", column_names="task")
+    return statistics.with_columns(pl.col("task").cast(pl.String)).transpose(
+        include_header=True, header_name="statistic", column_names="task"
+    )
 
 
 def _flat_params(values: dict, prefix: str = "") -> dict[str, object]:
@@ -265,4 +314,3 @@ def _flat_params(values: dict, prefix: str = "") -> dict[str, object]:
 
 def _in_name(key: AssetKey) -> str:
     return "__".join(key.path)
-

@@ -1,6 +1,5 @@
 """Ingest: the input collections, catalogued once, then read into the label store per shard."""
 
-
 from pathlib import Path
 
 import polars as pl
@@ -61,7 +60,12 @@ def build_ingest_assets(shards: PartitionsDefinition) -> list:
         yield Output(
             catalog.files,
             "source_catalog",
-            metadata={"image_files": len(catalog.files), **records_in, **counts_by(catalog.files, "shard"), **counts_by(catalog.files, "split")},
+            metadata={
+                "image_files": len(catalog.files),
+                **records_in,
+                **counts_by(catalog.files, "shard"),
+                **counts_by(catalog.files, "split"),
+            },
         )
         yield Output(
             catalog.quarantine,
@@ -109,7 +113,11 @@ def build_ingest_assets(shards: PartitionsDefinition) -> list:
         yield Output(
             result.images,
             "images",
-            metadata={**accounting, **counts_by(result.images, "split"), **counts_by(result.images, "dataset")},
+            metadata={
+                **accounting,
+                **counts_by(result.images, "split"),
+                **counts_by(result.images, "dataset"),
+            },
         )
         yield Output(
             result.labels,
@@ -119,4 +127,3 @@ def build_ingest_assets(shards: PartitionsDefinition) -> list:
         yield Output(result.quarantine, "ingest_quarantine", metadata=counts_by(result.quarantine, "reason"))
 
     return [source_catalog, ingested_shard]
-

@@ -17,6 +17,7 @@ def counts_by(frame: pl.DataFrame, column: str, top: int | None = None) -> dict[
 
 def markdown_table(frame: pl.DataFrame, digits: int = 3) -> str:
     """``frame`` as a markdown table, floats rounded to ``digits``."""
+
     def cell(value: object) -> str:
         if value is None:
             return ""

@@ -25,7 +25,6 @@ from dagster import (
     MetadataValue,
     asset,
 )
-
 from PIL import Image
 
 from assets.annotate import IMAGES
@@ -73,7 +72,12 @@ def build_model_assets() -> list:
         automation_condition=FOLLOWS_INPUTS,
         description="The iteration's Florence-2 model trained on every shard's corpus of the iteration with one cross-entropy loss over all tasks: an MLflow run and a registered model version. It re-labels the training images for the next iteration.",
     )
-    def florence2(context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource, mlflow_tracking: MlflowResource) -> MaterializeResult:
+    def florence2(
+        context: AssetExecutionContext,
+        project: ProjectResource,
+        dvc: DvcResource,
+        mlflow_tracking: MlflowResource,
+    ) -> MaterializeResult:
         from models.florence2 import count_parameters, initial_model, save_model
         from models.training import TrainSettings, train
 
@@ -82,7 +86,9 @@ def build_model_assets() -> list:
         # in its own run the blocking guard stops this asset; in a later run it is asked here
         guarded = blocked_shards(context.instance, LABEL_QUALITY, this_run=context.run_id)
         if iteration in guarded:
-            raise Failure(f"iteration {iteration}'s labels failed the rare-class guard {guarded[iteration]}: not trained on (see filter/label_quality)")
+            raise Failure(
+                f"iteration {iteration}'s labels failed the rare-class guard {guarded[iteration]}: not trained on (see filter/label_quality)"
+            )
         corpus = corpus_files(context, project.data_dir, iteration)
         folder = iteration_dir(project.data_dir, iteration)
         init_from, started_from = _starting_point(project, iteration)
@@ -116,18 +122,33 @@ def build_model_assets() -> list:
                 run.log_metrics(TrainingCurve.metrics_of(step), step=step.step)
 
             # resumes from folder/checkpoint when an earlier run of this iteration was stopped
-            result = train(model, processor, corpus, settings, folder, callback=record, image_root=project.data_dir, progress=True)
+            result = train(
+                model,
+                processor,
+                corpus,
+                settings,
+                folder,
+                callback=record,
+                image_root=project.data_dir,
+                progress=True,
+            )
             save_model(model, processor, folder / MODEL_FOLDER)
             curve.write(folder)
             version = run.register_model(
                 folder / MODEL_FOLDER,
                 params.registered_name,
                 alias=f"iteration-{iteration}",
-                tags={"iteration": iteration, "preset": str(run_params["preset"]), "dagster_run_id": context.run_id},
+                tags={
+                    "iteration": iteration,
+                    "preset": str(run_params["preset"]),
+                    "dagster_run_id": context.run_id,
+                },
             )
         shutil.rmtree(folder / "checkpoint", ignore_errors=True)  # only a stopped run resumes from it
         committed = dvc.commit(stage=MODEL_STAGE, written=folder / MODEL_FOLDER / "model.safetensors")
-        context.log.info(f"iteration {iteration}: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.3f}; {run.url}")
+        context.log.info(
+            f"iteration {iteration}: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.3f}; {run.url}"
+        )
         return MaterializeResult(
             metadata={
                 "mlflow_run": MetadataValue.url(run.url),
@@ -142,7 +163,9 @@ def build_model_assets() -> list:
                 "examples_per_second": round(curve.examples_per_second(), 2),
                 "model_dir": MetadataValue.path(str(folder / MODEL_FOLDER)),
                 "dvc_md5": committed.md5,
-                "training_curve": MetadataValue.md(png_markdown(curve.chart(), "loss and learning rate per step")),
+                "training_curve": MetadataValue.md(
+                    png_markdown(curve.chart(), "loss and learning rate per step")
+                ),
             }
         )
 
@@ -180,12 +203,20 @@ def build_model_assets() -> list:
         split_dir = frozen_dir(project.data_dir)
         split = read_freeze(split_dir)
         if split is None:
-            raise Failure(f"the evaluation split is not frozen ({split_dir}): materialize the audit phase first")
+            raise Failure(
+                f"the evaluation split is not frozen ({split_dir}): materialize the audit phase first"
+            )
         frozen_ids = frozen_manifest(split_dir)["image_id"].implode()
-        with_paths = images.with_columns(image_path=pl.col("uri").map_elements(lambda uri: str(path_of_uri(uri, project.data_dir)), return_dtype=pl.String))
+        with_paths = images.with_columns(
+            image_path=pl.col("uri").map_elements(
+                lambda uri: str(path_of_uri(uri, project.data_dir)), return_dtype=pl.String
+            )
+        )
         heldout = with_paths.filter(pl.col("image_id").is_in(frozen_ids))
         folder = iteration_dir(project.data_dir, iteration)
-        model, processor = load_model(folder / MODEL_FOLDER, device="cuda" if torch.cuda.is_available() else "cpu")
+        model, processor = load_model(
+            folder / MODEL_FOLDER, device="cuda" if torch.cuda.is_available() else "cpu"
+        )
         evaluation = evaluate_heldout(
             model,
             processor,
@@ -207,8 +238,17 @@ def build_model_assets() -> list:
         evaluation.generated.write_parquet(report_dir / "generated_labels.parquet")
         evaluation.problems.write_parquet(report_dir / "generation_problems.parquet")
         scores = {row["output"]: row for row in evaluation.summary.iter_rows(named=True)}
-        measured = ("precision", "recall", "f1", *STANDARD_METRICS, "caption_object_recall", "region_naming_accuracy")
-        metrics = {f"{metric}.{name}": scores[name].get(metric) for name in (MODEL, BASELINE) for metric in measured}
+        measured = (
+            "precision",
+            "recall",
+            "f1",
+            *STANDARD_METRICS,
+            "caption_object_recall",
+            "region_naming_accuracy",
+        )
+        metrics = {
+            f"{metric}.{name}": scores[name].get(metric) for name in (MODEL, BASELINE) for metric in measured
+        }
 
         training_run = _model_run_id(context, iteration)
         history = iteration_metrics(project.data_dir, iteration_number(iteration))
@@ -223,14 +263,32 @@ def build_model_assets() -> list:
             quarantine,
             training_run=mlflow_tracking.run_url(training_run),
             evaluation_run=None,
-            split={"images": split["images"], "audited labels": split["labels"], "auditors": ", ".join(split["auditors"]), "digest": split["digest"][:12]},
+            split={
+                "images": split["images"],
+                "audited labels": split["labels"],
+                "auditors": ", ".join(split["auditors"]),
+                "digest": split["digest"][:12],
+            },
         )
         run_url = mlflow_tracking.log_report(
             run_name=f"evaluation-iteration-{iteration}",
             # nested under the training run in the MLflow UI; the evaluation runs of all
             # iterations compare side by side (tags.phase = 'evaluation')
-            tags={"phase": "evaluation", "iteration": iteration, "mlflow.parentRunId": training_run, "training_run_id": training_run, "split_digest": split["digest"], "dagster_run_id": context.run_id},
-            params={"iteration": iteration, "split_images": heldout.height, "split_labels": split["labels"], "split_digest": split["digest"], "tasks": ",".join(params.evaluation_tasks)},
+            tags={
+                "phase": "evaluation",
+                "iteration": iteration,
+                "mlflow.parentRunId": training_run,
+                "training_run_id": training_run,
+                "split_digest": split["digest"],
+                "dagster_run_id": context.run_id,
+            },
+            params={
+                "iteration": iteration,
+                "split_images": heldout.height,
+                "split_labels": split["labels"],
+                "split_digest": split["digest"],
+                "tasks": ",".join(params.evaluation_tasks),
+            },
             metrics=metrics,
             report_dir=report_dir,
             artifact_path="evaluation",
@@ -245,9 +303,16 @@ def build_model_assets() -> list:
                 "requests": evaluation.requests,
                 "generated_labels": evaluation.generated.height,
                 "generation_problems": evaluation.problems.height,
-                **{f"{name}/{metric}": scores[name][metric] for name in (MODEL, BASELINE) for metric in ("f1", *STANDARD_METRICS, "caption_object_recall", "region_naming_accuracy") if scores[name].get(metric) is not None},
+                **{
+                    f"{name}/{metric}": scores[name][metric]
+                    for name in (MODEL, BASELINE)
+                    for metric in ("f1", *STANDARD_METRICS, "caption_object_recall", "region_naming_accuracy")
+                    if scores[name].get(metric) is not None
+                },
                 "summary": MetadataValue.md(markdown_table(evaluation.summary)),
-                "per_class": MetadataValue.md(markdown_table(evaluation.per_class.filter(pl.col("output") == MODEL).drop("output"))),
+                "per_class": MetadataValue.md(
+                    markdown_table(evaluation.per_class.filter(pl.col("output") == MODEL).drop("output"))
+                ),
                 "report": MetadataValue.md(report.summary + "\n\n" + pictures),
                 "report_dir": MetadataValue.path(str(report.folder)),
                 "mlflow_run": MetadataValue.url(run_url),
@@ -305,14 +370,18 @@ def corpus_files(context: AssetExecutionContext, data_dir: Path, iteration: str)
     written = sorted(Path(data_dir, *CORPUS_EXAMPLES.path, f"iteration-{iteration}").glob("*.parquet"))
     corpus = [path for path in written if path.stem not in blocked]
     if not corpus:
-        raise FileNotFoundError(f"no corpus of iteration {iteration} under {data_dir / 'corpus'}: materialize the corpus phase of the iteration first")
+        raise FileNotFoundError(
+            f"no corpus of iteration {iteration} under {data_dir / 'corpus'}: materialize the corpus phase of the iteration first"
+        )
     return corpus
 
 
 def latest_model_metadata(context: AssetExecutionContext, iteration: str) -> dict:
     """The metadata of the latest materialization of iteration ``iteration``'s model (its
     MLflow run, registered version, ...); empty when it has none."""
-    records = context.instance.fetch_materializations(AssetRecordsFilter(asset_key=MODEL, asset_partitions=[iteration]), limit=1).records
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=MODEL, asset_partitions=[iteration]), limit=1
+    ).records
     return dict(records[0].asset_materialization.metadata) if records else {}
 
 
@@ -344,9 +413,18 @@ class TrainingCurve:
 
     def add(self, step) -> None:
         self.steps.append(
-            {"step": step.step, "loss": step.loss, "learning_rate": step.learning_rate, "examples": step.examples, "target_tokens": step.target_tokens, "seconds": step.seconds}
+            {
+                "step": step.step,
+                "loss": step.loss,
+                "learning_rate": step.learning_rate,
+                "examples": step.examples,
+                "target_tokens": step.target_tokens,
+                "seconds": step.seconds,
+            }
         )
-        self.task_losses.extend({"step": step.step, "task": task, "loss": value} for task, value in step.task_losses.items())
+        self.task_losses.extend(
+            {"step": step.step, "task": task, "loss": value} for task, value in step.task_losses.items()
+        )
 
     def examples_per_second(self) -> float:
         seconds = sum(row["seconds"] for row in self.steps)
@@ -354,7 +432,9 @@ class TrainingCurve:
 
     def write(self, folder: Path) -> None:
         pl.DataFrame(self.steps).write_parquet(folder / "training_curve.parquet")
-        pl.DataFrame(self.task_losses, schema={"step": pl.Int64, "task": pl.String, "loss": pl.Float64}).write_parquet(folder / "task_losses.parquet")
+        pl.DataFrame(
+            self.task_losses, schema={"step": pl.Int64, "task": pl.String, "loss": pl.Float64}
+        ).write_parquet(folder / "task_losses.parquet")
 
     def chart(self):
         """Loss (all tasks, and each task smoothed) and learning rate against the step."""
@@ -370,7 +450,9 @@ class TrainingCurve:
             per_task = pl.DataFrame(self.task_losses).sort("step")
             for (task,), rows in per_task.group_by("task", maintain_order=True):
                 window = max(1, rows.height // 20)
-                loss_axis.plot(rows["step"], rows["loss"].rolling_mean(window, min_samples=1), linewidth=0.8, label=task)
+                loss_axis.plot(
+                    rows["step"], rows["loss"].rolling_mean(window, min_samples=1), linewidth=0.8, label=task
+                )
         loss_axis.set_xlabel("step")
         loss_axis.set_ylabel("cross-entropy")
         loss_axis.set_yscale("log")

@@ -20,7 +20,9 @@ from dagster import (
 
 # the mapping between an iteration x shard asset and a shard or iteration asset is a Dagster
 # beta; it is what lets one graph hold both, so the warning is known and accepted
-warnings.filterwarnings("ignore", message="Class `MultiToSingleDimensionPartitionMapping`", category=BetaWarning)
+warnings.filterwarnings(
+    "ignore", message="Class `MultiToSingleDimensionPartitionMapping`", category=BetaWarning
+)
 
 ITERATION, SHARD = "iteration", "shard"
 ITERATIONS = DynamicPartitionsDefinition(name=ITERATION)

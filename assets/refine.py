@@ -11,7 +11,6 @@ the metadata, because a dynamic partition cannot depend on an earlier partition 
 Bodies only load, call ``relabel.refine`` / ``models`` and record metadata.
 """
 
-
 import json
 import shutil
 import time
@@ -42,12 +41,20 @@ from assets.audit import DECISIONS_FILE, QUARANTINE_FILE
 from assets.corpus import CORPUS_EXAMPLES
 from assets.metadata import counts_by, figure_image, markdown_table, png_markdown
 from assets.model import MODEL, MODEL_FOLDER, corpus_files, iteration_dir, latest_model_metadata, model_source
-from assets.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION, SAME_SHARD, iteration_number, iteration_shard_key, split_key
+from assets.partitions import (
+    FOLLOWS_INPUTS,
+    ITERATIONS,
+    SAME_ITERATION,
+    SAME_SHARD,
+    iteration_number,
+    iteration_shard_key,
+    split_key,
+)
 from data_checks.shards import FILTERED_LABELS, ITERATION_LABELS, LABEL_QUALITY
 from pipelines.io_manager import TABLE_METADATA_KEY, partition_path
 from pipelines.resources import DvcResource, MlflowResource, ProjectResource
-from relabel.ingest.images import path_of_uri
 from relabel.audit_queue import apply_verdicts
+from relabel.ingest.images import path_of_uri
 from relabel.labels import empty
 from relabel.merge import folded_quarantine
 from relabel.refine import (
@@ -68,14 +75,28 @@ REANNOTATION = AssetKey([REFINE_STAGE, "reannotation"])
 REANNOTATION_PROBLEMS = AssetKey([REFINE_STAGE, "reannotation_problems"])
 CAPTION_SPECIALIST = AssetKey([REFINE_STAGE, "caption_specialist"])
 SELF_TRAINED = AssetKey([REFINE_STAGE, "self_trained_specialists"])
-QUALITY_METRICS = ("box_f1", "box_f1_rare", "caption_object_recall", "ocr_cer", "wrong_share", "repaired_share", "protected_repaired_share", "broken_share", "added_precision")
+QUALITY_METRICS = (
+    "box_f1",
+    "box_f1_rare",
+    "caption_object_recall",
+    "ocr_cer",
+    "wrong_share",
+    "repaired_share",
+    "protected_repaired_share",
+    "broken_share",
+    "added_precision",
+)
 
 
 def build_refine_assets(iteration_shards: PartitionsDefinition) -> tuple[list, list, list]:
     """(the iteration's labels, per iteration and shard; the re-annotation, per iteration and
     shard; the caption specialist, the self-trained specialists and label quality, per
     iteration)."""
-    return [_iteration_labels(iteration_shards)], [_reannotation(iteration_shards)], [_caption_specialist(), _self_trained(), _label_quality()]
+    return (
+        [_iteration_labels(iteration_shards)],
+        [_reannotation(iteration_shards)],
+        [_caption_specialist(), _self_trained(), _label_quality()],
+    )
 
 
 def _iteration_labels(iteration_shards: PartitionsDefinition):
@@ -102,7 +123,9 @@ def _iteration_labels(iteration_shards: PartitionsDefinition):
         group_name=MERGE_STAGE,
         compute_kind="polars",
     )
-    def iteration_labels(context: AssetExecutionContext, project: ProjectResource, initial_annotations: pl.DataFrame):
+    def iteration_labels(
+        context: AssetExecutionContext, project: ProjectResource, initial_annotations: pl.DataFrame
+    ):
         iteration, shard = split_key(context.partition_key)
         k = iteration_number(iteration)
         if k == 0:
@@ -119,14 +142,22 @@ def _iteration_labels(iteration_shards: PartitionsDefinition):
                 "labels": merged.labels.height,
                 **{f"decision/{name}": n for name, n in sorted(counts.items())},
                 **counts_by(merged.labels, "task"),
-                **counts_by(merged.labels.with_columns(pl.col("source").str.split("@").list.first()), "source"),
+                **counts_by(
+                    merged.labels.with_columns(pl.col("source").str.split("@").list.first()), "source"
+                ),
             },
         )
         yield Output(merged.quarantine, "merge_quarantine", metadata=counts_by(merged.quarantine, "reason"))
         yield Output(
             merged.decisions,
             "merge_decisions",
-            metadata={"by_task_and_decision": MetadataValue.md(markdown_table(merged.decisions.group_by("task", "decision").len().sort("task", "decision")))},
+            metadata={
+                "by_task_and_decision": MetadataValue.md(
+                    markdown_table(
+                        merged.decisions.group_by("task", "decision").len().sort("task", "decision")
+                    )
+                )
+            },
         )
 
     return iteration_labels
@@ -135,14 +166,27 @@ def _iteration_labels(iteration_shards: PartitionsDefinition):
 def _initial(initial_annotations: pl.DataFrame):
     """Iteration 0's labels: the initial annotations, each one kept."""
     decisions = initial_annotations.select(
-        iteration=pl.lit(0, pl.Int32), image_id="image_id", label_id="label_id", source="source", task=pl.col("task").cast(pl.String),
-        decision=pl.lit("kept"), reason=pl.lit("initial annotation"), counterpart_id=pl.lit(None, pl.String),
-        score="score", support=pl.lit(None, pl.Int32),
+        iteration=pl.lit(0, pl.Int32),
+        image_id="image_id",
+        label_id="label_id",
+        source="source",
+        task=pl.col("task").cast(pl.String),
+        decision=pl.lit("kept"),
+        reason=pl.lit("initial annotation"),
+        counterpart_id=pl.lit(None, pl.String),
+        score="score",
+        support=pl.lit(None, pl.Int32),
     ).cast(dict(DECISIONS_SCHEMA))
     return MergeResult(labels=initial_annotations, quarantine=empty("quarantine"), decisions=decisions)
 
 
-def _merged(context: AssetExecutionContext, project: ProjectResource, initial_annotations: pl.DataFrame, k: int, shard: str):
+def _merged(
+    context: AssetExecutionContext,
+    project: ProjectResource,
+    initial_annotations: pl.DataFrame,
+    k: int,
+    shard: str,
+):
     """Iteration k's labels of ``shard``: iteration k-1's merged with its re-annotation (and
     the initial annotations of images that arrived since)."""
     previous_key = iteration_shard_key(str(k - 1), shard)
@@ -150,15 +194,23 @@ def _merged(context: AssetExecutionContext, project: ProjectResource, initial_an
     reannotation_path = partition_path(project.data_dir, REANNOTATION, previous_key)
     for path, what in ((previous_path, "labels"), (reannotation_path, "re-annotation")):
         if not path.is_file():
-            raise FileNotFoundError(f"iteration {k} starts from iteration {k - 1}'s {what} of {shard}, not found at {path}: materialize iteration {k - 1} first")
+            raise FileNotFoundError(
+                f"iteration {k} starts from iteration {k - 1}'s {what} of {shard}, not found at {path}: materialize iteration {k - 1} first"
+            )
     previous, audited = _audited(project, pl.read_parquet(previous_path), str(k - 1))
     arrived = initial_annotations.filter(~pl.col("image_id").is_in(previous["image_id"].unique().implode()))
     previous_classes = _previous_per_class(project.data_dir, k)
     if previous_classes is None:
-        raise FileNotFoundError(f"iteration {k} protects the rare classes iteration {k - 1}'s label quality names: materialize filter/label_quality {k - 1} first")
+        raise FileNotFoundError(
+            f"iteration {k} protects the rare classes iteration {k - 1}'s label quality names: materialize filter/label_quality {k - 1} first"
+        )
     rare = previous_classes.filter("rare")["category"].to_list()
     merged = merge_reannotation(
-        pl.concat([previous, arrived], how="vertical"), pl.read_parquet(reannotation_path), project.params.refine.merge, rare=rare, iteration=k
+        pl.concat([previous, arrived], how="vertical"),
+        pl.read_parquet(reannotation_path),
+        project.params.refine.merge,
+        rare=rare,
+        iteration=k,
     )
     # what the audit took out of the shard is quarantined with the merge, so its rows add up
     merged = replace(merged, quarantine=pl.concat([audited.quarantine, merged.quarantine], how="vertical"))
@@ -186,7 +238,9 @@ def _audited(project: ProjectResource, labels: pl.DataFrame, iteration: str) -> 
     # assets.review reads this module's keys, so it is imported here, when the merge runs
     from assets.review import AUDIT_QUEUE, AUDIT_VERDICTS, review_dir
 
-    queue_path, verdicts_path = (partition_path(project.data_dir, key, iteration) for key in (AUDIT_QUEUE, AUDIT_VERDICTS))
+    queue_path, verdicts_path = (
+        partition_path(project.data_dir, key, iteration) for key in (AUDIT_QUEUE, AUDIT_VERDICTS)
+    )
     if not queue_path.is_file() or pl.read_parquet(queue_path).height == 0:
         return labels, _Audited(empty("quarantine"), {"audit": f"no audit queue in iteration {iteration}"})
     if not verdicts_path.is_file():
@@ -199,11 +253,17 @@ def _audited(project: ProjectResource, labels: pl.DataFrame, iteration: str) -> 
     in_shard = pl.col("image_id").is_in(labels["image_id"].unique().implode())
     quarantine = pl.read_parquet(folder / QUARANTINE_FILE).filter(in_shard)
     decided = decisions.filter(in_shard)
-    verdicts = apply_verdicts(labels, pl.read_parquet(verdicts_path), decisions, match_iou=project.params.review.match_iou)
+    verdicts = apply_verdicts(
+        labels, pl.read_parquet(verdicts_path), decisions, match_iou=project.params.review.match_iou
+    )
     folded = folded_quarantine(verdicts.folded, phase="review", why="a copy of the object a person audited")
     return verdicts.labels, _Audited(
         pl.concat([quarantine, folded], how="vertical"),
-        {"audit": f"{decided.height} verdicts of iteration {iteration}'s audit queue", "folded_into_audited": verdicts.folded.height, **counts_by(decided.select(audit_decision="decision"), "audit_decision")},
+        {
+            "audit": f"{decided.height} verdicts of iteration {iteration}'s audit queue",
+            "folded_into_audited": verdicts.folded.height,
+            **counts_by(decided.select(audit_decision="decision"), "audit_decision"),
+        },
     )
 
 
@@ -233,7 +293,9 @@ def _reannotation(iteration_shards: PartitionsDefinition):
         group_name=REFINE_STAGE,
         compute_kind="torch",
     )
-    def reannotation(context: AssetExecutionContext, project: ProjectResource, images: pl.DataFrame, labels: pl.DataFrame):
+    def reannotation(
+        context: AssetExecutionContext, project: ProjectResource, images: pl.DataFrame, labels: pl.DataFrame
+    ):
         import torch
 
         from models.florence2 import load_model
@@ -242,12 +304,16 @@ def _reannotation(iteration_shards: PartitionsDefinition):
         iteration, shard = split_key(context.partition_key)
         refine, device = project.params.refine, "cuda" if torch.cuda.is_available() else "cpu"
         training = images.filter(pl.col("split") == "train").with_columns(
-            image_path=pl.col("uri").map_elements(lambda uri: str(path_of_uri(uri, project.data_dir)), return_dtype=pl.String)
+            image_path=pl.col("uri").map_elements(
+                lambda uri: str(path_of_uri(uri, project.data_dir)), return_dtype=pl.String
+            )
         )
         settings = GenerationSettings(**project.params.model.generation.model_dump())
         specialist = _specialist_folder(project.data_dir, iteration)
         by_model = {
-            iteration_dir(project.data_dir, iteration) / MODEL_FOLDER: [t for t in refine.tasks if specialist is None or t not in refine.caption_specialist.tasks],
+            iteration_dir(project.data_dir, iteration) / MODEL_FOLDER: [
+                t for t in refine.tasks if specialist is None or t not in refine.caption_specialist.tasks
+            ],
         }
         if specialist is not None:
             by_model[specialist] = [t for t in refine.tasks if t in refine.caption_specialist.tasks]
@@ -255,7 +321,15 @@ def _reannotation(iteration_shards: PartitionsDefinition):
         for folder, tasks in by_model.items():
             asked = reannotation_requests(training, labels, tasks, refine.max_prompts_per_image)
             model, processor = load_model(folder, device=device)
-            result = generate_labels(model, processor, asked, settings, source=model_source(iteration), iteration=iteration_number(iteration), progress=True)
+            result = generate_labels(
+                model,
+                processor,
+                asked,
+                settings,
+                source=model_source(iteration),
+                iteration=iteration_number(iteration),
+                progress=True,
+            )
             generated.append(result.labels)
             problems.append(result.problems)
             requests += asked.height
@@ -265,13 +339,17 @@ def _reannotation(iteration_shards: PartitionsDefinition):
         problems_frame = pl.concat([*problems, held_out.problems], how="vertical")
         seconds = time.perf_counter() - started
         written = pl.concat(generated, how="vertical")
-        context.log.info(f"iteration {iteration} {shard}: {requests} requests on {training.height} images, {written.height} labels in {seconds:.0f} s")
+        context.log.info(
+            f"iteration {iteration} {shard}: {requests} requests on {training.height} images, {written.height} labels in {seconds:.0f} s"
+        )
         yield Output(
             written,
             "reannotation",
             metadata={
                 "model": model_source(iteration),
-                "caption_specialist": str(specialist) if specialist else "none (the model answers every task)",
+                "caption_specialist": str(specialist)
+                if specialist
+                else "none (the model answers every task)",
                 "images": training.height,
                 "requests": requests,
                 "seconds": round(seconds, 1),
@@ -281,7 +359,11 @@ def _reannotation(iteration_shards: PartitionsDefinition):
                 **counts_by(written.with_columns(pl.col("source").str.split("@").list.first()), "source"),
             },
         )
-        yield Output(problems_frame, "reannotation_problems", metadata={"problems": problems_frame.height, **counts_by(problems_frame, "task")})
+        yield Output(
+            problems_frame,
+            "reannotation_problems",
+            metadata={"problems": problems_frame.height, **counts_by(problems_frame, "task")},
+        )
 
     return reannotation
 
@@ -292,7 +374,9 @@ class _HeldOut:
     problems: pl.DataFrame
 
 
-def _held_out_labels(project: ProjectResource, training: pl.DataFrame, iteration: str, device: str) -> _HeldOut:
+def _held_out_labels(
+    project: ProjectResource, training: pl.DataFrame, iteration: str, device: str
+) -> _HeldOut:
     """What each self-trained specialist says about the shard's training images, each image
     by the fold model that never saw it (``models.self_training``); its failures are problems."""
     from models.inference import PROBLEMS_SCHEMA
@@ -303,15 +387,27 @@ def _held_out_labels(project: ProjectResource, training: pl.DataFrame, iteration
     labels, problems = [empty("labels")], [pl.DataFrame(schema=PROBLEMS_SCHEMA)]
     for spec in _self_trained_specs(project):
         found, quarantine = detect_held_out(
-            spec.kind, spec.name, training.drop("image_path"), lambda uri: path_of_uri(uri, project.data_dir), folder / spec.name,
-            _self_training_settings(project, spec), settings.folds, categories=tuple(project.ontology()), device=device,
+            spec.kind,
+            spec.name,
+            training.drop("image_path"),
+            lambda uri: path_of_uri(uri, project.data_dir),
+            folder / spec.name,
+            _self_training_settings(project, spec),
+            settings.folds,
+            categories=tuple(project.ontology()),
+            device=device,
             iteration=iteration_number(iteration),
         )
         # its source says which iteration's self-training wrote it (the weights' version is in
         # the self-training report): the next merge and its history read it like the model's
         labels.append(found.with_columns(source=pl.lit(f"{spec.name}-self-trained@iteration-{iteration}")))
         problems.append(
-            quarantine.select("image_id", task=pl.lit(spec.name), generated=pl.lit(None, pl.String), problem=pl.col("reason") + ": " + pl.col("detail"))
+            quarantine.select(
+                "image_id",
+                task=pl.lit(spec.name),
+                generated=pl.lit(None, pl.String),
+                problem=pl.col("reason") + ": " + pl.col("detail"),
+            )
         )
     return _HeldOut(pl.concat(labels, how="vertical"), pl.concat(problems, how="vertical"))
 
@@ -345,7 +441,13 @@ def _self_trained():
         automation_condition=FOLLOWS_INPUTS,
         description="Self-training (refine.self_training): each named perception specialist re-trained on the iteration's filtered training labels, once per fold of the images (cross-fitting): the model of fold f trains on the other folds and later labels only fold f, so no proposal comes from a model that saw the image's labels.",
     )
-    def self_trained_specialists(context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource, labels: pl.DataFrame, images: pl.DataFrame) -> MaterializeResult:
+    def self_trained_specialists(
+        context: AssetExecutionContext,
+        project: ProjectResource,
+        dvc: DvcResource,
+        labels: pl.DataFrame,
+        images: pl.DataFrame,
+    ) -> MaterializeResult:
         from models.self_training import train_folds
 
         iteration, settings = context.partition_key, project.params.refine.self_training
@@ -353,7 +455,9 @@ def _self_trained():
         shutil.rmtree(folder, ignore_errors=True)
         specs = _self_trained_specs(project)
         if not specs:
-            return MaterializeResult(metadata={"trained": False, "why": "refine.self_training.specialists is empty"})
+            return MaterializeResult(
+                metadata={"trained": False, "why": "refine.self_training.specialists is empty"}
+            )
         training = images.filter(pl.col("split") == "train")
         labels = labels.filter(pl.col("image_id").is_in(training["image_id"].implode()))
         started, reports = time.perf_counter(), []
@@ -361,15 +465,47 @@ def _self_trained():
         before = _self_training_dir(project.data_dir, str(k - 1)) if settings.warm_start and k > 0 else None
         for spec in specs:
             for report in train_folds(
-                spec.kind, training, labels, lambda uri: path_of_uri(uri, project.data_dir), folder / spec.name,
-                _self_training_settings(project, spec), settings.folds, go_on_from=before / spec.name if before else None,
+                spec.kind,
+                training,
+                labels,
+                lambda uri: path_of_uri(uri, project.data_dir),
+                folder / spec.name,
+                _self_training_settings(project, spec),
+                settings.folds,
+                go_on_from=before / spec.name if before else None,
             ):
-                reports.append({"specialist": spec.name, **{key: value for key, value in report.items() if isinstance(value, (int, float, str))}})
+                reports.append(
+                    {
+                        "specialist": spec.name,
+                        **{
+                            key: value
+                            for key, value in report.items()
+                            if isinstance(value, (int, float, str))
+                        },
+                    }
+                )
         folder.mkdir(parents=True, exist_ok=True)
         summary = folder / "self_training.json"
-        summary.write_text(json.dumps({"iteration": iteration, "folds": settings.folds, "reports": reports}, indent=1))
+        summary.write_text(
+            json.dumps({"iteration": iteration, "folds": settings.folds, "reports": reports}, indent=1)
+        )
         committed = dvc.commit(stage=REFINE_STAGE, written=summary)
-        table = pl.DataFrame(reports).select([c for c in ("specialist", "fold", "n_images", "n_boxes", "held_out_images", "final_loss", "seconds", "went_on_from") if c in reports[0]])
+        table = pl.DataFrame(reports).select(
+            [
+                c
+                for c in (
+                    "specialist",
+                    "fold",
+                    "n_images",
+                    "n_boxes",
+                    "held_out_images",
+                    "final_loss",
+                    "seconds",
+                    "went_on_from",
+                )
+                if c in reports[0]
+            ]
+        )
         return MaterializeResult(
             metadata={
                 "trained": True,
@@ -405,7 +541,9 @@ def _caption_specialist():
         automation_condition=FOLLOWS_INPUTS,
         description="The specialist for the tasks no specialist labels (refine.caption_specialist.tasks: detailed captions), as in the paper: the iteration's model fine-tuned on the few labels of those tasks that exist. Without any, the model answers them itself.",
     )
-    def caption_specialist(context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource) -> MaterializeResult:
+    def caption_specialist(
+        context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource
+    ) -> MaterializeResult:
         from models.florence2 import load_model, save_model
         from models.training import TrainSettings, train
 
@@ -417,7 +555,13 @@ def _caption_specialist():
         folder = _specialist_dir(project.data_dir, iteration)
         shutil.rmtree(folder / MODEL_FOLDER, ignore_errors=True)
         if examples == 0:
-            return MaterializeResult(metadata={"fine_tuned": False, "examples": 0, "why": f"no labels of {list(settings.tasks)} in the corpus: the model answers them itself"})
+            return MaterializeResult(
+                metadata={
+                    "fine_tuned": False,
+                    "examples": 0,
+                    "why": f"no labels of {list(settings.tasks)} in the corpus: the model answers them itself",
+                }
+            )
         model, processor = load_model(iteration_dir(project.data_dir, iteration) / MODEL_FOLDER)
         base = TrainSettings(**project.params.model.train.model_dump())
         tuning = replace(
@@ -432,7 +576,17 @@ def _caption_specialist():
         result = train(model, processor, corpus, tuning, folder, image_root=project.data_dir, progress=True)
         save_model(model, processor, folder / MODEL_FOLDER)
         shutil.rmtree(folder / "checkpoint", ignore_errors=True)
-        (folder / "tuning.json").write_text(json.dumps({"tasks": list(settings.tasks), "examples": examples, "steps": result.steps, "final_loss": result.final_loss}, indent=1))
+        (folder / "tuning.json").write_text(
+            json.dumps(
+                {
+                    "tasks": list(settings.tasks),
+                    "examples": examples,
+                    "steps": result.steps,
+                    "final_loss": result.final_loss,
+                },
+                indent=1,
+            )
+        )
         committed = dvc.commit(stage=REFINE_STAGE, written=folder / MODEL_FOLDER / "model.safetensors")
         return MaterializeResult(
             metadata={
@@ -463,13 +617,24 @@ def _label_quality():
         automation_condition=FOLLOWS_INPUTS,
         description="How good the iteration's training labels are (filtered, over the shards whose gates passed), per class (labels, and against the world's ground truth recall and F1 at IoU 0.5) and overall: box F1 (all and rare classes), caption object recall, OCR CER, and the share of the previous iteration's wrong labels repaired and right labels broken. An MLflow run per iteration; the rare-class guard checks it.",
     )
-    def label_quality(context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource, mlflow_tracking: MlflowResource, labels: pl.DataFrame, images: pl.DataFrame) -> Output:
+    def label_quality(
+        context: AssetExecutionContext,
+        project: ProjectResource,
+        dvc: DvcResource,
+        mlflow_tracking: MlflowResource,
+        labels: pl.DataFrame,
+        images: pl.DataFrame,
+    ) -> Output:
         iteration, params = context.partition_key, project.params.refine
         k = iteration_number(iteration)
         training = images.filter(pl.col("split") == "train")["image_id"].implode()
         labels = labels.filter(pl.col("image_id").is_in(training))
         truth_path = project.data_dir / "ground_truth" / "labels.parquet"
-        truth = pl.read_parquet(truth_path).filter(pl.col("image_id").is_in(training)) if truth_path.is_file() else None
+        truth = (
+            pl.read_parquet(truth_path).filter(pl.col("image_id").is_in(training))
+            if truth_path.is_file()
+            else None
+        )
         previous_classes = _previous_per_class(project.data_dir, k)
         rare = (
             previous_classes.filter("rare")["category"].to_list()
@@ -477,7 +642,14 @@ def _label_quality():
             else rare_classes(labels, project.ontology(), params.guard.rare_share)
         )
         previous = _previous_filtered(project.data_dir, k)
-        quality = iteration_quality(labels, truth, project.ontology(), rare, previous=previous, protected_sources=params.merge.protected_sources)
+        quality = iteration_quality(
+            labels,
+            truth,
+            project.ontology(),
+            rare,
+            previous=previous,
+            protected_sources=params.merge.protected_sources,
+        )
         report_dir = _quality_dir(project.data_dir, iteration)
         report_dir.mkdir(parents=True, exist_ok=True)
         summary = pl.DataFrame([{"iteration": k, **quality.summary}])
@@ -485,15 +657,29 @@ def _label_quality():
         history = _quality_history(project.data_dir, k)
         chart = _quality_chart(history, quality.per_class, previous_classes)
         chart.save(report_dir / "quality.png")
-        changes = rare_class_changes(quality.per_class, _guarded_baseline(project.data_dir, k, previous_classes)) if previous_classes is not None else None
+        changes = (
+            rare_class_changes(quality.per_class, _guarded_baseline(project.data_dir, k, previous_classes))
+            if previous_classes is not None
+            else None
+        )
         run_url = mlflow_tracking.log_report(
             run_name=f"labels-iteration-{iteration}",
             tags={"phase": "label_quality", "iteration": iteration, "dagster_run_id": context.run_id},
-            params={"iteration": iteration, "rare_classes": ", ".join(rare) or "none", **{f"merge.{k_}": v for k_, v in params.merge.model_dump().items()}},
+            params={
+                "iteration": iteration,
+                "rare_classes": ", ".join(rare) or "none",
+                **{f"merge.{k_}": v for k_, v in params.merge.model_dump().items()},
+            },
             metrics={
                 **{key: value for key, value in quality.summary.items() if isinstance(value, (int, float))},
-                **{f"labels.{row['category']}": row["labels"] for row in quality.per_class.iter_rows(named=True)},
-                **{f"recall.{row['category']}": row["recall"] for row in quality.per_class.iter_rows(named=True)},
+                **{
+                    f"labels.{row['category']}": row["labels"]
+                    for row in quality.per_class.iter_rows(named=True)
+                },
+                **{
+                    f"recall.{row['category']}": row["recall"]
+                    for row in quality.per_class.iter_rows(named=True)
+                },
             },
             report_dir=report_dir,
             artifact_path="label_quality",
@@ -506,7 +692,9 @@ def _label_quality():
                 "rare_classes": ", ".join(rare) or "none",
                 "per_iteration": MetadataValue.md(markdown_table(history)),
                 "per_class": MetadataValue.md(markdown_table(quality.per_class)),
-                "rare_class_changes": MetadataValue.md(markdown_table(changes) if changes is not None else "iteration 0: nothing to compare with"),
+                "rare_class_changes": MetadataValue.md(
+                    markdown_table(changes) if changes is not None else "iteration 0: nothing to compare with"
+                ),
                 "chart": MetadataValue.md(png_markdown(chart, "label quality per iteration and per class")),
                 "mlflow_run": MetadataValue.url(run_url),
                 "dvc_md5": committed.md5,
@@ -521,7 +709,9 @@ def _label_quality():
         compute_kind="great_expectations",
         description="The rare-class guard: no rare class (refine.guard.rare_share of the object labels in iteration 0) loses more than refine.guard.max_count_drop of its training labels, or more than refine.guard.max_recall_drop of its ground-truth recall, from the previous iteration to this one (the labels a person's audit took out are not counted as lost). Blocking: the model of an iteration that fails it does not train.",
     )
-    def rare_classes_kept(context: AssetCheckExecutionContext, project: ProjectResource, label_quality: pl.DataFrame) -> AssetCheckResult:
+    def rare_classes_kept(
+        context: AssetCheckExecutionContext, project: ProjectResource, label_quality: pl.DataFrame
+    ) -> AssetCheckResult:
         from data_checks import suites
         from data_checks.gates import validate, verdict_metadata
 
@@ -529,11 +719,18 @@ def _label_quality():
         k = iteration_number(iteration)
         previous = _previous_per_class(project.data_dir, k)
         if previous is None:
-            return AssetCheckResult(passed=True, metadata={"compared_with": "nothing: iteration 0 is the reference"})
+            return AssetCheckResult(
+                passed=True, metadata={"compared_with": "nothing: iteration 0 is the reference"}
+            )
         guard = project.params.refine.guard
         changes = rare_class_changes(label_quality, _guarded_baseline(project.data_dir, k, previous))
         docs_dir = project.data_dir / "gx_docs" / "rare_classes_kept" / iteration
-        result = validate(suites.rare_class_guard_suite(guard.max_count_drop, guard.max_recall_drop), changes, index_column="category", docs_dir=docs_dir)
+        result = validate(
+            suites.rare_class_guard_suite(guard.max_count_drop, guard.max_recall_drop),
+            changes,
+            index_column="category",
+            docs_dir=docs_dir,
+        )
         return AssetCheckResult(
             passed=result.passed,
             metadata={
@@ -542,7 +739,11 @@ def _label_quality():
                 "rare_classes": changes.height,
                 "failed_expectations": len(result.failed),
                 "changes": MetadataValue.md(markdown_table(changes)),
-                **({"data_docs": MetadataValue.url(Path(result.docs).resolve().as_uri())} if result.docs is not None else {}),
+                **(
+                    {"data_docs": MetadataValue.url(Path(result.docs).resolve().as_uri())}
+                    if result.docs is not None
+                    else {}
+                ),
             },
         )
 
@@ -562,8 +763,14 @@ def _guarded_baseline(data_dir: Path, k: int, previous: pl.DataFrame) -> pl.Data
     before = _previous_filtered(data_dir, k)
     if not decisions.is_file() or before is None:
         return previous
-    gone = pl.read_parquet(decisions).filter(pl.col("decision").is_in(["corrected", "rejected"]))["label_id"].implode()
-    removed = before.filter(pl.col("label_id").is_in(gone), pl.col("task") == "object", pl.col("category").is_not_null()).select("category")
+    gone = (
+        pl.read_parquet(decisions)
+        .filter(pl.col("decision").is_in(["corrected", "rejected"]))["label_id"]
+        .implode()
+    )
+    removed = before.filter(
+        pl.col("label_id").is_in(gone), pl.col("task") == "object", pl.col("category").is_not_null()
+    ).select("category")
     return without_audited(previous, removed)
 
 
@@ -608,9 +815,21 @@ def _quality_chart(history: pl.DataFrame, per_class: pl.DataFrame, previous: pl.
     positions = list(range(len(names)))
     if previous is not None:
         before = dict(previous.select("category", "labels").iter_rows())
-        classes.bar([p - 0.2 for p in positions], [before.get(n, 0) for n in names], 0.4, label="previous iteration", color="lightgray")
+        classes.bar(
+            [p - 0.2 for p in positions],
+            [before.get(n, 0) for n in names],
+            0.4,
+            label="previous iteration",
+            color="lightgray",
+        )
     colours = ["tab:red" if rare else "tab:blue" for rare in per_class["rare"].to_list()]
-    classes.bar([p + 0.2 for p in positions], per_class["labels"].to_list(), 0.4, label="this iteration (red: rare)", color=colours)
+    classes.bar(
+        [p + 0.2 for p in positions],
+        per_class["labels"].to_list(),
+        0.4,
+        label="this iteration (red: rare)",
+        color=colours,
+    )
     classes.set_xticks(positions, names, rotation=45, ha="right")
     classes.set_ylabel("training labels")
     classes.legend(fontsize=7)

@@ -74,7 +74,10 @@ def build_review_assets(perception: list[str]) -> list:
             "reannotation": AssetIn(REANNOTATION, partition_mapping=SAME_ITERATION),
             "label_quality": AssetIn(LABEL_QUALITY),
             "images": AssetIn(IMAGES, partition_mapping=AllPartitionMapping()),
-            **{name: AssetIn(AssetKey([ANNOTATE_STAGE, name]), partition_mapping=AllPartitionMapping()) for name in perception},
+            **{
+                name: AssetIn(AssetKey([ANNOTATE_STAGE, name]), partition_mapping=AllPartitionMapping())
+                for name in perception
+            },
         },
         partitions_def=ITERATIONS,
         group_name=REVIEW_STAGE,
@@ -82,7 +85,16 @@ def build_review_assets(perception: list[str]) -> list:
         automation_condition=FOLLOWS_INPUTS,
         description="The iteration's audit queue: every auditable training label scored by how likely it is wrong (specialist and model disagreement, the model's confidence, history, filter margin, rarity), and the review.budget most suspicious (places kept for rare classes and every annotation type) as Label Studio tasks.",
     )
-    def queue(context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource, labels: pl.DataFrame, reannotation: pl.DataFrame, label_quality: pl.DataFrame, images: pl.DataFrame, **specialists: pl.DataFrame) -> Output:
+    def queue(
+        context: AssetExecutionContext,
+        project: ProjectResource,
+        dvc: DvcResource,
+        labels: pl.DataFrame,
+        reannotation: pl.DataFrame,
+        label_quality: pl.DataFrame,
+        images: pl.DataFrame,
+        **specialists: pl.DataFrame,
+    ) -> Output:
         iteration, params = context.partition_key, project.params
         training = images.filter(pl.col("split") == "train")
         on_training = pl.col("image_id").is_in(training["image_id"].implode())
@@ -97,12 +109,22 @@ def build_review_assets(perception: list[str]) -> list:
         )
         scored = suspicion_scores(labels.filter(on_training), evidence, params.review)
         review = params.review
-        queued = select_queue(scored, review.budget, min_per_type=review.min_per_type, min_per_rare_class=review.min_per_rare_class, rare=rare)
+        queued = select_queue(
+            scored,
+            review.budget,
+            min_per_type=review.min_per_type,
+            min_per_rare_class=review.min_per_rare_class,
+            rare=rare,
+        )
         folder = review_dir(project.data_dir, iteration)
         folder.mkdir(parents=True, exist_ok=True)
         scored.write_parquet(folder / SCORES_FILE)
         shown = labels.filter(pl.col("label_id").is_in(queued["label_id"].implode()))
-        tasks = audit.audit_tasks(training.filter(pl.col("image_id").is_in(shown["image_id"].implode())), shown, image_url_for(project))
+        tasks = audit.audit_tasks(
+            training.filter(pl.col("image_id").is_in(shown["image_id"].implode())),
+            shown,
+            image_url_for(project),
+        )
         (folder / TASKS_FILE).write_text(json.dumps(tasks, indent=1, sort_keys=True) + "\n")
         (folder / CONFIG_FILE).write_text(audit.label_config(project.ontology()) + "\n")
         truth = _truth(project)
@@ -110,7 +132,9 @@ def build_review_assets(perception: list[str]) -> list:
         chart = _queue_chart(scored, queued)
         chart.save(folder / "queue.png")
         dvc.commit(stage=REVIEW_STAGE, written=folder / SCORES_FILE)
-        context.log.info(f"iteration {iteration}: {queued.height} of {scored.height} labels queued for audit in {folder / TASKS_FILE}")
+        context.log.info(
+            f"iteration {iteration}: {queued.height} of {scored.height} labels queued for audit in {folder / TASKS_FILE}"
+        )
         return Output(
             queued,
             metadata={
@@ -121,7 +145,13 @@ def build_review_assets(perception: list[str]) -> list:
                 **counts_by(queued, "annotation_type"),
                 **counts_by(queued, "why"),
                 **found,
-                "queue": MetadataValue.md(markdown_table(queued.select("rank", "label_id", "task", "category", "source", "suspicion", "why").head(50))),
+                "queue": MetadataValue.md(
+                    markdown_table(
+                        queued.select(
+                            "rank", "label_id", "task", "category", "source", "suspicion", "why"
+                        ).head(50)
+                    )
+                ),
                 "chart": MetadataValue.md(png_markdown(chart, "suspicion of every label and of the queue")),
                 "tasks_file": MetadataValue.path(str(folder / TASKS_FILE)),
                 "next_step": MetadataValue.md(
@@ -143,7 +173,13 @@ def build_review_assets(perception: list[str]) -> list:
         metadata={TABLE_METADATA_KEY: "labels"},
         description="The audit queue's verdicts, read from the completed Label Studio export: accepted, corrected and added labels with source human-audit@<auditor>, which the next iteration's merge puts in place of the labels they judged; rejected ones in the audit quarantine.",
     )
-    def verdicts(context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource, queue: pl.DataFrame, labels: pl.DataFrame) -> Output:
+    def verdicts(
+        context: AssetExecutionContext,
+        project: ProjectResource,
+        dvc: DvcResource,
+        queue: pl.DataFrame,
+        labels: pl.DataFrame,
+    ) -> Output:
         iteration = context.partition_key
         folder = review_dir(project.data_dir, iteration)
         queued = labels.filter(pl.col("label_id").is_in(queue["label_id"].implode()))
@@ -156,10 +192,21 @@ def build_review_assets(perception: list[str]) -> list:
         elif project.params.review.auditor == "world-truth":
             truth = _truth(project)
             if truth is None:
-                raise Failure("review.auditor is world-truth but there is no ground truth: only the embedded world has one")
-            correct = dict(label_correctness(queued, truth, categories=project.ontology()).select("label_id", "correct").iter_rows())
+                raise Failure(
+                    "review.auditor is world-truth but there is no ground truth: only the embedded world has one"
+                )
+            correct = dict(
+                label_correctness(queued, truth, categories=project.ontology())
+                .select("label_id", "correct")
+                .iter_rows()
+            )
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(audit.judge_from_truth(tasks, truth, correct, EXPORT_AUDITOR), indent=1, sort_keys=True) + "\n")
+            path.write_text(
+                json.dumps(
+                    audit.judge_from_truth(tasks, truth, correct, EXPORT_AUDITOR), indent=1, sort_keys=True
+                )
+                + "\n"
+            )
         if not path.is_file():
             raise Failure(
                 f"no completed audit at {path}: judge {folder / TASKS_FILE} in Label Studio and export it as JSON there "
@@ -168,9 +215,13 @@ def build_review_assets(perception: list[str]) -> list:
         try:
             result = audit.import_audit(tasks, json.loads(path.read_text()), queued)
         except ValueError as error:
-            raise Failure(f"{path} is not a Label Studio JSON export of the queue's tasks: {error}") from error
+            raise Failure(
+                f"{path} is not a Label Studio JSON export of the queue's tasks: {error}"
+            ) from error
         if result.unaudited_images:
-            raise Failure(f"{len(result.unaudited_images)} of {len(tasks)} queued tasks have no completed annotation in {path}: the queue is read back whole")
+            raise Failure(
+                f"{len(result.unaudited_images)} of {len(tasks)} queued tasks have no completed annotation in {path}: the queue is read back whole"
+            )
         result.decisions.write_parquet(folder / DECISIONS_FILE)
         result.quarantine.write_parquet(folder / QUARANTINE_FILE)
         dvc.commit(stage=REVIEW_STAGE, written=folder / DECISIONS_FILE)
@@ -194,11 +245,19 @@ def _truth(project: ProjectResource) -> pl.DataFrame | None:
     return pl.read_parquet(path) if path.is_file() else None
 
 
-def _found(scored: pl.DataFrame, queued: pl.DataFrame, labels: pl.DataFrame, truth: pl.DataFrame, categories: list[str]) -> dict[str, float | int]:
+def _found(
+    scored: pl.DataFrame,
+    queued: pl.DataFrame,
+    labels: pl.DataFrame,
+    truth: pl.DataFrame,
+    categories: list[str],
+) -> dict[str, float | int]:
     """Against the embedded world's ground truth: how many scored labels are wrong, how many of
     them the queue holds (its precision), and the same for a queue of the same size drawn at
     random (the base rate)."""
-    judged = label_correctness(labels.filter(pl.col("label_id").is_in(scored["label_id"].implode())), truth, categories=categories).filter(pl.col("correct").is_not_null())
+    judged = label_correctness(
+        labels.filter(pl.col("label_id").is_in(scored["label_id"].implode())), truth, categories=categories
+    ).filter(pl.col("correct").is_not_null())
     wrong = judged.filter(~pl.col("correct"))["label_id"]
     in_queue = queued.filter(pl.col("label_id").is_in(wrong.implode())).height
     return {

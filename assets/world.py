@@ -1,6 +1,5 @@
 """The embedded default world: the data the demo and the tests run on."""
 
-
 import shutil
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
@@ -20,7 +19,9 @@ def embedded_world(
     web alt-text, as a real collection would have) and, stored apart, the full ground truth
     for all three annotation types, which no phase of the engine reads."""
     if project.params.world is None:
-        raise Failure("this project has no embedded world (params.yaml world: null): its sources are its own photos")
+        raise Failure(
+            "this project has no embedded world (params.yaml world: null): its sources are its own photos"
+        )
     world_dir = project.data_dir / "world"
     truth_dir = project.data_dir / "ground_truth"
     for stale in (world_dir, truth_dir):
@@ -33,7 +34,8 @@ def embedded_world(
             **summary.as_metadata(),
             "world_dir": MetadataValue.path(str(world_dir)),
             "dvc_stage_hash": version.stage_hash or "(committed by dvc repro)",
-            "preview": MetadataValue.md(png_markdown(world_preview(world_dir, truth_dir), "ground truth of the first scenes")),
+            "preview": MetadataValue.md(
+                png_markdown(world_preview(world_dir, truth_dir), "ground truth of the first scenes")
+            ),
         }
     )
-

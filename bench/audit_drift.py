@@ -40,16 +40,39 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = (["world"], ["ingest"], ["materialize", "audit"], ["materialize", "annotate"])
-COLUMNS = ("wrong_share", "box_f1", "box_f1_rare", "caption_object_recall", "ocr_cer", "audited_labels", "labels")
+COLUMNS = (
+    "wrong_share",
+    "box_f1",
+    "box_f1_rare",
+    "caption_object_recall",
+    "ocr_cer",
+    "audited_labels",
+    "labels",
+)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--iterations", type=int, default=3, help="refinement iterations per project (default 3)")
-    parser.add_argument("--budget", type=int, default=30, help="labels audited per iteration in the audit project (default 30)")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/relabel-drift"), help="where the two projects are made (emptied first)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--iterations", type=int, default=3, help="refinement iterations per project (default 3)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=30,
+        help="labels audited per iteration in the audit project (default 30)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/relabel-drift"),
+        help="where the two projects are made (emptied first)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="a params.yaml setting for both projects, e.g. refine.merge.fill_min_score=0.3 (repeatable)",
     )
     return parser.parse_args()
@@ -81,17 +104,30 @@ def make_project(folder: Path, budget: int, settings: list[str]) -> Path:
 
 def relabel(project: Path, *command: str) -> None:
     # each project has its own Dagster instance (data/dagster_home), not the caller's
-    environment = {key: value for key, value in os.environ.items() if key not in ("DAGSTER_HOME", "RELABEL_ROOT")}
+    environment = {
+        key: value for key, value in os.environ.items() if key not in ("DAGSTER_HOME", "RELABEL_ROOT")
+    }
     executable = shutil.which("relabel", path=str(Path(sys.executable).parent)) or "relabel"
     started = time.monotonic()
-    subprocess.run([executable, "--root", str(project), *command], env=environment, check=True, stdout=subprocess.DEVNULL)
-    print(f"  {project.name}: relabel {' '.join(command)} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+    subprocess.run(
+        [executable, "--root", str(project), *command], env=environment, check=True, stdout=subprocess.DEVNULL
+    )
+    print(
+        f"  {project.name}: relabel {' '.join(command)} ({time.monotonic() - started:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def quality(project: Path, iterations: int) -> pl.DataFrame:
-    rows = [pl.read_parquet(project / "data" / "filter" / "quality" / f"iteration-{k}" / "summary.parquet") for k in range(iterations + 1)]
+    rows = [
+        pl.read_parquet(project / "data" / "filter" / "quality" / f"iteration-{k}" / "summary.parquet")
+        for k in range(iterations + 1)
+    ]
     history = pl.concat(rows, how="diagonal_relaxed")
-    return history.select("iteration", *[pl.col(c) if c in history.columns else pl.lit(None).alias(c) for c in COLUMNS]).with_columns(project=pl.lit(project.name))
+    return history.select(
+        "iteration", *[pl.col(c) if c in history.columns else pl.lit(None).alias(c) for c in COLUMNS]
+    ).with_columns(project=pl.lit(project.name))
 
 
 def main() -> None:
@@ -105,13 +141,22 @@ def main() -> None:
     shutil.copytree(audited / "data", unaudited / "data")
     for project in (audited, unaudited):
         relabel(project, "iterate", "--iterations", str(args.iterations))
-    table = pl.concat([quality(project, args.iterations) for project in (unaudited, audited)]).sort("iteration", "project")
-    print(f"\nlabel quality per iteration: review.budget {args.budget} ('audit') against 0 ('none'), {args.iterations} iterations" + (f"; {', '.join(args.set)}" if args.set else ""))
-    with pl.Config(tbl_rows=50, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True, float_precision=3):
+    table = pl.concat([quality(project, args.iterations) for project in (unaudited, audited)]).sort(
+        "iteration", "project"
+    )
+    print(
+        f"\nlabel quality per iteration: review.budget {args.budget} ('audit') against 0 ('none'), {args.iterations} iterations"
+        + (f"; {', '.join(args.set)}" if args.set else "")
+    )
+    with pl.Config(
+        tbl_rows=50, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True, float_precision=3
+    ):
         print(table.select("iteration", "project", *COLUMNS))
     last = table.filter(pl.col("iteration") == args.iterations)
     share = dict(last.select("project", "wrong_share").iter_rows())
-    print(f"\nwrong-label share after {args.iterations} iterations: {share['none']:.4f} without audit, {share['audit']:.4f} with {args.budget} audited labels per iteration")
+    print(
+        f"\nwrong-label share after {args.iterations} iterations: {share['none']:.4f} without audit, {share['audit']:.4f} with {args.budget} audited labels per iteration"
+    )
     print(f"ratio: {share['none'] / share['audit']:.3f}")
 
 

@@ -60,8 +60,12 @@ CUTOFFS = [(low, high) for low in (0.1, 0.3, 0.5) for high in (0.3, 0.5, 0.7, 0.
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--iteration", type=int, default=0, help="the iteration whose labels are ranked (default 0)")
-    parser.add_argument("--budgets", default="30,100", help="comma-separated audit budgets k (default 30,100)")
+    parser.add_argument(
+        "--iteration", type=int, default=0, help="the iteration whose labels are ranked (default 0)"
+    )
+    parser.add_argument(
+        "--budgets", default="30,100", help="comma-separated audit budgets k (default 30,100)"
+    )
     parser.add_argument("--repeats", type=int, default=200, help="random queues averaged (default 200)")
     return parser.parse_args()
 
@@ -71,7 +75,11 @@ def ensure_engine_ran(root: Path, data: Path, iteration: int) -> Path:
     scores = data / "review" / f"iteration-{iteration}" / "scores.parquet"
     if not scores.is_file():
         relabel = shutil.which("relabel", path=str(Path(sys.executable).parent)) or "relabel"
-        print(f"no audit queue at {scores}: running `relabel demo --iterations {iteration + 1}` first", file=sys.stderr, flush=True)
+        print(
+            f"no audit queue at {scores}: running `relabel demo --iterations {iteration + 1}` first",
+            file=sys.stderr,
+            flush=True,
+        )
         subprocess.run([relabel, "demo", "--iterations", str(iteration + 1)], cwd=root, check=True)
     return scores
 
@@ -89,20 +97,34 @@ def main() -> None:
     scored = pl.read_parquet(ensure_engine_ran(root, data, args.iteration))
     truth_path = data / "ground_truth" / "labels.parquet"
     if not truth_path.is_file():
-        sys.exit(f"no ground truth at {truth_path}: the benchmark needs the embedded world, whose errors are known")
-    categories = [c["name"] for c in json.loads(resolve(root, params.annotate.ontology).read_text())["categories"]]
+        sys.exit(
+            f"no ground truth at {truth_path}: the benchmark needs the embedded world, whose errors are known"
+        )
+    categories = [
+        c["name"] for c in json.loads(resolve(root, params.annotate.ontology).read_text())["categories"]
+    ]
 
     k = str(args.iteration)
-    labels = read_shards(data / "filter" / "filtered_labels" / f"iteration-{k}").filter(pl.col("label_id").is_in(scored["label_id"].implode()))
+    labels = read_shards(data / "filter" / "filtered_labels" / f"iteration-{k}").filter(
+        pl.col("label_id").is_in(scored["label_id"].implode())
+    )
     training = scored["image_id"].unique().implode()
     perception = [spec.name for spec in params.annotate.perception if spec.enabled]
     predictions = pl.concat(
-        [read_shards(data / "annotate" / name) for name in perception] + [read_shards(data / "refine" / "reannotation" / f"iteration-{k}")],
+        [read_shards(data / "annotate" / name) for name in perception]
+        + [read_shards(data / "refine" / "reannotation" / f"iteration-{k}")],
         how="vertical",
     ).filter(pl.col("image_id").is_in(training))
-    judged = label_correctness(labels, pl.read_parquet(truth_path), categories=categories).filter(pl.col("correct").is_not_null())
+    judged = label_correctness(labels, pl.read_parquet(truth_path), categories=categories).filter(
+        pl.col("correct").is_not_null()
+    )
     wrong = judged.select("label_id", wrong=~pl.col("correct"))
-    objects = labels.filter(pl.col("task") == "object", pl.col("box").is_not_null(), pl.col("category").is_not_null(), pl.col("label_id").is_in(wrong["label_id"].implode()))
+    objects = labels.filter(
+        pl.col("task") == "object",
+        pl.col("box").is_not_null(),
+        pl.col("category").is_not_null(),
+        pl.col("label_id").is_in(wrong["label_id"].implode()),
+    )
     object_wrong = wrong.filter(pl.col("label_id").is_in(objects["label_id"].implode()))
     print(
         f"iteration {k}: {scored.height} auditable training labels, {judged.height} judged by the truth, {wrong['wrong'].sum()} wrong; "
@@ -111,10 +133,16 @@ def main() -> None:
     )
 
     def by_suspicion(ids: pl.Series) -> list[str]:
-        return scored.filter(pl.col("label_id").is_in(ids.implode())).sort(["suspicion", "label_id"], descending=[True, False])["label_id"].to_list()
+        return (
+            scored.filter(pl.col("label_id").is_in(ids.implode()))
+            .sort(["suspicion", "label_id"], descending=[True, False])["label_id"]
+            .to_list()
+        )
 
     def by_cleanlab(low: float | None, high: float | None) -> list[str]:
-        scores = cleanlab_label_scores(objects, predictions, categories, low_probability_threshold=low, high_probability_threshold=high)
+        scores = cleanlab_label_scores(
+            objects, predictions, categories, low_probability_threshold=low, high_probability_threshold=high
+        )
         return scores.sort(["cleanlab_score", "label_id"])["label_id"].to_list()
 
     first = budgets[0]
@@ -122,31 +150,71 @@ def main() -> None:
     # probabilities; the same ranks of these detectors' scores, read without the truth
     scores = predictions.filter(pl.col("task") == "object", pl.col("score").is_finite())["score"]
     adapted = (round(scores.quantile(0.5), 3), round(scores.quantile(0.9), 3))
-    best_cutoffs = max(CUTOFFS, key=lambda pair: ranking_metrics(by_cleanlab(*pair), object_wrong, [first])["precision"][0])
+    best_cutoffs = max(
+        CUTOFFS, key=lambda pair: ranking_metrics(by_cleanlab(*pair), object_wrong, [first])["precision"][0]
+    )
     rows = [
         ("relabel", ranking_metrics(by_suspicion(objects["label_id"]), object_wrong, budgets)),
         ("cleanlab (default cut-offs)", ranking_metrics(by_cleanlab(None, None), object_wrong, budgets)),
-        (f"cleanlab (cut-offs {adapted[0]}/{adapted[1]}: score quantiles)", ranking_metrics(by_cleanlab(*adapted), object_wrong, budgets)),
-        (f"cleanlab (cut-offs {best_cutoffs[0]}/{best_cutoffs[1]}: best on the truth)", ranking_metrics(by_cleanlab(*best_cutoffs), object_wrong, budgets)),
+        (
+            f"cleanlab (cut-offs {adapted[0]}/{adapted[1]}: score quantiles)",
+            ranking_metrics(by_cleanlab(*adapted), object_wrong, budgets),
+        ),
+        (
+            f"cleanlab (cut-offs {best_cutoffs[0]}/{best_cutoffs[1]}: best on the truth)",
+            ranking_metrics(by_cleanlab(*best_cutoffs), object_wrong, budgets),
+        ),
         ("random (expected)", expected_random_metrics(object_wrong, budgets, repeats=args.repeats)),
     ]
-    print(f"\nobject labels (the labels cleanlab's object detection can score): base rate {object_wrong['wrong'].mean():.3f}")
-    table = pl.concat([metrics.select(pl.lit(name).alias("ranking"), "budget", "precision", "recall", "found", "wrong_total").cast({"found": pl.Float64}) for name, metrics in rows])
-    with pl.Config(tbl_rows=50, tbl_width_chars=140, fmt_str_lengths=60, tbl_hide_dataframe_shape=True, float_precision=3):
+    print(
+        f"\nobject labels (the labels cleanlab's object detection can score): base rate {object_wrong['wrong'].mean():.3f}"
+    )
+    table = pl.concat(
+        [
+            metrics.select(
+                pl.lit(name).alias("ranking"), "budget", "precision", "recall", "found", "wrong_total"
+            ).cast({"found": pl.Float64})
+            for name, metrics in rows
+        ]
+    )
+    with pl.Config(
+        tbl_rows=50, tbl_width_chars=140, fmt_str_lengths=60, tbl_hide_dataframe_shape=True, float_precision=3
+    ):
         print(table)
         every_type = [
-            ("relabel, every annotation type", ranking_metrics(by_suspicion(wrong["label_id"]), wrong, budgets)),
-            ("random, every annotation type (expected)", expected_random_metrics(wrong, budgets, repeats=args.repeats)),
+            (
+                "relabel, every annotation type",
+                ranking_metrics(by_suspicion(wrong["label_id"]), wrong, budgets),
+            ),
+            (
+                "random, every annotation type (expected)",
+                expected_random_metrics(wrong, budgets, repeats=args.repeats),
+            ),
         ]
         print(f"\nevery auditable label: base rate {wrong['wrong'].mean():.3f}")
-        print(pl.concat([m.select(pl.lit(name).alias("ranking"), "budget", "precision", "recall", "found", "wrong_total").cast({"found": pl.Float64}) for name, m in every_type]))
-        queue = pl.read_parquet(data / "review" / "queue" / f"{k}.parquet").join(wrong, on="label_id", how="left")
+        print(
+            pl.concat(
+                [
+                    m.select(
+                        pl.lit(name).alias("ranking"), "budget", "precision", "recall", "found", "wrong_total"
+                    ).cast({"found": pl.Float64})
+                    for name, m in every_type
+                ]
+            )
+        )
+        queue = pl.read_parquet(data / "review" / "queue" / f"{k}.parquet").join(
+            wrong, on="label_id", how="left"
+        )
         print(
             f"\nthe queue the engine sent (review.budget {params.review.budget}, places kept for rare classes and types): "
             f"{queue.height} labels, {queue['wrong'].sum()} wrong of {queue['wrong'].is_not_null().sum()} judged "
             f"(precision {queue['wrong'].mean():.3f})"
         )
-        print(queue.group_by("annotation_type").agg(queued=pl.len(), wrong=pl.col("wrong").sum()).sort("annotation_type"))
+        print(
+            queue.group_by("annotation_type")
+            .agg(queued=pl.len(), wrong=pl.col("wrong").sum())
+            .sort("annotation_type")
+        )
     relabel_precision = rows[0][1]["precision"][0]
     cleanlab_precision = max(rows[1][1]["precision"][0], rows[2][1]["precision"][0])
     oracle_precision = rows[3][1]["precision"][0]

@@ -122,13 +122,16 @@ def cleanlab_label_scores(
         pl.col("category").replace_strict(class_index, return_dtype=pl.Int64).alias("class_index")
     )
     predictions_by_image = {
-        image_id: frame for (image_id,), frame in used_predictions.partition_by("image_id", as_dict=True).items()
+        image_id: frame
+        for (image_id,), frame in used_predictions.partition_by("image_id", as_dict=True).items()
     }
     no_predictions = used_predictions.clear()
 
     cleanlab_labels = []
     cleanlab_predictions = []
-    for (image_id,), image_labels in object_labels.partition_by("image_id", as_dict=True, maintain_order=True).items():
+    for (image_id,), image_labels in object_labels.partition_by(
+        "image_id", as_dict=True, maintain_order=True
+    ).items():
         cleanlab_labels.append(
             {
                 "bboxes": image_labels["box"].to_numpy().astype(np.float64).reshape(-1, 4),
@@ -149,10 +152,18 @@ def cleanlab_label_scores(
         )
 
     badloc = np.concatenate(
-        compute_badloc_box_scores(labels=cleanlab_labels, predictions=cleanlab_predictions, low_probability_threshold=low_probability_threshold)
+        compute_badloc_box_scores(
+            labels=cleanlab_labels,
+            predictions=cleanlab_predictions,
+            low_probability_threshold=low_probability_threshold,
+        )
     )
     swap = np.concatenate(
-        compute_swap_box_scores(labels=cleanlab_labels, predictions=cleanlab_predictions, high_probability_threshold=high_probability_threshold)
+        compute_swap_box_scores(
+            labels=cleanlab_labels,
+            predictions=cleanlab_predictions,
+            high_probability_threshold=high_probability_threshold,
+        )
     )
     # partition_by kept the image_id-then-row order, which is the order of cleanlab's scores
     return (

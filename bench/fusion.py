@@ -31,7 +31,20 @@ from relabel.consensus import fuse_regions  # noqa: E402
 from relabel.labels import LABELS_SCHEMA  # noqa: E402
 
 SOURCES = ("detr@1", "yolo@8", "dino@2")
-CATEGORIES = ("person", "car", "dog", "cat", "bicycle", "chair", "cup", "bottle", "bus", "bird", "sign", "tree")
+CATEGORIES = (
+    "person",
+    "car",
+    "dog",
+    "cat",
+    "bicycle",
+    "chair",
+    "cup",
+    "bottle",
+    "bus",
+    "bird",
+    "sign",
+    "tree",
+)
 IOU_THRESHOLD = 0.55
 
 
@@ -119,7 +132,9 @@ def run_ensemble_boxes(labels: pl.DataFrame, images: pl.DataFrame) -> pl.DataFra
         )
         .sort("image_id", "_src", maintain_order=True)
     )
-    scale = np.stack([rows["width"], rows["height"], rows["width"], rows["height"]], axis=1).astype(np.float64)
+    scale = np.stack([rows["width"], rows["height"], rows["width"], rows["height"]], axis=1).astype(
+        np.float64
+    )
     boxes = rows["box"].to_numpy().reshape(-1, 4) / scale
     scores = rows["score"].to_numpy()
     classes = rows["_cls"].to_numpy()
@@ -157,7 +172,10 @@ def timed_pair(labels: pl.DataFrame, images: pl.DataFrame, repeats: int):
     best = {"ensemble_boxes": np.inf, "relabel": np.inf}
     results = {}
     for _ in range(repeats):
-        for name, run in (("ensemble_boxes", lambda: run_ensemble_boxes(labels, images)), ("relabel", lambda: run_relabel(labels))):
+        for name, run in (
+            ("ensemble_boxes", lambda: run_ensemble_boxes(labels, images)),
+            ("relabel", lambda: run_relabel(labels)),
+        ):
             start = time.perf_counter()
             results[name] = run()
             best[name] = min(best[name], time.perf_counter() - start)
@@ -167,6 +185,7 @@ def timed_pair(labels: pl.DataFrame, images: pl.DataFrame, repeats: int):
 def compare(ours: pl.DataFrame, theirs: pl.DataFrame, images: pl.DataFrame) -> dict[str, float]:
     """Per (image, category): same number of fused boxes; boxes (sorted by coordinates)
     equal in normalised coordinates and scores equal, within 1e-6."""
+
     def prepared(data: pl.DataFrame) -> pl.DataFrame:
         return (
             data.join(images, on="image_id")
@@ -229,10 +248,14 @@ def main() -> None:
 
     print()
     print(f"{'implementation':<34}{'seconds':>10}{'boxes/s':>14}{'fused boxes':>14}")
-    print(f"{'ensemble_boxes.weighted_boxes_fusion':<34}{ensemble_seconds:>10.3f}"
-          f"{labels.height / ensemble_seconds:>14,.0f}{theirs.height:>14,}")
-    print(f"{'relabel.consensus.fuse_regions':<34}{relabel_seconds:>10.3f}"
-          f"{labels.height / relabel_seconds:>14,.0f}{ours.height:>14,}")
+    print(
+        f"{'ensemble_boxes.weighted_boxes_fusion':<34}{ensemble_seconds:>10.3f}"
+        f"{labels.height / ensemble_seconds:>14,.0f}{theirs.height:>14,}"
+    )
+    print(
+        f"{'relabel.consensus.fuse_regions':<34}{relabel_seconds:>10.3f}"
+        f"{labels.height / relabel_seconds:>14,.0f}{ours.height:>14,}"
+    )
     print()
     print(
         f"agreement: {check['groups']:,} (image, category) groups, {check['count_mismatches']} with a "

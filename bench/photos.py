@@ -54,15 +54,27 @@ DEFAULT_COCO = ROOT.parent / "shared" / "data" / "coco-mini"
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--coco", type=Path, default=DEFAULT_COCO, help="a folder with images/ and annotations/{instances,captions}.json")
+    parser.add_argument(
+        "--coco",
+        type=Path,
+        default=DEFAULT_COCO,
+        help="a folder with images/ and annotations/{instances,captions}.json",
+    )
     parser.add_argument("--drop", type=float, default=0.4, help="share of the boxes dropped (default 0.4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of what is dropped (default 0)")
     parser.add_argument("--iterations", type=int, default=1, help="refinement iterations (default 1)")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/relabel-photos"), help="where the partial labels and the project go (emptied first)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/relabel-photos"),
+        help="where the partial labels and the project go (emptied first)",
+    )
     return parser.parse_args()
 
 
-def partial_labels(instances: dict, captions: dict, drop: float, seed: int) -> tuple[dict, dict, set[int], set[int]]:
+def partial_labels(
+    instances: dict, captions: dict, drop: float, seed: int
+) -> tuple[dict, dict, set[int], set[int]]:
     """The collection with ``drop`` of its boxes and the captions of half its images removed;
     also the ids of the dropped annotations and of the uncaptioned images."""
     rng = random.Random(seed)
@@ -71,18 +83,45 @@ def partial_labels(instances: dict, captions: dict, drop: float, seed: int) -> t
     image_ids = sorted(image["id"] for image in captions["images"])
     uncaptioned = set(rng.sample(image_ids, len(image_ids) // 2))
     kept_instances = {**instances, "annotations": [a for a in annotations if a["id"] not in dropped]}
-    kept_captions = {**captions, "annotations": [a for a in captions["annotations"] if a["image_id"] not in uncaptioned]}
+    kept_captions = {
+        **captions,
+        "annotations": [a for a in captions["annotations"] if a["image_id"] not in uncaptioned],
+    }
     return kept_instances, kept_captions, dropped, uncaptioned
 
 
-def run_engine(workdir: Path, coco: Path, instances: Path, captions: Path, iterations: int) -> tuple[Path, dict]:
+def run_engine(
+    workdir: Path, coco: Path, instances: Path, captions: Path, iterations: int
+) -> tuple[Path, dict]:
     """``relabel init`` then ``relabel demo``; the project and the demo's JSON result."""
     project = workdir / "project"
     binary = Path(sys.executable).parent / "relabel"
     # the project has its own Dagster instance (data/dagster_home), not the caller's
-    environment = {key: value for key, value in os.environ.items() if key not in ("DAGSTER_HOME", "RELABEL_ROOT")}
-    subprocess.run([str(binary), "init", str(project), "--images", str(coco / "images"), "--coco", str(instances), "--captions", str(captions)], check=True, env=environment)
-    demo = subprocess.run([str(binary), "--root", str(project), "--json", "demo", "--iterations", str(iterations)], check=True, env=environment, stdout=subprocess.PIPE, text=True)
+    environment = {
+        key: value for key, value in os.environ.items() if key not in ("DAGSTER_HOME", "RELABEL_ROOT")
+    }
+    subprocess.run(
+        [
+            str(binary),
+            "init",
+            str(project),
+            "--images",
+            str(coco / "images"),
+            "--coco",
+            str(instances),
+            "--captions",
+            str(captions),
+        ],
+        check=True,
+        env=environment,
+    )
+    demo = subprocess.run(
+        [str(binary), "--root", str(project), "--json", "demo", "--iterations", str(iterations)],
+        check=True,
+        env=environment,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     return project, json.loads(demo.stdout)
 
 
@@ -104,10 +143,15 @@ def exported_boxes(export: dict, truth: dict) -> list[dict]:
         if name not in category_of:
             continue
         score = a.get("score")
-        boxes.append({
-            "image_id": exported_image[a["image_id"]], "category_id": category_of[name], "bbox": a["bbox"],
-            "score": 1.0 if score is None else float(score), "human": str(a.get("source", "")).startswith("human"),
-        })
+        boxes.append(
+            {
+                "image_id": exported_image[a["image_id"]],
+                "category_id": category_of[name],
+                "bbox": a["bbox"],
+                "score": 1.0 if score is None else float(score),
+                "human": str(a.get("source", "")).startswith("human"),
+            }
+        )
     return boxes
 
 
@@ -127,7 +171,9 @@ def match(first: list[dict], second: list[dict], least_iou: float) -> list[tuple
                 if iou >= least_iou:
                     candidates.append((-iou, i, j))
     candidates.sort()
-    return greedy_pairs(np.array([i for _, i, _ in candidates], dtype=int), np.array([j for _, _, j in candidates], dtype=int))
+    return greedy_pairs(
+        np.array([i for _, i, _ in candidates], dtype=int), np.array([j for _, _, j in candidates], dtype=int)
+    )
 
 
 def content_words(text: str) -> set[str]:
@@ -177,11 +223,22 @@ def main() -> None:
     instances, captions, dropped, uncaptioned = partial_labels(truth, truth_captions, args.drop, args.seed)
     (args.workdir / "instances.json").write_text(json.dumps(instances))
     (args.workdir / "captions.json").write_text(json.dumps(captions))
-    print(f"{len(truth['images'])} photos, {len(truth['annotations'])} boxes: {len(dropped)} dropped; captions removed from {len(uncaptioned)} photos", file=sys.stderr)
+    print(
+        f"{len(truth['images'])} photos, {len(truth['annotations'])} boxes: {len(dropped)} dropped; captions removed from {len(uncaptioned)} photos",
+        file=sys.stderr,
+    )
 
-    project, result = run_engine(args.workdir, args.coco, args.workdir / "instances.json", args.workdir / "captions.json", args.iterations)
+    project, result = run_engine(
+        args.workdir,
+        args.coco,
+        args.workdir / "instances.json",
+        args.workdir / "captions.json",
+        args.iterations,
+    )
     last = args.iterations
-    export = json.loads((project / "data" / "export" / "coco" / f"iteration-{last}" / "instances.json").read_text())
+    export = json.loads(
+        (project / "data" / "export" / "coco" / f"iteration-{last}" / "instances.json").read_text()
+    )
     boxes = exported_boxes(export, truth)
     human = [{**a, "score": 1.0} for a in instances["annotations"]]
     partial_ap, partial_ap50 = coco_ap(truth, human)
@@ -194,7 +251,11 @@ def main() -> None:
 
     labels = last_labels(project, last)
     faces = labels.filter(pl.col("task") == "object", pl.col("category") == "face")
-    people = [a for a in truth["annotations"] if a["category_id"] == next(c["id"] for c in truth["categories"] if c["name"] == "person")]
+    people = [
+        a
+        for a in truth["annotations"]
+        if a["category_id"] == next(c["id"] for c in truth["categories"] if c["name"] == "person")
+    ]
     ocr_lines = labels.filter(pl.col("task") == "ocr").height
     ids = _file_ids(truth, project)
     face_inside = _faces_in_people(faces, people, ids) if faces.height else None
@@ -208,16 +269,28 @@ def main() -> None:
         ("AP / AP50 partial labels", f"{partial_ap:.3f} / {partial_ap50:.3f}"),
         ("AP / AP50 export", f"{export_ap:.3f} / {export_ap50:.3f}"),
         ("boxes added by the engine", len(added)),
-        ("dropped boxes recovered", f"{len(right)} / {len(dropped)} = {len(right) / max(len(dropped), 1):.1%}"),
+        (
+            "dropped boxes recovered",
+            f"{len(right)} / {len(dropped)} = {len(right) / max(len(dropped), 1):.1%}",
+        ),
         ("added boxes right", f"{len(right)} / {len(added)} = {len(right) / max(len(added), 1):.1%}"),
         *_by_score(added, dropped_boxes),
-        ("kept human boxes surviving", f"{len(survived)} / {len(human)} = {len(survived) / max(len(human), 1):.1%}"),
+        (
+            "kept human boxes surviving",
+            f"{len(survived)} / {len(human)} = {len(survived) / max(len(human), 1):.1%}",
+        ),
         ("faces (inside a person box)", f"{faces.height} ({face_inside})"),
         ("OCR lines", ocr_lines),
-        ("caption word recall, uncaptioned photos", f"{recall:.1%}" if recall is not None else "no machine caption"),
+        (
+            "caption word recall, uncaptioned photos",
+            f"{recall:.1%}" if recall is not None else "no machine caption",
+        ),
     ]
     rows += [(f"s/image {phase}", f"{seconds / photos:.2f}") for phase, seconds in result["seconds"].items()]
-    rows += [(f"s/image specialist {name}", f"{seconds:.3f}") for name, seconds in specialist_seconds(project).items()]
+    rows += [
+        (f"s/image specialist {name}", f"{seconds:.3f}")
+        for name, seconds in specialist_seconds(project).items()
+    ]
     print(_table(rows))
     print(f"ratio: {export_ap50 / partial_ap50:.3f}")
 
@@ -228,7 +301,12 @@ def _by_score(added: list[dict], dropped_boxes: list[dict]) -> list[tuple[str, s
     for least in (0.4, 0.5):
         confident = [b for b in added if b["score"] >= least]
         right = match(confident, dropped_boxes, 0.5)
-        rows.append((f"added boxes scored >= {least}: right; recovered", f"{len(right)} / {len(confident)} = {len(right) / max(len(confident), 1):.1%}; {len(right) / max(len(dropped_boxes), 1):.1%}"))
+        rows.append(
+            (
+                f"added boxes scored >= {least}: right; recovered",
+                f"{len(right)} / {len(confident)} = {len(right) / max(len(confident), 1):.1%}; {len(right) / max(len(dropped_boxes), 1):.1%}",
+            )
+        )
     return rows
 
 
@@ -244,20 +322,35 @@ def _file_ids(truth: dict, project: Path) -> dict[str, int]:
     data = project / load_params(project / "params.yaml").data_dir
     images = pl.concat([pl.read_parquet(p) for p in sorted((data / "ingest" / "images").glob("*.parquet"))])
     by_name = {image["file_name"]: image["id"] for image in truth["images"]}
-    return {image_id: by_name[Path(uri).name] for image_id, uri in images.select("image_id", "uri").iter_rows() if Path(uri).name in by_name}
+    return {
+        image_id: by_name[Path(uri).name]
+        for image_id, uri in images.select("image_id", "uri").iter_rows()
+        if Path(uri).name in by_name
+    }
 
 
 def _faces_in_people(faces: pl.DataFrame, people: list[dict], ids: dict[str, int]) -> str:
     inside = 0
     for image_id, box in faces.select("image_id", "box").iter_rows():
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-        inside += any(p["image_id"] == ids.get(image_id) and p["bbox"][0] <= cx <= p["bbox"][0] + p["bbox"][2] and p["bbox"][1] <= cy <= p["bbox"][1] + p["bbox"][3] for p in people)
+        inside += any(
+            p["image_id"] == ids.get(image_id)
+            and p["bbox"][0] <= cx <= p["bbox"][0] + p["bbox"][2]
+            and p["bbox"][1] <= cy <= p["bbox"][1] + p["bbox"][3]
+            for p in people
+        )
     return f"{inside / faces.height:.0%} inside"
 
 
-def _caption_word_recall(labels: pl.DataFrame, truth_captions: dict, uncaptioned: set[int], ids: dict[str, int]) -> float | None:
+def _caption_word_recall(
+    labels: pl.DataFrame, truth_captions: dict, uncaptioned: set[int], ids: dict[str, int]
+) -> float | None:
     said: dict[int, set[str]] = {}
-    for image_id, text in labels.filter(pl.col("task") == "brief_caption", ~pl.col("source").str.starts_with("human")).select("image_id", "text").iter_rows():
+    for image_id, text in (
+        labels.filter(pl.col("task") == "brief_caption", ~pl.col("source").str.starts_with("human"))
+        .select("image_id", "text")
+        .iter_rows()
+    ):
         if ids.get(image_id) in uncaptioned:
             said.setdefault(ids[image_id], set()).update(content_words(text or ""))
     wanted: dict[int, set[str]] = {}
@@ -266,7 +359,9 @@ def _caption_word_recall(labels: pl.DataFrame, truth_captions: dict, uncaptioned
             wanted.setdefault(caption["image_id"], set()).update(content_words(caption["caption"]))
     if not said:
         return None
-    return sum(len(said.get(image, set()) & words) for image, words in wanted.items()) / max(sum(len(words) for words in wanted.values()), 1)
+    return sum(len(said.get(image, set()) & words) for image, words in wanted.items()) / max(
+        sum(len(words) for words in wanted.values()), 1
+    )
 
 
 if __name__ == "__main__":

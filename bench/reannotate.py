@@ -45,9 +45,13 @@ from models.tokenizer import train_tokenizer  # noqa: E402
 WIDTH, HEIGHT = 320, 240
 
 
-def timed_generation(model, processor, requests: pl.DataFrame, settings: GenerationSettings, device: torch.device) -> tuple[float, int, int]:
+def timed_generation(
+    model, processor, requests: pl.DataFrame, settings: GenerationSettings, device: torch.device
+) -> tuple[float, int, int]:
     """Seconds to label ``requests`` (after one warm-up batch), labels and problems written."""
-    generate_labels(model, processor, requests.head(settings.batch_size), settings, source="bench", iteration=0)
+    generate_labels(
+        model, processor, requests.head(settings.batch_size), settings, source="bench", iteration=0
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -81,7 +85,9 @@ def main() -> None:
         for index in range(args.images):
             path = Path(folder) / f"{index:04d}.png"
             Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8), "RGB").save(path)
-            rows.append({"image_id": f"{index:04d}", "image_path": str(path), "width": WIDTH, "height": HEIGHT})
+            rows.append(
+                {"image_id": f"{index:04d}", "image_path": str(path), "width": WIDTH, "height": HEIGHT}
+            )
         requests = requests_for(pl.DataFrame(rows), list(PROMPT_FREE_TASKS)).sort("image_id", "task")
         batched = GenerationSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
         single = GenerationSettings(batch_size=1, max_new_tokens=args.max_new_tokens)
@@ -89,7 +95,9 @@ def main() -> None:
         single_seconds, _, _ = timed_generation(model, processor, few, single, device)
         batched_seconds, labels, problems = timed_generation(model, processor, requests, batched, device)
 
-    device_name = f"cuda ({torch.cuda.get_device_name(device)})" if cuda else f"cpu ({torch.get_num_threads()} threads)"
+    device_name = (
+        f"cuda ({torch.cuda.get_device_name(device)})" if cuda else f"cpu ({torch.get_num_threads()} threads)"
+    )
     unbatched_rate = few.height / single_seconds
     batched_rate = requests.height / batched_seconds
     print(
@@ -99,8 +107,12 @@ def main() -> None:
     )
     print(f"{'run':<28}{'requests':>9}{'seconds':>9}{'requests/s':>12}")
     print(f"{'one request at a time':<28}{few.height:>9}{single_seconds:>9.2f}{unbatched_rate:>12.2f}")
-    print(f"{f'batches of {args.batch_size}':<28}{requests.height:>9}{batched_seconds:>9.2f}{batched_rate:>12.2f}")
-    print(f"batched run: {labels} label rows parsed, {problems} generations not readable (an untrained model)")
+    print(
+        f"{f'batches of {args.batch_size}':<28}{requests.height:>9}{batched_seconds:>9.2f}{batched_rate:>12.2f}"
+    )
+    print(
+        f"batched run: {labels} label rows parsed, {problems} generations not readable (an untrained model)"
+    )
     print(f"ratio: {batched_rate / unbatched_rate:.2f}")
 
 

@@ -36,33 +36,75 @@ from pathlib import Path
 
 import polars as pl
 import yaml
-
 from audit_drift import SETUP, make_project, relabel
 
 ROOT = Path(__file__).resolve().parents[1]
 QUALITY_COLUMNS = (
-    "labels", "box_precision", "box_recall", "box_f1", "box_precision_rare", "box_recall_rare", "box_f1_rare", "wrong_share",
-    "caption_object_recall", "ocr_cer",
+    "labels",
+    "box_precision",
+    "box_recall",
+    "box_f1",
+    "box_precision_rare",
+    "box_recall_rare",
+    "box_f1_rare",
+    "wrong_share",
+    "caption_object_recall",
+    "ocr_cer",
 )
-CHANGE_COLUMNS = ("filled_labels", "filled_precision", "repaired_labels", "repaired_precision", "broken_labels", "audited_labels")
+CHANGE_COLUMNS = (
+    "filled_labels",
+    "filled_precision",
+    "repaired_labels",
+    "repaired_precision",
+    "broken_labels",
+    "audited_labels",
+)
 LABEL_COLUMNS = (*QUALITY_COLUMNS, *CHANGE_COLUMNS)
-MODEL_COLUMNS = {"f1": "OD F1", "region_naming_accuracy": "region naming", "map50": "mAP@0.5", "caption_cider": "CIDEr"}
+MODEL_COLUMNS = {
+    "f1": "OD F1",
+    "region_naming_accuracy": "region naming",
+    "map50": "mAP@0.5",
+    "caption_cider": "CIDEr",
+}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", default="7,11", help="world seeds, comma-separated (default 7,11: the default world and one no setting was chosen on)")
-    parser.add_argument("--iterations", type=int, default=3, help="refinement iterations per seed (default 3)")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/relabel-refinement"), help="where the projects are made (emptied first)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params.yaml setting for every project (repeatable)")
+    parser.add_argument(
+        "--seeds",
+        default="7,11",
+        help="world seeds, comma-separated (default 7,11: the default world and one no setting was chosen on)",
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=3, help="refinement iterations per seed (default 3)"
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/relabel-refinement"),
+        help="where the projects are made (emptied first)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a params.yaml setting for every project (repeatable)",
+    )
     return parser.parse_args()
 
 
 def label_quality(project: Path, iterations: int) -> pl.DataFrame:
     """``filter/label_quality``'s summary of each iteration, one row each."""
-    rows = [pl.read_parquet(project / "data" / "filter" / "quality" / f"iteration-{k}" / "summary.parquet") for k in range(iterations + 1)]
+    rows = [
+        pl.read_parquet(project / "data" / "filter" / "quality" / f"iteration-{k}" / "summary.parquet")
+        for k in range(iterations + 1)
+    ]
     history = pl.concat(rows, how="diagonal_relaxed")
-    return history.select("iteration", *[pl.col(c) if c in history.columns else pl.lit(None, pl.Float64).alias(c) for c in LABEL_COLUMNS])
+    return history.select(
+        "iteration",
+        *[pl.col(c) if c in history.columns else pl.lit(None, pl.Float64).alias(c) for c in LABEL_COLUMNS],
+    )
 
 
 def model_scores(project: Path, iterations: int) -> pl.DataFrame:
@@ -73,14 +115,29 @@ def model_scores(project: Path, iterations: int) -> pl.DataFrame:
         if path.is_file():
             scores = pl.read_parquet(path)
             for row in scores.iter_rows(named=True):
-                rows.append({"iteration": k, "output": row["output"], **{name: row.get(metric) for metric, name in MODEL_COLUMNS.items()}})
-    return pl.DataFrame(rows, schema={"iteration": pl.Int64, "output": pl.String, **dict.fromkeys(MODEL_COLUMNS.values(), pl.Float64)})
+                rows.append(
+                    {
+                        "iteration": k,
+                        "output": row["output"],
+                        **{name: row.get(metric) for metric, name in MODEL_COLUMNS.items()},
+                    }
+                )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "iteration": pl.Int64,
+            "output": pl.String,
+            **dict.fromkeys(MODEL_COLUMNS.values(), pl.Float64),
+        },
+    )
 
 
 def main() -> None:
     args = parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    budget = yaml.safe_load((ROOT / "params.yaml").read_text())["review"]["budget"]  # the audit queue as configured
+    budget = yaml.safe_load((ROOT / "params.yaml").read_text())["review"][
+        "budget"
+    ]  # the audit queue as configured
     shutil.rmtree(args.workdir, ignore_errors=True)
     tables, first, last = [], [], []
     for seed in seeds:
@@ -94,14 +151,26 @@ def main() -> None:
         tables.append(quality.with_columns(seed=pl.lit(seed)))
         first.append(quality["wrong_share"][0])
         last.append(quality["wrong_share"][-1])
-        with pl.Config(tbl_rows=50, tbl_cols=-1, tbl_width_chars=250, tbl_hide_dataframe_shape=True, float_precision=3):
-            print(f"\nworld seed {seed} ({seconds / 60:.1f} min): training labels per iteration against the truth" + (f"; {', '.join(args.set)}" if args.set else ""))
+        with pl.Config(
+            tbl_rows=50, tbl_cols=-1, tbl_width_chars=250, tbl_hide_dataframe_shape=True, float_precision=3
+        ):
+            print(
+                f"\nworld seed {seed} ({seconds / 60:.1f} min): training labels per iteration against the truth"
+                + (f"; {', '.join(args.set)}" if args.set else "")
+            )
             print(quality.select("iteration", *QUALITY_COLUMNS))
-            print(f"world seed {seed}: what the machines changed since the iteration before (and the labels a person audited so far)")
+            print(
+                f"world seed {seed}: what the machines changed since the iteration before (and the labels a person audited so far)"
+            )
             print(quality.select("iteration", *CHANGE_COLUMNS))
-            print(f"world seed {seed}: the model of each iteration on the frozen split, beside the trivial baseline")
+            print(
+                f"world seed {seed}: the model of each iteration on the frozen split, beside the trivial baseline"
+            )
             print(models)
-    print(f"\nwrong-label share, iteration 0 -> {args.iterations}: " + ", ".join(f"seed {seed} {a:.4f} -> {b:.4f}" for seed, a, b in zip(seeds, first, last, strict=True)))
+    print(
+        f"\nwrong-label share, iteration 0 -> {args.iterations}: "
+        + ", ".join(f"seed {seed} {a:.4f} -> {b:.4f}" for seed, a, b in zip(seeds, first, last, strict=True))
+    )
     print(f"ratio: {sum(first) / sum(last):.3f}")
 
 

@@ -98,12 +98,18 @@ def main() -> None:
 
     print()
     print(f"{'implementation':<44}{'seconds':>10}{'texts/s':>12}")
-    print(f"{'spacy nlp.pipe, all components':<44}{spacy_seconds:>10.3f}{texts.height / spacy_seconds:>12,.0f}")
-    print(f"{'relabel parse_texts (load_parser)':<44}{relabel_seconds:>10.3f}{texts.height / relabel_seconds:>12,.0f}")
+    print(
+        f"{'spacy nlp.pipe, all components':<44}{spacy_seconds:>10.3f}{texts.height / spacy_seconds:>12,.0f}"
+    )
+    print(
+        f"{'relabel parse_texts (load_parser)':<44}{relabel_seconds:>10.3f}{texts.height / relabel_seconds:>12,.0f}"
+    )
     print(f"components: spacy {full.pipe_names}, relabel {filtering.pipe_names}")
     print()
     print("table 3 of these texts:")
-    with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_cols=-1, tbl_width_chars=220):
+    with pl.Config(
+        tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_cols=-1, tbl_width_chars=220
+    ):
         table = text_statistics(parses.with_columns(task=texts["task"]))
         print(table.with_columns(pl.selectors.starts_with("avg_").round(2)))
     print(f"ratio: {spacy_seconds / relabel_seconds:.2f}")

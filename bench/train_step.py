@@ -85,7 +85,9 @@ def examples(rng: np.random.Generator, n: int, image_size: int) -> list[dict]:
     ``TARGET_TOKENS`` tokens (about 6 tokens per object), cut to that length by the collator."""
     return [
         {
-            "image": Image.fromarray(rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8), "RGB"),
+            "image": Image.fromarray(
+                rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8), "RGB"
+            ),
             "task": OD,
             "prompt": OD,
             "target": od_target(rng, objects=16),
@@ -99,8 +101,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_seconds(model, optimizer, batches: list[dict], settings: TrainSettings, device: torch.device,
-                  steps: int) -> float:
+def train_seconds(
+    model, optimizer, batches: list[dict], settings: TrainSettings, device: torch.device, steps: int
+) -> float:
     """Seconds for ``steps`` passes over ``batches`` (one optimizer step per batch), after
     ``WARMUP_STEPS`` passes; the step is ``models.training.train``'s."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -139,8 +142,13 @@ def generate_seconds(model, inputs: dict, max_new_tokens: int, repeats: int, dev
         synchronize(device)
         start = time.perf_counter()
         output = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, num_beams=1,
-            do_sample=False, return_dict_in_generate=True, output_scores=True,
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            num_beams=1,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_scores=True,
         )
         synchronize(device)
         if repeat:
@@ -153,16 +161,27 @@ def generate_seconds(model, inputs: dict, max_new_tokens: int, repeats: int, dev
 def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", default="base" if cuda else "micro,small",
-                        help="comma-separated presets (default: base on CUDA, micro,small on CPU)")
+    parser.add_argument(
+        "--presets",
+        default="base" if cuda else "micro,small",
+        help="comma-separated presets (default: base on CUDA, micro,small on CPU)",
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--generate-repeats", type=int, default=3)
-    parser.add_argument("--peak-tflops", type=float, default=989.0,
-                        help="the device's peak dense bf16 TFLOP/s, for MFU (989: H100 SXM)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                        help="CPU only: torch threads (default: every core; fewer when the machine is busy)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="the device's peak dense bf16 TFLOP/s, for MFU (989: H100 SXM)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="CPU only: torch threads (default: every core; fewer when the machine is busy)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     presets = [name.strip() for name in args.presets.split(",") if name.strip()]
@@ -187,8 +206,12 @@ def main() -> None:
         f"generation {args.max_new_tokens} new tokens (greedy)"
     )
 
-    settings = TrainSettings(batch_size=args.batch_size, max_target_tokens=TARGET_TOKENS,
-                             steps=WARMUP_STEPS + args.steps, warmup_steps=1)
+    settings = TrainSettings(
+        batch_size=args.batch_size,
+        max_target_tokens=TARGET_TOKENS,
+        steps=WARMUP_STEPS + args.steps,
+        warmup_steps=1,
+    )
     rows, baseline = [], None
     for name in presets:
         preset = PRESETS[name]
@@ -203,15 +226,22 @@ def main() -> None:
         target_tokens = int((inputs["labels"] != IGNORE_INDEX).sum())
         input_tokens = int(inputs["attention_mask"].sum())  # image placeholders + prompt, per batch
         tokens_per_example = (input_tokens + target_tokens) / args.batch_size
-        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
 
         seconds = train_seconds(model, optimizer, [inputs], settings, device, args.steps)
         per_step = seconds / args.steps
         images_per_second = args.batch_size / per_step
         row = {
-            "preset": name, "parameters": parameters, "per_step": per_step, "images": images_per_second,
-            "target_tokens": target_tokens / per_step, "tokens_per_example": tokens_per_example,
-            "image_tokens": preset.image_tokens, "prompt_tokens": input_tokens / args.batch_size - preset.image_tokens,
+            "preset": name,
+            "parameters": parameters,
+            "per_step": per_step,
+            "images": images_per_second,
+            "target_tokens": target_tokens / per_step,
+            "tokens_per_example": tokens_per_example,
+            "image_tokens": preset.image_tokens,
+            "prompt_tokens": input_tokens / args.batch_size - preset.image_tokens,
             "mfu": None,
         }
         if cuda:
@@ -231,15 +261,23 @@ def main() -> None:
                 singles.append({key: value.to(device) for key, value in single.items()})
             torch.manual_seed(args.seed)
             single_model = build_model(name, tokenizer).to(device)
-            single_optimizer = torch.optim.AdamW(single_model.parameters(), lr=settings.learning_rate,
-                                                 weight_decay=settings.weight_decay)
-            single_seconds = train_seconds(single_model, single_optimizer, singles, settings, device, args.steps)
-            baseline = {"preset": name, "per_step": single_seconds / args.steps,
-                        "images": args.batch_size * args.steps / single_seconds}
+            single_optimizer = torch.optim.AdamW(
+                single_model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+            )
+            single_seconds = train_seconds(
+                single_model, single_optimizer, singles, settings, device, args.steps
+            )
+            baseline = {
+                "preset": name,
+                "per_step": single_seconds / args.steps,
+                "images": args.batch_size * args.steps / single_seconds,
+            }
             del single_model, single_optimizer, singles
 
         generation_inputs = {key: value for key, value in inputs.items() if key != "labels"}
-        generation = generate_seconds(model, generation_inputs, args.max_new_tokens, args.generate_repeats, device)
+        generation = generate_seconds(
+            model, generation_inputs, args.max_new_tokens, args.generate_repeats, device
+        )
         row["generate_images"] = args.batch_size / generation
         row["generate_tokens"] = args.batch_size * args.max_new_tokens / generation
         rows.append(row)
@@ -249,25 +287,41 @@ def main() -> None:
 
     print()
     print("training (forward + backward + AdamW), then batched greedy generation:")
-    header = (f"{'preset':<8}{'params':>12}{'tokens/ex':>11}{'s/step':>10}{'images/s':>11}"
-              f"{'target tok/s':>14}{'MFU (6N)':>10}{'gen images/s':>14}{'gen tok/s':>11}")
+    header = (
+        f"{'preset':<8}{'params':>12}{'tokens/ex':>11}{'s/step':>10}{'images/s':>11}"
+        f"{'target tok/s':>14}{'MFU (6N)':>10}{'gen images/s':>14}{'gen tok/s':>11}"
+    )
     print(header)
     for row in rows:
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
-        print(f"{row['preset']:<8}{row['parameters']:>12,}{row['tokens_per_example']:>11.0f}{row['per_step']:>10.3f}"
-              f"{row['images']:>11.1f}{row['target_tokens']:>14,.0f}{mfu:>10}"
-              f"{row['generate_images']:>14.1f}{row['generate_tokens']:>11,.0f}")
-    print("tokens/ex = image tokens + prompt tokens + target tokens per example ("
-          + "; ".join(f"{r['preset']}: {r['image_tokens']} + {r['prompt_tokens']:.0f} + "
-                      f"{r['tokens_per_example'] - r['image_tokens'] - r['prompt_tokens']:.0f}" for r in rows) + ")")
+        print(
+            f"{row['preset']:<8}{row['parameters']:>12,}{row['tokens_per_example']:>11.0f}{row['per_step']:>10.3f}"
+            f"{row['images']:>11.1f}{row['target_tokens']:>14,.0f}{mfu:>10}"
+            f"{row['generate_images']:>14.1f}{row['generate_tokens']:>11,.0f}"
+        )
+    print(
+        "tokens/ex = image tokens + prompt tokens + target tokens per example ("
+        + "; ".join(
+            f"{r['preset']}: {r['image_tokens']} + {r['prompt_tokens']:.0f} + "
+            f"{r['tokens_per_example'] - r['image_tokens'] - r['prompt_tokens']:.0f}"
+            for r in rows
+        )
+        + ")"
+    )
     if cuda:
-        print(f"MFU = 6 x params x tokens/s / peak ({args.peak_tflops:g} TFLOP/s bf16); attention FLOPs ignored")
+        print(
+            f"MFU = 6 x params x tokens/s / peak ({args.peak_tflops:g} TFLOP/s bf16); attention FLOPs ignored"
+        )
     first = rows[0]
     print()
-    print(f"baseline ({baseline['preset']}): the same training step at batch size 1, repeated {args.batch_size} "
-          f"times per step: {baseline['per_step']:.3f} s per {args.batch_size} images, {baseline['images']:.1f} images/s")
-    print(f"ratio = batched images/s / unbatched images/s of {baseline['preset']} at batch size {args.batch_size}: "
-          f"{first['images']:.1f} / {baseline['images']:.1f}")
+    print(
+        f"baseline ({baseline['preset']}): the same training step at batch size 1, repeated {args.batch_size} "
+        f"times per step: {baseline['per_step']:.3f} s per {args.batch_size} images, {baseline['images']:.1f} images/s"
+    )
+    print(
+        f"ratio = batched images/s / unbatched images/s of {baseline['preset']} at batch size {args.batch_size}: "
+        f"{first['images']:.1f} / {baseline['images']:.1f}"
+    )
     print(f"ratio: {first['images'] / baseline['images']:.2f}")
 
 

@@ -124,7 +124,11 @@ def verdict_metadata(result: GateResult) -> dict[str, Any]:
     why = str(result.measure) if result.measure is not None else result.failed[0]
     if len(result.failed) > 1:
         why += f" (and {len(result.failed) - 1} more failed rules)"
-    measured = {"measured": result.measure.value, "threshold": result.measure.threshold} if result.measure is not None else {}
+    measured = (
+        {"measured": result.measure.value, "threshold": result.measure.threshold}
+        if result.measure is not None
+        else {}
+    )
     return {"why": why, **measured}
 
 
@@ -222,7 +226,9 @@ def _worst_row(name: str, kwargs: Mapping[str, Any], details: Mapping[str, Any])
     else:
         worst = max(rows, key=lambda row: row[column])
         comparison, threshold = (">=" if kwargs.get("strict_max") else ">"), kwargs["max_value"]
-    return Measure(name, float(worst[column]), comparison, threshold, f"{index_column} {_text(worst[index_column])}")
+    return Measure(
+        name, float(worst[column]), comparison, threshold, f"{index_column} {_text(worst[index_column])}"
+    )
 
 
 def _bound(value: Any) -> str:

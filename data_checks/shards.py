@@ -38,7 +38,9 @@ from relabel.config import GateParams
 
 # Per-partition checks (`partitions_def` on an asset check) are a Dagster 1.13 preview; they
 # are what makes a failing gate stop only its own shard, so the warning is known and accepted.
-warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=PreviewWarning)
+warnings.filterwarnings(
+    "ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=PreviewWarning
+)
 
 IMAGES = AssetKey(["ingest", "images"])
 HUMAN_LABELS = AssetKey(["ingest", "human_labels"])
@@ -55,7 +57,12 @@ GATES: dict[AssetKey, tuple[str, ...]] = {
     IMAGES: ("images_valid",),
     HUMAN_LABELS: ("human_labels_valid",),
     INGEST_QUARANTINE: ("ingest_quarantine_explained",),
-    FILTERED_LABELS: ("filtered_labels_valid", "filtered_labels_cover_images", "filtered_labels_keep_every_class", "filtered_labels_one_label_per_object"),
+    FILTERED_LABELS: (
+        "filtered_labels_valid",
+        "filtered_labels_cover_images",
+        "filtered_labels_keep_every_class",
+        "filtered_labels_one_label_per_object",
+    ),
     FILTER_QUARANTINE: ("filter_quarantine_explained",),
     LABEL_QUALITY: ("rare_classes_kept",),
     CORPUS_EXAMPLES: ("no_eval_leakage",),
@@ -63,33 +70,93 @@ GATES: dict[AssetKey, tuple[str, ...]] = {
 UNEXPECTED_ROWS_SHOWN = 50
 
 
-def build_shard_checks(shards: PartitionsDefinition, iteration_shards: PartitionsDefinition, gates: GateParams, ontology: Sequence[str]) -> list:
+def build_shard_checks(
+    shards: PartitionsDefinition,
+    iteration_shards: PartitionsDefinition,
+    gates: GateParams,
+    ontology: Sequence[str],
+) -> list:
     """The blocking per-shard gates on the ingest outputs (per shard) and the filter outputs
     (per iteration and shard)."""
     return [
-        _gate(IMAGES, "images_valid", shards, "image_id", ("images_suite",), None,
-              "Images: schema, content-hash ids, positive sizes, a split."),
-        _gate(HUMAN_LABELS, "human_labels_valid", shards, "label_id", ("labels_suite", ()), "labels_gate_frame",
-              "Human labels: schema, scores in [0, 1], boxes inside their image with area, polygons of 3+ points, the fields each annotation type needs, non-empty texts. (Categories are checked after the filters, which quarantine unknown ones.)",
-              other=IMAGES),
-        _gate(INGEST_QUARANTINE, "ingest_quarantine_explained", shards, "row", ("quarantine_suite",), "quarantine_gate_frame",
-              "Every quarantined row says what it was, which phase dropped it, why, and keeps the record as JSON."),
-        _gate(FILTERED_LABELS, "filtered_labels_valid", iteration_shards, "label_id", ("labels_suite", tuple(ontology)), "labels_gate_frame",
-              "The filtered corpus: the human-label rules plus every category in the seed ontology.",
-              other=IMAGES, other_mapping=SAME_SHARD),
-        _gate(FILTERED_LABELS, "filtered_labels_cover_images", iteration_shards, "image_id",
-              ("coverage_suite", gates.min_labelled_share), "coverage_frame",
-              f"At least {gates.min_labelled_share:.0%} of the shard's images keep a label (filter.gates.min_labelled_share).",
-              other=IMAGES, other_mapping=SAME_SHARD),
-        _gate(FILTERED_LABELS, "filtered_labels_keep_every_class", iteration_shards, "category",
-              ("class_retention_suite", gates.min_class_retention), ("class_counts_frame", gates.min_class_labels, gates.class_retention_min_score),
-              f"Every class with at least {gates.min_class_labels} label(s) scored {gates.class_retention_min_score} or more keeps at least {gates.min_class_retention:.0%} of them through the filters (filter.gates.min_class_retention, min_class_labels, class_retention_min_score): a rare class that collapses fails.",
-              other=ITERATION_LABELS),
-        _gate(FILTERED_LABELS, "filtered_labels_one_label_per_object", iteration_shards, "label_id",
-              ("one_label_per_object_suite", gates.max_same_object_iou), "same_object_frame",
-              f"One object, one label: no two object labels of an image and class overlap by IoU {gates.max_same_object_iou} or more unless both are a person's (filter.gates.max_same_object_iou)."),
-        _gate(FILTER_QUARANTINE, "filter_quarantine_explained", iteration_shards, "row", ("quarantine_suite",), "quarantine_gate_frame",
-              "Every label a filter dropped says which filter, why, and keeps the label as JSON."),
+        _gate(
+            IMAGES,
+            "images_valid",
+            shards,
+            "image_id",
+            ("images_suite",),
+            None,
+            "Images: schema, content-hash ids, positive sizes, a split.",
+        ),
+        _gate(
+            HUMAN_LABELS,
+            "human_labels_valid",
+            shards,
+            "label_id",
+            ("labels_suite", ()),
+            "labels_gate_frame",
+            "Human labels: schema, scores in [0, 1], boxes inside their image with area, polygons of 3+ points, the fields each annotation type needs, non-empty texts. (Categories are checked after the filters, which quarantine unknown ones.)",
+            other=IMAGES,
+        ),
+        _gate(
+            INGEST_QUARANTINE,
+            "ingest_quarantine_explained",
+            shards,
+            "row",
+            ("quarantine_suite",),
+            "quarantine_gate_frame",
+            "Every quarantined row says what it was, which phase dropped it, why, and keeps the record as JSON.",
+        ),
+        _gate(
+            FILTERED_LABELS,
+            "filtered_labels_valid",
+            iteration_shards,
+            "label_id",
+            ("labels_suite", tuple(ontology)),
+            "labels_gate_frame",
+            "The filtered corpus: the human-label rules plus every category in the seed ontology.",
+            other=IMAGES,
+            other_mapping=SAME_SHARD,
+        ),
+        _gate(
+            FILTERED_LABELS,
+            "filtered_labels_cover_images",
+            iteration_shards,
+            "image_id",
+            ("coverage_suite", gates.min_labelled_share),
+            "coverage_frame",
+            f"At least {gates.min_labelled_share:.0%} of the shard's images keep a label (filter.gates.min_labelled_share).",
+            other=IMAGES,
+            other_mapping=SAME_SHARD,
+        ),
+        _gate(
+            FILTERED_LABELS,
+            "filtered_labels_keep_every_class",
+            iteration_shards,
+            "category",
+            ("class_retention_suite", gates.min_class_retention),
+            ("class_counts_frame", gates.min_class_labels, gates.class_retention_min_score),
+            f"Every class with at least {gates.min_class_labels} label(s) scored {gates.class_retention_min_score} or more keeps at least {gates.min_class_retention:.0%} of them through the filters (filter.gates.min_class_retention, min_class_labels, class_retention_min_score): a rare class that collapses fails.",
+            other=ITERATION_LABELS,
+        ),
+        _gate(
+            FILTERED_LABELS,
+            "filtered_labels_one_label_per_object",
+            iteration_shards,
+            "label_id",
+            ("one_label_per_object_suite", gates.max_same_object_iou),
+            "same_object_frame",
+            f"One object, one label: no two object labels of an image and class overlap by IoU {gates.max_same_object_iou} or more unless both are a person's (filter.gates.max_same_object_iou).",
+        ),
+        _gate(
+            FILTER_QUARANTINE,
+            "filter_quarantine_explained",
+            iteration_shards,
+            "row",
+            ("quarantine_suite",),
+            "quarantine_gate_frame",
+            "Every label a filter dropped says which filter, why, and keeps the label as JSON.",
+        ),
     ]
 
 
@@ -110,7 +177,9 @@ def _gate(
     Builders are named, not passed, so that GX is only imported when a check runs."""
     builder, *arguments = suite
 
-    def run(context: AssetCheckExecutionContext, project: ProjectResource, *frames: pl.DataFrame) -> AssetCheckResult:
+    def run(
+        context: AssetCheckExecutionContext, project: ProjectResource, *frames: pl.DataFrame
+    ) -> AssetCheckResult:
         from data_checks import suites
         from data_checks.gates import validate
 
@@ -120,20 +189,36 @@ def _gate(
             frame_builder, *frame_arguments = (gate_frame,) if isinstance(gate_frame, str) else gate_frame
             validated = getattr(suites, frame_builder)(*frames, *frame_arguments)
         docs_dir = project.data_dir / "gx_docs" / name / str(context.partition_key).replace("|", "/")
-        result = validate(getattr(suites, builder)(*arguments), validated, index_column=index_column, docs_dir=docs_dir)
+        result = validate(
+            getattr(suites, builder)(*arguments), validated, index_column=index_column, docs_dir=docs_dir
+        )
         return AssetCheckResult(passed=result.passed, metadata=_metadata(result))
 
-    options = dict(asset=asset, name=name, blocking=True, partitions_def=shards, compute_kind="great_expectations", description=description)
+    options = dict(
+        asset=asset,
+        name=name,
+        blocking=True,
+        partitions_def=shards,
+        compute_kind="great_expectations",
+        description=description,
+    )
     if other is None:
 
         @asset_check(**options)
-        def gate(context: AssetCheckExecutionContext, project: ProjectResource, checked: pl.DataFrame) -> AssetCheckResult:
+        def gate(
+            context: AssetCheckExecutionContext, project: ProjectResource, checked: pl.DataFrame
+        ) -> AssetCheckResult:
             return run(context, project, checked)
 
         return gate
 
     @asset_check(**options, additional_ins={"other": AssetIn(other, partition_mapping=other_mapping)})
-    def gate_with(context: AssetCheckExecutionContext, project: ProjectResource, checked: pl.DataFrame, other: pl.DataFrame) -> AssetCheckResult:
+    def gate_with(
+        context: AssetCheckExecutionContext,
+        project: ProjectResource,
+        checked: pl.DataFrame,
+        other: pl.DataFrame,
+    ) -> AssetCheckResult:
         return run(context, project, checked, other)
 
     return gate_with
@@ -152,14 +237,18 @@ def _metadata(result) -> dict:
     if result.failed:
         metadata["failures"] = MetadataValue.md("\n".join(f"- `{line}`" for line in result.failed))
     if result.unexpected.height:
-        metadata["unexpected"] = MetadataValue.md(markdown_table(result.unexpected.head(UNEXPECTED_ROWS_SHOWN)))
+        metadata["unexpected"] = MetadataValue.md(
+            markdown_table(result.unexpected.head(UNEXPECTED_ROWS_SHOWN))
+        )
     if result.docs is not None:
         metadata["data_docs"] = MetadataValue.url(Path(result.docs).resolve().as_uri())
         metadata["data_docs_path"] = MetadataValue.path(str(result.docs))
     return metadata
 
 
-def blocked_shards(instance: DagsterInstance, asset: AssetKey, this_run: str | None = None) -> dict[str, list[str]]:
+def blocked_shards(
+    instance: DagsterInstance, asset: AssetKey, this_run: str | None = None
+) -> dict[str, list[str]]:
     """The shards of ``asset`` whose latest gate evaluation failed, with the failed gates: what
     a consumer in a later run must not read. Failures in ``this_run`` are left to Dagster: in
     the run of a gate, the blocking check itself stops what is downstream, while the asset's

@@ -18,8 +18,8 @@ import polars as pl
 from great_expectations.expectations.row_conditions import Column
 
 from data_checks.gates import gx_type_name
-from relabel.merge import same_object_overlaps
 from relabel.labels import IMAGES_SCHEMA, LABELS_SCHEMA, QUARANTINE_SCHEMA, RECORD_KINDS, SPLITS
+from relabel.merge import same_object_overlaps
 
 # A value that is present has at least one non-whitespace character (GX searches, not matches).
 NOT_BLANK = r"\S"
@@ -134,7 +134,10 @@ def labels_gate_frame(labels: pl.DataFrame, images: pl.DataFrame) -> pl.DataFram
         box_y0=box.get(1),
         box_x1=box.get(2),
         box_y1=box.get(3),
-        polygon_min_points=pl.when(polygon.list.len() == 0).then(0).otherwise(fewest_ring_points).cast(pl.Int32),
+        polygon_min_points=pl.when(polygon.list.len() == 0)
+        .then(0)
+        .otherwise(fewest_ring_points)
+        .cast(pl.Int32),
         # concat_str of no names is "", which means complete
         missing_fields=pl.when(missing != "").then(missing),
     )
@@ -239,7 +242,9 @@ def coverage_suite(min_labelled_share: float) -> gx.ExpectationSuite:
     return gx.ExpectationSuite(
         name="coverage",
         expectations=[
-            gxe.ExpectColumnValuesToBeBetween(column="labels", min_value=1, mostly=min_labelled_share, meta={"measure": "labelled share"})
+            gxe.ExpectColumnValuesToBeBetween(
+                column="labels", min_value=1, mostly=min_labelled_share, meta={"measure": "labelled share"}
+            )
         ],
     )
 
@@ -252,7 +257,14 @@ def one_label_per_object_suite(max_iou: float) -> gx.ExpectationSuite:
     would be exported, trained on and counted as another object."""
     return gx.ExpectationSuite(
         name="one_label_per_object",
-        expectations=[gxe.ExpectColumnValuesToBeBetween(column="same_object_iou", max_value=max_iou, strict_max=True, meta={"measure": "same-object IoU"})],
+        expectations=[
+            gxe.ExpectColumnValuesToBeBetween(
+                column="same_object_iou",
+                max_value=max_iou,
+                strict_max=True,
+                meta={"measure": "same-object IoU"},
+            )
+        ],
     )
 
 
@@ -262,7 +274,9 @@ def same_object_frame(labels: pl.DataFrame) -> pl.DataFrame:
     return same_object_overlaps(labels)
 
 
-def class_counts_frame(current: pl.DataFrame, reference: pl.DataFrame, min_reference_count: int = 1, min_score: float = 0.0) -> pl.DataFrame:
+def class_counts_frame(
+    current: pl.DataFrame, reference: pl.DataFrame, min_reference_count: int = 1, min_score: float = 0.0
+) -> pl.DataFrame:
     """Per category with at least ``min_reference_count`` object labels in ``reference``:
     ``category``, ``count`` (object labels of it in ``current``, 0 if none),
     ``reference_count`` and ``retention`` = count / reference_count. Both frames are labels
@@ -272,7 +286,11 @@ def class_counts_frame(current: pl.DataFrame, reference: pl.DataFrame, min_refer
     detector's low-scored guesses, which the filters are there to drop: counting the labels the
     engine was confident in (``min_score``) and the classes with enough of them
     (``min_reference_count``) keeps the gate about a class collapsing."""
-    reference_counts = _object_label_counts(reference, min_score).rename({"count": "reference_count"}).filter(pl.col("reference_count") >= min_reference_count)
+    reference_counts = (
+        _object_label_counts(reference, min_score)
+        .rename({"count": "reference_count"})
+        .filter(pl.col("reference_count") >= min_reference_count)
+    )
     return (
         reference_counts.join(_object_label_counts(current, min_score), on="category", how="left")
         .with_columns(pl.col("count").fill_null(0))
@@ -282,7 +300,11 @@ def class_counts_frame(current: pl.DataFrame, reference: pl.DataFrame, min_refer
 
 
 def _object_label_counts(labels: pl.DataFrame, min_score: float = 0.0) -> pl.DataFrame:
-    confident = pl.col("score").is_null() | (pl.col("score").fill_nan(None) >= min_score) if min_score > 0 else pl.lit(True)
+    confident = (
+        pl.col("score").is_null() | (pl.col("score").fill_nan(None) >= min_score)
+        if min_score > 0
+        else pl.lit(True)
+    )
     objects = labels.filter(pl.col("category").is_not_null() & (pl.col("task") == "object") & confident)
     return objects.group_by("category").len(name="count").with_columns(pl.col("count").cast(pl.Int64))
 
@@ -294,7 +316,11 @@ def class_retention_suite(min_retention: float) -> gx.ExpectationSuite:
     vanish from training while the overall count barely moves."""
     return gx.ExpectationSuite(
         name="class_retention",
-        expectations=[gxe.ExpectColumnValuesToBeBetween(column="retention", min_value=min_retention, meta={"measure": "class retention"})],
+        expectations=[
+            gxe.ExpectColumnValuesToBeBetween(
+                column="retention", min_value=min_retention, meta={"measure": "class retention"}
+            )
+        ],
     )
 
 
@@ -306,8 +332,12 @@ def rare_class_guard_suite(max_count_drop: float, max_recall_drop: float) -> gx.
     return gx.ExpectationSuite(
         name="rare_class_guard",
         expectations=[
-            gxe.ExpectColumnValuesToBeBetween(column="count_drop", max_value=max_count_drop, meta={"measure": "rare-class count drop"}),
-            gxe.ExpectColumnValuesToBeBetween(column="recall_drop", max_value=max_recall_drop, meta={"measure": "rare-class recall drop"}),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="count_drop", max_value=max_count_drop, meta={"measure": "rare-class count drop"}
+            ),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="recall_drop", max_value=max_recall_drop, meta={"measure": "rare-class recall drop"}
+            ),
         ],
     )
 
@@ -316,7 +346,9 @@ def split_changes_frame(frozen: pl.DataFrame, changes: pl.DataFrame) -> pl.DataF
     """One row per image of the frozen split or of the split now, with ``change``: its
     differences from the freeze (``relabel.evaluation_split.manifest_changes``) joined by
     commas, or ``unchanged``."""
-    joined = changes.group_by("image_id", maintain_order=True).agg(pl.col("change").unique(maintain_order=True).str.join(","))
+    joined = changes.group_by("image_id", maintain_order=True).agg(
+        pl.col("change").unique(maintain_order=True).str.join(",")
+    )
     every = pl.concat([frozen.select("image_id"), changes.select("image_id")]).unique(maintain_order=True)
     return every.join(joined, on="image_id", how="left").with_columns(pl.col("change").fill_null("unchanged"))
 
@@ -326,7 +358,11 @@ def frozen_split_suite() -> gx.ExpectationSuite:
     for byte what was frozen, and no image joined or left."""
     return gx.ExpectationSuite(
         name="frozen_split",
-        expectations=[gxe.ExpectColumnValuesToBeInSet(column="change", value_set=["unchanged"], meta={"measure": "changed images"})],
+        expectations=[
+            gxe.ExpectColumnValuesToBeInSet(
+                column="change", value_set=["unchanged"], meta={"measure": "changed images"}
+            )
+        ],
     )
 
 
@@ -335,7 +371,15 @@ def leakage_frame(corpus: pl.DataFrame, leaks: pl.DataFrame) -> pl.DataFrame:
     of the frozen split (``relabel.evaluation_split.leaks``: ``same_content`` or
     ``near_duplicate``) and which one."""
     images = corpus.select("image_id").unique(maintain_order=True)
-    found = leaks.select("image_id", leak=pl.col("kind") + " of " + pl.col("split_image_id").str.slice(0, 12) + " (" + pl.col("distance").cast(pl.String) + " bits)")
+    found = leaks.select(
+        "image_id",
+        leak=pl.col("kind")
+        + " of "
+        + pl.col("split_image_id").str.slice(0, 12)
+        + " ("
+        + pl.col("distance").cast(pl.String)
+        + " bits)",
+    )
     return images.join(found, on="image_id", how="left").with_columns(pl.col("leak").fill_null("none"))
 
 
@@ -343,5 +387,9 @@ def no_leakage_suite() -> gx.ExpectationSuite:
     """No image of the frozen evaluation split, nor a near-duplicate of one, is in the corpus."""
     return gx.ExpectationSuite(
         name="no_eval_leakage",
-        expectations=[gxe.ExpectColumnValuesToBeInSet(column="leak", value_set=["none"], meta={"measure": "images leaking the frozen split"})],
+        expectations=[
+            gxe.ExpectColumnValuesToBeInSet(
+                column="leak", value_set=["none"], meta={"measure": "images leaking the frozen split"}
+            )
+        ],
     )

@@ -31,7 +31,14 @@ from models.inference import REQUESTS_SCHEMA, GenerationSettings, generate_label
 from models.tasks import CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION, REGION_TO_CATEGORY
 from relabel.annotate import score_against_truth
 from relabel.baseline import prior_labels, prior_region_names
-from relabel.metrics import BASELINE, MODEL, caption_cider, detection_map, grounding_recall_at_1, referring_segmentation_miou
+from relabel.metrics import (
+    BASELINE,
+    MODEL,
+    caption_cider,
+    detection_map,
+    grounding_recall_at_1,
+    referring_segmentation_miou,
+)
 from relabel.scoring import region_naming_accuracy
 
 PROMPTED_TASKS = (CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION)
@@ -55,7 +62,6 @@ _WORST = {
     "caption_cider": (0.0, "caption"),
     "ocr_cer": (1.0, "ocr"),
 }
-
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,15 @@ def evaluate_heldout(
     training_labels = training_labels.filter(pl.col("image_id").is_in(training["image_id"].implode()))
     truth_objects = truth.filter(pl.col("task") == "object", pl.col("box").is_not_null())
     free_tasks = [task for task in tasks if task not in PROMPTED_TASKS]
-    described = generate_labels(model, processor, requests_for(heldout, free_tasks), settings, source=source, iteration=iteration, progress=progress)
+    described = generate_labels(
+        model,
+        processor,
+        requests_for(heldout, free_tasks),
+        settings,
+        source=source,
+        iteration=iteration,
+        progress=progress,
+    )
     # the audited labels as prompts, written as the corpus writes them: boxes for
     # <REGION_TO_CATEGORY>, captions for grounding, expressions with one polygon each
     images_by_path = heldout.with_columns(uri=pl.col("image_path"))
@@ -106,11 +120,38 @@ def evaluate_heldout(
     prompted = pl.concat(
         [
             corpus_examples(truth_objects, images_by_path, lambda path: path, [REGION_TO_CATEGORY]),
-            *([corpus_examples(truth.filter(pl.col("task") == "phrase_grounding"), images_by_path, lambda path: path, [CAPTION_TO_PHRASE_GROUNDING])] if CAPTION_TO_PHRASE_GROUNDING in tasks else []),
-            *([corpus_examples(queries, images_by_path, lambda path: path, [REFERRING_EXPRESSION_SEGMENTATION])] if REFERRING_EXPRESSION_SEGMENTATION in tasks else []),
+            *(
+                [
+                    corpus_examples(
+                        truth.filter(pl.col("task") == "phrase_grounding"),
+                        images_by_path,
+                        lambda path: path,
+                        [CAPTION_TO_PHRASE_GROUNDING],
+                    )
+                ]
+                if CAPTION_TO_PHRASE_GROUNDING in tasks
+                else []
+            ),
+            *(
+                [
+                    corpus_examples(
+                        queries, images_by_path, lambda path: path, [REFERRING_EXPRESSION_SEGMENTATION]
+                    )
+                ]
+                if REFERRING_EXPRESSION_SEGMENTATION in tasks
+                else []
+            ),
         ]
     ).unique(["image_id", "task", "prompt"], maintain_order=True)
-    answered = generate_labels(model, processor, prompted.select(list(REQUESTS_SCHEMA)), settings, source=source, iteration=iteration, progress=progress)
+    answered = generate_labels(
+        model,
+        processor,
+        prompted.select(list(REQUESTS_SCHEMA)),
+        settings,
+        source=source,
+        iteration=iteration,
+        progress=progress,
+    )
     named = answered.labels.filter(pl.col("task") == "object")  # <REGION_TO_CATEGORY> answers are object rows
 
     baseline_labels = prior_labels(training_labels, training, heldout)
@@ -126,21 +167,45 @@ def evaluate_heldout(
             "map": maps[name].map,
             "map50": maps[name].map50,
             "caption_cider": caption_cider(labels, truth),
-            "grounding_recall_at_1": grounding_recall_at_1(answered.labels, truth) if name == MODEL and CAPTION_TO_PHRASE_GROUNDING in tasks else None,
-            "res_miou": referring_segmentation_miou(answered.labels.filter(pl.col("task") == "region_caption"), queries, heldout) if name == MODEL and REFERRING_EXPRESSION_SEGMENTATION in tasks else None,
+            "grounding_recall_at_1": grounding_recall_at_1(answered.labels, truth)
+            if name == MODEL and CAPTION_TO_PHRASE_GROUNDING in tasks
+            else None,
+            "res_miou": referring_segmentation_miou(
+                answered.labels.filter(pl.col("task") == "region_caption"), queries, heldout
+            )
+            if name == MODEL and REFERRING_EXPRESSION_SEGMENTATION in tasks
+            else None,
         }
         for name, labels in outputs.items()
     }
-    summary = scores.summary.with_columns(region_naming_accuracy=pl.col("output").replace_strict(naming, return_dtype=pl.Float64))
+    summary = scores.summary.with_columns(
+        region_naming_accuracy=pl.col("output").replace_strict(naming, return_dtype=pl.Float64)
+    )
     summary = summary.with_columns(
-        [pl.col("output").replace_strict({name: values[metric] for name, values in standard.items()}, return_dtype=pl.Float64).alias(metric) for metric in standard[MODEL]]
+        [
+            pl.col("output")
+            .replace_strict(
+                {name: values[metric] for name, values in standard.items()}, return_dtype=pl.Float64
+            )
+            .alias(metric)
+            for metric in standard[MODEL]
+        ]
     )
     # an output that wrote nothing for a task it was asked scores its worst there, not "no score"
     asked = {metric for task in tasks for metric in _METRICS_OF_TASK.get(task, ())}
-    present = {"object": truth_objects.height, "ocr": truth.filter(pl.col("task") == "ocr").height, "caption": truth.filter(pl.col("task") == "brief_caption").height}
+    present = {
+        "object": truth_objects.height,
+        "ocr": truth.filter(pl.col("task") == "ocr").height,
+        "caption": truth.filter(pl.col("task") == "brief_caption").height,
+    }
     worst = {metric: value for metric, (value, needs) in _WORST.items() if metric in asked and present[needs]}
     summary = summary.with_columns(
-        [pl.col(metric).fill_null(value) if metric in summary.columns else pl.lit(value, pl.Float64).alias(metric) for metric, value in worst.items()]
+        [
+            pl.col(metric).fill_null(value)
+            if metric in summary.columns
+            else pl.lit(value, pl.Float64).alias(metric)
+            for metric, value in worst.items()
+        ]
     )
     return HeldoutEvaluation(
         summary=summary,
@@ -162,4 +227,6 @@ def segmentation_queries(truth: pl.DataFrame) -> pl.DataFrame:
     unique_objects = objects.filter(pl.len().over("image_id", "category") == 1).with_columns(
         text=pl.col("category"), task=pl.lit("region_caption").cast(truth.schema["task"])
     )
-    return pl.concat([captions, unique_objects]).unique(["image_id", "text"], keep="none", maintain_order=True)
+    return pl.concat([captions, unique_objects]).unique(
+        ["image_id", "text"], keep="none", maintain_order=True
+    )

@@ -72,28 +72,56 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # stage grids 56/28/14/7 at 224 px: window 7 tiles each without padding
     "micro": Preset(
-        image_size=224, embed_dims=(32, 64, 128, 256), depths=(1, 1, 1, 1),
-        num_heads=(1, 2, 4, 8), window_size=7,
-        d_model=256, encoder_layers=2, decoder_layers=2, attention_heads=4, ffn_dim=1024,
+        image_size=224,
+        embed_dims=(32, 64, 128, 256),
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 2, 4, 8),
+        window_size=7,
+        d_model=256,
+        encoder_layers=2,
+        decoder_layers=2,
+        attention_heads=4,
+        ffn_dim=1024,
     ),
     # measured at about 1.1 s per training step (batch 8, 64-token targets, AdamW) on 2 CPU
     # threads; stage grids 64/32/16/8 at 256 px: window 8
     "small": Preset(
-        image_size=256, embed_dims=(48, 96, 192, 384), depths=(1, 1, 2, 1),
-        num_heads=(2, 3, 6, 12), window_size=8,
-        d_model=384, encoder_layers=3, decoder_layers=3, attention_heads=6, ffn_dim=1536,
+        image_size=256,
+        embed_dims=(48, 96, 192, 384),
+        depths=(1, 1, 2, 1),
+        num_heads=(2, 3, 6, 12),
+        window_size=8,
+        d_model=384,
+        encoder_layers=3,
+        decoder_layers=3,
+        attention_heads=6,
+        ffn_dim=1536,
     ),
     # Florence-2-B (paper Table 15; the released config): stage grids 192/96/48/24 at 768 px
     "base": Preset(
-        image_size=768, embed_dims=(128, 256, 512, 1024), depths=(1, 1, 9, 1),
-        num_heads=(4, 8, 16, 32), window_size=12,
-        d_model=768, encoder_layers=6, decoder_layers=6, attention_heads=12, ffn_dim=3072,
+        image_size=768,
+        embed_dims=(128, 256, 512, 1024),
+        depths=(1, 1, 9, 1),
+        num_heads=(4, 8, 16, 32),
+        window_size=12,
+        d_model=768,
+        encoder_layers=6,
+        decoder_layers=6,
+        attention_heads=12,
+        ffn_dim=3072,
     ),
     # Florence-2-L
     "large": Preset(
-        image_size=768, embed_dims=(256, 512, 1024, 2048), depths=(1, 1, 9, 1),
-        num_heads=(8, 16, 32, 64), window_size=12,
-        d_model=1024, encoder_layers=12, decoder_layers=12, attention_heads=16, ffn_dim=4096,
+        image_size=768,
+        embed_dims=(256, 512, 1024, 2048),
+        depths=(1, 1, 9, 1),
+        num_heads=(8, 16, 32, 64),
+        window_size=12,
+        d_model=1024,
+        encoder_layers=12,
+        decoder_layers=12,
+        attention_heads=16,
+        ffn_dim=4096,
     ),
 }
 
@@ -107,8 +135,23 @@ POST_PROCESSOR_CONFIG: dict[str, dict] = {
     },
     "phrase_grounding": {
         "banned_grounding_tokens": [
-            "it", "its", "they", "them", "their", "this", "that", "these", "those",
-            "the image", "image", "images", "the", "a", "an", "a group", "other objects",
+            "it",
+            "its",
+            "they",
+            "them",
+            "their",
+            "this",
+            "that",
+            "these",
+            "those",
+            "the image",
+            "image",
+            "images",
+            "the",
+            "a",
+            "an",
+            "a group",
+            "other objects",
         ],
     },
     "description_with_bboxes": {},
@@ -265,7 +308,9 @@ def initial_model(
     if init_from is not None:
         model, processor = load_model(init_from)
         return model.train(), processor
-    tokenizer = train_tokenizer(corpus_texts(corpus_files), vocab_size=vocab_size, min_frequency=min_frequency)
+    tokenizer = train_tokenizer(
+        corpus_texts(corpus_files), vocab_size=vocab_size, min_frequency=min_frequency
+    )
     torch.manual_seed(seed)
     return build_model(preset, tokenizer).train(), build_processor(tokenizer, preset)
 

@@ -12,12 +12,11 @@ generation said that could not be parsed is returned beside the rows, never drop
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
 import torch
-
-from collections.abc import Sequence
 
 from models.corpus import corpus_examples
 from models.tasks import (
@@ -35,9 +34,18 @@ from models.tasks import (
 from relabel.labels import frame, label_id_for
 
 REQUESTS_SCHEMA = pl.Schema(
-    {"image_id": pl.String, "image_path": pl.String, "width": pl.Int32, "height": pl.Int32, "task": pl.String, "prompt": pl.String}
+    {
+        "image_id": pl.String,
+        "image_path": pl.String,
+        "width": pl.Int32,
+        "height": pl.Int32,
+        "task": pl.String,
+        "prompt": pl.String,
+    }
 )
-PROBLEMS_SCHEMA = pl.Schema({"image_id": pl.String, "task": pl.String, "generated": pl.String, "problem": pl.String})
+PROBLEMS_SCHEMA = pl.Schema(
+    {"image_id": pl.String, "task": pl.String, "generated": pl.String, "problem": pl.String}
+)
 
 
 @dataclass(frozen=True)
@@ -61,23 +69,45 @@ def requests_for(images: pl.DataFrame, tasks: list[str]) -> pl.DataFrame:
     unknown = [task for task in tasks if task not in TASK_TOKENS]
     if unknown:
         raise ValueError(f"unknown tasks {unknown}")
-    per_task = [images.select("image_id", "image_path", "width", "height", task=pl.lit(t), prompt=pl.lit(t)) for t in tasks]
-    return pl.concat([pl.DataFrame(schema=REQUESTS_SCHEMA), *per_task], how="vertical_relaxed").cast(dict(REQUESTS_SCHEMA))
+    per_task = [
+        images.select("image_id", "image_path", "width", "height", task=pl.lit(t), prompt=pl.lit(t))
+        for t in tasks
+    ]
+    return pl.concat([pl.DataFrame(schema=REQUESTS_SCHEMA), *per_task], how="vertical_relaxed").cast(
+        dict(REQUESTS_SCHEMA)
+    )
 
 
 # the tasks whose prompt is the task token alone; the others carry a region, a phrase, a
 # caption or a category from the image's labels
-PROMPT_FREE_TASKS = (CAPTION, DETAILED_CAPTION, MORE_DETAILED_CAPTION, OD, DENSE_REGION_CAPTION, REGION_PROPOSAL, OCR, OCR_WITH_REGION)
+PROMPT_FREE_TASKS = (
+    CAPTION,
+    DETAILED_CAPTION,
+    MORE_DETAILED_CAPTION,
+    OD,
+    DENSE_REGION_CAPTION,
+    REGION_PROPOSAL,
+    OCR,
+    OCR_WITH_REGION,
+)
 
 
-def reannotation_requests(images: pl.DataFrame, labels: pl.DataFrame, tasks: Sequence[str], max_prompts_per_image: int) -> pl.DataFrame:
+def reannotation_requests(
+    images: pl.DataFrame, labels: pl.DataFrame, tasks: Sequence[str], max_prompts_per_image: int
+) -> pl.DataFrame:
     """Every request that asks ``tasks`` about every image of ``images`` (``image_id``,
     ``image_path``, ``width``, ``height``): a prompt-free task once per image, a prompted task
     once per prompt that the image's ``labels`` give (its regions, captions, categories, as the
     corpus writes them), at most ``max_prompts_per_image`` per image and task."""
     free = [task for task in tasks if task in PROMPT_FREE_TASKS]
     prompted = [task for task in tasks if task not in PROMPT_FREE_TASKS]
-    written = corpus_examples(labels, images.with_columns(uri=pl.col("image_path")), lambda path: path, tasks=prompted) if prompted else None
+    written = (
+        corpus_examples(
+            labels, images.with_columns(uri=pl.col("image_path")), lambda path: path, tasks=prompted
+        )
+        if prompted
+        else None
+    )
     asked = pl.DataFrame(schema=REQUESTS_SCHEMA)
     if written is not None and written.height:
         asked = (
@@ -86,7 +116,9 @@ def reannotation_requests(images: pl.DataFrame, labels: pl.DataFrame, tasks: Seq
             .filter(pl.int_range(pl.len()).over("image_id", "task") < max_prompts_per_image)
             .cast(dict(REQUESTS_SCHEMA))
         )
-    return pl.concat([requests_for(images, free), asked], how="vertical").sort("task", "image_id", maintain_order=True)
+    return pl.concat([requests_for(images, free), asked], how="vertical").sort(
+        "task", "image_id", maintain_order=True
+    )
 
 
 @torch.no_grad()
@@ -114,7 +146,9 @@ def generate_labels(
         for request in batch:
             with Image.open(request["image_path"]) as image:
                 images.append(image.convert("RGB"))
-        inputs = processor(text=[r["prompt"] for r in batch], images=images, return_tensors="pt", padding=True).to(device)
+        inputs = processor(
+            text=[r["prompt"] for r in batch], images=images, return_tensors="pt", padding=True
+        ).to(device)
         output = model.generate(
             **inputs,
             max_new_tokens=settings.max_new_tokens,
@@ -126,13 +160,35 @@ def generate_labels(
         texts = processor.batch_decode(output.sequences, skip_special_tokens=False)
         for request, text, score in zip(batch, texts, _sequence_scores(model, output, settings), strict=True):
             generated = text.replace("<pad>", "").replace("<s>", "").replace("</s>", "").strip()
-            prompt_input = request["prompt"][len(request["task"]) :] if request["prompt"].startswith(request["task"]) else None
-            parsed = parse(request["task"], generated, request["width"], request["height"], prompt_text=prompt_input or None)
+            prompt_input = (
+                request["prompt"][len(request["task"]) :]
+                if request["prompt"].startswith(request["task"])
+                else None
+            )
+            parsed = parse(
+                request["task"],
+                generated,
+                request["width"],
+                request["height"],
+                prompt_text=prompt_input or None,
+            )
             for ordinal, row in enumerate(parsed.rows):
-                labelled = {**row, "image_id": request["image_id"], "score": score, "source": source, "iteration": iteration, "status": "raw"}
+                labelled = {
+                    **row,
+                    "image_id": request["image_id"],
+                    "score": score,
+                    "source": source,
+                    "iteration": iteration,
+                    "status": "raw",
+                }
                 rows.append({**labelled, "label_id": label_id_for(labelled, ordinal)})
             problems.extend(
-                {"image_id": request["image_id"], "task": request["task"], "generated": generated, "problem": problem}
+                {
+                    "image_id": request["image_id"],
+                    "task": request["task"],
+                    "generated": generated,
+                    "problem": problem,
+                }
                 for problem in parsed.problems
             )
     return Generated(labels=frame("labels", rows), problems=pl.DataFrame(problems, schema=PROBLEMS_SCHEMA))

@@ -67,7 +67,9 @@ def train_folds(
     for fold in range(folds):
         fitted = assigned.filter(pl.col("_fold") != fold).drop("_fold")
         earlier = fold_dir(go_on_from, fold) if go_on_from is not None else None
-        fold_settings = {**settings, "init_from": str(earlier)} if earlier is not None and earlier.is_dir() else settings
+        fold_settings = (
+            {**settings, "init_from": str(earlier)} if earlier is not None and earlier.is_dir() else settings
+        )
         report = train_specialist(
             kind,
             fitted,
@@ -78,7 +80,14 @@ def train_folds(
             progress,
         )
         held_out = assigned.filter(pl.col("_fold") == fold).height
-        reports.append({**report, "fold": fold, "held_out_images": held_out, "went_on_from": fold_settings.get("init_from")})
+        reports.append(
+            {
+                **report,
+                "fold": fold,
+                "held_out_images": held_out,
+                "went_on_from": fold_settings.get("init_from"),
+            }
+        )
     return reports
 
 
@@ -110,7 +119,11 @@ def detect_held_out(
         context = BuildContext(workdir=fold_dir(out_dir, fold), categories=categories, device=device)
         specialist = build_specialist(kind, name, settings, context)
         run = run_specialist(
-            specialist, image_refs(held_out, resolve_path), iteration=iteration, progress=progress, desc=f"{name} fold {fold}"
+            specialist,
+            image_refs(held_out, resolve_path),
+            iteration=iteration,
+            progress=progress,
+            desc=f"{name} fold {fold}",
         )
         labels.append(run.labels)
         quarantine.append(run.quarantine)

@@ -216,17 +216,13 @@ def _write_captions(task: str, rows: list[dict], grid: _Grid) -> list[Example]:
 
 
 def _write_object_detection(task: str, rows: list[dict], grid: _Grid) -> list[Example]:
-    found = [
-        (box, name, row) for row in rows if (box := _box_of(row)) and (name := _category_of(row))
-    ]
+    found = [(box, name, row) for row in rows if (box := _box_of(row)) and (name := _category_of(row))]
     return _one_example(task, task, grid, found)
 
 
 def _write_dense_region_caption(task: str, rows: list[dict], grid: _Grid) -> list[Example]:
     found = [
-        (box, text, row)
-        for row in rows
-        if (box := _box_of(row)) and (text := _writable(row.get("text")))
+        (box, text, row) for row in rows if (box := _box_of(row)) and (text := _writable(row.get("text")))
     ]
     return _one_example(task, task, grid, found)
 
@@ -285,11 +281,7 @@ def _write_referring_segmentation(task: str, rows: list[dict], grid: _Grid) -> l
 
 
 def _write_region_to_segmentation(task: str, rows: list[dict], grid: _Grid) -> list[Example]:
-    found = [
-        (box, _id(row), rings)
-        for row in rows
-        if (rings := _rings_of(row)) and (box := _box_of(row))
-    ]
+    found = [(box, _id(row), rings) for row in rows if (rings := _rings_of(row)) and (box := _box_of(row))]
     return [
         Example(task, task + grid.tokens(box), _polygon_tokens(rings, grid), (label_id,))
         for box, label_id, rings in sorted(found, key=lambda item: (_position(item[0]), item[1]))
@@ -498,9 +490,7 @@ _TEXT_TASKS = {
 }
 
 
-def parse(
-    task: str, generated: str, width: int, height: int, *, prompt_text: str | None = None
-) -> Parsed:
+def parse(task: str, generated: str, width: int, height: int, *, prompt_text: str | None = None) -> Parsed:
     """Label rows read from the text a model generated for ``task`` on a ``width`` x ``height``
     image.
 
@@ -529,7 +519,7 @@ def parse(
     items = _lex(generated, parsed.problems)
     prompt = None
     if prompt_text is not None:
-        prompt = prompt_text[len(task):] if prompt_text.startswith(task) else prompt_text
+        prompt = prompt_text[len(task) :] if prompt_text.startswith(task) else prompt_text
     _READERS[task](task, items, prompt, grid, parsed)
     return parsed
 
@@ -553,9 +543,7 @@ def _lex(text: str, problems: list[str], where: str = "") -> list[tuple[str, Any
             # compare digit counts first: int() refuses strings of thousands of digits
             in_range = len(digits) <= len(str(LOC_BINS)) and int(digits) < LOC_BINS
             if not in_range:
-                problems.append(
-                    f"{where}location token {_quote(match.group())} is outside 0..{LOC_BINS - 1}"
-                )
+                problems.append(f"{where}location token {_quote(match.group())} is outside 0..{LOC_BINS - 1}")
             items.append(("loc", int(digits) if in_range else None))
         elif match.group() == SEP:
             items.append(("sep", None))
@@ -611,9 +599,7 @@ def _read_ocr(task: str, items: list, prompt: str | None, grid: _Grid, parsed: P
         parsed.problems.append("no OCR text")
 
 
-def _read_region_text(
-    task: str, items: list, prompt: str | None, grid: _Grid, parsed: Parsed
-) -> None:
+def _read_region_text(task: str, items: list, prompt: str | None, grid: _Grid, parsed: Parsed) -> None:
     text = _text_only(items, parsed.problems, " ")
     box = _prompt_box(prompt, grid, parsed.problems)
     if not text:
@@ -646,8 +632,13 @@ def _read_boxes(task: str, items: list, prompt: str | None, grid: _Grid, parsed:
         else:
             caption, start, search_from = _find_phrase(prompt, text, search_from, parsed.problems)
             row = _row(
-                "text_phrase_region", "phrase_grounding", region_kind="object",
-                text=caption, phrase_start=start, phrase_end=start + len(text), box=box,
+                "text_phrase_region",
+                "phrase_grounding",
+                region_kind="object",
+                text=caption,
+                phrase_start=start,
+                phrase_end=start + len(text),
+                box=box,
             )
         parsed.rows.append(row)
 
@@ -721,9 +712,7 @@ def _text_only(items: list, problems: list[str], joiner: str) -> str:
     return joiner.join(value.strip() for kind, value in items if kind == "text" and value.strip())
 
 
-def _labelled_regions(
-    items: list, size: int, shape: str, problems: list[str]
-) -> list[tuple[str, list[int]]]:
+def _labelled_regions(items: list, size: int, shape: str, problems: list[str]) -> list[tuple[str, list[int]]]:
     """(text, bins) for each complete region of "text<loc x size><loc x size>...text<loc...>".
 
     A text may be followed by several regions (Florence-2 writes "dogs<box><box>"); each

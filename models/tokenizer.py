@@ -25,7 +25,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import polars as pl
-
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -98,7 +97,9 @@ def train_tokenizer(
 
 
 # the tokens every tokenizer gets whole (tasks, <sep>, locations): not text to learn merges from
-_VOCABULARY_TOKENS = re.compile("(?:" + "|".join(re.escape(token) for token in sorted(VOCABULARY, key=len, reverse=True)) + ")+")
+_VOCABULARY_TOKENS = re.compile(
+    "(?:" + "|".join(re.escape(token) for token in sorted(VOCABULARY, key=len, reverse=True)) + ")+"
+)
 
 
 def corpus_texts(files: Sequence[str | Path]) -> Iterator[str]:

@@ -135,7 +135,9 @@ class CorpusStream(IterableDataset):
         rows = pl.read_parquet(path, columns=["image_path", "task", "prompt", "target"]).with_row_index("_n")
         # a hash, not the row number, picks the consumer: rows come in task patterns
         # (caption, boxes, caption, ...) that a stride would hand to one consumer each
-        mine = (pl.concat_str(pl.lit(path), pl.col("_n").cast(pl.String)).hash(seed=0) % consumers) == consumer
+        mine = (
+            pl.concat_str(pl.lit(path), pl.col("_n").cast(pl.String)).hash(seed=0) % consumers
+        ) == consumer
         return rows.filter(mine).drop("_n").to_dicts()
 
     def __iter__(self) -> Iterator[dict]:
@@ -161,7 +163,9 @@ class CorpusStream(IterableDataset):
                 yield self._decoded(buffer.pop(rng.randrange(len(buffer))))
                 yielded = True
             if not yielded:
-                raise ValueError(f"the corpus files {self.files} hold no example for consumer {me} of {consumers}")
+                raise ValueError(
+                    f"the corpus files {self.files} hold no example for consumer {me} of {consumers}"
+                )
             epoch += 1
 
     def _decoded(self, row: dict) -> dict:
@@ -171,7 +175,12 @@ class CorpusStream(IterableDataset):
         if self.image_root is not None and not path.is_absolute():
             path = self.image_root / path
         with Image.open(path) as image:
-            return {"image": image.convert("RGB"), "task": row["task"], "prompt": row["prompt"], "target": row["target"]}
+            return {
+                "image": image.convert("RGB"),
+                "task": row["task"],
+                "prompt": row["prompt"],
+                "target": row["target"],
+            }
 
 
 class Collator:
@@ -200,7 +209,9 @@ class Collator:
         return {**inputs, "labels": labels}, [example["task"] for example in batch]
 
 
-def teacher_forced_logits(model: torch.nn.Module, config, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+def teacher_forced_logits(
+    model: torch.nn.Module, config, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor
+) -> torch.Tensor:
     """The logits of every target position, the decoder reading the targets shifted right as
     ``model(..., labels=labels)`` would, but without the model's own mean loss, which
     ``per_example_loss`` replaces (it would be a second cross-entropy over the vocabulary).
@@ -241,11 +252,15 @@ def train(
     rank, world_size, device = _distributed_setup()
     torch.manual_seed(settings.seed)
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
     start = _resume(model, optimizer, out_dir / CHECKPOINT, device)
     trained = model
     if world_size > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     stream = CorpusStream(corpus_files, settings, rank=rank, world_size=world_size, image_root=image_root)
     loader = iter(
         DataLoader(
@@ -259,10 +274,14 @@ def train(
             multiprocessing_context="spawn" if settings.num_workers > 0 else None,
         )
     )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    )
     trained.train()
     started, loss_value = time.perf_counter(), math.nan
-    bar = tqdm(total=settings.steps, initial=start, desc="training", unit="step", disable=not progress or rank != 0)
+    bar = tqdm(
+        total=settings.steps, initial=start, desc="training", unit="step", disable=not progress or rank != 0
+    )
     for step in range(start, settings.steps):
         step_started = time.perf_counter()
         for group in optimizer.param_groups:
@@ -308,7 +327,9 @@ def train(
     bar.close()
     if world_size > 1:
         torch.distributed.destroy_process_group()
-    return TrainResult(steps=settings.steps, resumed_from=start, final_loss=loss_value, seconds=time.perf_counter() - started)
+    return TrainResult(
+        steps=settings.steps, resumed_from=start, final_loss=loss_value, seconds=time.perf_counter() - started
+    )
 
 
 def _distributed_setup() -> tuple[int, int, torch.device]:
@@ -349,12 +370,17 @@ def _resume(model, optimizer, folder: Path, device: torch.device) -> int:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # save_pretrained writes a tied weight (shared embeddings) once: only those may be missing
     loaded = {parameter.data_ptr() for name, parameter in model.named_parameters() if name in weights}
-    untied = [name for name, parameter in model.named_parameters() if name in missing and parameter.data_ptr() not in loaded]
+    untied = [
+        name
+        for name, parameter in model.named_parameters()
+        if name in missing and parameter.data_ptr() not in loaded
+    ]
     if unexpected or untied:
-        raise ValueError(f"checkpoint {folder} does not fit the model: missing {untied}, unexpected {unexpected}")
+        raise ValueError(
+            f"checkpoint {folder} does not fit the model: missing {untied}, unexpected {unexpected}"
+        )
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
     return int(json.loads(state.read_text())["step"])
-
 
 
 def corpus_folder(data_dir: Path, iteration: int | None = None) -> Path:
@@ -362,9 +388,15 @@ def corpus_folder(data_dir: Path, iteration: int | None = None) -> Path:
     iteration's), as the IO manager lays them out: ``corpus/examples/iteration-<k>/``."""
     examples = Path(data_dir) / "corpus" / "examples"
     if iteration is None:
-        found = [int(p.name.removeprefix("iteration-")) for p in examples.glob("iteration-*") if p.name.removeprefix("iteration-").isdigit()]
+        found = [
+            int(p.name.removeprefix("iteration-"))
+            for p in examples.glob("iteration-*")
+            if p.name.removeprefix("iteration-").isdigit()
+        ]
         if not found:
-            raise SystemExit(f"no corpus in {examples}: materialize the corpus phase first (relabel materialize corpus)")
+            raise SystemExit(
+                f"no corpus in {examples}: materialize the corpus phase first (relabel materialize corpus)"
+            )
         iteration = max(found)
     return examples / f"iteration-{iteration}"
 
@@ -375,10 +407,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     from models.florence2 import initial_model, save_model
     from relabel.config import load_params, resolve
 
-    parser = argparse.ArgumentParser(prog="python -m models.training", description=main.__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="the project's params.yaml (its folder is the project root)")
-    parser.add_argument("--corpus", help="folder of corpus parquet files (default: the iteration's, <data_dir>/corpus/examples/iteration-<k>)")
-    parser.add_argument("--iteration", type=int, help="the iteration whose corpus to train on (default: the newest)")
+    parser = argparse.ArgumentParser(
+        prog="python -m models.training", description=main.__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", help="the project's params.yaml (its folder is the project root)"
+    )
+    parser.add_argument(
+        "--corpus",
+        help="folder of corpus parquet files (default: the iteration's, <data_dir>/corpus/examples/iteration-<k>)",
+    )
+    parser.add_argument(
+        "--iteration", type=int, help="the iteration whose corpus to train on (default: the newest)"
+    )
     parser.add_argument("--out", required=True, help="folder for checkpoints (resumed from) and the model")
     args = parser.parse_args(argv)
     root = Path(args.params).resolve().parent
@@ -397,7 +438,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         init_from=resolve(root, model_params.init_from) if model_params.init_from else None,
         seed=model_params.train.seed,
     )
-    result = train(model, processor, files, TrainSettings(**model_params.train.model_dump()), args.out, image_root=data_dir, progress=True)
+    result = train(
+        model,
+        processor,
+        files,
+        TrainSettings(**model_params.train.model_dump()),
+        args.out,
+        image_root=data_dir,
+        progress=True,
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         save_model(model, processor, Path(args.out) / "model")
         print(json.dumps(dataclasses.asdict(result)))

@@ -56,7 +56,11 @@ def next_iteration(instance: DagsterInstance, shards: list[str]) -> str | SkipRe
 def start_requests(iteration: str, shards: list[str]) -> list[RunRequest]:
     """One merge run per shard of ``iteration``: the start of the iteration."""
     return [
-        RunRequest(run_key=f"iteration-{iteration}-{shard}", job_name=MERGE_SHARDS_JOB, partition_key=iteration_shard_key(iteration, shard))
+        RunRequest(
+            run_key=f"iteration-{iteration}-{shard}",
+            job_name=MERGE_SHARDS_JOB,
+            partition_key=iteration_shard_key(iteration, shard),
+        )
         for shard in shards
     ]
 

@@ -54,41 +54,99 @@ EXPORT_FORMATS = ("coco", "florence2", "hf-parquet", "yolo")
 
 def build_parser() -> argparse.ArgumentParser:
     """Every command and its options (``relabel COMMAND --help``)."""
-    parser = argparse.ArgumentParser(prog="relabel", description=__doc__.splitlines()[0].removeprefix("relabel: "))
-    parser.add_argument("--root", default=os.getcwd(), help="project root holding params.yaml (default: the working directory)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout (progress goes to stderr)")
+    parser = argparse.ArgumentParser(
+        prog="relabel", description=__doc__.splitlines()[0].removeprefix("relabel: ")
+    )
+    parser.add_argument(
+        "--root",
+        default=os.getcwd(),
+        help="project root holding params.yaml (default: the working directory)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as JSON on stdout (progress goes to stderr)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    init = commands.add_parser("init", help="write a project on your own photos (then run relabel demo or iterate in it)")
+    init = commands.add_parser(
+        "init", help="write a project on your own photos (then run relabel demo or iterate in it)"
+    )
     init.add_argument("path", type=Path, help="the project folder to write (made if missing)")
     init.add_argument("--images", type=Path, required=True, help="the folder of photos")
     init.add_argument("--coco", type=Path, help="their COCO instances JSON (boxes, polygons, categories)")
     init.add_argument("--captions", type=Path, help="their COCO captions JSON")
-    init.add_argument("--alt-text", type=Path, help="an alt-text sidecar of the photos (JSONL or CSV; README: sources)")
-    init.add_argument("--shards", type=int, default=2, help="shards (Dagster partitions) of the collection (default 2)")
+    init.add_argument(
+        "--alt-text", type=Path, help="an alt-text sidecar of the photos (JSONL or CSV; README: sources)"
+    )
+    init.add_argument(
+        "--shards", type=int, default=2, help="shards (Dagster partitions) of the collection (default 2)"
+    )
     init.add_argument("--force", action="store_true", help="overwrite the project's params.yaml and dvc.yaml")
     commands.add_parser("world", help="render the embedded demo world (the world phase)")
-    commands.add_parser("ingest", help="catalog every source in params.yaml and ingest it shard by shard (the ingest phase)")
-    materialize = commands.add_parser("materialize", help="run one phase through Dagster, for every shard or some")
+    commands.add_parser(
+        "ingest", help="catalog every source in params.yaml and ingest it shard by shard (the ingest phase)"
+    )
+    materialize = commands.add_parser(
+        "materialize", help="run one phase through Dagster, for every shard or some"
+    )
     materialize.add_argument("phase", choices=PHASES)
-    materialize.add_argument("--iteration", default="0", help="the iteration of an iteration phase (default: 0)")
-    materialize.add_argument("--shards", nargs="+", metavar="SHARD", help="only these shards (e.g. shard-00 shard-02; default: all)")
+    materialize.add_argument(
+        "--iteration", default="0", help="the iteration of an iteration phase (default: 0)"
+    )
+    materialize.add_argument(
+        "--shards",
+        nargs="+",
+        metavar="SHARD",
+        help="only these shards (e.g. shard-00 shard-02; default: all)",
+    )
     iterate = commands.add_parser("iterate", help="run whole refinement iterations after the annotate phase")
     iterate.add_argument("--iterations", type=int, default=1, help="models to train (default 1)")
     iterate.add_argument("--start", default=None, help="the first iteration (default: the next one to start)")
     demo = commands.add_parser("demo", help="set up, run two refinement iterations and summarise")
-    demo.add_argument("--iterations", type=int, default=DEMO_ITERATIONS, help=f"models trained (default {DEMO_ITERATIONS})")
-    commands.add_parser("status", help="iterations, gates passed and failed, counts, the frozen split and the runs")
-    export = commands.add_parser("export", help="write an iteration's labels in a format other tools read, with a dataset card")
-    export.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="coco, florence2 (JSONL), hf-parquet or yolo")
-    export.add_argument("--iteration", default=None, help="default: the latest iteration whose gates all passed")
-    export.add_argument("--min-score", type=float, default=None, help="leave out labels scored below this (default: export.min_score)")
-    export.add_argument("--status", nargs="+", dest="statuses", metavar="STATUS", help="keep only labels of these statuses (default: export.statuses)")
-    export.add_argument("--include-quarantined", action="store_true", default=None, help="also export the labels the filters quarantined")
-    commands.add_parser("resume", help="re-execute, from where they stopped, the runs whose process died (killed, crashed)")
-    unfreeze = commands.add_parser("unfreeze", help="lift the freeze of the evaluation split (logged); the next audit phase freezes it anew")
+    demo.add_argument(
+        "--iterations", type=int, default=DEMO_ITERATIONS, help=f"models trained (default {DEMO_ITERATIONS})"
+    )
+    commands.add_parser(
+        "status", help="iterations, gates passed and failed, counts, the frozen split and the runs"
+    )
+    export = commands.add_parser(
+        "export", help="write an iteration's labels in a format other tools read, with a dataset card"
+    )
+    export.add_argument(
+        "--format", required=True, choices=EXPORT_FORMATS, help="coco, florence2 (JSONL), hf-parquet or yolo"
+    )
+    export.add_argument(
+        "--iteration", default=None, help="default: the latest iteration whose gates all passed"
+    )
+    export.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="leave out labels scored below this (default: export.min_score)",
+    )
+    export.add_argument(
+        "--status",
+        nargs="+",
+        dest="statuses",
+        metavar="STATUS",
+        help="keep only labels of these statuses (default: export.statuses)",
+    )
+    export.add_argument(
+        "--include-quarantined",
+        action="store_true",
+        default=None,
+        help="also export the labels the filters quarantined",
+    )
+    commands.add_parser(
+        "resume", help="re-execute, from where they stopped, the runs whose process died (killed, crashed)"
+    )
+    unfreeze = commands.add_parser(
+        "unfreeze",
+        help="lift the freeze of the evaluation split (logged); the next audit phase freezes it anew",
+    )
     unfreeze.add_argument("--by", required=True, help="who unfreezes it")
     unfreeze.add_argument("--reason", required=True, help="why")
-    ui = commands.add_parser("ui", help="start the Dagster UI and the MLflow UI on this project (Ctrl-C stops both)")
+    ui = commands.add_parser(
+        "ui", help="start the Dagster UI and the MLflow UI on this project (Ctrl-C stops both)"
+    )
     ui.add_argument("--dagster-port", type=int, default=3000)
     ui.add_argument("--mlflow-port", type=int, default=5000)
     return parser
@@ -109,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"relabel {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # a one-line reason, not a traceback; the runs' own logs are in the UI
-        print(f"relabel {args.command}: {error_line(type(error).__name__, type(error).__module__, str(error))}", file=sys.stderr)
+        print(
+            f"relabel {args.command}: {error_line(type(error).__name__, type(error).__module__, str(error))}",
+            file=sys.stderr,
+        )
         return 1
     if args.json:
         print(json.dumps(result.payload, indent=2, default=str))
@@ -150,9 +211,14 @@ def _phase_command(phase: str):
         point_dagster_at(root)
         started = time.monotonic()
         with process_pool() as pool:
-            runs = materialize_phase(phase, root, getattr(args, "iteration", "0"), pool, shards=getattr(args, "shards", None))
+            runs = materialize_phase(
+                phase, root, getattr(args, "iteration", "0"), pool, shards=getattr(args, "shards", None)
+            )
         seconds = time.monotonic() - started
-        return Outcome({"phase": phase, "runs": runs, "seconds": round(seconds, 1)}, f"[relabel] {phase}: {len(runs)} run(s) succeeded in {seconds:.0f} s")
+        return Outcome(
+            {"phase": phase, "runs": runs, "seconds": round(seconds, 1)},
+            f"[relabel] {phase}: {len(runs)} run(s) succeeded in {seconds:.0f} s",
+        )
 
     return run
 
@@ -171,7 +237,13 @@ def _iterations(args: argparse.Namespace, root: Path) -> Outcome:
         text = demo_summary(root, time.monotonic() - started, timings)
     else:
         text = "\n".join(["", *iteration_lines(data), *timing_lines(timings)])
-    return Outcome({"seconds": {name: round(value, 1) for name, value in timings.items()}, "status": project_status(root)}, text)
+    return Outcome(
+        {
+            "seconds": {name: round(value, 1) for name, value in timings.items()},
+            "status": project_status(root),
+        },
+        text,
+    )
 
 
 def _status(args: argparse.Namespace, root: Path) -> Outcome:
@@ -185,7 +257,9 @@ def _resume(args: argparse.Namespace, root: Path) -> Outcome:
     resumed = resume_interrupted()
     failed = [(run_id, outcome) for run_id, outcome in resumed.items() if not outcome.ok]
     if failed:
-        raise CommandError(f"re-executing {len(failed)} of {len(resumed)} interrupted runs failed for {[run_id for run_id, _ in failed]}: {failure_reasons(failed)} ({see_runs(len(failed))})")
+        raise CommandError(
+            f"re-executing {len(failed)} of {len(resumed)} interrupted runs failed for {[run_id for run_id, _ in failed]}: {failure_reasons(failed)} ({see_runs(len(failed))})"
+        )
     return Outcome({"resumed": {run_id: outcome.ok for run_id, outcome in resumed.items()}})
 
 
@@ -195,7 +269,10 @@ def _unfreeze(args: argparse.Namespace, root: Path) -> Outcome:
         entry = unfreeze(folder, by=args.by, reason=args.reason)
     except ValueError as error:
         raise CommandError(str(error)) from error
-    return Outcome(entry, f"unfroze the evaluation split {entry['digest'][:12]} ({args.by}: {args.reason}); logged in {folder}. Run `relabel materialize audit` to audit and freeze it again.")
+    return Outcome(
+        entry,
+        f"unfroze the evaluation split {entry['digest'][:12]} ({args.by}: {args.reason}); logged in {folder}. Run `relabel materialize audit` to audit and freeze it again.",
+    )
 
 
 def _ui(args: argparse.Namespace, root: Path) -> Outcome:
@@ -205,8 +282,26 @@ def _ui(args: argparse.Namespace, root: Path) -> Outcome:
     binaries = Path(sys.executable).parent
     database = resolve(root, params.data_dir) / "mlflow" / "mlflow.db"
     commands = {
-        f"Dagster UI  http://127.0.0.1:{args.dagster_port}": [str(binaries / "dagster"), "dev", "-w", str(root / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(args.dagster_port)],
-        f"MLflow UI   http://127.0.0.1:{args.mlflow_port}": [str(binaries / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{database}", "-h", "127.0.0.1", "-p", str(args.mlflow_port)],
+        f"Dagster UI  http://127.0.0.1:{args.dagster_port}": [
+            str(binaries / "dagster"),
+            "dev",
+            "-w",
+            str(root / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(args.dagster_port),
+        ],
+        f"MLflow UI   http://127.0.0.1:{args.mlflow_port}": [
+            str(binaries / "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            f"sqlite:///{database}",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(args.mlflow_port),
+        ],
     }
     processes = [subprocess.Popen(command, cwd=root) for command in commands.values()]
     print("\n".join(commands) + "\n(Ctrl-C stops both)", file=sys.stderr, flush=True)
@@ -222,12 +317,23 @@ def _init(args: argparse.Namespace, root: Path) -> Outcome:
     from pipelines.init_project import InitError, Sources, init_project
 
     project = args.path.resolve()
-    sources = Sources(*(path.resolve() if path is not None else None for path in (args.images, args.coco, args.captions, args.alt_text)))
+    sources = Sources(
+        *(
+            path.resolve() if path is not None else None
+            for path in (args.images, args.coco, args.captions, args.alt_text)
+        )
+    )
     try:
         written = init_project(project, sources, shards=args.shards, force=args.force)
     except InitError as error:
         raise CommandError(str(error)) from error
-    text = "\n".join([f"wrote the project {project}:", *(f"  {path.name}" for path in written), f"next: relabel --root {project} demo"])
+    text = "\n".join(
+        [
+            f"wrote the project {project}:",
+            *(f"  {path.name}" for path in written),
+            f"next: relabel --root {project} demo",
+        ]
+    )
     return Outcome({"project": str(project), "files": [str(path) for path in written]}, text)
 
 
@@ -238,10 +344,22 @@ def _export(args: argparse.Namespace, root: Path) -> Outcome:
     status = project_status(root)
     iteration = args.iteration if args.iteration is not None else latest_passing_iteration(status)
     if iteration is None:
-        raise CommandError("no iteration has filtered labels whose gates all passed: run relabel iterate (or relabel demo) first")
+        raise CommandError(
+            "no iteration has filtered labels whose gates all passed: run relabel iterate (or relabel demo) first"
+        )
     if int(iteration) not in {it["iteration"] for it in status["iterations"] if it["filtered_labels"]}:
-        raise CommandError(f"iteration {iteration} has no filtered labels to export (relabel status lists the iterations)")
-    overrides = {key: value for key, value in (("min_score", args.min_score), ("statuses", args.statuses), ("include_quarantined", args.include_quarantined)) if value is not None}
+        raise CommandError(
+            f"iteration {iteration} has no filtered labels to export (relabel status lists the iterations)"
+        )
+    overrides = {
+        key: value
+        for key, value in (
+            ("min_score", args.min_score),
+            ("statuses", args.statuses),
+            ("include_quarantined", args.include_quarantined),
+        )
+        if value is not None
+    }
     with process_pool() as pool:
         folder, manifest = run_export(root, args.format, str(iteration), overrides, pool)
     counts = ", ".join(f"{task} {n}" for task, n in manifest["labels_by_task"].items())
@@ -258,7 +376,11 @@ def _run_iterations(args: argparse.Namespace, root: Path, pool: ProcessPoolExecu
         has_world = load_params(root / "params.yaml").world is not None
         for phase in (p for p in SETUP_PHASES if has_world or p != "world"):
             timings[phase] = _timed(materialize_phase, phase, root, "0", pool)
-    first = int(args.start) if getattr(args, "start", None) is not None else (0 if args.command == "demo" else next_iteration_to_run(root))
+    first = (
+        int(args.start)
+        if getattr(args, "start", None) is not None
+        else (0 if args.command == "demo" else next_iteration_to_run(root))
+    )
     for k in range(first, first + args.iterations):
         for phase in ITERATION_PHASES:
             timings[f"{phase} {k}"] = _timed(materialize_phase, phase, root, str(k), pool)

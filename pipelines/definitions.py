@@ -61,7 +61,9 @@ def build_definitions(root: str | None = None) -> Definitions:
     dvc = DvcResource(project=project)
     catalog = AssetSelection.assets(SOURCE_CATALOG).required_multi_asset_neighbors()
     annotate = build_annotate_assets(shards, params.annotate)
-    merge, reannotate, (caption_specialist, self_trained, (label_quality, rare_class_guard)) = build_refine_assets(by_iteration_and_shard)
+    merge, reannotate, (caption_specialist, self_trained, (label_quality, rare_class_guard)) = (
+        build_refine_assets(by_iteration_and_shard)
+    )
     filter_shard, (filter_report, quarantine_index) = build_filter_assets(
         by_iteration_and_shard, [*QUARANTINES, *annotate.quarantines], [MERGE_QUARANTINE]
     )
@@ -70,34 +72,144 @@ def build_definitions(root: str | None = None) -> Definitions:
     # here, a partitioned run's steps go one after another in one process: the gates import GX
     # once, training and generation take the cores by themselves, and shards run in parallel
     # as runs of their own; on a Celery cluster, its workers take the steps
-    step_executor = in_process_executor if params.executor.kind == "multiprocess" else executor_for(params.executor)
+    step_executor = (
+        in_process_executor if params.executor.kind == "multiprocess" else executor_for(params.executor)
+    )
     # name, assets, partitions (None: unpartitioned), whether the steps of a run go one after
     # another in its process (step_executor; else the definitions' executor), description
     job_table = [
-        (WORLD_JOB, AssetSelection.assets(embedded_world), None, False, "Render the embedded world with its human labels and ground truth."),
+        (
+            WORLD_JOB,
+            AssetSelection.assets(embedded_world),
+            None,
+            False,
+            "Render the embedded world with its human labels and ground truth.",
+        ),
         (CATALOG_JOB, catalog, None, False, "Hash and shard every image record of every configured source."),
-        (INGEST_SHARDS_JOB, AssetSelection.groups("ingest") - catalog, shards, True, "Read one shard of every source into the label store, with its checks."),
-        (AUDIT_SPLIT_JOB, AssetSelection.assets(*audit), None, False, "Export the evaluation split's labels as Label Studio tasks, read the completed audit back and freeze the split (blocking check: unchanged to the byte)."),
-        (TRAIN_SPECIALISTS_JOB, AssetSelection.assets(*annotate.training), None, False, "Fit the trainable specialists on the human labels of every shard."),
-        (ANNOTATE_SHARDS_JOB, AssetSelection.assets(*annotate.per_shard), shards, False, "Run every specialist on one shard, fuse them and merge with the human labels."),
-        (SCORE_ANNOTATIONS_JOB, AssetSelection.assets(annotate.scores), None, False, "Score the specialists and the consensus against the world's ground truth (an MLflow run)."),
-        (MERGE_SHARDS_JOB, AssetSelection.assets(*merge), by_iteration_and_shard, True, "Start an iteration on one shard: its labels are the initial annotations (iteration 0), or the previous iteration's labels merged with its model's re-annotation by the merge policy."),
-        (FILTER_SHARDS_JOB, AssetSelection.assets(*filter_shard), by_iteration_and_shard, True, "Parse, filter and gate one shard's labels of an iteration; the gates block what depends on a failing shard."),
-        (FILTER_REPORT_JOB, AssetSelection.assets(filter_report, quarantine_index, label_quality), ITERATIONS, True, "An iteration's filter report (table 3, filter precision), its quarantine index, and the quality of its labels with the rare-class guard (MLflow runs)."),
-        (CORPUS_SHARDS_JOB, AssetSelection.assets(*corpus), by_iteration_and_shard, True, "Write one shard's gated, filtered training labels of an iteration as Florence-2 (prompt, target) examples."),
-        (TRAIN_MODEL_JOB, AssetSelection.assets(MODEL), ITERATIONS, True, "Train the iteration's Florence-2 model on every shard's corpus (an MLflow run and a registered model version)."),
-        (SCORE_MODEL_JOB, AssetSelection.assets(HELDOUT_SCORES), ITERATIONS, True, "Score the iteration's model on the frozen audited split against a trivial baseline, and write the iteration report (an MLflow run nested under the training run)."),
-        (REFINE_SPECIALISTS_JOB, AssetSelection.assets(CAPTION_SPECIALIST, SELF_TRAINED), ITERATIONS, True, "The iteration's specialists for re-annotation: the model fine-tuned on the few labels of the tasks no specialist labels (detailed captions), and the self-trained perception specialists, re-trained on the iteration's filtered labels one model per fold of the images (cross-fitting)."),
-        (REANNOTATE_SHARDS_JOB, AssetSelection.assets(*reannotate), by_iteration_and_shard, True, "The iteration's model labels every training image of one shard for every task: the raw material of the next iteration's merge."),
-        (QUEUE_AUDIT_JOB, AssetSelection.assets(AUDIT_QUEUE), ITERATIONS, True, "Score every training label of the iteration by how likely it is wrong and queue the most suspicious (review.budget) as Label Studio tasks."),
-        (READ_VERDICTS_JOB, AssetSelection.assets(AUDIT_VERDICTS), ITERATIONS, True, "Read the audit queue's verdicts back from the completed Label Studio export: human-audit labels the next iteration trusts."),
+        (
+            INGEST_SHARDS_JOB,
+            AssetSelection.groups("ingest") - catalog,
+            shards,
+            True,
+            "Read one shard of every source into the label store, with its checks.",
+        ),
+        (
+            AUDIT_SPLIT_JOB,
+            AssetSelection.assets(*audit),
+            None,
+            False,
+            "Export the evaluation split's labels as Label Studio tasks, read the completed audit back and freeze the split (blocking check: unchanged to the byte).",
+        ),
+        (
+            TRAIN_SPECIALISTS_JOB,
+            AssetSelection.assets(*annotate.training),
+            None,
+            False,
+            "Fit the trainable specialists on the human labels of every shard.",
+        ),
+        (
+            ANNOTATE_SHARDS_JOB,
+            AssetSelection.assets(*annotate.per_shard),
+            shards,
+            False,
+            "Run every specialist on one shard, fuse them and merge with the human labels.",
+        ),
+        (
+            SCORE_ANNOTATIONS_JOB,
+            AssetSelection.assets(annotate.scores),
+            None,
+            False,
+            "Score the specialists and the consensus against the world's ground truth (an MLflow run).",
+        ),
+        (
+            MERGE_SHARDS_JOB,
+            AssetSelection.assets(*merge),
+            by_iteration_and_shard,
+            True,
+            "Start an iteration on one shard: its labels are the initial annotations (iteration 0), or the previous iteration's labels merged with its model's re-annotation by the merge policy.",
+        ),
+        (
+            FILTER_SHARDS_JOB,
+            AssetSelection.assets(*filter_shard),
+            by_iteration_and_shard,
+            True,
+            "Parse, filter and gate one shard's labels of an iteration; the gates block what depends on a failing shard.",
+        ),
+        (
+            FILTER_REPORT_JOB,
+            AssetSelection.assets(filter_report, quarantine_index, label_quality),
+            ITERATIONS,
+            True,
+            "An iteration's filter report (table 3, filter precision), its quarantine index, and the quality of its labels with the rare-class guard (MLflow runs).",
+        ),
+        (
+            CORPUS_SHARDS_JOB,
+            AssetSelection.assets(*corpus),
+            by_iteration_and_shard,
+            True,
+            "Write one shard's gated, filtered training labels of an iteration as Florence-2 (prompt, target) examples.",
+        ),
+        (
+            TRAIN_MODEL_JOB,
+            AssetSelection.assets(MODEL),
+            ITERATIONS,
+            True,
+            "Train the iteration's Florence-2 model on every shard's corpus (an MLflow run and a registered model version).",
+        ),
+        (
+            SCORE_MODEL_JOB,
+            AssetSelection.assets(HELDOUT_SCORES),
+            ITERATIONS,
+            True,
+            "Score the iteration's model on the frozen audited split against a trivial baseline, and write the iteration report (an MLflow run nested under the training run).",
+        ),
+        (
+            REFINE_SPECIALISTS_JOB,
+            AssetSelection.assets(CAPTION_SPECIALIST, SELF_TRAINED),
+            ITERATIONS,
+            True,
+            "The iteration's specialists for re-annotation: the model fine-tuned on the few labels of the tasks no specialist labels (detailed captions), and the self-trained perception specialists, re-trained on the iteration's filtered labels one model per fold of the images (cross-fitting).",
+        ),
+        (
+            REANNOTATE_SHARDS_JOB,
+            AssetSelection.assets(*reannotate),
+            by_iteration_and_shard,
+            True,
+            "The iteration's model labels every training image of one shard for every task: the raw material of the next iteration's merge.",
+        ),
+        (
+            QUEUE_AUDIT_JOB,
+            AssetSelection.assets(AUDIT_QUEUE),
+            ITERATIONS,
+            True,
+            "Score every training label of the iteration by how likely it is wrong and queue the most suspicious (review.budget) as Label Studio tasks.",
+        ),
+        (
+            READ_VERDICTS_JOB,
+            AssetSelection.assets(AUDIT_VERDICTS),
+            ITERATIONS,
+            True,
+            "Read the audit queue's verdicts back from the completed Label Studio export: human-audit labels the next iteration trusts.",
+        ),
         *(
-            (job_name, AssetSelection.assets(EXPORT_ASSETS[fmt]), ITERATIONS, False, f"Export an iteration's labels as {fmt}, with a dataset card (relabel export --format {fmt}).")
+            (
+                job_name,
+                AssetSelection.assets(EXPORT_ASSETS[fmt]),
+                ITERATIONS,
+                False,
+                f"Export an iteration's labels as {fmt}, with a dataset card (relabel export --format {fmt}).",
+            )
             for fmt, job_name in EXPORT_JOBS.items()
         ),
     ]
     jobs = [
-        define_asset_job(name, selection=selection, partitions_def=partitions, description=description, **({"executor_def": step_executor} if stepwise else {}))
+        define_asset_job(
+            name,
+            selection=selection,
+            partitions_def=partitions,
+            description=description,
+            **({"executor_def": step_executor} if stepwise else {}),
+        )
         for name, selection, partitions, stepwise, description in job_table
     ]
     automation = build_automation(params.refine.schedule, shards)
@@ -122,7 +234,12 @@ def build_definitions(root: str | None = None) -> Definitions:
             *build_review_assets([spec.name for spec in params.annotate.perception if spec.enabled]),
             *build_export_assets(),
         ],
-        asset_checks=[*build_shard_checks(shards, by_iteration_and_shard, params.filter.gates, project.ontology()), rare_class_guard, *audit_checks, *corpus_checks],
+        asset_checks=[
+            *build_shard_checks(shards, by_iteration_and_shard, params.filter.gates, project.ontology()),
+            rare_class_guard,
+            *audit_checks,
+            *corpus_checks,
+        ],
         jobs=jobs,
         schedules=automation.schedules,
         sensors=automation.sensors,

@@ -29,8 +29,12 @@ from relabel.config import ExecutorParams, load_params
 CELERY_APP = "dagster_celery.app"
 # the queue dagster-celery routes every step to unless a step is tagged otherwise
 CELERY_QUEUE = "dagster"
-INSTALL_CELERY = "pip install -e '.[celery]' and pip install --no-deps dagster-celery==0.29.27 (make install does both)"
-MISSING_CELERY = f"params.yaml sets executor.kind: celery, but dagster-celery is not installed; {INSTALL_CELERY}"
+INSTALL_CELERY = (
+    "pip install -e '.[celery]' and pip install --no-deps dagster-celery==0.29.27 (make install does both)"
+)
+MISSING_CELERY = (
+    f"params.yaml sets executor.kind: celery, but dagster-celery is not installed; {INSTALL_CELERY}"
+)
 
 
 def executor_for(params: ExecutorParams) -> ExecutorDefinition:
@@ -57,7 +61,9 @@ def write_worker_config(params: ExecutorParams, path: str | Path) -> Path:
     under ``execution.config``), so the workers listen where the runs send their steps."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"execution": {"config": celery_executor_config(params)}}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump({"execution": {"config": celery_executor_config(params)}}, sort_keys=False)
+    )
     return path
 
 
@@ -65,7 +71,17 @@ def worker_command(config_yaml: str | Path, *celery_args: str, name: str | None 
     """The command line that starts a dagster-celery worker with the config at
     ``config_yaml`` (see ``write_worker_config``) on the queue the celery executor uses;
     ``celery_args`` go on to ``celery worker`` (e.g. ``--concurrency 4``)."""
-    command = ["dagster-celery", "worker", "start", "-A", CELERY_APP, "-y", str(config_yaml), "-q", CELERY_QUEUE]
+    command = [
+        "dagster-celery",
+        "worker",
+        "start",
+        "-A",
+        CELERY_APP,
+        "-y",
+        str(config_yaml),
+        "-q",
+        CELERY_QUEUE,
+    ]
     if name is not None:
         command += ["--name", name]
     # after `--`, so that dagster-celery's click passes them on instead of parsing them
@@ -78,7 +94,9 @@ def worker_command_for(params_file: str | Path, *celery_args: str, name: str | N
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         raise RuntimeError("DAGSTER_HOME must name the Dagster instance the runs use")
-    config = write_worker_config(load_params(params_file).executor, Path(home) / "dagster_celery" / "relabel-worker.yaml")
+    config = write_worker_config(
+        load_params(params_file).executor, Path(home) / "dagster_celery" / "relabel-worker.yaml"
+    )
     return worker_command(config, *celery_args, name=name)
 
 
@@ -88,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.runs import point_dagster_at
 
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.executors", description="Start a dagster-celery worker for a relabel project."
+        prog="python -m pipelines.executors",
+        description="Start a dagster-celery worker for a relabel project.",
     )
     parser.add_argument("--root", default=os.getcwd(), help="project root holding params.yaml")
     parser.add_argument("--name", default=None, help="the worker's name (default: dagster-XXXXXX)")

@@ -87,14 +87,19 @@ def init_project(root: Path, sources: Sources, *, shards: int = 2, force: bool =
     # a COCO file can be large (train2017's is 450 MB): each is read once
     documents = {path: _read_json(path) for path in (sources.coco, sources.captions) if path is not None}
     categories = ontology_categories(sources.coco, documents.get(sources.coco))
-    listed = {str(image.get("file_name")) for document in documents.values() for image in document.get("images", [])}
+    listed = {
+        str(image.get("file_name")) for document in documents.values() for image in document.get("images", [])
+    }
     unlisted = [photo for photo in photos if str(photo.relative_to(sources.images)) not in listed]
     params = photo_params(sources, shards, categories, has_unlisted=bool(unlisted))
     Params.model_validate(params)  # what is written must load
     written = {
         "params.yaml": HEADER.format(checkout=CHECKOUT) + yaml.safe_dump(params, sort_keys=False, width=100),
         "dvc.yaml": DVC_HEADER + yaml.safe_dump(photo_stages(sources), sort_keys=False, width=100),
-        ONTOLOGY_FILE: json.dumps({"categories": [{"id": n, "name": name} for n, name in enumerate(categories, start=1)]}, indent=1) + "\n",
+        ONTOLOGY_FILE: json.dumps(
+            {"categories": [{"id": n, "name": name} for n, name in enumerate(categories, start=1)]}, indent=1
+        )
+        + "\n",
     }
     for name, text in written.items():
         (root / name).write_text(text)
@@ -106,7 +111,11 @@ def _check(sources: Sources) -> list[Path]:
     """The photos of ``sources.images``, once every path given is checked."""
     if not sources.images.is_dir():
         raise InitError(f"--images {sources.images} is not a folder")
-    for flag, path in (("--coco", sources.coco), ("--captions", sources.captions), ("--alt-text", sources.alt_text)):
+    for flag, path in (
+        ("--coco", sources.coco),
+        ("--captions", sources.captions),
+        ("--alt-text", sources.alt_text),
+    ):
         if path is not None and not path.is_file():
             raise InitError(f"{flag} {path} is not a file")
     photos = list_image_files(sources.images)
@@ -134,7 +143,9 @@ def ontology_categories(coco: Path | None, document: Any = None) -> list[str]:
     return [*dict.fromkeys([*names, FACE])]
 
 
-def photo_params(sources: Sources, shards: int, categories: list[str], *, has_unlisted: bool) -> dict[str, Any]:
+def photo_params(
+    sources: Sources, shards: int, categories: list[str], *, has_unlisted: bool
+) -> dict[str, Any]:
     """The checkout's params.yaml, changed for a collection of photos (see the module doc)."""
     params = yaml.safe_load((CHECKOUT / "params.yaml").read_text())
     params["shards"]["count"] = shards
@@ -175,7 +186,11 @@ def source_entries(sources: Sources, *, has_unlisted: bool) -> list[dict[str, An
             coco["captions"] = str(sources.captions)
         entries.append(coco)
     if has_unlisted or sources.alt_text is not None:
-        folder = {"name": "photos-folder" if entries else "photos", "kind": "folder", "images": str(sources.images)}
+        folder = {
+            "name": "photos-folder" if entries else "photos",
+            "kind": "folder",
+            "images": str(sources.images),
+        }
         if sources.alt_text is not None:
             folder["sidecar"] = str(sources.alt_text)
         entries.append(folder)
@@ -187,5 +202,9 @@ def photo_stages(sources: Sources) -> dict[str, Any]:
     pipeline = yaml.safe_load((CHECKOUT / "dvc.yaml").read_text())
     stages = pipeline["stages"]
     stages.pop("world")
-    stages["ingest"]["deps"] = [str(path) for path in (sources.images, sources.coco, sources.captions, sources.alt_text) if path is not None]
+    stages["ingest"]["deps"] = [
+        str(path)
+        for path in (sources.images, sources.coco, sources.captions, sources.alt_text)
+        if path is not None
+    ]
     return pipeline

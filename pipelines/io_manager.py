@@ -38,7 +38,11 @@ class ShardParquetIOManager(ConfigurableIOManager):
         table = context.definition_metadata.get(TABLE_METADATA_KEY)
         if table:
             check_schema(obj, table)
-        path = partition_path(self.project.data_dir, context.asset_key, context.partition_key if context.has_partition_key else None)
+        path = partition_path(
+            self.project.data_dir,
+            context.asset_key,
+            context.partition_key if context.has_partition_key else None,
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         # write beside and rename, so a failed write never leaves a half-written shard
         partial = path.with_suffix(".parquet.partial")
@@ -61,7 +65,10 @@ class ShardParquetIOManager(ConfigurableIOManager):
         key_path = upstream.asset_key.path if upstream else context.asset_key.path
         if context.has_asset_partitions:
             keys = self._unblocked(context, AssetKey(key_path), context.asset_partition_keys)
-            frames = [pl.read_parquet(partition_path(self.project.data_dir, AssetKey(key_path), key)) for key in keys]
+            frames = [
+                pl.read_parquet(partition_path(self.project.data_dir, AssetKey(key_path), key))
+                for key in keys
+            ]
             loaded = pl.concat(frames, how="vertical") if frames else pl.DataFrame()
         else:
             loaded = pl.read_parquet(partition_path(self.project.data_dir, AssetKey(key_path), None))
@@ -76,11 +83,14 @@ class ShardParquetIOManager(ConfigurableIOManager):
         blocked = blocked_shards(context.instance, asset, this_run=context.step_context.run_id)
         refused = {key: blocked[key] for key in keys if key in blocked}
         if refused and len(keys) == 1:
-            raise Failure(f"{asset.to_user_string()} {keys[0]} is blocked by its failed gates {refused[keys[0]]}")
+            raise Failure(
+                f"{asset.to_user_string()} {keys[0]} is blocked by its failed gates {refused[keys[0]]}"
+            )
         if refused:
-            context.log.warning(f"leaving out shards of {asset.to_user_string()} blocked by their gates: {refused}")
+            context.log.warning(
+                f"leaving out shards of {asset.to_user_string()} blocked by their gates: {refused}"
+            )
         return [key for key in keys if key not in refused]
-
 
 
 def partition_path(data_dir: Path, asset: AssetKey, partition: str | None) -> Path:

@@ -130,7 +130,9 @@ class MlflowResource(ConfigurableResource):
         return f"http://127.0.0.1:5000/#/experiments/{self.experiment_id()}/runs/{run_id}"
 
     @contextmanager
-    def training_run(self, run_name: str, tags: dict[str, str], params: Mapping[str, object]) -> Iterator[TrainingRun]:
+    def training_run(
+        self, run_name: str, tags: dict[str, str], params: Mapping[str, object]
+    ) -> Iterator[TrainingRun]:
         """An MLflow run open while a model trains: FINISHED when the block ends, FAILED (and
         the error re-raised) when it raises."""
         from mlflow import MlflowClient
@@ -138,7 +140,9 @@ class MlflowResource(ConfigurableResource):
 
         client = MlflowClient(self.tracking_uri)
         run = client.create_run(self.experiment_id(), run_name=run_name, tags=tags)
-        client.log_batch(run.info.run_id, params=[Param(key, str(value)[:6000]) for key, value in params.items()])
+        client.log_batch(
+            run.info.run_id, params=[Param(key, str(value)[:6000]) for key, value in params.items()]
+        )
         try:
             yield TrainingRun(client, run.info.run_id, run.info.artifact_uri, self.run_url(run.info.run_id))
         except BaseException:
@@ -146,7 +150,9 @@ class MlflowResource(ConfigurableResource):
             raise
         client.set_terminated(run.info.run_id, "FINISHED")
 
-    def add_to_run(self, run_id: str, metrics: Mapping[str, float | None], report_dir: Path, artifact_path: str) -> str:
+    def add_to_run(
+        self, run_id: str, metrics: Mapping[str, float | None], report_dir: Path, artifact_path: str
+    ) -> str:
         """Log more metrics (NaN and None left out) and a report folder to a finished run, e.g.
         a model's held-out scores to its training run, so one row of the MLflow UI holds both."""
         from mlflow import MlflowClient
@@ -159,14 +165,20 @@ class MlflowResource(ConfigurableResource):
 
 def _measured(metrics: Mapping[str, float | None]) -> dict[str, float]:
     """The metrics that hold a number: NaN and None mean nothing was there to measure."""
-    return {key: float(value) for key, value in metrics.items() if value is not None and not math.isnan(float(value))}
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if value is not None and not math.isnan(float(value))
+    }
 
 
 def _log_metrics(client, run_id: str, metrics: Mapping[str, float | None], step: int) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(key, value, now, step) for key, value in _measured(metrics).items()])
+    client.log_batch(
+        run_id, metrics=[Metric(key, value, now, step) for key, value in _measured(metrics).items()]
+    )
 
 
 @dataclass(frozen=True)
@@ -191,10 +203,14 @@ class TrainingRun:
 
         self.client.log_artifacts(self.run_id, str(folder), artifact_path="model")
         try:
-            self.client.create_registered_model(name, description="The unified Florence-2 model of relabel, one version per iteration.")
+            self.client.create_registered_model(
+                name, description="The unified Florence-2 model of relabel, one version per iteration."
+            )
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        version = self.client.create_model_version(name, source=f"{self.artifact_uri}/model", run_id=self.run_id, tags=tags)
+        version = self.client.create_model_version(
+            name, source=f"{self.artifact_uri}/model", run_id=self.run_id, tags=tags
+        )
         self.client.set_registered_model_alias(name, alias, version.version)
         return str(version.version)

@@ -31,13 +31,21 @@ def error_line(type_name: str, module: str, message: str) -> str:
     return f"{kind}: {first}" if first else kind
 
 
-def run_export(root: Path, fmt: str, iteration: str, overrides: dict, pool: ProcessPoolExecutor) -> tuple[Path, dict]:
+def run_export(
+    root: Path, fmt: str, iteration: str, overrides: dict, pool: ProcessPoolExecutor
+) -> tuple[Path, dict]:
     """Run the export job of ``fmt`` for ``iteration``; its folder and manifest."""
     from assets.export import EXPORT_ASSETS, MANIFEST_FILE, export_dir
 
     print(f"[relabel] export: {EXPORT_JOBS[fmt]} for iteration {iteration}", file=sys.stderr, flush=True)
     op_name = "__".join(EXPORT_ASSETS[fmt].path)
-    (outcome,) = pool.map(_execute, [EXPORT_JOBS[fmt]], [iteration], [os.cpu_count() or 1], [{"ops": {op_name: {"config": overrides}}}])
+    (outcome,) = pool.map(
+        _execute,
+        [EXPORT_JOBS[fmt]],
+        [iteration],
+        [os.cpu_count() or 1],
+        [{"ops": {op_name: {"config": overrides}}}],
+    )
     if not outcome.ok:
         raise CommandError(f"the {fmt} export of iteration {iteration} failed: {outcome.why} ({see_runs(1)})")
     folder = export_dir(resolve(root, load_params(root / "params.yaml").data_dir), fmt, iteration)
@@ -46,14 +54,20 @@ def run_export(root: Path, fmt: str, iteration: str, overrides: dict, pool: Proc
 
 def latest_passing_iteration(status: dict) -> int | None:
     """The newest iteration with filtered labels on every shard and no failed gate."""
-    ready = [it for it in status["iterations"] if it["filtered_labels"] and it["merged_shards"] == len(status["shards"]) and not it["gates_failed"]]
+    ready = [
+        it
+        for it in status["iterations"]
+        if it["filtered_labels"] and it["merged_shards"] == len(status["shards"]) and not it["gates_failed"]
+    ]
     return max((it["iteration"] for it in ready), default=None)
 
 
 def process_pool() -> ProcessPoolExecutor:
     # one pool for the whole command: its processes import the definitions once, and each
     # run of a phase goes to one of them (shards in parallel)
-    return ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")
+    )
 
 
 def next_iteration_to_run(root: Path) -> int:
@@ -81,7 +95,14 @@ def point_dagster_at(root: Path) -> None:
         config.write_text("telemetry:\n  enabled: false\n")
 
 
-def materialize_phase(phase: str, root: Path, iteration: str, pool: ProcessPoolExecutor, shards: list[str] | None = None, run_config: dict | None = None) -> list[str]:
+def materialize_phase(
+    phase: str,
+    root: Path,
+    iteration: str,
+    pool: ProcessPoolExecutor,
+    shards: list[str] | None = None,
+    run_config: dict | None = None,
+) -> list[str]:
     """Run the jobs of ``phase`` in ``pool``'s processes: unpartitioned ones once, shard jobs
     once per shard (of ``shards``, default all), in parallel, iteration jobs for ``iteration``
     (added to the instance's iterations if new). Returns the runs as ``job [partition]``;
@@ -93,7 +114,11 @@ def materialize_phase(phase: str, root: Path, iteration: str, pool: ProcessPoolE
         job = definitions.defs.resolve_job_def(job_name)
         if shards is not None and not _by_shard(job.partitions_def):
             # a step over every shard (a report, a model) waits for a run of the whole phase
-            print(f"[relabel] {phase}: {job_name} skipped: it reads every shard (run the phase without --shards)", file=sys.stderr, flush=True)
+            print(
+                f"[relabel] {phase}: {job_name} skipped: it reads every shard (run the phase without --shards)",
+                file=sys.stderr,
+                flush=True,
+            )
             continue
         keys = _partition_keys(job.partitions_def, iteration, shards)
         print(f"[relabel] {phase}: {job_name} over {len(keys)} run(s)", file=sys.stderr, flush=True)
@@ -101,10 +126,14 @@ def materialize_phase(phase: str, root: Path, iteration: str, pool: ProcessPoolE
         # than free cores make it many times slower
         cores = os.cpu_count() or 1
         threads = max(1, cores // min(len(keys), cores))
-        outcomes = list(pool.map(_execute, [job_name] * len(keys), keys, [threads] * len(keys), [run_config] * len(keys)))
+        outcomes = list(
+            pool.map(_execute, [job_name] * len(keys), keys, [threads] * len(keys), [run_config] * len(keys))
+        )
         failed = [(key or job_name, outcome) for key, outcome in zip(keys, outcomes) if not outcome.ok]
         if failed:
-            raise CommandError(f"{job_name} failed for {[key for key, _ in failed]}: {failure_reasons(failed)} ({see_runs(len(failed))})")
+            raise CommandError(
+                f"{job_name} failed for {[key for key, _ in failed]}: {failure_reasons(failed)} ({see_runs(len(failed))})"
+            )
         done += [f"{job_name} {key}" if key else job_name for key in keys]
     return done
 
@@ -155,7 +184,11 @@ class RunOutcome:
 def failure_reasons(failed: list[tuple[str, RunOutcome]]) -> str:
     """Why the runs failed: the reason once when they share it, else each run's by name."""
     reasons = {outcome.why for _, outcome in failed}
-    return reasons.pop() if len(reasons) == 1 else "; ".join(f"{name}: {outcome.why}" for name, outcome in failed)
+    return (
+        reasons.pop()
+        if len(reasons) == 1
+        else "; ".join(f"{name}: {outcome.why}" for name, outcome in failed)
+    )
 
 
 def see_runs(count: int) -> str:
@@ -174,14 +207,20 @@ def run_failure(instance, run_id: str) -> str:
         evaluation = entry.asset_check_evaluation
         if evaluation.blocking and not evaluation.passed:
             why = evaluation.metadata.get("why")
-            reasons.append(f"gate {evaluation.check_name} failed" + (f": {why.value}" if why is not None else ""))
+            reasons.append(
+                f"gate {evaluation.check_name} failed" + (f": {why.value}" if why is not None else "")
+            )
     for entry in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE):
         error = entry.dagster_event.step_failure_data.error
         if error.cls_name == "DagsterAssetCheckFailedError":
             continue  # a gate's step: the gate's own verdict is above
         # Dagster wraps what user code raised (its DagsterExecution...Error): the cause says why
         raised = error.cause if error.cls_name.startswith("Dagster") and error.cause is not None else error
-        said = _crash(instance, run_id, entry.step_key) if raised.cls_name == "ChildProcessCrashException" else _storederror_line(raised.message)
+        said = (
+            _crash(instance, run_id, entry.step_key)
+            if raised.cls_name == "ChildProcessCrashException"
+            else _storederror_line(raised.message)
+        )
         reasons.append(f"step {entry.step_key}: {said}")
     if reasons:
         return "; ".join(reasons)
@@ -193,8 +232,14 @@ def run_failure(instance, run_id: str) -> str:
         return failures[-1].dagster_event.message
     # a step process that failed before its step began (its definitions did not load, say):
     # the multiprocess executor lists each as "In process <pid>: module.Type: message"
-    children = [line.split(": ", 1)[1] for line in data.error.message.splitlines() if line.startswith("In process ")]
-    return "; ".join(_storederror_line(child) for child in children) if children else _storederror_line(data.error.message)
+    children = [
+        line.split(": ", 1)[1] for line in data.error.message.splitlines() if line.startswith("In process ")
+    ]
+    return (
+        "; ".join(_storederror_line(child) for child in children)
+        if children
+        else _storederror_line(data.error.message)
+    )
 
 
 def _crash(instance, run_id: str, step_key: str) -> str:
@@ -203,7 +248,10 @@ def _crash(instance, run_id: str, step_key: str) -> str:
     from dagster import DagsterEventType
 
     for entry in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
-        found = re.search(rf"for step {re.escape(step_key)} unexpectedly exited with code (-?\d+)", entry.dagster_event.message or "")
+        found = re.search(
+            rf"for step {re.escape(step_key)} unexpectedly exited with code (-?\d+)",
+            entry.dagster_event.message or "",
+        )
         if found:
             return f"its process died (exit code {found.group(1)})"
     return "its process died"
@@ -216,7 +264,9 @@ def _storederror_line(message: str) -> str:
     return error_line(type_name, module, text)
 
 
-def _execute(job_name: str, partition_key: str | None, threads: int, run_config: dict | None = None) -> RunOutcome:
+def _execute(
+    job_name: str, partition_key: str | None, threads: int, run_config: dict | None = None
+) -> RunOutcome:
     import torch
     from dagster import DagsterInstance, execute_job
 
@@ -249,14 +299,23 @@ def resume_interrupted() -> dict[str, RunOutcome]:
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
     with DagsterInstance.get() as instance:
-        running = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING]))
+        running = instance.get_runs(
+            RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING])
+        )
         dead = [run for run in running if not _process_alive(instance, run.run_id)]
         for run in dead:
-            instance.report_run_failed(run, "its process is gone (killed or crashed): relabel resume re-executes it")
+            instance.report_run_failed(
+                run, "its process is gone (killed or crashed): relabel resume re-executes it"
+            )
     if not dead:
         print("[relabel] nothing to resume: no run was interrupted", file=sys.stderr)
         return {}
-    print(f"[relabel] resuming {len(dead)} interrupted run(s): " + ", ".join(f"{r.job_name} {r.tags.get('dagster/partition', '')}".strip() for r in dead), file=sys.stderr, flush=True)
+    print(
+        f"[relabel] resuming {len(dead)} interrupted run(s): "
+        + ", ".join(f"{r.job_name} {r.tags.get('dagster/partition', '')}".strip() for r in dead),
+        file=sys.stderr,
+        flush=True,
+    )
     workers = min(len(dead), os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         outcomes = list(pool.map(_reexecute, [run.job_name for run in dead], [run.run_id for run in dead]))

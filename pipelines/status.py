@@ -18,6 +18,7 @@ from relabel.config import load_params, resolve
 from relabel.evaluation_split import frozen_dir, read_freeze
 from relabel.shards import shard_keys
 
+
 def project_status(root: Path) -> dict[str, Any]:
     """Everything ``relabel status`` reports, JSON-ready. Needs ``DAGSTER_HOME`` set (the CLI
     points it at the project's instance)."""
@@ -28,12 +29,23 @@ def project_status(root: Path) -> dict[str, Any]:
     with DagsterInstance.get() as instance:
         iterations = sorted(instance.get_dynamic_partitions("iteration"), key=int)
         gates = gate_results(instance)
-        runs = {status.value: instance.get_runs_count(_runs_with(status)) for status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELED)}
+        runs = {
+            status.value: instance.get_runs_count(_runs_with(status))
+            for status in (
+                DagsterRunStatus.SUCCESS,
+                DagsterRunStatus.FAILURE,
+                DagsterRunStatus.STARTED,
+                DagsterRunStatus.CANCELED,
+            )
+        }
     return {
         "root": str(root),
         "data_dir": str(data),
         "shards": shard_keys(params.shards.count),
-        "setup": {**_setup(data), "world": None if params.world is None else (data / "world" / "ontology.json").is_file()},
+        "setup": {
+            **_setup(data),
+            "world": None if params.world is None else (data / "world" / "ontology.json").is_file(),
+        },
         "frozen_split": read_freeze(frozen_dir(data)),
         "iterations": [_iteration(data, k, gates, params.shards.count) for k in iterations],
         "runs": runs,
@@ -52,7 +64,11 @@ def gate_results(instance) -> dict[str, dict[str, list]]:
 
     storage = instance.event_log_storage
     keys = [AssetCheckKey(asset, name) for asset, names in GATES.items() for name in names]
-    latest = [(info.partition_key, info.check_key, info.latest_execution_status) for info in storage.get_asset_check_partition_info(keys) if info.partition_key is not None]
+    latest = [
+        (info.partition_key, info.check_key, info.latest_execution_status)
+        for info in storage.get_asset_check_partition_info(keys)
+        if info.partition_key is not None
+    ]
     split_check = AssetCheckKey(FROZEN_SPLIT, "split_unchanged")
     split_record = storage.get_latest_asset_check_execution_by_key([split_check]).get(split_check)
     if split_record is not None:
@@ -63,7 +79,9 @@ def gate_results(instance) -> dict[str, dict[str, list]]:
         if status == AssetCheckExecutionRecordStatus.SUCCEEDED:
             results.setdefault(partition or "-", {"passed": [], "failed": []})["passed"].append(name)
         elif status == AssetCheckExecutionRecordStatus.FAILED:
-            results.setdefault(partition or "-", {"passed": [], "failed": []})["failed"].append(_failed_gate(storage, name, check, partition))
+            results.setdefault(partition or "-", {"passed": [], "failed": []})["failed"].append(
+                _failed_gate(storage, name, check, partition)
+            )
     return results
 
 
@@ -73,7 +91,9 @@ def _failed_gate(storage, name: str, check, partition: str | None) -> dict[str, 
     (``data_checks.gates.verdict_metadata``); None where its metadata has none."""
     from dagster._core.event_api import PartitionKeyFilter
 
-    record = storage.get_latest_asset_check_execution_by_key([check], partition_filter=PartitionKeyFilter(key=partition))[check]
+    record = storage.get_latest_asset_check_execution_by_key(
+        [check], partition_filter=PartitionKeyFilter(key=partition)
+    )[check]
     metadata = record.event.asset_check_evaluation.metadata if record.event is not None else {}
     said = {key: metadata[key].value if key in metadata else None for key in ("why", "measured", "threshold")}
     return {"gate": name, **said}
@@ -97,7 +117,11 @@ def _world_state(world: bool | None) -> str:
 
 def _setup(data: Path) -> dict[str, Any]:
     images = sorted((data / "ingest" / "images").glob("*.parquet"))
-    split = pl.concat([pl.read_parquet(path, columns=["split"]) for path in images]) if images else pl.DataFrame({"split": []})
+    split = (
+        pl.concat([pl.read_parquet(path, columns=["split"]) for path in images])
+        if images
+        else pl.DataFrame({"split": []})
+    )
     return {
         "images": split.height,
         "eval_images": split.filter(pl.col("split") == "eval").height,
@@ -113,7 +137,11 @@ def _iteration(data: Path, k: str, gates: dict[str, dict[str, list]], shard_coun
     # gates are kept per "k|shard" (shard assets) and per "k" (iteration assets)
     keys = [k, *(f"{k}|{shard}" for shard in shards)]
     passed = [f"{key} {name}" for key in keys for name in gates.get(key, {}).get("passed", [])]
-    failed = [{**gate, "gate": f"{key} {gate['gate']}"} for key in keys for gate in gates.get(key, {}).get("failed", [])]
+    failed = [
+        {**gate, "gate": f"{key} {gate['gate']}"}
+        for key in keys
+        for gate in gates.get(key, {}).get("failed", [])
+    ]
     from assets.model import frozen_split_scores
 
     return {
@@ -136,7 +164,11 @@ def _audit_queue(data: Path, k: str) -> dict[str, Any] | None:
     if not queue.is_file():
         return None
     decisions = data / "review" / f"iteration-{k}" / "decisions.parquet"
-    verdicts = dict(pl.read_parquet(decisions).group_by("decision").len().iter_rows()) if decisions.is_file() else None
+    verdicts = (
+        dict(pl.read_parquet(decisions).group_by("decision").len().iter_rows())
+        if decisions.is_file()
+        else None
+    )
     return {"queued": _rows(queue), "verdicts": verdicts}
 
 
@@ -147,13 +179,22 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         f"relabel project {status['root']} (data: {status['data_dir']}, {len(status['shards'])} shards)",
         f"  set-up: {_world_state(setup['world'])}, {setup['images']} images ({setup['eval_images']} eval), "
         f"{setup['human_labels']} human labels, {setup['ingest_quarantine']} quarantined at ingest, {setup['initial_annotations']} initial annotations",
-        "  frozen split: " + (f"{split['images']} images, {split['labels']} audited labels, digest {split['digest'][:12]}, by {split['frozen_by']} ({split['reason']})" if split else "not frozen (relabel materialize audit)"),
+        "  frozen split: "
+        + (
+            f"{split['images']} images, {split['labels']} audited labels, digest {split['digest'][:12]}, by {split['frozen_by']} ({split['reason']})"
+            if split
+            else "not frozen (relabel materialize audit)"
+        ),
     ]
     if not status["iterations"]:
         lines.append("  iterations: none yet (relabel iterate)")
     for it in status["iterations"]:
         scores = it["frozen_split_scores"]
-        score_text = ", ".join(f"{name} {value:.3f}" for name, value in scores.items() if value is not None) if scores else "not scored"
+        score_text = (
+            ", ".join(f"{name} {value:.3f}" for name, value in scores.items() if value is not None)
+            if scores
+            else "not scored"
+        )
         lines.append(
             f"  iteration {it['iteration']}: {it['merged_shards']} shards merged, {it['filtered_labels']} filtered labels, {it['corpus_examples']} corpus examples, "
             f"gates {it['gates_passed']} passed / {len(it['gates_failed'])} failed, model {'trained' if it['model_trained'] else 'not trained'}, "
@@ -161,8 +202,15 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         )
         queue = it["audit_queue"]
         if queue is not None:
-            verdicts = ", ".join(f"{name} {n}" for name, n in sorted(queue["verdicts"].items())) if queue["verdicts"] is not None else "awaiting verdicts (relabel materialize review)"
+            verdicts = (
+                ", ".join(f"{name} {n}" for name, n in sorted(queue["verdicts"].items()))
+                if queue["verdicts"] is not None
+                else "awaiting verdicts (relabel materialize review)"
+            )
             lines.append(f"    audit queue: {queue['queued']} labels; {verdicts}")
-        lines += [f"    failed gate: {gate['gate']}" + (f": {gate['why']}" if gate["why"] else "") for gate in it["gates_failed"]]
+        lines += [
+            f"    failed gate: {gate['gate']}" + (f": {gate['why']}" if gate["why"] else "")
+            for gate in it["gates_failed"]
+        ]
     lines.append("  runs: " + ", ".join(f"{name.lower()} {count}" for name, count in status["runs"].items()))
     return lines

@@ -20,7 +20,10 @@ def demo_summary(root: Path, seconds: float, timings: dict[str, float]) -> str:
     images = pl.read_parquet(ingest / "images" / "*.parquet")
     labels = pl.read_parquet(ingest / "human_labels" / "*.parquet")
     quarantine = pl.concat(
-        [pl.read_parquet(ingest / "ingest_quarantine" / "*.parquet"), pl.read_parquet(ingest / "catalog_quarantine.parquet")]
+        [
+            pl.read_parquet(ingest / "ingest_quarantine" / "*.parquet"),
+            pl.read_parquet(ingest / "catalog_quarantine.parquet"),
+        ]
     )
     with Repo(str(root)) as repo:
         in_sync = not repo.status() and not repo.status(cloud=True)
@@ -65,7 +68,11 @@ def _annotation_lines(data: Path) -> list[str]:
     summary_path = data / "annotate" / "scores" / "summary.parquet"
     if not summary_path.is_file():
         return []
-    return ["", "Initial annotation against the world's ground truth (boxes at IoU 0.5):", *_score_lines(summary_path, width=20)]
+    return [
+        "",
+        "Initial annotation against the world's ground truth (boxes at IoU 0.5):",
+        *_score_lines(summary_path, width=20),
+    ]
 
 
 def _score_lines(summary_path: Path, width: int) -> list[str]:
@@ -87,7 +94,10 @@ def _score_lines(summary_path: Path, width: int) -> list[str]:
 
 def _filter_lines(data: Path) -> list[str]:
     """Phase 2: what the filters kept and dropped, table 3, and how right each filter was."""
-    kept_dir, report = data / "filter" / "filtered_labels" / "iteration-0", data / "filter" / "report" / "iteration-0"
+    kept_dir, report = (
+        data / "filter" / "filtered_labels" / "iteration-0",
+        data / "filter" / "report" / "iteration-0",
+    )
     if not kept_dir.is_dir():
         return []
     kept = pl.read_parquet(kept_dir / "*.parquet")
@@ -100,7 +110,9 @@ def _filter_lines(data: Path) -> list[str]:
     ]
     if (report / "text_statistics.parquet").is_file():
         statistics = pl.read_parquet(report / "text_statistics.parquet")
-        lines.append("  table 3 (per text)        texts  tokens  objects  attributes  actions  object cx  action cx")
+        lines.append(
+            "  table 3 (per text)        texts  tokens  objects  attributes  actions  object cx  action cx"
+        )
         for row in statistics.iter_rows(named=True):
             lines.append(
                 f"  {row['task']:<24} {row['texts']:>6} {row['avg_tokens']:>7.2f} {row['avg_objects']:>8.2f}"
@@ -109,7 +121,9 @@ def _filter_lines(data: Path) -> list[str]:
             )
     if (report / "filter_quality.parquet").is_file():
         quality = pl.read_parquet(report / "filter_quality.parquet").filter(pl.col("dropped") > 0)
-        lines.append("  against the world's ground truth: share of dropped labels that were wrong / of kept that are right")
+        lines.append(
+            "  against the world's ground truth: share of dropped labels that were wrong / of kept that are right"
+        )
         for row in quality.iter_rows(named=True):
             lines.append(
                 f"  {row['filter']:<24} dropped {row['dropped']:>5}  wrong {row['drop_precision']:.2f}   kept right {row['keep_precision']:.2f}"
@@ -152,7 +166,18 @@ def _model_lines(data: Path) -> list[str]:
 def _export_lines(data: Path) -> list[str]:
     """The exports written, with their dataset cards."""
     cards = sorted((data / "export").glob("*/iteration-*/DATASET_CARD.md"))
-    return ["", "Exports:", *(f"  {card.parent.parent.name} iteration {card.parent.name.split('-')[1]}: {card.parent} (card: DATASET_CARD.md)" for card in cards)] if cards else []
+    return (
+        [
+            "",
+            "Exports:",
+            *(
+                f"  {card.parent.parent.name} iteration {card.parent.name.split('-')[1]}: {card.parent} (card: DATASET_CARD.md)"
+                for card in cards
+            ),
+        ]
+        if cards
+        else []
+    )
 
 
 def _split_lines(data: Path) -> list[str]:
@@ -162,11 +187,16 @@ def _split_lines(data: Path) -> list[str]:
     if record is None:
         return []
     decisions_path = data / "audit" / "label_studio" / "decisions.parquet"
-    counts = pl.read_parquet(decisions_path).group_by("decision").len().sort("decision") if decisions_path.is_file() else pl.DataFrame()
+    counts = (
+        pl.read_parquet(decisions_path).group_by("decision").len().sort("decision")
+        if decisions_path.is_file()
+        else pl.DataFrame()
+    )
     return [
         "",
         f"Evaluation split: {record['images']} images, {record['labels']} audited labels, frozen by {record['frozen_by']} ({record['reason']}), digest {record['digest'][:12]}",
-        "  audit decisions: " + ", ".join(f"{r['decision']} {r['len']}" for r in counts.iter_rows(named=True)),
+        "  audit decisions: "
+        + ", ".join(f"{r['decision']} {r['len']}" for r in counts.iter_rows(named=True)),
     ]
 
 
@@ -175,50 +205,91 @@ def _frozen_split_metric_lines(data: Path) -> list[str]:
     from assets.model import frozen_split_scores
 
     folders = sorted((data / "model").glob("iteration-*"), key=lambda p: int(p.name.split("-")[1]))
-    scored = [(folder.name.split("-")[1], scores) for folder in folders if (scores := frozen_split_scores(data, folder.name.split("-")[1]))]
+    scored = [
+        (folder.name.split("-")[1], scores)
+        for folder in folders
+        if (scores := frozen_split_scores(data, folder.name.split("-")[1]))
+    ]
     if not scored:
         return []
-    lines = ["", "Frozen-split metrics by iteration (report: data/model/iteration-<k>/heldout/report/summary.md):",
-             "  iteration     mAP  mAP@0.5   CIDEr  grounding R@1  RES mIoU  OCR CER"]
+    lines = [
+        "",
+        "Frozen-split metrics by iteration (report: data/model/iteration-<k>/heldout/report/summary.md):",
+        "  iteration     mAP  mAP@0.5   CIDEr  grounding R@1  RES mIoU  OCR CER",
+    ]
     for iteration, row in scored:
-        cell = lambda name, width=7: f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"  # noqa: E731
-        lines.append(f"  {iteration:>9} {cell('map')}  {cell('map50')} {cell('caption_cider')}  {cell('grounding_recall_at_1', 13)}  {cell('res_miou', 8)}  {cell('ocr_cer')}")
+        cell = lambda name, width=7: (
+            f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"
+        )  # noqa: E731
+        lines.append(
+            f"  {iteration:>9} {cell('map')}  {cell('map50')} {cell('caption_cider')}  {cell('grounding_recall_at_1', 13)}  {cell('res_miou', 8)}  {cell('ocr_cer')}"
+        )
     return lines
 
 
 def iteration_lines(data: Path) -> list[str]:
     """Phase 4: what each merge decided, each iteration's label quality, and the guard."""
     lines = []
-    decisions = sorted((data / "merge" / "decisions").glob("iteration-*"), key=lambda p: int(p.name.split("-")[1]))
+    decisions = sorted(
+        (data / "merge" / "decisions").glob("iteration-*"), key=lambda p: int(p.name.split("-")[1])
+    )
     for folder in decisions:
         if folder.name == "iteration-0":
             continue
         decided = pl.read_parquet(folder / "*.parquet").filter(pl.col("decision") != "kept")
-        by_source = decided.with_columns(origin=pl.col("source").str.split("@").list.first()).group_by("origin", "decision").len().sort("origin", "decision")
+        by_source = (
+            decided.with_columns(origin=pl.col("source").str.split("@").list.first())
+            .group_by("origin", "decision")
+            .len()
+            .sort("origin", "decision")
+        )
         protected = decided.filter(pl.col("reason").str.contains("rare class")).height
         said = "; ".join(
             f"{origin}: " + ", ".join(f"{r['decision']} {r['len']}" for r in rows.iter_rows(named=True))
             for (origin,), rows in by_source.group_by("origin", maintain_order=True)
         )
-        lines.append(f"  merge into {folder.name}: {said}; {protected} labels refused to protect a rare-class label")
-    summaries = sorted((data / "filter" / "quality").glob("iteration-*/summary.parquet"), key=lambda p: int(p.parent.name.split("-")[1]))
+        lines.append(
+            f"  merge into {folder.name}: {said}; {protected} labels refused to protect a rare-class label"
+        )
+    summaries = sorted(
+        (data / "filter" / "quality").glob("iteration-*/summary.parquet"),
+        key=lambda p: int(p.parent.name.split("-")[1]),
+    )
     if not summaries:
         return lines
     history = pl.concat([pl.read_parquet(p) for p in summaries], how="diagonal_relaxed")
-    lines = ["", "Refinement: the model's labels merged into the next iteration's (merge policy: refine.merge)", *lines]
+    lines = [
+        "",
+        "Refinement: the model's labels merged into the next iteration's (merge policy: refine.merge)",
+        *lines,
+    ]
     lines.append("  label quality on the training images against the world's ground truth (filtered labels):")
-    lines.append("  (filled, repaired: labels the machines added since the iteration before, in no label's place or in a label's; right: their share the truth calls right;")
-    lines.append("   broken: right labels of the iteration before replaced by a wrong one or gone; wrong fixed: share of its wrong labels replaced by a right one)")
-    lines.append("  iteration  labels  audited  wrong  box F1  rare F1  caption recall  OCR CER  filled  repaired  right  broken  wrong fixed")
+    lines.append(
+        "  (filled, repaired: labels the machines added since the iteration before, in no label's place or in a label's; right: their share the truth calls right;"
+    )
+    lines.append(
+        "   broken: right labels of the iteration before replaced by a wrong one or gone; wrong fixed: share of its wrong labels replaced by a right one)"
+    )
+    lines.append(
+        "  iteration  labels  audited  wrong  box F1  rare F1  caption recall  OCR CER  filled  repaired  right  broken  wrong fixed"
+    )
     for row in history.iter_rows(named=True):
-        cell = lambda name, width=7: f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"  # noqa: E731
-        count = lambda name, width: f"{row[name]:>{width}}" if row.get(name) is not None else f"{'-':>{width}}"  # noqa: E731
+        cell = lambda name, width=7: (
+            f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"
+        )  # noqa: E731
+        count = lambda name, width: (
+            f"{row[name]:>{width}}" if row.get(name) is not None else f"{'-':>{width}}"
+        )  # noqa: E731
         lines.append(
             f"  {row['iteration']:>9}  {row['labels']:>6}  {row.get('audited_labels') or 0:>7}  {cell('wrong_share', 5)} {cell('box_f1')}  {cell('box_f1_rare')}"
             f"  {cell('caption_object_recall', 14)}  {cell('ocr_cer')}  {count('filled_labels', 6)}  {count('repaired_labels', 8)}  {cell('added_precision', 5)}"
             f"  {count('broken_labels', 6)}  {cell('repaired_share', 11)}"
         )
-    return lines + _review_lines(data) + _guard_lines(data, [int(row["iteration"]) for row in history.iter_rows(named=True)])
+    return (
+        lines
+        + _review_lines(data)
+        + _guard_lines(data, [int(row["iteration"]) for row in history.iter_rows(named=True)])
+    )
 
 
 def _review_lines(data: Path) -> list[str]:
@@ -230,8 +301,16 @@ def _review_lines(data: Path) -> list[str]:
         if not queue_path.is_file():
             continue
         queued = pl.read_parquet(queue_path)
-        decisions = pl.read_parquet(folder / "decisions.parquet") if (folder / "decisions.parquet").is_file() else None
-        verdicts = ", ".join(f"{d} {n}" for d, n in sorted(decisions.group_by("decision").len().iter_rows())) if decisions is not None else "no verdicts yet"
+        decisions = (
+            pl.read_parquet(folder / "decisions.parquet")
+            if (folder / "decisions.parquet").is_file()
+            else None
+        )
+        verdicts = (
+            ", ".join(f"{d} {n}" for d, n in sorted(decisions.group_by("decision").len().iter_rows()))
+            if decisions is not None
+            else "no verdicts yet"
+        )
         lines.append(f"  audit queue of {folder.name}: {queued.height} labels (review.budget) -> {verdicts}")
     return lines
 
@@ -245,22 +324,35 @@ def _guard_lines(data: Path, iterations: list[int]) -> list[str]:
     from relabel.refine import rare_class_changes
 
     with DagsterInstance.get() as instance:
-        infos = instance.event_log_storage.get_asset_check_partition_info([AssetCheckKey(LABEL_QUALITY, "rare_classes_kept")])
+        infos = instance.event_log_storage.get_asset_check_partition_info(
+            [AssetCheckKey(LABEL_QUALITY, "rare_classes_kept")]
+        )
         verdicts = {info.partition_key: info.latest_execution_status.value for info in infos}
     lines = []
     for k in iterations[1:]:
-        before, now = (pl.read_parquet(data / "filter" / "label_quality" / f"{i}.parquet") for i in (k - 1, k))
+        before, now = (
+            pl.read_parquet(data / "filter" / "label_quality" / f"{i}.parquet") for i in (k - 1, k)
+        )
         changes = rare_class_changes(now, before)
         shown = ", ".join(
             f"{r['category']} {r['labels_before']}->{r['labels_now']}"
-            + (f" (recall {r['recall_before']:.2f}->{r['recall_now']:.2f})" if r["recall_now"] is not None and r["recall_before"] is not None else "")
+            + (
+                f" (recall {r['recall_before']:.2f}->{r['recall_now']:.2f})"
+                if r["recall_now"] is not None and r["recall_before"] is not None
+                else ""
+            )
             for r in changes.iter_rows(named=True)
         )
-        lines.append(f"  rare-class guard, iteration {k} vs {k - 1}: {verdicts.get(str(k), 'not run')}; {shown}")
+        lines.append(
+            f"  rare-class guard, iteration {k} vs {k - 1}: {verdicts.get(str(k), 'not run')}; {shown}"
+        )
     return lines
 
 
 def timing_lines(timings: dict[str, float]) -> list[str]:
     if not timings:
         return []
-    return ["", "Wall time by phase: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())]
+    return [
+        "",
+        "Wall time by phase: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()),
+    ]

@@ -99,12 +99,18 @@ def initial_annotations(
     relinked = pl.col("linked_label_id").replace(into)
     quarantine = pl.concat(
         [
-            folded_quarantine(traced.with_columns(linked_label_id=relinked), phase=PHASE, why="its traced polygon"),
+            folded_quarantine(
+                traced.with_columns(linked_label_id=relinked), phase=PHASE, why="its traced polygon"
+            ),
             folded_quarantine(merged.folded, phase=PHASE, why="another source seeing the same object"),
         ],
         how="vertical",
     )
-    return InitialAnnotations(labels=merged.labels.with_columns(linked_label_id=relinked), conflicts=merged.conflicts, quarantine=quarantine)
+    return InitialAnnotations(
+        labels=merged.labels.with_columns(linked_label_id=relinked),
+        conflicts=merged.conflicts,
+        quarantine=quarantine,
+    )
 
 
 @dataclass(frozen=True)

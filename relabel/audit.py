@@ -141,7 +141,12 @@ def label_config(categories: Sequence[str]) -> str:
         shown = ET.SubElement(view, "View", visibleWhen="region-selected", whenTagName=task)
         ET.SubElement(shown, "Header", value=f"{task.replace('_', ' ')} text")
         ET.SubElement(
-            shown, "TextArea", name=f"{task}_text", toName="image", perRegion="true", editable="true",
+            shown,
+            "TextArea",
+            name=f"{task}_text",
+            toName="image",
+            perRegion="true",
+            editable="true",
             maxSubmissions="1",
         )
     ET.SubElement(view, "Header", value="Captions the grounded phrases come from")
@@ -174,7 +179,9 @@ def audit_tasks(images: pl.DataFrame, labels: pl.DataFrame, image_url: Callable[
     byte-identical JSON.
     """
     check_schema(labels, "labels")
-    other = labels.filter(~pl.col("task").cast(pl.String).is_in(AUDITED_TASKS))["task"].value_counts(sort=True)
+    other = labels.filter(~pl.col("task").cast(pl.String).is_in(AUDITED_TASKS))["task"].value_counts(
+        sort=True
+    )
     if other.height:
         raise ValueError(f"labels of tasks an audit does not show (filter them out first): {other.rows()}")
     if not labels["label_id"].is_unique().all():
@@ -184,7 +191,9 @@ def audit_tasks(images: pl.DataFrame, labels: pl.DataFrame, image_url: Callable[
         raise ValueError("images lists an image id twice")
     unknown = set(labels["image_id"]) - set(images["image_id"])
     if unknown:
-        raise ValueError(f"{len(unknown)} image(s) of the labels are not in images, e.g. {sorted(unknown)[:3]}")
+        raise ValueError(
+            f"{len(unknown)} image(s) of the labels are not in images, e.g. {sorted(unknown)[:3]}"
+        )
     rows_by_image = _rows_by_image(labels)
     tasks = []
     for image in images.sort("image_id").iter_rows(named=True):
@@ -195,7 +204,10 @@ def audit_tasks(images: pl.DataFrame, labels: pl.DataFrame, image_url: Callable[
         results: list[dict] = []
         grounding: dict[str, str] = {}
         for row, region_id in zip(rows, _region_ids([row["label_id"] for row in rows]), strict=True):
-            extra = {"score": _finite(row["score"]), "meta": {"source": row["source"], "label_id": row["label_id"]}}
+            extra = {
+                "score": _finite(row["score"]),
+                "meta": {"source": row["source"], "label_id": row["label_id"]},
+            }
             results += _results(row, region_id, width, height, extra)
             if row["task"] == "phrase_grounding":
                 grounding[region_id] = row["text"]
@@ -239,7 +251,9 @@ def _finite(score: float | None) -> float | None:
     return score if score is not None and math.isfinite(score) else None
 
 
-def _results(row: Mapping[str, Any], region_id: str, width: int, height: int, extra: Mapping[str, Any]) -> list[dict]:
+def _results(
+    row: Mapping[str, Any], region_id: str, width: int, height: int, extra: Mapping[str, Any]
+) -> list[dict]:
     """The Label Studio results that show one label row as region ``region_id``."""
 
     def result(result_id: str, from_name: str, value: dict) -> dict:
@@ -285,7 +299,9 @@ def _region_box(row: Mapping[str, Any]) -> list[float]:
     """A region's ``[x0, y0, x1, y1]``: its box, else the bounds of its quad or polygon."""
     box = region_box(row)
     if box is None:
-        raise ValueError(f"label {row['label_id']} of task {row['task']} has no region (no box, quad or polygon)")
+        raise ValueError(
+            f"label {row['label_id']} of task {row['task']} has no region (no box, quad or polygon)"
+        )
     return box
 
 
@@ -327,7 +343,9 @@ def _read_task(task: Mapping[str, Any]) -> _Task:
         regions, unreadable = _group(_predicted_results(task))
         if unreadable:
             raise _Unreadable(unreadable[0][1])
-        label_ids = {region_id: next(iter(parts.values()))["meta"]["label_id"] for region_id, parts in regions.items()}
+        label_ids = {
+            region_id: next(iter(parts.values()))["meta"]["label_id"] for region_id, parts in regions.items()
+        }
         grounding = data["phrase_grounding_texts"]
         return _Task(data["image_id"], data["width"], data["height"], grounding, regions, label_ids)
     except (KeyError, IndexError, TypeError, _Unreadable) as error:
@@ -483,7 +501,9 @@ def _phrase(caption: str | None, phrase: str | None) -> dict[str, int]:
     return {"phrase_start": start, "phrase_end": start + len(phrase)}
 
 
-def _geometry(task: str, parts: Mapping[str, dict], width: int, height: int) -> tuple[dict[str, Any], list[str]]:
+def _geometry(
+    task: str, parts: Mapping[str, dict], width: int, height: int
+) -> tuple[dict[str, Any], list[str]]:
     """The box (and an OCR region's quad) an annotation gives a region, and its labels.
 
     The rectangle wins over the polygon; a region drawn only as a polygon is boxed by it.
@@ -520,7 +540,9 @@ def _corrected(
         return new
     width, height = task_info.width, task_info.height
     geometry, labels = _geometry(task, annotated, width, height)
-    moved = task not in annotated or not _same_geometry("rectangle", predicted[task]["value"], annotated[task]["value"])
+    moved = task not in annotated or not _same_geometry(
+        "rectangle", predicted[task]["value"], annotated[task]["value"]
+    )
     if moved:
         new.update(geometry)
     if task != "ocr" and _category(labels) != row["category"]:
@@ -529,7 +551,8 @@ def _corrected(
             new["text"] = new["category"]  # an object's text is its category phrase
     polygon = "object_polygon"
     if polygon in annotated and not (
-        polygon in predicted and _same_geometry("polygon", predicted[polygon]["value"], annotated[polygon]["value"])
+        polygon in predicted
+        and _same_geometry("polygon", predicted[polygon]["value"], annotated[polygon]["value"])
     ):
         new["polygon"] = [_ring(annotated[polygon]["value"], width, height)]
         moved = True
@@ -631,7 +654,8 @@ def import_audit(tasks: list[dict], export: list[dict], labels: pl.DataFrame) ->
     return AuditImport(
         labels=check_schema(frame("labels", ledger.labels), "labels"),
         decisions=pl.DataFrame(
-            {name: [row[name] for row in ledger.decisions] for name in DECISIONS_SCHEMA}, schema=DECISIONS_SCHEMA
+            {name: [row[name] for row in ledger.decisions] for name in DECISIONS_SCHEMA},
+            schema=DECISIONS_SCHEMA,
         ),
         quarantine=check_schema(frame("quarantine", ledger.quarantine), "quarantine"),
         unaudited=labels.filter(pl.col("image_id").is_in(unaudited)),
@@ -643,7 +667,9 @@ def import_audit(tasks: list[dict], export: list[dict], labels: pl.DataFrame) ->
 def _check_export(export: Any) -> None:
     """Raise ValueError unless ``export`` has the shape of Label Studio's JSON export."""
     if not isinstance(export, list):
-        raise ValueError(f"not a Label Studio JSON export: expected a list of tasks, got {type(export).__name__}")
+        raise ValueError(
+            f"not a Label Studio JSON export: expected a list of tasks, got {type(export).__name__}"
+        )
     for position, item in enumerate(export):
         if not isinstance(item, dict) or not isinstance(item.get("data"), dict):
             raise ValueError(
@@ -651,13 +677,17 @@ def _check_export(export: Any) -> None:
                 "(a JSON-MIN or CSV export has no annotations to audit; use the JSON export)"
             )
         if not isinstance(item["data"].get("image_id"), str):
-            raise ValueError(f"item {position}'s data has no image_id: its task was not written by audit_tasks")
+            raise ValueError(
+                f"item {position}'s data has no image_id: its task was not written by audit_tasks"
+            )
         annotations = item.get("annotations", [])
         if not isinstance(annotations, list):
             raise ValueError(f"item {position}'s annotations are not a list")
         for annotation in annotations:
             if not isinstance(annotation, dict) or not isinstance(annotation.get("result"), list):
-                raise ValueError(f"item {position} has an annotation with no result list: {annotation!r:.200}")
+                raise ValueError(
+                    f"item {position} has an annotation with no result list: {annotation!r:.200}"
+                )
             _auditor(annotation.get("completed_by"))
 
 
@@ -754,7 +784,12 @@ class _Ledger:
             self._decide(by, decision, "rejected", None)
             return
         # a correction is a new label: the consensus that backed the old one is not its
-        replacing = {"replaces": row["label_id"], "provenance": None, "agreement": None, "linked_label_id": None}
+        replacing = {
+            "replaces": row["label_id"],
+            "provenance": None,
+            "agreement": None,
+            "linked_label_id": None,
+        }
         new = self._identified({**edited, **by.audited(), **replacing})
         self._leave(by, row, "corrected_in_audit", f"corrected in {by.where}; replaced by {new['label_id']}")
         self._decide(by, decision, "corrected", new["label_id"])
@@ -765,7 +800,9 @@ class _Ledger:
         except _Unreadable as error:
             self._unreadable(by, f"new region {region_id!r}: {error}", list(parts.values()))
             return
-        new = self._identified({**drawn, "image_id": by.task.image_id, "iteration": self.iteration, **by.audited()})
+        new = self._identified(
+            {**drawn, "image_id": by.task.image_id, "iteration": self.iteration, **by.audited()}
+        )
         self._decide(by, by.decision(None, region_id, new["task"]), "added", new["label_id"])
 
     def _identified(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -777,7 +814,9 @@ class _Ledger:
         return row
 
     def _decide(self, by: _Submission, decision: dict[str, Any], what: str, new_label_id: str | None) -> None:
-        self.decisions.append({**decision, "decision": what, "auditor": by.auditor, "new_label_id": new_label_id})
+        self.decisions.append(
+            {**decision, "decision": what, "auditor": by.auditor, "new_label_id": new_label_id}
+        )
 
     def _leave(self, by: _Submission, row: Mapping[str, Any], reason: str, detail: str) -> None:
         """Quarantine a predicted label the audit took out."""

@@ -123,11 +123,20 @@ def suspicion_scores(labels: pl.DataFrame, evidence: Evidence, params: ReviewPar
     rows = []
     for (image_id,), image_labels in candidates.group_by("image_id", maintain_order=True):
         seen = by_image.get((image_id,), predictions.clear())
-        context = _ImageEvidence.of(seen, regions_by_image.get((image_id,)), sources, evidence.model_source, params.match_iou, protected)
+        context = _ImageEvidence.of(
+            seen,
+            regions_by_image.get((image_id,)),
+            sources,
+            evidence.model_source,
+            params.match_iou,
+            protected,
+        )
         for row in image_labels.iter_rows(named=True):
             signals = context.signals(row, categories)
             signals["history"] = 1.0 if row["replaces"] else 0.0
-            signals["filter_margin"] = _filter_margin(row, evidence.region_filter, protected, params.margin_scale)
+            signals["filter_margin"] = _filter_margin(
+                row, evidence.region_filter, protected, params.margin_scale
+            )
             signals["rarity"] = None if row["category"] is None else float(row["category"] in rare)
             rows.append(
                 {
@@ -150,13 +159,22 @@ def _with_boxes(labels: pl.DataFrame) -> pl.DataFrame:
 
 def _kind(task: str) -> str | None:
     """What a region label is compared with: objects (a class) or text regions (a reading)."""
-    return {"object": "object", "region_caption": "object", "phrase_grounding": "object", "ocr": "ocr"}.get(task)
+    return {"object": "object", "region_caption": "object", "phrase_grounding": "object", "ocr": "ocr"}.get(
+        task
+    )
 
 
 def _sources_by_kind(predictions: pl.DataFrame) -> dict[str, int]:
     """How many distinct sources predict each kind of region."""
-    regions = predictions.filter(pl.col("_box").is_not_null()).with_columns(_kind=pl.col("task").cast(pl.String).replace_strict({"object": "object", "ocr": "ocr"}, default=None))
-    return dict(regions.filter(pl.col("_kind").is_not_null()).group_by("_kind").agg(pl.col("source").n_unique()).iter_rows())
+    regions = predictions.filter(pl.col("_box").is_not_null()).with_columns(
+        _kind=pl.col("task").cast(pl.String).replace_strict({"object": "object", "ocr": "ocr"}, default=None)
+    )
+    return dict(
+        regions.filter(pl.col("_kind").is_not_null())
+        .group_by("_kind")
+        .agg(pl.col("source").n_unique())
+        .iter_rows()
+    )
 
 
 @dataclass(frozen=True)
@@ -174,13 +192,22 @@ class _ImageEvidence:
 
     @classmethod
     def of(
-        cls, predictions: pl.DataFrame, labels: pl.DataFrame | None, sources: Mapping[str, int], model_source: str | None, match_iou: float, protected: set[str]
+        cls,
+        predictions: pl.DataFrame,
+        labels: pl.DataFrame | None,
+        sources: Mapping[str, int],
+        model_source: str | None,
+        match_iou: float,
+        protected: set[str],
     ) -> _ImageEvidence:
         rows = predictions.to_dicts()
         regions = {}
         for kind in ("object", "ocr"):
             of_kind = [row for row in rows if row["_box"] is not None and str(row["task"]) == kind]
-            regions[kind] = (np.array([row["_box"] for row in of_kind], dtype=np.float64).reshape(-1, 4), of_kind)
+            regions[kind] = (
+                np.array([row["_box"] for row in of_kind], dtype=np.float64).reshape(-1, 4),
+                of_kind,
+            )
         is_model = [row["source"] == model_source for row in rows]
         model_texts: dict[str, list[str]] = {}
         for row, by_model in zip(rows, is_model, strict=True):
@@ -203,12 +230,16 @@ class _ImageEvidence:
         return cls(regions, model_texts, any(is_model), shown, made, sources, model_source, match_iou)
 
     def signals(self, row: dict, categories: list[str]) -> dict[str, float | None]:
-        signals: dict[str, float | None] = dict.fromkeys(("category_votes", "support", "box_fit", "model_confidence", "caption_regions"))
+        signals: dict[str, float | None] = dict.fromkeys(
+            ("category_votes", "support", "box_fit", "model_confidence", "caption_regions")
+        )
         if row["annotation_type"] == "text":
             signals["caption_regions"] = self._caption_regions(row["text"], categories)
             texts = self.model_texts.get(str(row["task"]))
             if texts and row["text"]:
-                signals["model_confidence"] = 1.0 - max(text_similarity(normalise_text(row["text"]), text) for text in texts)
+                signals["model_confidence"] = 1.0 - max(
+                    text_similarity(normalise_text(row["text"]), text) for text in texts
+                )
             return signals
         kind, box = _kind(str(row["task"])), region_box(row)
         if kind is None or box is None:
@@ -216,7 +247,11 @@ class _ImageEvidence:
         boxes, predicted = self.regions[kind]
         overlaps = _iou_with(box, boxes)
         threshold = OCR_MATCH_IOU if kind == "ocr" else self.match_iou
-        about = [(other, overlap) for other, overlap in zip(predicted, overlaps, strict=True) if overlap >= threshold]
+        about = [
+            (other, overlap)
+            for other, overlap in zip(predicted, overlaps, strict=True)
+            if overlap >= threshold
+        ]
         agrees = [_agrees(row, other, kind) for other, _ in about]
         if about:
             weights = [_score(other) for other, _ in about]
@@ -227,8 +262,14 @@ class _ImageEvidence:
             signals["support"] = 1.0 - len({other["source"] for other, _ in agreeing}) / self.sources[kind]
         # the predictions a label was fused from (or the region it describes was) fit it by
         # construction: its box is judged against the others
-        own = set(self.made_from.get(row["label_id"], ())) | set(self.made_from.get(row["linked_label_id"], ()))
-        same_class = [overlap for other, overlap in zip(predicted, overlaps, strict=True) if overlap > 0 and _agrees(row, other, kind) and other["label_id"] not in own]
+        own = set(self.made_from.get(row["label_id"], ())) | set(
+            self.made_from.get(row["linked_label_id"], ())
+        )
+        same_class = [
+            overlap
+            for other, overlap in zip(predicted, overlaps, strict=True)
+            if overlap > 0 and _agrees(row, other, kind) and other["label_id"] not in own
+        ]
         # a region caption or grounding describes a region: its box is that region's claim
         if same_class and row["task"] not in DESCRIBING_TASKS:
             signals["box_fit"] = 1.0 - max(same_class)
@@ -247,7 +288,11 @@ class _ImageEvidence:
 
 def _agrees(row: dict, other: dict, kind: str) -> bool:
     if kind == "ocr":
-        return bool(row["text"]) and bool(other["text"]) and text_similarity(normalise_text(row["text"]), normalise_text(other["text"])) >= TEXT_MATCH
+        return (
+            bool(row["text"])
+            and bool(other["text"])
+            and text_similarity(normalise_text(row["text"]), normalise_text(other["text"])) >= TEXT_MATCH
+        )
     return row["category"] is None or other["category"] == row["category"]
 
 
@@ -261,7 +306,9 @@ def _iou_with(box: list[float], boxes: np.ndarray) -> np.ndarray:
     return np.nan_to_num(box_iou(np.repeat([box], len(boxes), axis=0), boxes)) if len(boxes) else np.zeros(0)
 
 
-def _filter_margin(row: dict, region_filter: RegionFilterParams, protected: set[str], scale: float) -> float | None:
+def _filter_margin(
+    row: dict, region_filter: RegionFilterParams, protected: set[str], scale: float
+) -> float | None:
     if row["source"].split("@", 1)[0] in protected or row["score"] is None or not math.isfinite(row["score"]):
         return None
     threshold = region_filter.min_score_for(row["source"], str(row["task"]))
@@ -274,7 +321,9 @@ def _weighted_mean(signals: Mapping[str, float | None], weights: SuspicionWeight
     return sum(weight * value for weight, value in present) / total if total > 0 else None
 
 
-def select_queue(scored: pl.DataFrame, budget: int, *, min_per_type: int, min_per_rare_class: int, rare: Sequence[str]) -> pl.DataFrame:
+def select_queue(
+    scored: pl.DataFrame, budget: int, *, min_per_type: int, min_per_rare_class: int, rare: Sequence[str]
+) -> pl.DataFrame:
     """``QUEUE_SCHEMA``: at most ``budget`` labels of ``scored`` (``SCORED_SCHEMA``) for a person.
 
     First the ``min_per_rare_class`` most suspicious labels of each rare class, then the
@@ -312,7 +361,9 @@ class Verdicts:
     folded: pl.DataFrame
 
 
-def apply_verdicts(labels: pl.DataFrame, audited: pl.DataFrame, decisions: pl.DataFrame, *, match_iou: float = 0.5) -> Verdicts:
+def apply_verdicts(
+    labels: pl.DataFrame, audited: pl.DataFrame, decisions: pl.DataFrame, *, match_iou: float = 0.5
+) -> Verdicts:
     """``labels`` after an audit of some of them: every label the audit decided on
     (``relabel.audit.DECISIONS_SCHEMA``) leaves, and the audited labels of ``labels``'s images
     (accepted ones under their own id, corrections naming what they replace, additions) come in.
@@ -323,8 +374,13 @@ def apply_verdicts(labels: pl.DataFrame, audited: pl.DataFrame, decisions: pl.Da
     check_schema(labels, "labels")
     check_schema(audited, "labels")
     images = labels["image_id"].unique().implode()
-    decided = decisions.filter(pl.col("label_id").is_not_null(), pl.col("image_id").is_in(images))["label_id"].implode()
-    after = pl.concat([labels.filter(~pl.col("label_id").is_in(decided)), audited.filter(pl.col("image_id").is_in(images))], how="vertical")
+    decided = decisions.filter(pl.col("label_id").is_not_null(), pl.col("image_id").is_in(images))[
+        "label_id"
+    ].implode()
+    after = pl.concat(
+        [labels.filter(~pl.col("label_id").is_in(decided)), audited.filter(pl.col("image_id").is_in(images))],
+        how="vertical",
+    )
     by_people = pl.col("source").str.starts_with(HUMAN_SOURCE)  # human, human-audit@<auditor>
     merged = fold_confirming(after.filter(by_people), after.filter(~by_people), iou_threshold=match_iou)
     # a region caption or grounding of a folded label now describes the label it went into;

@@ -21,7 +21,9 @@ from relabel.labels import empty, frame, label_id_for
 BASELINE_SOURCE = "baseline"
 
 
-def prior_labels(training_labels: pl.DataFrame, training_images: pl.DataFrame, images: pl.DataFrame) -> pl.DataFrame:
+def prior_labels(
+    training_labels: pl.DataFrame, training_images: pl.DataFrame, images: pl.DataFrame
+) -> pl.DataFrame:
     """The baseline's labels (``LABELS_SCHEMA``) for every image of ``images``.
 
     ``training_labels`` are label-store rows of the images in ``training_images``; both image
@@ -65,9 +67,17 @@ def prior_region_names(training_labels: pl.DataFrame, regions: pl.DataFrame) -> 
     rows = []
     for ordinal, region in enumerate(regions.select("image_id", "box").iter_rows(named=True)):
         row = {
-            "image_id": region["image_id"], "annotation_type": "region_text", "task": "object", "region_kind": "object",
-            "category": category, "text": category, "box": list(region["box"]), "score": 1.0,
-            "source": BASELINE_SOURCE, "iteration": 0, "status": "raw",
+            "image_id": region["image_id"],
+            "annotation_type": "region_text",
+            "task": "object",
+            "region_kind": "object",
+            "category": category,
+            "text": category,
+            "box": list(region["box"]),
+            "score": 1.0,
+            "source": BASELINE_SOURCE,
+            "iteration": 0,
+            "status": "raw",
         }
         rows.append({**row, "label_id": label_id_for(row, ordinal)})
     return frame("labels", rows)
@@ -86,7 +96,12 @@ def _most_frequent_region(sized: pl.DataFrame, task: str, name: str) -> dict | N
         return None
     value = _most_frequent(regions, name)
     chosen = regions.filter(pl.col(name) == value)
-    prototype = {"task": task, "annotation_type": "region_text", "region_kind": "object" if task == "object" else "text", name: value}
+    prototype = {
+        "task": task,
+        "annotation_type": "region_text",
+        "region_kind": "object" if task == "object" else "text",
+        name: value,
+    }
     for geometry in ("box", "quad"):
         present = chosen.filter(pl.col(geometry).is_not_null())
         if present.height:

@@ -269,7 +269,9 @@ class TrainParams(_Strict):
     def _weights_name_tasks(self) -> TrainParams:
         unknown = sorted(set(self.task_weights) - set(TASK_TOKENS))
         if unknown or any(weight < 0 for weight in self.task_weights.values()):
-            raise ValueError(f"task_weights take task tokens {list(TASK_TOKENS)} and weights >= 0; got {self.task_weights}")
+            raise ValueError(
+                f"task_weights take task tokens {list(TASK_TOKENS)} and weights >= 0; got {self.task_weights}"
+            )
         return self
 
 
@@ -302,8 +304,21 @@ class ModelParams(_Strict):
     # captions (CIDEr), read text with its region (CER), and, prompted with the audited
     # labels, phrase grounding (recall@1) and referring segmentation (mIoU)
     evaluation_tasks: tuple[
-        Literal["<OD>", "<CAPTION>", "<OCR_WITH_REGION>", "<CAPTION_TO_PHRASE_GROUNDING>", "<REFERRING_EXPRESSION_SEGMENTATION>"], ...
-    ] = ("<OD>", "<CAPTION>", "<OCR_WITH_REGION>", "<CAPTION_TO_PHRASE_GROUNDING>", "<REFERRING_EXPRESSION_SEGMENTATION>")
+        Literal[
+            "<OD>",
+            "<CAPTION>",
+            "<OCR_WITH_REGION>",
+            "<CAPTION_TO_PHRASE_GROUNDING>",
+            "<REFERRING_EXPRESSION_SEGMENTATION>",
+        ],
+        ...,
+    ] = (
+        "<OD>",
+        "<CAPTION>",
+        "<OCR_WITH_REGION>",
+        "<CAPTION_TO_PHRASE_GROUNDING>",
+        "<REFERRING_EXPRESSION_SEGMENTATION>",
+    )
 
 
 class MergePolicyParams(_Strict):
@@ -336,8 +351,8 @@ class RareClassGuardParams(_Strict):
     than these bounds fails a blocking check before the next model trains."""
 
     rare_share: float = Field(0.06, gt=0, le=1)
-    max_count_drop: float = Field(0.25, ge=0, le=1)   # relative: 0.25 = a quarter of its labels
-    max_recall_drop: float = Field(0.1, ge=0, le=1)   # absolute
+    max_count_drop: float = Field(0.25, ge=0, le=1)  # relative: 0.25 = a quarter of its labels
+    max_recall_drop: float = Field(0.1, ge=0, le=1)  # absolute
 
 
 class CaptionSpecialistParams(_Strict):
@@ -406,10 +421,12 @@ class ReviewParams(_Strict):
     """
 
     budget: int = Field(30, ge=0)
-    min_per_type: int = Field(2, ge=0)          # every annotation type with labels gets this many places
-    min_per_rare_class: int = Field(1, ge=0)    # ... and every rare class with labels this many
-    match_iou: float = Field(0.5, gt=0, le=1)   # a prediction this close to a label is about the same thing
-    margin_scale: float = Field(0.3, gt=0, le=1)  # a score this far above its filter's threshold is no longer close
+    min_per_type: int = Field(2, ge=0)  # every annotation type with labels gets this many places
+    min_per_rare_class: int = Field(1, ge=0)  # ... and every rare class with labels this many
+    match_iou: float = Field(0.5, gt=0, le=1)  # a prediction this close to a label is about the same thing
+    margin_scale: float = Field(
+        0.3, gt=0, le=1
+    )  # a score this far above its filter's threshold is no longer close
     weights: SuspicionWeights = SuspicionWeights()
     auditor: Literal["label-studio", "world-truth"] = "label-studio"
     export: str = "data/review/iteration-{iteration}/completed.json"
@@ -465,7 +482,9 @@ class Params(_Strict):
         names = [spec.name for spec in self.annotate.perception]
         for name in self.refine.self_training.specialists:
             if name not in names:
-                raise ValueError(f"refine.self_training.specialists names {name!r}, not a specialist of annotate.perception {names}")
+                raise ValueError(
+                    f"refine.self_training.specialists names {name!r}, not a specialist of annotate.perception {names}"
+                )
         return self
 
 

@@ -381,7 +381,9 @@ def _summarise(
     provenance = pl.from_arrow(pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values))
 
     # fused score, with the model count and weight sum of the cluster's task and class
-    of_cluster = rows.select("task", "_class")[clusters.best].join(models, on=["task", "_class"], how="left", nulls_equal=True, maintain_order="left")
+    of_cluster = rows.select("task", "_class")[clusters.best].join(
+        models, on=["task", "_class"], how="left", nulls_equal=True, maintain_order="left"
+    )
     n_models = of_cluster["_n_models"].to_numpy().astype(np.float64)
     weight_sum = of_cluster["_weight_sum"].to_numpy().astype(np.float64)
     fused_score = np.minimum(clusters.weight / count * np.minimum(count, n_models) / weight_sum, 1.0)
@@ -515,7 +517,9 @@ def _models(rows: pl.DataFrame, weights: Mapping[str, float]) -> pl.DataFrame:
     sources = rows.select("task", "_class", "source").unique()
     return sources.group_by("task", "_class").agg(
         _n_models=pl.len(),
-        _weight_sum=pl.col("source").replace_strict(dict(weights), default=1.0, return_dtype=pl.Float64).sum(),
+        _weight_sum=pl.col("source")
+        .replace_strict(dict(weights), default=1.0, return_dtype=pl.Float64)
+        .sum(),
     )
 
 
@@ -524,7 +528,9 @@ _x0, _y0, _x1, _y1 = (pl.col("box").arr.get(i, null_on_oob=True) for i in range(
 
 def _invalid_reason() -> pl.Expr:
     finite = pl.all_horizontal(c.is_finite() for c in (_x0, _y0, _x1, _y1)).fill_null(False)
-    box_ok = pl.col("box").is_not_null() & finite & (_x1 > _x0).fill_null(False) & (_y1 > _y0).fill_null(False)
+    box_ok = (
+        pl.col("box").is_not_null() & finite & (_x1 > _x0).fill_null(False) & (_y1 > _y0).fill_null(False)
+    )
     score = pl.col("score")
     score_ok = (score.is_not_null() & score.is_finite() & (score > 0) & (score <= 1)).fill_null(False)
     return (
@@ -537,7 +543,12 @@ def _invalid_reason() -> pl.Expr:
 
 
 def _invalid_detail() -> pl.Expr:
-    box = pl.col("box").cast(pl.List(pl.Float64)).list.eval(pl.element().round(2).cast(pl.String)).list.join(", ")
+    box = (
+        pl.col("box")
+        .cast(pl.List(pl.Float64))
+        .list.eval(pl.element().round(2).cast(pl.String))
+        .list.join(", ")
+    )
     return (
         pl.when(pl.col("_reason") == "degenerate_box")
         .then(pl.format("box [{}] is missing, not finite or has no area", box.fill_null("null")))
@@ -581,7 +592,15 @@ def _fused_rows(rows: pl.DataFrame, promoted: pl.DataFrame) -> pl.DataFrame:
     best = promoted["_best"]
     taken = rows.select(
         pl.col(
-            "image_id", "annotation_type", "task", "text", "region_kind", "quad", "mask_rle", "is_crowd", "category"
+            "image_id",
+            "annotation_type",
+            "task",
+            "text",
+            "region_kind",
+            "quad",
+            "mask_rle",
+            "is_crowd",
+            "category",
         ).gather(best)
     )
     polygon = rows["polygon"].gather(promoted["_poly"])
@@ -679,8 +698,10 @@ def merge_texts(labels: pl.DataFrame, *, similarity: float = 0.9) -> pl.DataFram
     single = texts.filter(pl.col("_size") == 1).drop("_leader", "_size")
     grouped = texts.filter(pl.col("_size") > 1)
     is_consensus = pl.col("source") == CONSENSUS_SOURCE
-    own_ids = pl.when(is_consensus & pl.col("provenance").is_not_null()).then(pl.col("provenance")).otherwise(
-        pl.concat_list(pl.col("label_id"))
+    own_ids = (
+        pl.when(is_consensus & pl.col("provenance").is_not_null())
+        .then(pl.col("provenance"))
+        .otherwise(pl.concat_list(pl.col("label_id")))
     )
     merged = (
         grouped.with_columns(_ids=own_ids)

@@ -25,11 +25,10 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import polars as pl
-
-from relabel.report import LEGEND_OUTSIDE
 import yaml
 
 from relabel.labels import ANNOTATION_TYPES, HUMAN_SOURCE, SPLITS, TASKS, TASKS_BY_TYPE
+from relabel.report import LEGEND_OUTSIDE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -84,7 +84,9 @@ def hash_distances(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
     return np.bitwise_count(left[:, None] ^ right[None, :]).astype(np.int64)
 
 
-def near_duplicate_groups(image_ids: Sequence[str], hashes: Sequence[str | None], max_distance: int) -> list[str]:
+def near_duplicate_groups(
+    image_ids: Sequence[str], hashes: Sequence[str | None], max_distance: int
+) -> list[str]:
     """The group of each image: the smallest image id among those it is linked to through
     hashes within ``max_distance`` bits (transitively). An image without a hash is alone."""
     parent = list(range(len(image_ids)))
@@ -139,8 +141,12 @@ def stratified_groups(group_categories: Mapping[str, Collection[str]], fraction:
     ordered = sorted(group_categories)
     for category in sorted(counts, key=lambda c: (counts[c], c)):
         while have[category] < targets[category] and len(chosen) < total:
-            candidates = [group for group in ordered if group not in chosen and category in group_categories[group]]
-            best = max(candidates, key=lambda group: sum(have[c] < targets[c] for c in set(group_categories[group])))
+            candidates = [
+                group for group in ordered if group not in chosen and category in group_categories[group]
+            ]
+            best = max(
+                candidates, key=lambda group: sum(have[c] < targets[c] for c in set(group_categories[group]))
+            )
             chosen.add(best)
             for served in set(group_categories[best]):
                 have[served] += 1
@@ -177,7 +183,13 @@ def draw_split(
     if frozen is not None:
         in_split = set(frozen["image_id"].to_list())
         forced = {group for image_id, group in zip(ids, groups, strict=True) if image_id in in_split}
-        copies = leaks(pl.DataFrame({"image_id": ids, "phash": values}, schema={"image_id": pl.String, "phash": pl.String}), frozen, max_distance)
+        copies = leaks(
+            pl.DataFrame(
+                {"image_id": ids, "phash": values}, schema={"image_id": pl.String, "phash": pl.String}
+            ),
+            frozen,
+            max_distance,
+        )
         group_of = dict(zip(ids, groups, strict=True))
         forced |= {group_of[image_id] for image_id in copies["image_id"].to_list()}
     # a frozen split takes no new image: new data goes to training (near-duplicates aside)
@@ -193,8 +205,12 @@ def leaks(candidates: pl.DataFrame, split: pl.DataFrame, max_distance: int) -> p
     in_split = set(split["image_id"].to_list())
     for image_id in candidates["image_id"].unique(maintain_order=True).to_list():
         if image_id in in_split:
-            rows.append({"image_id": image_id, "split_image_id": image_id, "kind": "same_content", "distance": 0})
-    hashed = candidates.filter(pl.col("phash").is_not_null(), ~pl.col("image_id").is_in(list(in_split))).unique("image_id", maintain_order=True)
+            rows.append(
+                {"image_id": image_id, "split_image_id": image_id, "kind": "same_content", "distance": 0}
+            )
+    hashed = candidates.filter(
+        pl.col("phash").is_not_null(), ~pl.col("image_id").is_in(list(in_split))
+    ).unique("image_id", maintain_order=True)
     split_hashed = split.filter(pl.col("phash").is_not_null())
     if hashed.height and split_hashed.height:
         distances = hash_distances(hashed["phash"].to_list(), split_hashed["phash"].to_list())
@@ -202,7 +218,14 @@ def leaks(candidates: pl.DataFrame, split: pl.DataFrame, max_distance: int) -> p
         for row, image_id in enumerate(hashed["image_id"].to_list()):
             distance = int(distances[row, nearest[row]])
             if distance <= max_distance:
-                rows.append({"image_id": image_id, "split_image_id": split_hashed["image_id"][int(nearest[row])], "kind": "near_duplicate", "distance": distance})
+                rows.append(
+                    {
+                        "image_id": image_id,
+                        "split_image_id": split_hashed["image_id"][int(nearest[row])],
+                        "kind": "near_duplicate",
+                        "distance": distance,
+                    }
+                )
     return pl.DataFrame(rows, schema=LEAKS_SCHEMA)
 
 
@@ -230,7 +253,12 @@ def split_manifest(images: pl.DataFrame, labels: pl.DataFrame, data_dir: Path) -
                 "phash": perceptual_hash(path) if path.is_file() else None,
             }
         )
-    return with_labels(pl.DataFrame(rows, schema={name: MANIFEST_SCHEMA[name] for name in ("image_id", "uri", "sha256", "phash")}), labels)
+    return with_labels(
+        pl.DataFrame(
+            rows, schema={name: MANIFEST_SCHEMA[name] for name in ("image_id", "uri", "sha256", "phash")}
+        ),
+        labels,
+    )
 
 
 def with_labels(manifest: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
@@ -265,9 +293,21 @@ def manifest_changes(frozen: pl.DataFrame, current: pl.DataFrame) -> pl.DataFram
     for image_id in sorted(before.keys() & after.keys()):
         old, new = before[image_id], after[image_id]
         if old["sha256"] != new["sha256"]:
-            rows.append({"image_id": image_id, "change": "image_bytes_changed", "detail": f"{old['uri']}: sha256 {old['sha256']} -> {new['sha256']}"})
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "change": "image_bytes_changed",
+                    "detail": f"{old['uri']}: sha256 {old['sha256']} -> {new['sha256']}",
+                }
+            )
         if old["labels_sha256"] != new["labels_sha256"]:
-            rows.append({"image_id": image_id, "change": "labels_changed", "detail": f"{old['labels']} -> {new['labels']} audited labels, digest {old['labels_sha256'][:12]} -> {new['labels_sha256'][:12]}"})
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "change": "labels_changed",
+                    "detail": f"{old['labels']} -> {new['labels']} audited labels, digest {old['labels_sha256'][:12]} -> {new['labels_sha256'][:12]}",
+                }
+            )
     return pl.DataFrame(rows, schema=CHANGES_SCHEMA)
 
 
@@ -290,7 +330,9 @@ def read_freeze(folder: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def freeze(folder: Path, manifest: pl.DataFrame, *, by: str, reason: str, auditors: Collection[str]) -> dict[str, Any]:
+def freeze(
+    folder: Path, manifest: pl.DataFrame, *, by: str, reason: str, auditors: Collection[str]
+) -> dict[str, Any]:
     """Write ``manifest`` and its freeze record into ``folder`` (and log it); return the record."""
     record = {
         "digest": manifest_digest(manifest),
@@ -318,7 +360,13 @@ def unfreeze(folder: Path, *, by: str, reason: str) -> dict[str, Any]:
     record = read_freeze(folder)
     if record is None:
         raise ValueError(f"the evaluation split in {folder} is not frozen")
-    entry = {"action": "unfreeze", "by": by, "reason": reason, "digest": record["digest"], "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    entry = {
+        "action": "unfreeze",
+        "by": by,
+        "reason": reason,
+        "digest": record["digest"],
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
     _log(folder, entry)
     (folder / FREEZE_FILE).unlink()
     return entry
@@ -327,7 +375,9 @@ def unfreeze(folder: Path, *, by: str, reason: str) -> dict[str, Any]:
 def freeze_history(folder: Path) -> list[dict[str, Any]]:
     """Every freeze and unfreeze of the split in ``folder``, oldest first."""
     path = folder / FREEZE_LOG
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
 
 
 def _log(folder: Path, entry: Mapping[str, Any]) -> None:

@@ -201,9 +201,7 @@ def _quarantined_labels(quarantine: pl.DataFrame) -> pl.DataFrame:
 # ----------------------------------------------------------------------------- the formats
 
 
-def write_coco(
-    images: pl.DataFrame, labels: pl.DataFrame, folder: Path, data_dir: Path
-) -> list[Path]:
+def write_coco(images: pl.DataFrame, labels: pl.DataFrame, folder: Path, data_dir: Path) -> list[Path]:
     """COCO ``instances.json``, ``captions.json`` and ``detailed_captions.json`` in ``folder``.
 
     Every file lists every image: ``id`` (1..N in ``image_id`` order), ``file_name`` (the
@@ -329,9 +327,7 @@ def write_hf_parquet(
     """
     images, labels = _prepare(images, labels, data_dir, "hf-parquet")
     written = [
-        _write_parquet(
-            folder / "images.parquet", images.with_columns(uri=pl.col("path")).drop("path")
-        ),
+        _write_parquet(folder / "images.parquet", images.with_columns(uri=pl.col("path")).drop("path")),
         _write_parquet(folder / "labels.parquet", labels),
     ]
     if embed_images:
@@ -339,9 +335,7 @@ def write_hf_parquet(
     return sorted(written)
 
 
-def write_yolo(
-    images: pl.DataFrame, labels: pl.DataFrame, folder: Path, data_dir: Path
-) -> list[Path]:
+def write_yolo(images: pl.DataFrame, labels: pl.DataFrame, folder: Path, data_dir: Path) -> list[Path]:
     """A YOLO detection dataset in ``folder``, in the layout Ultralytics reads.
 
     ``images/<stem><suffix>``
@@ -474,9 +468,9 @@ def _prepare(
     images = images.with_columns(
         path=pl.Series([_absolute_path(uri, data_dir) for uri in images["uri"]], dtype=pl.String)
     )
-    labels = labels.filter(
-        pl.col("image_id").is_in(images["image_id"].implode()), WRITTEN[fmt]
-    ).sort("image_id", "label_id")
+    labels = labels.filter(pl.col("image_id").is_in(images["image_id"].implode()), WRITTEN[fmt]).sort(
+        "image_id", "label_id"
+    )
     return images, labels
 
 
@@ -529,9 +523,7 @@ def _yolo_line(class_index: int, box: list[float], width: int, height: int) -> s
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> Path:
-    text = json.dumps(
-        document, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(",", ":")
-    )
+    text = json.dumps(document, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     return _write_text(path, text + "\n")
 
 

@@ -121,14 +121,21 @@ def filter_labels(
     rows = labels.join(sizes, on="image_id", how="left", maintain_order="left")
     judge = _Judge(rows)
 
-    judge.rule("image_not_kept", pl.lit(True), pl.col("width").is_null(), detail=lambda r: "its image is not among the shard's kept images")
+    judge.rule(
+        "image_not_kept",
+        pl.lit(True),
+        pl.col("width").is_null(),
+        detail=lambda r: "its image is not among the shard's kept images",
+    )
     if ontology:
         known = pl.Series(list(ontology), dtype=pl.String).implode()
         judge.rule(
             "unknown_category",
             pl.col("category").is_not_null(),
             ~pl.col("category").is_in(known),
-            detail=lambda r: f"category {r['category']!r} is not in the ontology ({len(ontology)} categories, annotate.ontology)",
+            detail=lambda r: (
+                f"category {r['category']!r} is not in the ontology ({len(ontology)} categories, annotate.ontology)"
+            ),
         )
     clipped = judge.clip_to_image()
 
@@ -139,10 +146,14 @@ def filter_labels(
     judge.rule(
         "below_min_size",
         pl.col("box").is_not_null() & ~protected,
-        (width < region.min_box_side) | (height < region.min_box_side) | (width * height < region.min_box_area),
+        (width < region.min_box_side)
+        | (height < region.min_box_side)
+        | (width * height < region.min_box_area),
         value=pl.min_horizontal(width, height),
         threshold=pl.lit(region.min_box_side),
-        detail=lambda r: f"box {r['_w']:.1f} x {r['_h']:.1f} px is under {region.min_box_side} px a side or {region.min_box_area} px² (filter.region.min_box_side / min_box_area)",
+        detail=lambda r: (
+            f"box {r['_w']:.1f} x {r['_h']:.1f} px is under {region.min_box_side} px a side or {region.min_box_area} px² (filter.region.min_box_side / min_box_area)"
+        ),
         extra={"_w": width, "_h": height},
     )
     pairs = rows.select("source", pl.col("task").cast(pl.String)).unique().iter_rows()
@@ -156,7 +167,9 @@ def filter_labels(
         pl.col("score").is_null() | pl.col("score").is_nan() | (pl.col("score") < minimum),
         value=pl.col("score"),
         threshold=minimum,
-        detail=lambda r: f"score {r['score']} < {r['_threshold']} for source {r['source']!r} (filter.region.min_score)",
+        detail=lambda r: (
+            f"score {r['score']} < {r['_threshold']} for source {r['source']!r} (filter.region.min_score)"
+        ),
         extra={"_threshold": minimum},
     )
     _text_filters(judge, parses, params)
@@ -167,7 +180,9 @@ def filter_labels(
         pl.struct("text", "phrase_start", "phrase_end").map_elements(
             lambda r: _blacklisted(r, blacklist), return_dtype=pl.Boolean
         ),
-        detail=lambda r: f"phrase {_phrase(r)!r} is about no object: its head word is in filter.phrase_blacklist",
+        detail=lambda r: (
+            f"phrase {_phrase(r)!r} is about no object: its head word is in filter.phrase_blacklist"
+        ),
     )
     judge.suppress(params, protected_sources=params.protected_sources)
     judge.drop_dependents(params.protected_sources)
@@ -179,7 +194,9 @@ def _box_side(axis: int) -> pl.Expr:
 
 
 def _text_filters(judge: _Judge, parses: pl.DataFrame, params: FilterParams) -> None:
-    texts = judge.rows.filter(pl.col("annotation_type") == "text", pl.col("task").cast(pl.String).is_in(list(params.text)))
+    texts = judge.rows.filter(
+        pl.col("annotation_type") == "text", pl.col("task").cast(pl.String).is_in(list(params.text))
+    )
     missing = texts.join(parses.select("label_id"), on="label_id", how="anti")
     if missing.height:
         raise ValueError(f"{missing.height} text labels have no parse, e.g. {missing['label_id'][0]}")
@@ -193,8 +210,18 @@ def _text_filters(judge: _Judge, parses: pl.DataFrame, params: FilterParams) -> 
     filtered = (pl.col("annotation_type") == "text") & limit("max_objects").is_not_null()
     for name, measured, key, compare in (
         ("excessive_objects", pl.col("n_objects").cast(pl.Float64), "max_objects", "more than"),
-        ("low_object_complexity", pl.col("object_complexity").fill_null(0.0), "min_object_complexity", "under"),
-        ("low_action_complexity", pl.col("action_complexity").fill_null(0.0), "min_action_complexity", "under"),
+        (
+            "low_object_complexity",
+            pl.col("object_complexity").fill_null(0.0),
+            "min_object_complexity",
+            "under",
+        ),
+        (
+            "low_action_complexity",
+            pl.col("action_complexity").fill_null(0.0),
+            "min_action_complexity",
+            "under",
+        ),
     ):
         bound = limit(key)
         judge.rule(
@@ -246,7 +273,9 @@ class _Judge:
         extra: dict[str, pl.Expr] | None = None,
     ) -> None:
         """Judge every live row that ``applies`` with ``name``; drop those it ``rejects``."""
-        judged = self.rows.with_columns(_alive=pl.Series(~self.dropped)).filter(pl.col("_alive") & applies.fill_null(False))
+        judged = self.rows.with_columns(_alive=pl.Series(~self.dropped)).filter(
+            pl.col("_alive") & applies.fill_null(False)
+        )
         if judged.height == 0:
             return
         judged = judged.with_columns(
@@ -265,7 +294,9 @@ class _Judge:
                 pl.col("_rejected").alias("dropped"),
                 pl.col("_value").alias("value"),
                 pl.col("_threshold").alias("threshold"),
-                (pl.col(other) if other in judged.columns else pl.lit(None, pl.String)).alias("other_label_id"),
+                (pl.col(other) if other in judged.columns else pl.lit(None, pl.String)).alias(
+                    "other_label_id"
+                ),
             )
         )
         for row in judged.filter(pl.col("_rejected")).iter_rows(named=True):
@@ -276,18 +307,24 @@ class _Judge:
         """Clip boxes, quads and polygons to their image; drop boxes with no area left.
         Returns which rows were clipped."""
         boxes, quads, polygons, changed = [], [], [], []
-        for box, quad, polygon, w, h in self.rows.select("box", "quad", "polygon", "width", "height").iter_rows():
+        for box, quad, polygon, w, h in self.rows.select(
+            "box", "quad", "polygon", "width", "height"
+        ).iter_rows():
             if w is None:
                 boxes.append(box), quads.append(quad), polygons.append(polygon), changed.append(False)
                 continue
             new_box = None if box is None else [_clamp(v, w if i % 2 == 0 else h) for i, v in enumerate(box)]
-            new_quad = None if quad is None else [_clamp(v, w if i % 2 == 0 else h) for i, v in enumerate(quad)]
+            new_quad = (
+                None if quad is None else [_clamp(v, w if i % 2 == 0 else h) for i, v in enumerate(quad)]
+            )
             new_polygon = (
                 None
                 if polygon is None
                 else [[_clamp(v, w if i % 2 == 0 else h) for i, v in enumerate(ring)] for ring in polygon]
             )
-            changed.append((new_box, new_quad, new_polygon) != (_listed(box), _listed(quad), _nested(polygon)))
+            changed.append(
+                (new_box, new_quad, new_polygon) != (_listed(box), _listed(quad), _nested(polygon))
+            )
             boxes.append(new_box), quads.append(new_quad), polygons.append(new_polygon)
         # the quarantine keeps a label as it arrived, so the unclipped geometry travels along
         self.rows = self.rows.with_columns(
@@ -303,7 +340,9 @@ class _Judge:
             (_box_side(0) <= 0) | (_box_side(1) <= 0),
             value=pl.min_horizontal(_box_side(0), _box_side(1)),
             threshold=pl.lit(0.0),
-            detail=lambda r: f"box {_listed(r['_original_box'])} has no area inside the {r['width']}x{r['height']} image",
+            detail=lambda r: (
+                f"box {_listed(r['_original_box'])} has no area inside the {r['width']}x{r['height']} image"
+            ),
         )
         return np.array(changed, dtype=bool)
 
@@ -326,24 +365,40 @@ class _Judge:
         rows = [row for _, group in groups for row in _nms_group(group, region.nms_iou, protected)]
         if not rows:
             return
-        judged = pl.DataFrame(rows, schema={**live.schema, "_rejected": pl.Boolean, "_value": pl.Float64, "_threshold": pl.Float64, "_other": pl.String, "_other_source": pl.String})
+        judged = pl.DataFrame(
+            rows,
+            schema={
+                **live.schema,
+                "_rejected": pl.Boolean,
+                "_value": pl.Float64,
+                "_threshold": pl.Float64,
+                "_other": pl.String,
+                "_other_source": pl.String,
+            },
+        )
         self._record(
             "nms_suppressed",
             judged,
-            lambda r: f"IoU {r['_value']:.2f} >= {r['_threshold']} with {r['_other']} ({r['_other_source']}) of higher rank (filter.region.nms_iou)",
+            lambda r: (
+                f"IoU {r['_value']:.2f} >= {r['_threshold']} with {r['_other']} ({r['_other_source']}) of higher rank (filter.region.nms_iou)"
+            ),
         )
 
     def drop_dependents(self, protected_sources: Iterable[str]) -> None:
         """Drop labels about a region that was dropped, until no more are."""
         protected = set(protected_sources)
         anchor: dict[str, int] = {}
-        for index, (label_id, provenance) in enumerate(self.rows.select("label_id", "provenance").iter_rows()):
+        for index, (label_id, provenance) in enumerate(
+            self.rows.select("label_id", "provenance").iter_rows()
+        ):
             anchor.setdefault(label_id, index)
             for source_id in provenance or ():
                 anchor.setdefault(source_id, index)
         links = self.rows.select("_row", "linked_label_id", "source", "label_id").iter_rows()
         dependents = [
-            (row, anchor[link]) for row, link, source, _ in links if link is not None and link in anchor and source not in protected
+            (row, anchor[link])
+            for row, link, source, _ in links
+            if link is not None and link in anchor and source not in protected
         ]
         reasons: dict[int, str] = {}
         for record in self.quarantine:
@@ -355,11 +410,28 @@ class _Judge:
             newly = []
             for row, region in dependents:
                 if not self.dropped[row] and self.dropped[region] and row != region:
-                    newly.append({"_row": row, "_rejected": True, "_value": None, "_threshold": None, "_other": label_ids[region]})
+                    newly.append(
+                        {
+                            "_row": row,
+                            "_rejected": True,
+                            "_value": None,
+                            "_threshold": None,
+                            "_other": label_ids[region],
+                        }
+                    )
                     reasons[row] = "depends_on_dropped"
             if newly:
                 changed = True
-                judged = pl.DataFrame(newly, schema={"_row": pl.UInt32, "_rejected": pl.Boolean, "_value": pl.Float64, "_threshold": pl.Float64, "_other": pl.String})
+                judged = pl.DataFrame(
+                    newly,
+                    schema={
+                        "_row": pl.UInt32,
+                        "_rejected": pl.Boolean,
+                        "_value": pl.Float64,
+                        "_threshold": pl.Float64,
+                        "_other": pl.String,
+                    },
+                )
                 judged = judged.join(self.rows, on="_row", how="left")
                 self._record(
                     "depends_on_dropped",
@@ -369,10 +441,14 @@ class _Judge:
 
     def result(self, columns: list[str], clipped: np.ndarray) -> Filtered:
         kept = self.rows.filter(pl.Series(~self.dropped)).select(columns)
-        quarantine = frame("quarantine", [{k: v for k, v in q.items() if not k.startswith("_")} for q in self.quarantine])
+        quarantine = frame(
+            "quarantine", [{k: v for k, v in q.items() if not k.startswith("_")} for q in self.quarantine]
+        )
         decisions = pl.concat([pl.DataFrame(schema=DECISIONS_SCHEMA), *self.decisions], how="vertical")
         if kept.height + quarantine.height != self.rows.height:
-            raise AssertionError(f"filter lost rows: {self.rows.height} in, {kept.height} kept, {quarantine.height} quarantined")
+            raise AssertionError(
+                f"filter lost rows: {self.rows.height} in, {kept.height} kept, {quarantine.height} quarantined"
+            )
         return Filtered(
             labels=check_schema(kept, "labels"),
             quarantine=quarantine,
@@ -414,7 +490,9 @@ def filter_quality(decisions: pl.DataFrame, correctness: pl.DataFrame) -> pl.Dat
         how="left",
     )
     duplicate = (
-        (pl.col("filter") == "nms_suppressed") & pl.col("other_correct").fill_null(False) & (pl.col("truth_id") == pl.col("other_truth_id"))
+        (pl.col("filter") == "nms_suppressed")
+        & pl.col("other_correct").fill_null(False)
+        & (pl.col("truth_id") == pl.col("other_truth_id"))
     ).fill_null(False)
     judged = judged.with_columns(
         wrong=pl.when(pl.col("correct").is_null()).then(None).otherwise(~pl.col("correct") | duplicate),
@@ -425,15 +503,19 @@ def filter_quality(decisions: pl.DataFrame, correctness: pl.DataFrame) -> pl.Dat
         pl.col("dropped").any(),
         pl.col("wrong").filter(pl.col("dropped")).first().fill_null(pl.col("wrong").first()),
     )
-    table = pl.concat([judged.select(overall.columns), overall], how="vertical").group_by("filter", maintain_order=True).agg(
-        judged=pl.len(),
-        dropped=pl.col("dropped").sum(),
-        dropped_wrong=(pl.col("dropped") & pl.col("wrong")).sum(),
-        _dropped_known=(pl.col("dropped") & pl.col("wrong").is_not_null()).sum(),
-        kept=(~pl.col("dropped")).sum(),
-        kept_right=(~pl.col("dropped") & ~pl.col("wrong")).sum(),
-        _kept_known=(~pl.col("dropped") & pl.col("wrong").is_not_null()).sum(),
-        unknown=pl.col("wrong").is_null().sum(),
+    table = (
+        pl.concat([judged.select(overall.columns), overall], how="vertical")
+        .group_by("filter", maintain_order=True)
+        .agg(
+            judged=pl.len(),
+            dropped=pl.col("dropped").sum(),
+            dropped_wrong=(pl.col("dropped") & pl.col("wrong")).sum(),
+            _dropped_known=(pl.col("dropped") & pl.col("wrong").is_not_null()).sum(),
+            kept=(~pl.col("dropped")).sum(),
+            kept_right=(~pl.col("dropped") & ~pl.col("wrong")).sum(),
+            _kept_known=(~pl.col("dropped") & pl.col("wrong").is_not_null()).sum(),
+            unknown=pl.col("wrong").is_null().sum(),
+        )
     )
     return (
         table.with_columns(
@@ -450,7 +532,17 @@ def _nms_group(group: pl.DataFrame, iou_threshold: float, protected: set[str]) -
     """The rows of one NMS group, each with whether it is suppressed, its IoU with the row
     that suppressed it and that row's id (rows of a protected source are never suppressed)."""
     if group.height < 2:
-        return [{**row, "_rejected": False, "_value": None, "_threshold": iou_threshold, "_other": None, "_other_source": None} for row in group.iter_rows(named=True)]
+        return [
+            {
+                **row,
+                "_rejected": False,
+                "_value": None,
+                "_threshold": iou_threshold,
+                "_other": None,
+                "_other_source": None,
+            }
+            for row in group.iter_rows(named=True)
+        ]
     records = list(group.iter_rows(named=True))
     boxes = np.array([r["box"] for r in records], dtype=np.float64)
     # a source is named by its origin: "human-audit@maria" is protected by "human-audit"
@@ -462,7 +554,9 @@ def _nms_group(group: pl.DataFrame, iou_threshold: float, protected: set[str]) -
     kept: list[int] = []
     out = []
     for i in rank:
-        overlaps = box_iou(np.repeat(boxes[i : i + 1], len(kept), axis=0), boxes[kept]) if kept else np.array([])
+        overlaps = (
+            box_iou(np.repeat(boxes[i : i + 1], len(kept), axis=0), boxes[kept]) if kept else np.array([])
+        )
         best = int(np.nanargmax(overlaps)) if len(kept) and not np.all(np.isnan(overlaps)) else None
         iou = float(overlaps[best]) if best is not None else None
         suppressed = iou is not None and iou >= iou_threshold and not is_protected[i]
@@ -521,4 +615,12 @@ def _quarantine(row: dict, reason: str, detail: str) -> dict:
     }
 
 
-__all__ = ["DECISIONS_SCHEMA", "FILTERS", "FILTER_QUALITY_SCHEMA", "Filtered", "PHASE", "filter_labels", "filter_quality"]
+__all__ = [
+    "DECISIONS_SCHEMA",
+    "FILTERS",
+    "FILTER_QUALITY_SCHEMA",
+    "Filtered",
+    "PHASE",
+    "filter_labels",
+    "filter_quality",
+]

@@ -170,9 +170,7 @@ def _strict_enums(built: pl.DataFrame, columns: dict[str, list[Any]]) -> pl.Data
         if isinstance(dtype, pl.Enum):
             given = sum(value is not None for value in columns[name])
             if built[name].null_count() != len(built) - given:
-                bad = sorted(
-                    {str(v) for v in columns[name] if v is not None and v not in dtype.categories}
-                )
+                bad = sorted({str(v) for v in columns[name] if v is not None and v not in dtype.categories})
                 raise SchemaError(f"column {name!r} has values outside {list(dtype.categories)}: {bad}")
     return built
 
@@ -211,7 +209,9 @@ def region_box(row: Mapping[str, Any]) -> list[float] | None:
     its polygon's rings; None for a label with no region."""
     if row["box"] is not None:
         return list(row["box"])
-    points = row["quad"] if row["quad"] is not None else [value for ring in row["polygon"] or () for value in ring]
+    points = (
+        row["quad"] if row["quad"] is not None else [value for ring in row["polygon"] or () for value in ring]
+    )
     if not points:
         return None
     xs, ys = points[0::2], points[1::2]

@@ -132,7 +132,9 @@ def merge_with_human(human: pl.DataFrame, machine: pl.DataFrame, *, iou_threshol
         raise ValueError(f"machine has rows whose source is {HUMAN_SOURCE!r}; pass them as human")
     shared = machine.filter(pl.col("label_id").is_in(human["label_id"].implode()))
     if shared.height:
-        raise ValueError(f"{shared.height} machine label_id(s) are also human label ids: {shared['label_id'].head(5).to_list()}")
+        raise ValueError(
+            f"{shared.height} machine label_id(s) are also human label ids: {shared['label_id'].head(5).to_list()}"
+        )
     return fold_confirming(human, machine, iou_threshold=iou_threshold)
 
 
@@ -193,7 +195,9 @@ def fold_evidence(regions: pl.DataFrame, evidence: pl.DataFrame, *, votes: bool)
         about.sort("score", descending=True, nulls_last=True)
         .group_by("linked_label_id", maintain_order=True)
         .agg(
-            _ids=pl.concat_list(pl.col("label_id"), pl.col("provenance").fill_null([])).list.explode(keep_nulls=False, empty_as_null=False),
+            _ids=pl.concat_list(pl.col("label_id"), pl.col("provenance").fill_null([])).list.explode(
+                keep_nulls=False, empty_as_null=False
+            ),
             _votes=pl.col("agreement").fill_null(1).sum(),
             _polygon=pl.col("polygon").drop_nulls().first(),
         )
@@ -204,12 +208,18 @@ def fold_evidence(regions: pl.DataFrame, evidence: pl.DataFrame, *, votes: bool)
         regions.join(gathered, on="label_id", how="left", maintain_order="left")
         .with_columns(
             provenance=pl.when(pl.col("_ids").is_not_null())
-            .then(pl.concat_list(pl.col("provenance").fill_null([]), pl.col("_ids")).list.unique(maintain_order=True))
+            .then(
+                pl.concat_list(pl.col("provenance").fill_null([]), pl.col("_ids")).list.unique(
+                    maintain_order=True
+                )
+            )
             .otherwise(pl.col("provenance")),
             agreement=pl.when(pl.col("_ids").is_not_null() & pl.lit(votes))
             .then((pl.col("agreement").fill_null(1) + pl.col("_votes")).cast(pl.Int32))
             .otherwise(pl.col("agreement")),
-            polygon=pl.when(by_person).then(pl.coalesce("polygon", "_polygon")).otherwise(pl.coalesce("_polygon", "polygon")),
+            polygon=pl.when(by_person)
+            .then(pl.coalesce("polygon", "_polygon"))
+            .otherwise(pl.coalesce("_polygon", "polygon")),
         )
         .select(regions.columns)
     )
@@ -222,8 +232,14 @@ def folded_quarantine(folded: pl.DataFrame, *, phase: str, why: str) -> pl.DataF
         "quarantine",
         (
             quarantine_row(
-                record_kind="label", phase=phase, reason="confirms_existing", detail=f"folded into label {row['linked_label_id']}: {why}",
-                record=row, origin=row["source"], image_id=row["image_id"], label_id=row["label_id"],
+                record_kind="label",
+                phase=phase,
+                reason="confirms_existing",
+                detail=f"folded into label {row['linked_label_id']}: {why}",
+                record=row,
+                origin=row["source"],
+                image_id=row["image_id"],
+                label_id=row["label_id"],
             )
             for row in folded.iter_rows(named=True)
         ),
@@ -269,19 +285,34 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / np.where(union > 0, union, 1.0), np.nan)
 
 
-SAME_OBJECT_SCHEMA = pl.Schema({"label_id": pl.String, "image_id": pl.String, "category": pl.String, "same_object_iou": pl.Float64, "same_object_as": pl.String})
+SAME_OBJECT_SCHEMA = pl.Schema(
+    {
+        "label_id": pl.String,
+        "image_id": pl.String,
+        "category": pl.String,
+        "same_object_iou": pl.Float64,
+        "same_object_as": pl.String,
+    }
+)
 """``same_object_overlaps``: per object label, its largest box overlap with another object label
 of its image and class that may not share its object, and that label's id (0 and null
 when there is none)."""
 
 
-def same_object_overlaps(labels: pl.DataFrame, protected_sources: Sequence[str] = (HUMAN_SOURCE, "human-audit")) -> pl.DataFrame:
+def same_object_overlaps(
+    labels: pl.DataFrame, protected_sources: Sequence[str] = (HUMAN_SOURCE, "human-audit")
+) -> pl.DataFrame:
     """For every ``object`` label with a box and a class: the largest IoU with another object
     label of the same image and class (``SAME_OBJECT_SCHEMA``). Pairs of two labels of
     protected sources (people) are left out: two people may box two touching objects, and
     what they wrote is not the engine's to merge. The gate "one object, one label" bounds it."""
-    objects = labels.filter(pl.col("task") == "object", pl.col("box").is_not_null(), pl.col("category").is_not_null()).select(
-        "label_id", "image_id", "category", "box",
+    objects = labels.filter(
+        pl.col("task") == "object", pl.col("box").is_not_null(), pl.col("category").is_not_null()
+    ).select(
+        "label_id",
+        "image_id",
+        "category",
+        "box",
         _protected=pl.col("source").str.split("@").list.first().is_in(list(protected_sources)),
     )
     pairs = objects.join(objects, on=["image_id", "category"], suffix="_other").filter(
@@ -302,4 +333,14 @@ def same_object_overlaps(labels: pl.DataFrame, protected_sources: Sequence[str] 
     )
 
 
-__all__ = ["CONFLICTS_SCHEMA", "Merged", "SAME_OBJECT_SCHEMA", "box_iou", "fold_confirming", "fold_evidence", "folded_quarantine", "merge_with_human", "same_object_overlaps"]
+__all__ = [
+    "CONFLICTS_SCHEMA",
+    "Merged",
+    "SAME_OBJECT_SCHEMA",
+    "box_iou",
+    "fold_confirming",
+    "fold_evidence",
+    "folded_quarantine",
+    "merge_with_human",
+    "same_object_overlaps",
+]

@@ -174,8 +174,12 @@ def detection_map(predictions: pl.DataFrame, truth: pl.DataFrame, images: pl.Dat
         schema={name: PER_CLASS_SCHEMA[name] for name in ("category", "ap", "ap50", "recall50")},
     )
     per_class = (
-        per_class.join(n_truth.rename({"_category": "category", "count": "n_truth"}), on="category", how="left")
-        .join(n_predicted.rename({"_category": "category", "count": "n_predicted"}), on="category", how="left")
+        per_class.join(
+            n_truth.rename({"_category": "category", "count": "n_truth"}), on="category", how="left"
+        )
+        .join(
+            n_predicted.rename({"_category": "category", "count": "n_predicted"}), on="category", how="left"
+        )
         .with_columns(pl.col("n_truth", "n_predicted").fill_null(0))
         .select(PER_CLASS_SCHEMA.names())
         .cast(dict(PER_CLASS_SCHEMA))
@@ -193,22 +197,49 @@ def coco_results_map(document: dict[str, Any], results: list[dict[str, Any]]) ->
     name = {category["id"]: category["name"] for category in document["categories"]}
 
     def objects(boxes: list[dict[str, Any]]) -> pl.DataFrame:
-        return frame("labels", [
-            {"image_id": str(b["image_id"]), "annotation_type": "region_text", "task": "object", "category": name[b["category_id"]],
-             "box": [b["bbox"][0], b["bbox"][1], b["bbox"][0] + b["bbox"][2], b["bbox"][1] + b["bbox"][3]],
-             "score": b.get("score"), "is_crowd": bool(b.get("iscrowd", 0))}
-            for b in boxes
-        ])
+        return frame(
+            "labels",
+            [
+                {
+                    "image_id": str(b["image_id"]),
+                    "annotation_type": "region_text",
+                    "task": "object",
+                    "category": name[b["category_id"]],
+                    "box": [
+                        b["bbox"][0],
+                        b["bbox"][1],
+                        b["bbox"][0] + b["bbox"][2],
+                        b["bbox"][1] + b["bbox"][3],
+                    ],
+                    "score": b.get("score"),
+                    "is_crowd": bool(b.get("iscrowd", 0)),
+                }
+                for b in boxes
+            ],
+        )
 
-    images = frame("images", [{"image_id": str(i["id"]), "uri": str(i.get("file_name", "")), "width": i["width"], "height": i["height"]} for i in document["images"]])
+    images = frame(
+        "images",
+        [
+            {
+                "image_id": str(i["id"]),
+                "uri": str(i.get("file_name", "")),
+                "width": i["width"],
+                "height": i["height"],
+            }
+            for i in document["images"]
+        ],
+    )
     return detection_map(objects(results), objects(document["annotations"]), images)
 
 
 def _objects(labels: pl.DataFrame) -> pl.DataFrame:
     """The ``object`` rows of ``labels`` with a box and a category name (``_category``)."""
-    return labels.filter(pl.col("task") == "object", pl.col("box").is_not_null()).with_columns(
-        _category=pl.coalesce("category", "text")
-    ).filter(pl.col("_category").is_not_null())
+    return (
+        labels.filter(pl.col("task") == "object", pl.col("box").is_not_null())
+        .with_columns(_category=pl.coalesce("category", "text"))
+        .filter(pl.col("_category").is_not_null())
+    )
 
 
 def _xywh(box: list[float]) -> list[float]:
@@ -245,7 +276,7 @@ def _mean_valid(values: np.ndarray) -> float | None:
 # dropped. Brackets and double quotes go too: PTB rewrites them as -LRB-, -RRB-, -LCB-,
 # -RCB-, `` and '', which are on that list.
 _TOKEN = re.compile(r"\w+(?=n't\b)|n't\b|'(?:s|re|ve|ll|m|d)\b|\w+(?:[-.]\w+)*|[^\w\s]")
-_DROPPED = frozenset(p for p in PUNCTUATIONS if len(p) == 1) | frozenset("()[]{}\"")
+_DROPPED = frozenset(p for p in PUNCTUATIONS if len(p) == 1) | frozenset('()[]{}"')
 _CURLY_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
 
 
@@ -256,7 +287,9 @@ def caption_tokens(text: str) -> str:
     return " ".join(token for token in tokens if token not in _DROPPED)
 
 
-def caption_cider(predictions: pl.DataFrame, references: pl.DataFrame, task: str = "brief_caption") -> float | None:
+def caption_cider(
+    predictions: pl.DataFrame, references: pl.DataFrame, task: str = "brief_caption"
+) -> float | None:
     """CIDEr-D of the ``task`` captions of ``predictions`` against those of ``references``.
 
     Each image with a reference caption of ``task`` (rows of other tasks are ignored, so
@@ -417,7 +450,9 @@ def _image_sizes(images: pl.DataFrame) -> dict[str, tuple[int, int]]:
     unsized = images.filter(pl.col("width").is_null() | pl.col("height").is_null())["image_id"].to_list()
     if unsized:
         raise ValueError(f"images without width/height: {unsized[:5]}")
-    return {image: (int(w), int(h)) for image, w, h in images.select("image_id", "width", "height").iter_rows()}
+    return {
+        image: (int(w), int(h)) for image, w, h in images.select("image_id", "width", "height").iter_rows()
+    }
 
 
 def rasterise(polygon: list[list[float]], width: int, height: int) -> dict[str, Any]:

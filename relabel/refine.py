@@ -35,9 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from relabel.audit import SOURCE_PREFIX as AUDITED_SOURCE_PREFIX
 from relabel.config import MergePolicyParams
 from relabel.consensus import text_similarity
-from relabel.audit import SOURCE_PREFIX as AUDITED_SOURCE_PREFIX
 from relabel.labels import check_schema, frame, quarantine_row, region_box
 from relabel.merge import box_iou, fold_evidence
 from relabel.scoring import ALL, box_scores, caption_object_recall, label_correctness, ocr_cer
@@ -82,7 +82,12 @@ class MergeResult:
 def rare_classes(labels: pl.DataFrame, categories: Sequence[str], rare_share: float) -> list[str]:
     """The classes of ``categories`` holding less than ``rare_share`` of the object labels
     (a class with no label at all is rare too)."""
-    counts = dict(labels.filter(pl.col("task") == "object", pl.col("category").is_not_null()).group_by("category").len().iter_rows())
+    counts = dict(
+        labels.filter(pl.col("task") == "object", pl.col("category").is_not_null())
+        .group_by("category")
+        .len()
+        .iter_rows()
+    )
     total = sum(counts.values())
     return sorted(c for c in categories if total == 0 or counts.get(c, 0) < rare_share * total)
 
@@ -107,7 +112,9 @@ def merge_reannotation(
     replaced: dict[str, str] = {}  # counterpart id -> the model label id replacing it
     decisions, added, quarantined, confirmations = [], [], [], []
     # the surest model labels first: when two meet one counterpart, the surer one decides
-    ordered = model_labels.sort(["image_id", "score", "label_id"], descending=[False, True, False], nulls_last=True)
+    ordered = model_labels.sort(
+        ["image_id", "score", "label_id"], descending=[False, True, False], nulls_last=True
+    )
     for (image_id,), rows in ordered.group_by("image_id", maintain_order=True):
         existing = by_image.get((image_id,), labels.clear()).to_dicts()
         for row in rows.iter_rows(named=True):
@@ -132,14 +139,25 @@ def merge_reannotation(
     kept = labels.filter(~pl.col("label_id").is_in(list(replaced)))
     for row in labels.filter(pl.col("label_id").is_in(list(replaced))).iter_rows(named=True):
         by = replaced[row["label_id"]]
-        decisions.append(_decision(row, "replaced", f"replaced by the model's label {by}", None, None, iteration))
+        decisions.append(
+            _decision(row, "replaced", f"replaced by the model's label {by}", None, None, iteration)
+        )
         quarantined.append(
             quarantine_row(
-                record_kind="label", phase=PHASE, reason="replaced_by_model", detail=f"replaced by {by}",
-                record=row, origin=row["source"], image_id=row["image_id"], label_id=row["label_id"],
+                record_kind="label",
+                phase=PHASE,
+                reason="replaced_by_model",
+                detail=f"replaced by {by}",
+                record=row,
+                origin=row["source"],
+                image_id=row["image_id"],
+                label_id=row["label_id"],
             )
         )
-    decisions.extend(_decision(row, "kept", None, None, None, iteration) for row in kept.select(DECISIONS_KEYS).iter_rows(named=True))
+    decisions.extend(
+        _decision(row, "kept", None, None, None, iteration)
+        for row in kept.select(DECISIONS_KEYS).iter_rows(named=True)
+    )
     return MergeResult(
         labels=pl.concat([kept, frame("labels", added)], how="vertical"),
         quarantine=frame("quarantine", quarantined),
@@ -148,7 +166,12 @@ def merge_reannotation(
 
 
 def _decide(
-    row: dict, existing: list[dict], replaced: dict[str, str], policy: MergePolicyParams, rare: set[str], protected: set[str]
+    row: dict,
+    existing: list[dict],
+    replaced: dict[str, str],
+    policy: MergePolicyParams,
+    rare: set[str],
+    protected: set[str],
 ) -> tuple[str, str | None, dict | None, int]:
     """(decision, reason, counterpart, support) for one model row among an image's labels."""
     about_it = _about_the_same(row, existing, policy.match_iou)
@@ -163,8 +186,14 @@ def _decide(
         counterpart = _replaceable_first(disagreeing, replaced, protected, rare, support)
         refusal = (
             _blocked(counterpart, replaced, protected, rare, support)
-            or (score < policy.repair_min_score and f"disagrees at score {score:.2f} < repair_min_score {policy.repair_min_score}")
-            or (support < policy.repair_min_support and f"disagrees with support {support} < repair_min_support {policy.repair_min_support}")
+            or (
+                score < policy.repair_min_score
+                and f"disagrees at score {score:.2f} < repair_min_score {policy.repair_min_score}"
+            )
+            or (
+                support < policy.repair_min_support
+                and f"disagrees with support {support} < repair_min_support {policy.repair_min_support}"
+            )
         )
         if not refusal:
             return "repaired", f"score {score:.2f}, support {support}", counterpart, support
@@ -176,20 +205,39 @@ def _decide(
             return "confirmed", refusal or "says what an existing label says", counterpart, support - 1
         blocked = _blocked(counterpart, replaced, protected, rare, support - 1)
         if blocked or score < policy.repair_min_score:
-            return "confirmed", blocked or f"box overlaps {overlap:.2f} but score {score:.2f} < {policy.repair_min_score}", counterpart, support - 1
-        return "refit", f"same class, box overlap {overlap:.2f} < refit_below_iou {policy.refit_below_iou}", counterpart, support - 1
+            return (
+                "confirmed",
+                blocked or f"box overlaps {overlap:.2f} but score {score:.2f} < {policy.repair_min_score}",
+                counterpart,
+                support - 1,
+            )
+        return (
+            "refit",
+            f"same class, box overlap {overlap:.2f} < refit_below_iou {policy.refit_below_iou}",
+            counterpart,
+            support - 1,
+        )
     if missing:
         return "rejected", missing, None, support
     fill_at = policy.fill_min_score_by_source.get(row["source"].split("@")[0], policy.fill_min_score)
     if score < fill_at:
-        return "rejected", f"fills nothing at score {score:.2f} < the fill threshold {fill_at} (refine.merge.fill_min_score)", None, support
+        return (
+            "rejected",
+            f"fills nothing at score {score:.2f} < the fill threshold {fill_at} (refine.merge.fill_min_score)",
+            None,
+            support,
+        )
     return "filled", "nothing of its task was there", None, support
 
 
 def _about_the_same(row: dict, existing: list[dict], match_iou: float) -> list[tuple[dict, float | None]]:
     """The existing labels ``row`` is about, with their box overlap (None without geometry):
     of the same task, and overlapping by ``match_iou`` when both have a region."""
-    same_task = [other for other in existing if other["task"] == row["task"] and other["annotation_type"] == row["annotation_type"]]
+    same_task = [
+        other
+        for other in existing
+        if other["task"] == row["task"] and other["annotation_type"] == row["annotation_type"]
+    ]
     box = region_box(row)
     if row["annotation_type"] == "text" or box is None:
         return [(other, None) for other in same_task]
@@ -197,11 +245,19 @@ def _about_the_same(row: dict, existing: list[dict], match_iou: float) -> list[t
     with_boxes = [(other, other_box) for other, other_box in with_boxes if other_box is not None]
     if not with_boxes:
         return []
-    overlaps = np.nan_to_num(box_iou(np.repeat([box], len(with_boxes), axis=0), np.array([b for _, b in with_boxes])))
-    return [(other, float(overlap)) for (other, _), overlap in zip(with_boxes, overlaps, strict=True) if overlap >= match_iou]
+    overlaps = np.nan_to_num(
+        box_iou(np.repeat([box], len(with_boxes), axis=0), np.array([b for _, b in with_boxes]))
+    )
+    return [
+        (other, float(overlap))
+        for (other, _), overlap in zip(with_boxes, overlaps, strict=True)
+        if overlap >= match_iou
+    ]
 
 
-def _replaceable_first(disagreeing: list[tuple[dict, float | None]], replaced: dict, protected: set, rare: set, support: int) -> dict:
+def _replaceable_first(
+    disagreeing: list[tuple[dict, float | None]], replaced: dict, protected: set, rare: set, support: int
+) -> dict:
     """Of the labels a model row disagrees with, one it may replace (the most overlapping),
     else the most overlapping one (whose refusal is then the reason)."""
     ranked = sorted(disagreeing, key=lambda pair: -(pair[1] if pair[1] is not None else 1.0))
@@ -232,7 +288,11 @@ def _same_content(row: dict, other: dict) -> bool:
 
 
 def _text_match(row: dict, other: dict) -> bool:
-    return bool(row["text"]) and bool(other["text"]) and text_similarity(row["text"], other["text"]) >= TEXT_MATCH
+    return (
+        bool(row["text"])
+        and bool(other["text"])
+        and text_similarity(row["text"], other["text"]) >= TEXT_MATCH
+    )
 
 
 def _missing(row: dict) -> str | None:
@@ -246,7 +306,14 @@ def _missing(row: dict) -> str | None:
     return None
 
 
-def _decision(row: dict, decision: str, reason: str | None, counterpart: dict | None, support: int | None, iteration: int) -> dict:
+def _decision(
+    row: dict,
+    decision: str,
+    reason: str | None,
+    counterpart: dict | None,
+    support: int | None,
+    iteration: int,
+) -> dict:
     return {
         "iteration": iteration,
         "image_id": row["image_id"],
@@ -265,8 +332,14 @@ def _quarantine(row: dict, decision: str, reason: str | None, counterpart: dict 
     code = "confirms_existing" if decision == "confirmed" else "rejected_by_merge"
     detail = f"{reason}" + (f" (existing label {counterpart['label_id']})" if counterpart else "")
     return quarantine_row(
-        record_kind="label", phase=PHASE, reason=code, detail=detail, record=row,
-        origin=row["source"], image_id=row["image_id"], label_id=row["label_id"],
+        record_kind="label",
+        phase=PHASE,
+        reason=code,
+        detail=detail,
+        record=row,
+        origin=row["source"],
+        image_id=row["image_id"],
+        label_id=row["label_id"],
     )
 
 
@@ -302,10 +375,17 @@ def iteration_quality(
     audited (``audited_labels``); and, given
     the ``previous`` iteration's labels, the share of its wrong labels this iteration repaired
     (all, and those of protected sources) and of its right labels it broke."""
-    objects = labels.filter(pl.col("task") == "object", pl.col("box").is_not_null(), pl.col("category").is_not_null())
+    objects = labels.filter(
+        pl.col("task") == "object", pl.col("box").is_not_null(), pl.col("category").is_not_null()
+    )
     counts = dict(objects.group_by("category").len().iter_rows())
     audited = labels.filter(pl.col("source").str.starts_with(AUDITED_SOURCE_PREFIX)).height
-    summary: dict[str, float | int | None] = {"labels": labels.height, "object_labels": objects.height, "audited_labels": audited, "rare_classes": len(rare)}
+    summary: dict[str, float | int | None] = {
+        "labels": labels.height,
+        "object_labels": objects.height,
+        "audited_labels": audited,
+        "rare_classes": len(rare),
+    }
     recall, f1 = {}, {}
     if truth is not None:
         truth = truth.filter(pl.col("image_id").is_in(labels["image_id"].unique().implode()))
@@ -314,50 +394,95 @@ def iteration_quality(
         recall = {row["category"]: row["recall"] for row in scores.iter_rows(named=True)}
         f1 = {row["category"]: row["f1"] for row in scores.iter_rows(named=True)}
         overall = scores.filter(pl.col("category") == ALL)
-        summary.update(box_precision=overall["precision"].first(), box_recall=overall["recall"].first(), box_f1=f1.get(ALL))
-        rare_scores = box_scores(objects.filter(pl.col("category").is_in(list(rare))), truth_objects.filter(pl.col("category").is_in(list(rare))))
+        summary.update(
+            box_precision=overall["precision"].first(),
+            box_recall=overall["recall"].first(),
+            box_f1=f1.get(ALL),
+        )
+        rare_scores = box_scores(
+            objects.filter(pl.col("category").is_in(list(rare))),
+            truth_objects.filter(pl.col("category").is_in(list(rare))),
+        )
         rare_overall = rare_scores.filter(pl.col("category") == ALL) if rare_scores.height else None
         for name in ("precision", "recall", "f1"):
-            summary[f"box_{name}_rare"] = rare_overall[name].first() if rare_overall is not None and rare_overall.height else None
+            summary[f"box_{name}_rare"] = (
+                rare_overall[name].first() if rare_overall is not None and rare_overall.height else None
+            )
         captions = labels.filter(pl.col("task") == "brief_caption")
-        summary["caption_object_recall"] = caption_object_recall(captions, truth_objects) if captions.height else None
+        summary["caption_object_recall"] = (
+            caption_object_recall(captions, truth_objects) if captions.height else None
+        )
         ocr = labels.filter(pl.col("task") == "ocr")
-        summary["ocr_cer"] = ocr_cer(ocr, truth.filter(pl.col("task") == "ocr"), iou_threshold=0.1) if ocr.height else None
-        judged = label_correctness(labels, truth, categories=categories).filter(pl.col("correct").is_not_null())
+        summary["ocr_cer"] = (
+            ocr_cer(ocr, truth.filter(pl.col("task") == "ocr"), iou_threshold=0.1) if ocr.height else None
+        )
+        judged = label_correctness(labels, truth, categories=categories).filter(
+            pl.col("correct").is_not_null()
+        )
         summary["judged_labels"] = judged.height
         summary["wrong_share"] = judged.select((~pl.col("correct")).mean()).item() if judged.height else None
         if previous is not None:
             summary.update(_transitions(previous, labels, truth, categories, protected_sources))
     per_class = pl.DataFrame(
-        [{"category": c, "labels": counts.get(c, 0), "recall": recall.get(c), "f1": f1.get(c), "rare": c in rare} for c in sorted(categories)],
+        [
+            {
+                "category": c,
+                "labels": counts.get(c, 0),
+                "recall": recall.get(c),
+                "f1": f1.get(c),
+                "rare": c in rare,
+            }
+            for c in sorted(categories)
+        ],
         schema=PER_CLASS_SCHEMA,
     )
     return IterationQuality(summary=summary, per_class=per_class)
 
 
-def _transitions(previous: pl.DataFrame, current: pl.DataFrame, truth: pl.DataFrame, categories: Sequence[str], protected: Sequence[str]) -> dict:
+def _transitions(
+    previous: pl.DataFrame,
+    current: pl.DataFrame,
+    truth: pl.DataFrame,
+    categories: Sequence[str],
+    protected: Sequence[str],
+) -> dict:
     """Of the previous iteration's judged labels: the share of wrong ones whose replacement is
     right (repaired) and of right ones that were replaced by a wrong one or dropped (broken)."""
-    before = previous.join(label_correctness(previous, truth, categories=categories), on="label_id").filter(pl.col("correct").is_not_null())
-    after = label_correctness(current, truth, categories=categories).join(current.select("label_id", "replaces", "provenance"), on="label_id")
+    before = previous.join(label_correctness(previous, truth, categories=categories), on="label_id").filter(
+        pl.col("correct").is_not_null()
+    )
+    after = label_correctness(current, truth, categories=categories).join(
+        current.select("label_id", "replaces", "provenance"), on="label_id"
+    )
     # a label's successor replaced it, or took it in as evidence (a copy folded into it)
-    successor = pl.concat(
-        [
-            after.filter(pl.col("replaces").is_not_null()).select(label_id=pl.col("replaces"), successor_correct=pl.col("correct")),
-            after.select(label_id=pl.col("provenance"), successor_correct=pl.col("correct")).explode("label_id").drop_nulls("label_id"),
-        ]
-    ).group_by("label_id").agg(pl.col("successor_correct").any(ignore_nulls=False))
+    successor = (
+        pl.concat(
+            [
+                after.filter(pl.col("replaces").is_not_null()).select(
+                    label_id=pl.col("replaces"), successor_correct=pl.col("correct")
+                ),
+                after.select(label_id=pl.col("provenance"), successor_correct=pl.col("correct"))
+                .explode("label_id")
+                .drop_nulls("label_id"),
+            ]
+        )
+        .group_by("label_id")
+        .agg(pl.col("successor_correct").any(ignore_nulls=False))
+    )
     present = current.select("label_id", still_there=pl.lit(True))
     fate = before.join(successor, on="label_id", how="left").join(present, on="label_id", how="left")
     is_protected = pl.col("source").str.split("@").list.first().is_in(list(protected))
     wrong, right = fate.filter(~pl.col("correct")), fate.filter(pl.col("correct"))
     repaired = pl.col("successor_correct").fill_null(False)
     # replaced by a wrong label, or gone with no successor
-    broken = pl.col("successor_correct").not_().fill_null(False) | (pl.col("still_there").is_null() & pl.col("successor_correct").is_null())
+    broken = pl.col("successor_correct").not_().fill_null(False) | (
+        pl.col("still_there").is_null() & pl.col("successor_correct").is_null()
+    )
     # what the machines (the model, the self-trained specialists) added since: filled where
     # nothing was, or in place of a label (repaired, refit); a person's audit is not counted
     added = after.join(current.select("label_id", "source"), on="label_id").filter(
-        ~pl.col("label_id").is_in(previous["label_id"].implode()), ~pl.col("source").str.split("@").list.first().is_in(list(protected))
+        ~pl.col("label_id").is_in(previous["label_id"].implode()),
+        ~pl.col("source").str.split("@").list.first().is_in(list(protected)),
     )
     judged_added = added.filter(pl.col("correct").is_not_null())
     return {
@@ -371,7 +496,9 @@ def _transitions(previous: pl.DataFrame, current: pl.DataFrame, truth: pl.DataFr
         "filled_labels": added.filter(pl.col("replaces").is_null()).height,
         "filled_precision": _share(judged_added.filter(pl.col("replaces").is_null()), pl.col("correct")),
         "repaired_labels": added.filter(pl.col("replaces").is_not_null()).height,
-        "repaired_precision": _share(judged_added.filter(pl.col("replaces").is_not_null()), pl.col("correct")),
+        "repaired_precision": _share(
+            judged_added.filter(pl.col("replaces").is_not_null()), pl.col("correct")
+        ),
         "added_precision": _share(judged_added, pl.col("correct")),
     }
 
@@ -402,7 +529,9 @@ def rare_class_changes(per_class: pl.DataFrame, previous: pl.DataFrame) -> pl.Da
         "category",
         labels_before=pl.col("labels"),
         labels_now=pl.col("labels_now").fill_null(0),
-        count_drop=((pl.col("labels") - pl.col("labels_now").fill_null(0)) / pl.col("labels").clip(lower_bound=1)).cast(pl.Float64),
+        count_drop=(
+            (pl.col("labels") - pl.col("labels_now").fill_null(0)) / pl.col("labels").clip(lower_bound=1)
+        ).cast(pl.Float64),
         recall_before=pl.col("recall"),
         recall_now=pl.col("recall_now"),
         recall_drop=(pl.col("recall") - pl.col("recall_now")).fill_null(0.0).cast(pl.Float64),
@@ -414,7 +543,7 @@ __all__ = [
     "IterationQuality",
     "MergeResult",
     "PER_CLASS_SCHEMA",
-        "iteration_quality",
+    "iteration_quality",
     "merge_reannotation",
     "rare_class_changes",
     "rare_classes",

@@ -185,16 +185,12 @@ def metric_by_iteration(metrics: pl.DataFrame, path: Path) -> Path:
         elif group:
             axis.legend(loc="best", fontsize=9)
         else:
-            axis.text(
-                0.5, 0.5, "no metrics yet", ha="center", va="center", transform=axis.transAxes
-            )
+            axis.text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=axis.transAxes)
     figure.suptitle(METRICS_TITLE)
     return _save(figure, path)
 
 
-def per_class_recall(
-    per_class: pl.DataFrame, rare: Collection[str], path: Path, iteration: int
-) -> Path:
+def per_class_recall(per_class: pl.DataFrame, rare: Collection[str], path: Path, iteration: int) -> Path:
     """Plot recall@0.5 per class of ``iteration`` to ``path`` (PNG) and return ``path``.
 
     Reads ``category`` (str), ``recall50`` (float or null) and ``n_truth`` (int). Bars are
@@ -206,9 +202,7 @@ def per_class_recall(
     plt = _pyplot()
     from matplotlib.patches import Patch
 
-    data = _per_class_frame(per_class).sort(
-        "recall50", "category", descending=True, nulls_last=False
-    )
+    data = _per_class_frame(per_class).sort("recall50", "category", descending=True, nulls_last=False)
     # barh draws the first row at the bottom: descending order with nulls first puts the
     # weakest class on top, ties alphabetical, and the classes without a recall at the bottom
     figure, axis = plt.subplots(figsize=(WIDTH, _bar_height(data.height)), dpi=DPI)
@@ -219,10 +213,7 @@ def per_class_recall(
         [row["recall50"] or 0.0 for row in rows],
         color=[_RARE_COLOUR if row["category"] in rare else _COMMON_COLOUR for row in rows],
     )
-    ends = [
-        f"n={row['n_truth']}" + ("" if row["recall50"] is not None else ", no recall")
-        for row in rows
-    ]
+    ends = [f"n={row['n_truth']}" + ("" if row["recall50"] is not None else ", no recall") for row in rows]
     axis.bar_label(bars, labels=ends, padding=3, fontsize=8)
     axis.set_yticks(list(positions), [_rare_tag(row["category"], rare) for row in rows])
     axis.set_xlim(0.0, 1.15)  # room for the n= labels right of a full bar
@@ -290,9 +281,7 @@ def quarantine_by_reason(quarantine: pl.DataFrame, path: Path, iteration: int) -
         pl.col("reason").cast(pl.String).fill_null(NULL),
     )
     # smallest first, ties in reverse name order: barh puts the first row at the bottom
-    counts = (
-        quarantine.group_by(bucket=bucket).len().sort("len", "bucket", descending=[False, True])
-    )
+    counts = quarantine.group_by(bucket=bucket).len().sort("len", "bucket", descending=[False, True])
     figure, axis = plt.subplots(figsize=(WIDTH, _bar_height(counts.height)), dpi=DPI)
     if counts.height:
         positions = range(counts.height)
@@ -304,9 +293,7 @@ def quarantine_by_reason(quarantine: pl.DataFrame, path: Path, iteration: int) -
         axis.set_xlabel("rows")
     else:
         axis.set_axis_off()
-        axis.text(
-            0.5, 0.5, "nothing quarantined", ha="center", va="center", transform=axis.transAxes
-        )
+        axis.text(0.5, 0.5, "nothing quarantined", ha="center", va="center", transform=axis.transAxes)
     axis.set_title(plot_titles(iteration)["quarantine_by_reason"])
     return _save(figure, path)
 
@@ -408,9 +395,7 @@ def summary_markdown(
         else ["No class has a recall."]
     )
 
-    by_origin = (
-        _origins(labels).group_by("origin").len().sort("len", "origin", descending=[True, False])
-    )
+    by_origin = _origins(labels).group_by("origin").len().sort("len", "origin", descending=[True, False])
     lines += ["", "## Labels", ""]
     lines += (
         _table(["origin", "labels"], [[o, str(n)] for o, n in by_origin.iter_rows()])

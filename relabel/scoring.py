@@ -92,10 +92,14 @@ def box_scores(predictions: pl.DataFrame, truth: pl.DataFrame, *, iou_threshold:
         .filter(pl.col("_iou") >= iou_threshold)
         .sort(["_rank", "_iou", "_t"], descending=[False, True, False])
     )
-    matched_pred = _greedy(candidates["_p"].to_numpy(), candidates["_t"].to_numpy(), preds.height, truths.height)
+    matched_pred = _greedy(
+        candidates["_p"].to_numpy(), candidates["_t"].to_numpy(), preds.height, truths.height
+    )
 
     per_pred = preds.select("category", _tp=pl.Series(matched_pred, dtype=pl.Boolean))
-    predicted = per_pred.group_by("category").agg(tp=pl.col("_tp").sum().cast(pl.Int64), _n=pl.len().cast(pl.Int64))
+    predicted = per_pred.group_by("category").agg(
+        tp=pl.col("_tp").sum().cast(pl.Int64), _n=pl.len().cast(pl.Int64)
+    )
     expected = truths.group_by("category").agg(n_truth=pl.len().cast(pl.Int64))
     counts = (
         predicted.join(expected, on="category", how="full", coalesce=True, nulls_equal=True)
@@ -105,7 +109,10 @@ def box_scores(predictions: pl.DataFrame, truth: pl.DataFrame, *, iou_threshold:
         .select("category", "tp", "fp", "fn", "n_truth")
     )
     total = counts.select(
-        category=pl.lit(ALL), tp=pl.col("tp").sum(), fp=pl.col("fp").sum(), fn=pl.col("fn").sum(),
+        category=pl.lit(ALL),
+        tp=pl.col("tp").sum(),
+        fp=pl.col("fp").sum(),
+        fn=pl.col("fn").sum(),
         n_truth=pl.col("n_truth").sum(),
     )
     table = pl.concat([counts, total.cast(dict(counts.schema))], how="vertical")
@@ -122,7 +129,12 @@ def _rates() -> list[pl.Expr]:
 
 def _regions(data: pl.DataFrame, index: str, *, with_score: bool) -> pl.DataFrame:
     regions = data.filter(pl.col("box").is_not_null()).with_row_index(index)
-    columns = [index, "image_id", pl.col("category").cast(pl.String), pl.col("box").cast(pl.Array(pl.Float64, 4))]
+    columns = [
+        index,
+        "image_id",
+        pl.col("category").cast(pl.String),
+        pl.col("box").cast(pl.Array(pl.Float64, 4)),
+    ]
     if with_score:
         # visiting order: decreasing score, nulls last, ties in input order
         rank = pl.struct(
@@ -233,7 +245,9 @@ def ocr_cer(predictions: pl.DataFrame, truth: pl.DataFrame, iou_threshold: float
     chosen = greedy_pairs(candidates["_p"].to_numpy(), candidates["_t"].to_numpy())
     texts, refs = preds["_text"].to_list(), truths["_ref"].to_list()
     matched = {t: p for p, t in chosen}
-    errors = sum(levenshtein(texts[matched[t]], ref) if t in matched else len(ref) for t, ref in enumerate(refs))
+    errors = sum(
+        levenshtein(texts[matched[t]], ref) if t in matched else len(ref) for t, ref in enumerate(refs)
+    )
     return errors / total
 
 
@@ -398,7 +412,9 @@ def label_correctness(
 
     results: dict[str, tuple[bool | None, str | None]] = {}
     rows = labels.filter(pl.col("image_id").is_in(judged_images))
-    regions = rows.filter(pl.col("task").is_in(["object", "region_caption", "phrase_grounding"]), pl.col("box").is_not_null())
+    regions = rows.filter(
+        pl.col("task").is_in(["object", "region_caption", "phrase_grounding"]), pl.col("box").is_not_null()
+    )
     results.update(_best_overlap(regions, objects, ["image_id", "category"], iou_threshold))
     ocr = rows.filter(pl.col("task") == "ocr", pl.col("box").is_not_null())
     for label_id, (matched, truth_id, truth_text, text) in _best_overlap(
@@ -406,7 +422,9 @@ def label_correctness(
     ).items():
         good = matched and character_error_rate(text or "", truth_text or "") <= max_ocr_cer
         results[label_id] = (good, truth_id)
-    for label_id, image_id, text in rows.filter(pl.col("annotation_type") == "text").select("label_id", "image_id", "text").iter_rows():
+    for label_id, image_id, text in (
+        rows.filter(pl.col("annotation_type") == "text").select("label_id", "image_id", "text").iter_rows()
+    ):
         words = [word_forms(w) for w in normalise_text(text or "").split()]
         named = {c for c in categories if mentions(words, c)}
         results[label_id] = (bool(named) and named <= present_of.get(image_id, set()), None)
@@ -426,13 +444,19 @@ def _best_overlap(
     """For each label, whether its best-overlapping truth row (joined ``on``) reaches
     ``threshold``, and that row's id (and, ``with_text``, both texts)."""
     pairs = labels.select("label_id", *on, "box", "text").join(
-        truth.select(*on, "box", "text", truth_id="label_id"), on=on, how="left", suffix="_t", nulls_equal=True
+        truth.select(*on, "box", "text", truth_id="label_id"),
+        on=on,
+        how="left",
+        suffix="_t",
+        nulls_equal=True,
     )
     has_truth = pairs["box_t"].is_not_null().to_numpy()
     iou = np.zeros(pairs.height)
     if has_truth.any():
         both = pairs.filter(pl.Series(has_truth))
-        iou[has_truth] = box_iou(both["box"].to_numpy().reshape(-1, 4), both["box_t"].to_numpy().reshape(-1, 4))
+        iou[has_truth] = box_iou(
+            both["box"].to_numpy().reshape(-1, 4), both["box_t"].to_numpy().reshape(-1, 4)
+        )
     best = (
         pairs.with_columns(_iou=pl.Series(np.nan_to_num(iou)))
         .sort("_iou", descending=True)
@@ -442,7 +466,9 @@ def _best_overlap(
     for row in best.iter_rows(named=True):
         matched = row["_iou"] >= threshold
         truth_id = row["truth_id"] if matched else None
-        out[row["label_id"]] = (matched, truth_id, row["text_t"], row["text"]) if with_text else (matched, truth_id)
+        out[row["label_id"]] = (
+            (matched, truth_id, row["text_t"], row["text"]) if with_text else (matched, truth_id)
+        )
     return out
 
 

@@ -91,10 +91,18 @@ def materialize_project(
             keys = shards if job.partitions_def else (None,)
             if isinstance(job.partitions_def, (DynamicPartitionsDefinition, MultiPartitionsDefinition)):
                 instance.add_dynamic_partitions("iteration", [iteration])
-                keys = (iteration,) if isinstance(job.partitions_def, DynamicPartitionsDefinition) else tuple(f"{iteration}|{s}" for s in shards)
+                keys = (
+                    (iteration,)
+                    if isinstance(job.partitions_def, DynamicPartitionsDefinition)
+                    else tuple(f"{iteration}|{s}" for s in shards)
+                )
             for key in keys:
                 result = materialize(
-                    everything, selection=job.selection, partition_key=key, resources=defs.resources, instance=instance
+                    everything,
+                    selection=job.selection,
+                    partition_key=key,
+                    resources=defs.resources,
+                    instance=instance,
                 )
                 assert result.success, f"{name} {key or ''} failed"
                 results[(name, key) if key else name] = result
@@ -125,9 +133,14 @@ def annotated_project(tmp_path_factory: pytest.TempPathFactory):
     from dagster import DagsterInstance
 
     root = write_tiny_project(tmp_path_factory.mktemp("annotated") / "project")
-    with pytest.MonkeyPatch.context() as patch, DagsterInstance.ephemeral(tempdir=str(root.parent / "dh")) as instance:
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        DagsterInstance.ephemeral(tempdir=str(root.parent / "dh")) as instance,
+    ):
         patch.setenv("RELABEL_ROOT", str(root))
-        results = materialize_project(root, instance, phases=("world", "ingest", "audit", "annotate", "merge", "filter"))
+        results = materialize_project(
+            root, instance, phases=("world", "ingest", "audit", "annotate", "merge", "filter")
+        )
         yield root, results, functools.partial(materialize_project, root, instance)
 
 
@@ -160,17 +173,56 @@ def write_shard(root: Path, shard: str, *, kites_score: float) -> None:
     plus a human caption."""
     data = root / "data"
     images = image_ids_of(shard, 2)
-    frame("images", [{"image_id": i, "uri": f"world/images/{i[:8]}.png", "width": 100, "height": 80, "dataset": "world", "split": split} for i, split in zip(images, ("train", "eval"), strict=True)]).write_parquet(
-        _path(data / "ingest" / "images" / f"{shard}.parquet")
-    )
+    frame(
+        "images",
+        [
+            {
+                "image_id": i,
+                "uri": f"world/images/{i[:8]}.png",
+                "width": 100,
+                "height": 80,
+                "dataset": "world",
+                "split": split,
+            }
+            for i, split in zip(images, ("train", "eval"), strict=True)
+        ],
+    ).write_parquet(_path(data / "ingest" / "images" / f"{shard}.parquet"))
     rows = []
     for image in images:
-        rows.append({"label_id": f"{image[:8]}-cap", "image_id": image, "annotation_type": "text", "task": "brief_caption", "text": "A red ball next to a cat.", "score": 1.0, "source": "human", "iteration": 0, "status": "raw"})
+        rows.append(
+            {
+                "label_id": f"{image[:8]}-cap",
+                "image_id": image,
+                "annotation_type": "text",
+                "task": "brief_caption",
+                "text": "A red ball next to a cat.",
+                "score": 1.0,
+                "source": "human",
+                "iteration": 0,
+                "status": "raw",
+            }
+        )
         for n, (category, box, score) in enumerate(
             [("ball", [5.0, 5.0, 30.0, 30.0], 0.9), ("cat", [40.0, 5.0, 70.0, 40.0], 0.8)]
             + [("kite", [10.0 + 25 * k, 50.0, 30.0 + 25 * k, 75.0], kites_score) for k in range(3)]
         ):
-            rows.append({"label_id": f"{image[:8]}-{n}", "image_id": image, "annotation_type": "region_text", "task": "object", "region_kind": "object", "category": category, "text": category, "box": box, "score": score, "source": "consensus@1", "iteration": 0, "status": "raw", "agreement": 1})
+            rows.append(
+                {
+                    "label_id": f"{image[:8]}-{n}",
+                    "image_id": image,
+                    "annotation_type": "region_text",
+                    "task": "object",
+                    "region_kind": "object",
+                    "category": category,
+                    "text": category,
+                    "box": box,
+                    "score": score,
+                    "source": "consensus@1",
+                    "iteration": 0,
+                    "status": "raw",
+                    "agreement": 1,
+                }
+            )
     frame("labels", rows).write_parquet(_path(data / "annotate" / "initial_annotations" / f"{shard}.parquet"))
 
 
@@ -183,10 +235,14 @@ def write_catalog_and_freeze(root: Path) -> None:
     data = root / "data"
     images = pl.read_parquet(data / "ingest" / "images" / "*.parquet")
     catalog = images.select("image_id", "uri", "dataset", split=pl.col("split").cast(pl.String))
-    pl.concat([pl.DataFrame(schema=FILES_SCHEMA), catalog], how="diagonal_relaxed").write_parquet(_path(data / "ingest" / "source_catalog.parquet"))
+    pl.concat([pl.DataFrame(schema=FILES_SCHEMA), catalog], how="diagonal_relaxed").write_parquet(
+        _path(data / "ingest" / "source_catalog.parquet")
+    )
     held = images.filter(pl.col("split") == "eval")
     labels = pl.read_parquet(data / "annotate" / "initial_annotations" / "*.parquet").clear()
-    freeze(frozen_dir(data), split_manifest(held, labels, data), by="conftest", reason="hand-made", auditors=())
+    freeze(
+        frozen_dir(data), split_manifest(held, labels, data), by="conftest", reason="hand-made", auditors=()
+    )
     labels.write_parquet(frozen_dir(data) / "labels.parquet")
 
 
@@ -226,7 +282,11 @@ def guard_project(tiny_project: Path) -> Path:
         labels = pl.read_parquet(path)
         kites = labels.filter(pl.col("category") == "kite")
         seen_as_balls = kites.with_columns(
-            label_id=pl.col("label_id") + "-ball", category=pl.lit("ball"), text=pl.lit("ball"), score=pl.lit(0.3), source=pl.lit("shapes@1")
+            label_id=pl.col("label_id") + "-ball",
+            category=pl.lit("ball"),
+            text=pl.lit("ball"),
+            score=pl.lit(0.3),
+            source=pl.lit("shapes@1"),
         )
         pl.concat([labels, seen_as_balls], how="vertical").write_parquet(path)
     write_catalog_and_freeze(tiny_project)

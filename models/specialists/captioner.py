@@ -135,9 +135,7 @@ RELATED_COLOURS: dict[str, tuple[str, ...]] = {
 class ColourNamer:
     """Names pixel colours after the nearest entry of a palette, in CIELAB."""
 
-    def __init__(
-        self, palette: Mapping[str, Sequence[int]] | None = None, max_distance: float = 60.0
-    ):
+    def __init__(self, palette: Mapping[str, Sequence[int]] | None = None, max_distance: float = 60.0):
         import cv2
 
         palette = dict(palette or default_palette())
@@ -240,9 +238,7 @@ def _row_kinds(image_rgb: np.ndarray) -> list[str]:
     bands = 20
     kinds = []
     for band in range(bands):
-        rows = border[
-            band * height // bands : max(band * height // bands + 1, (band + 1) * height // bands)
-        ]
+        rows = border[band * height // bands : max(band * height // bands + 1, (band + 1) * height // bands)]
         r, g, b = np.median(rows.reshape(-1, 3).astype(np.float32), axis=0)
         if g > r + 12 and g > b + 8:
             kinds.append("green")
@@ -320,7 +316,6 @@ class Region:
         return None if self.category in UNCOLOURED else dominant_colour(self.colours)
 
 
-
 def rows_by_image(known: pl.DataFrame | None) -> dict[str, list[dict[str, Any]]]:
     """The known rows of each image (superseded rows left out)."""
     if known is None or known.height == 0 or "image_id" not in known.columns:
@@ -346,10 +341,7 @@ def object_regions(
     ``dedupe_iou`` the most confident is kept), most confident first."""
     regions = []
     for row in rows:
-        if (
-            _as_str(row.get("annotation_type")) != "region_text"
-            or _as_str(row.get("task")) != "object"
-        ):
+        if _as_str(row.get("annotation_type")) != "region_text" or _as_str(row.get("task")) != "object":
             continue
         if _as_str(row.get("region_kind")) == "text" or row.get("box") is None:
             continue
@@ -374,8 +366,7 @@ def object_regions(
     kept: list[Region] = []
     for region in regions:
         if not any(
-            other.category == region.category and iou(other.box, region.box) > dedupe_iou
-            for other in kept
+            other.category == region.category and iou(other.box, region.box) > dedupe_iou for other in kept
         ):
             kept.append(region)
     return kept
@@ -395,7 +386,6 @@ def text_lines(
             lines.append((text, score))
     lines.sort(key=lambda line: (-line[1], -len(line[0]), line[0]))
     return lines
-
 
 
 # -- the specialist ------------------------------------------------------------------------

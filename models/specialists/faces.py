@@ -80,9 +80,7 @@ class HaarFaces:
         self.name = name
         self.version = f"1.0-opencv{cv2.__version__}"
         self._primary = _cascade(self.settings["cascade"])
-        self._verifier = (
-            _cascade(self.settings["verify_cascade"]) if self.settings["verify"] else None
-        )
+        self._verifier = _cascade(self.settings["verify_cascade"]) if self.settings["verify"] else None
 
     def annotate(self, images: Sequence[ImageRef], known: pl.DataFrame) -> list[list[LabelRow]]:
         """The faces of each image."""
@@ -105,9 +103,7 @@ class HaarFaces:
             outputRejectLevels=True,
         )
         rows = []
-        for (x, y, w, h), weight in zip(
-            np.asarray(rects).reshape(-1, 4), np.ravel(weights), strict=True
-        ):
+        for (x, y, w, h), weight in zip(np.asarray(rects).reshape(-1, 4), np.ravel(weights), strict=True):
             score = self._score(float(weight), grey, int(x), int(y), int(w), int(h))
             if score < float(s["min_score"]):
                 continue
@@ -126,9 +122,7 @@ class HaarFaces:
 
     def _score(self, weight: float, grey: np.ndarray, x: int, y: int, w: int, h: int) -> float:
         s = self.settings
-        squashed = 1.0 / (
-            1.0 + math.exp(-(weight - float(s["weight_centre"])) / float(s["weight_scale"]))
-        )
+        squashed = 1.0 / (1.0 + math.exp(-(weight - float(s["weight_centre"])) / float(s["weight_scale"])))
         if self._verifier is None:
             return squashed
         return 0.55 + 0.4 * squashed if self._confirmed(grey, x, y, w, h) else 0.35 * squashed

@@ -247,12 +247,7 @@ class PhraseGrounding:
         ontology = tuple(getattr(context, "categories", ()) or ())
         self._not_typos = frozenset(
             [*NUMBER_WORDS, *_SIZE_WORDS, *(w for c in self.namer.names for w in c.split())]
-            + [
-                w
-                for c in ontology
-                for w in (c.lower(), plural(c, self.plurals).lower())
-                if " " not in w
-            ]
+            + [w for c in ontology for w in (c.lower(), plural(c, self.plurals).lower()) if " " not in w]
             + list(self.synonyms)
         )
 
@@ -272,22 +267,15 @@ class PhraseGrounding:
             texts = [
                 str(row["text"])
                 for row in rows
-                if str(row.get("annotation_type")) == "text"
-                and row.get("text")
-                and str(row["text"]).strip()
+                if str(row.get("annotation_type")) == "text" and row.get("text") and str(row["text"]).strip()
             ]
             texts_of[image.image_id] = list(dict.fromkeys(texts))  # the same text once
         unique = list(
             dict.fromkeys(
-                t
-                for image in images
-                if regions_of[image.image_id]
-                for t in texts_of[image.image_id]
+                t for image in images if regions_of[image.image_id] for t in texts_of[image.image_id]
             )
         )
-        docs = dict(
-            zip(unique, self.nlp.pipe(unique, batch_size=int(s["batch_size"])), strict=True)
-        )
+        docs = dict(zip(unique, self.nlp.pipe(unique, batch_size=int(s["batch_size"])), strict=True))
         results = []
         for image in images:
             regions = regions_of[image.image_id]
@@ -347,9 +335,7 @@ class PhraseGrounding:
                 start = doc[chunk.start - 2].idx  # "one of the red fish"
                 count = None
             invariant = plural(category, self.plurals).lower() == category
-            subject_of_are = (
-                chunk.root.dep_ in ("nsubj", "nsubjpass") and chunk.root.head.tag_ == "VBP"
-            )
+            subject_of_are = chunk.root.dep_ in ("nsubj", "nsubjpass") and chunk.root.head.tag_ == "VBP"
             tagged_plural = any(t.tag_ in ("NNS", "NNPS") for t in tokens[first:last])
             if singular_of or count == 1:
                 plural_said = False
@@ -477,8 +463,7 @@ class PhraseGrounding:
         # a grounded phrase is judged by what its own words say: a place said by its verb
         # ("... is on the left") is not part of the phrase
         candidates.extend(
-            (mention.phrase, replace(mention, horizontal=None, vertical=None))
-            for mention, _ in grounded
+            (mention.phrase, replace(mention, horizontal=None, vertical=None)) for mention, _ in grounded
         )
         best_text, best_score = region.category, -1.0
         for text, mention in candidates:
@@ -519,11 +504,7 @@ def _place(chunk: Any) -> tuple[str | None, str | None]:
     root = chunk.root
     heads = [child for child in root.children if child.dep_ == "prep"]
     if root.dep_ in ("nsubj", "nsubjpass"):
-        heads += [
-            child
-            for child in root.head.children
-            if child.dep_ in ("prep", "advmod", "acomp", "attr")
-        ]
+        heads += [child for child in root.head.children if child.dep_ in ("prep", "advmod", "acomp", "attr")]
     horizontal = vertical = None
     for head in heads:
         for token in head.subtree:

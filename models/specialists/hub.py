@@ -169,8 +169,14 @@ def _unit(score: float) -> float:
 
 
 def _region_row(
-    task: str, region_kind: str, box: list[float], text: str, score: float, *,
-    category: str | None = None, quad: list[float] | None = None,
+    task: str,
+    region_kind: str,
+    box: list[float],
+    text: str,
+    score: float,
+    *,
+    category: str | None = None,
+    quad: list[float] | None = None,
 ) -> LabelRow:
     row: LabelRow = {
         "annotation_type": "region_text",
@@ -263,7 +269,8 @@ class _HubSpecialist:
     def _set_version(self, **operating_point: Any) -> None:
         payload = json.dumps(
             [model_fingerprint(self.model_path), str(self.dtype), operating_point],
-            sort_keys=True, default=str,
+            sort_keys=True,
+            default=str,
         )
         self.version = hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -386,12 +393,16 @@ class HubObjectDetector(_HubSpecialist):
             inputs = self.processor(images=pictures, return_tensors="pt")
         elif self.flavour == "owl":
             inputs = self.processor(
-                text=[self.queries] * len(pictures), images=pictures, return_tensors="pt",
+                text=[self.queries] * len(pictures),
+                images=pictures,
+                return_tensors="pt",
                 truncation=True,
             )
         else:
             inputs = self.processor(
-                text=[self.grounding_text] * len(pictures), images=pictures, return_tensors="pt",
+                text=[self.grounding_text] * len(pictures),
+                images=pictures,
+                return_tensors="pt",
                 padding=True,
             )
         outputs = self.model(**_to_device(inputs, self.device, self.dtype))
@@ -404,18 +415,28 @@ class HubObjectDetector(_HubSpecialist):
             )
             id2label = self.model.config.id2label
             found = [
-                [(box, float(score), str(id2label.get(int(label), label))) for box, score, label in
-                 zip(r["boxes"].tolist(), r["scores"].tolist(), r["labels"].tolist())]
+                [
+                    (box, float(score), str(id2label.get(int(label), label)))
+                    for box, score, label in zip(
+                        r["boxes"].tolist(), r["scores"].tolist(), r["labels"].tolist()
+                    )
+                ]
                 for r in results
             ]
         elif self.flavour == "owl":
             results = self.processor.post_process_grounded_object_detection(
-                outputs, threshold=self.threshold, target_sizes=sizes,
+                outputs,
+                threshold=self.threshold,
+                target_sizes=sizes,
                 text_labels=[self.queries] * len(pictures),
             )
             found = [
-                [(box, float(score), self.queries[int(label)]) for box, score, label in
-                 zip(r["boxes"].tolist(), r["scores"].tolist(), r["labels"].tolist())]
+                [
+                    (box, float(score), self.queries[int(label)])
+                    for box, score, label in zip(
+                        r["boxes"].tolist(), r["scores"].tolist(), r["labels"].tolist()
+                    )
+                ]
                 for r in results
             ]
         else:
@@ -428,9 +449,7 @@ class HubObjectDetector(_HubSpecialist):
                 clipped = _clip_box(box, width, height)
                 if clipped is None or category in ("N/A", ""):  # COCO DETR's unused ids say N/A
                     continue
-                rows.append(
-                    _region_row("object", "object", clipped, category, score, category=category)
-                )
+                rows.append(_region_row("object", "object", clipped, category, score, category=category))
             batch_rows.append(rows)
         return batch_rows
 
@@ -438,7 +457,10 @@ class HubObjectDetector(_HubSpecialist):
         self, outputs: Any, input_ids: torch.Tensor, sizes: list[tuple[int, int]]
     ) -> list[list[tuple[list[float], float, str]]]:
         results = self.processor.post_process_grounded_object_detection(
-            outputs, input_ids, threshold=self.threshold, text_threshold=self.text_threshold,
+            outputs,
+            input_ids,
+            threshold=self.threshold,
+            text_threshold=self.text_threshold,
             target_sizes=sizes,
         )
         # membership[t, q]: text token t is part of query q
@@ -487,9 +509,7 @@ class HubCaptioner(_HubSpecialist):
         self.num_beams = int(self.settings.get("num_beams", 3))
         self.task = str(self.settings.get("task", "brief_caption"))
         if self.task not in _CAPTION_TASKS:
-            raise ValueError(
-                f"{self.kind}: task must be one of {list(_CAPTION_TASKS)}, got {self.task!r}"
-            )
+            raise ValueError(f"{self.kind}: task must be one of {list(_CAPTION_TASKS)}, got {self.task!r}")
         config = _from_pretrained(self.kind, transformers.AutoConfig, self.model_path)
         classes = {
             "blip": transformers.BlipForConditionalGeneration,
@@ -504,9 +524,7 @@ class HubCaptioner(_HubSpecialist):
         self.processor = _from_pretrained(self.kind, transformers.AutoProcessor, self.model_path)
         model = _from_pretrained(self.kind, classes[config.model_type], self.model_path, dtype=self.dtype)
         self.model = self._place(model)
-        self._set_version(
-            max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, task=self.task
-        )
+        self._set_version(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, task=self.task)
 
     def _annotate_batch(self, pictures: list[Image.Image]) -> list[list[LabelRow]]:
         inputs = self.processor(images=pictures, return_tensors="pt")
@@ -601,9 +619,7 @@ class Florence2Specialist(_HubSpecialist):
             self.kind, transformers.Florence2ForConditionalGeneration, self.model_path, dtype=self.dtype
         )
         self.model = self._place(model)
-        self._set_version(
-            tasks=self.tasks, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams
-        )
+        self._set_version(tasks=self.tasks, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
 
     def _annotate_batch(self, pictures: list[Image.Image]) -> list[list[LabelRow]]:
         rows: list[list[LabelRow]] = [[] for _ in pictures]
@@ -619,9 +635,7 @@ class Florence2Specialist(_HubSpecialist):
                 output_scores=True,
                 return_dict_in_generate=True,
             )
-            generations = _generated(
-                self.model, output, self.num_beams, skip_first={tokenizer.bos_token_id}
-            )
+            generations = _generated(self.model, output, self.num_beams, skip_first={tokenizer.bos_token_id})
             for picture, image_rows, (tokens, score) in zip(pictures, rows, generations):
                 tokens = [t for t in tokens if t != tokenizer.pad_token_id]
                 text = tokenizer.decode(tokens, skip_special_tokens=False)

@@ -63,9 +63,7 @@ class RapidOcr:
         params = {**DEFAULT_PARAMS, **dict(settings.get("params") or {})}
         params.update({key: value for key, value in settings.items() if "." in key})
         # rapidocr drops lines below Global.text_score itself: never above our own threshold
-        params["Global.text_score"] = min(
-            float(params.get("Global.text_score", 0.5)), self.min_score
-        )
+        params["Global.text_score"] = min(float(params.get("Global.text_score", 0.5)), self.min_score)
         self.params = params
         self.version = f"1.0-rapidocr{importlib.metadata.version('rapidocr')}"
 

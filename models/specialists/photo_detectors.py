@@ -142,13 +142,17 @@ class OnnxDetector:
         self.settings = {**defaults, **settings}
         model_path = Path(self.settings["model_path"])
         if not model_path.is_file():
-            raise FileNotFoundError(f"{name}: no ONNX model at {model_path} (models/weights/README.md says how to make it)")
+            raise FileNotFoundError(
+                f"{name}: no ONNX model at {model_path} (models/weights/README.md says how to make it)"
+            )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(self.settings["threads"])
         options.inter_op_num_threads = 1
         # busy-waiting threads steal the cores that parallel shards share
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(
+            str(model_path), options, providers=["CPUExecutionProvider"]
+        )
         self.version = f"{model_path.stem}-{decode}-1.0"
 
     def annotate(self, images: Sequence[ImageRef], known: pl.DataFrame) -> list[list[LabelRow]]:
@@ -165,7 +169,9 @@ class OnnxDetector:
     def _run(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         (feed,) = self.session.get_inputs()
         names = [output.name for output in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, {feed.name: tensor[None].astype(np.float32)}), strict=True))
+        return dict(
+            zip(names, self.session.run(names, {feed.name: tensor[None].astype(np.float32)}), strict=True)
+        )
 
 
 def _object_row(detection: Detection, width: int, height: int) -> LabelRow:
@@ -195,7 +201,9 @@ class CenterNetDetector(OnnxDetector):
     }
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        tensor, placement = letterbox(rgb, self.INPUT) if self.decode == "letterbox" else stretch(rgb, self.INPUT)
+        tensor, placement = (
+            letterbox(rgb, self.INPUT) if self.decode == "letterbox" else stretch(rgb, self.INPUT)
+        )
         (detections,) = self._run(tensor)["tower_0/detections"]
         boxes, scores, classes = detections[:, :4], detections[:, 4], detections[:, 5]
         valid = np.isfinite(classes) & np.isfinite(scores)
@@ -207,7 +215,10 @@ class CenterNetDetector(OnnxDetector):
         else:
             kept = nms(boxes, scores, s["nms_iou"], s["min_score"], s["max_detections"])
         in_image = placement.to_image(boxes[kept])
-        return [Detection(tuple(box), float(scores[i]), COCO_CLASSES[classes[i]]) for box, i in zip(in_image, kept, strict=True)]
+        return [
+            Detection(tuple(box), float(scores[i]), COCO_CLASSES[classes[i]])
+            for box, i in zip(in_image, kept, strict=True)
+        ]
 
 
 class NanoDetDetector(OnnxDetector):
@@ -253,10 +264,19 @@ class NanoDetDetector(OnnxDetector):
             logits = sides[candidates].reshape(-1, 4, self.BINS)
             weights = np.exp(logits - logits.max(axis=2, keepdims=True))
             # the expected bin of each side's distribution, in input pixels
-            distance = (weights / weights.sum(axis=2, keepdims=True)) @ np.arange(self.BINS, dtype=np.float32) * stride
+            distance = (
+                (weights / weights.sum(axis=2, keepdims=True))
+                @ np.arange(self.BINS, dtype=np.float32)
+                * stride
+            )
             cx = (candidates % cells + 0.5) * stride
             cy = (candidates // cells + 0.5) * stride
-            boxes.append(np.stack([cx - distance[:, 0], cy - distance[:, 1], cx + distance[:, 2], cy + distance[:, 3]], axis=1))
+            boxes.append(
+                np.stack(
+                    [cx - distance[:, 0], cy - distance[:, 1], cx + distance[:, 2], cy + distance[:, 3]],
+                    axis=1,
+                )
+            )
             scores.append(best[candidates])
             classes.append(class_scores[candidates].argmax(axis=1))
         if not boxes:
@@ -265,7 +285,10 @@ class NanoDetDetector(OnnxDetector):
         s = self.settings
         kept = nms(boxes_, scores_, s["nms_iou"], s["min_score"], s["max_detections"], classes=classes_)
         in_image = placement.to_image(boxes_[kept])
-        return [Detection(tuple(box), float(scores_[i]), COCO_CLASSES[classes_[i]]) for box, i in zip(in_image, kept, strict=True)]
+        return [
+            Detection(tuple(box), float(scores_[i]), COCO_CLASSES[classes_[i]])
+            for box, i in zip(in_image, kept, strict=True)
+        ]
 
     def _detect_as_library(self, rgb: np.ndarray) -> list[Detection]:
         """The library's decode, bugs included (argmax bin, a 2.5 box scale, class 61 skipped,
@@ -280,7 +303,9 @@ class NanoDetDetector(OnnxDetector):
             class_scores, sides = by_stride[stride]
             base = 13 * stride_size
             bins = sides.reshape(-1, 4, self.BINS).argmax(axis=2)
-            cells, labels = np.nonzero((class_scores > self.settings["min_score"]) & (np.arange(len(COCO_CLASSES)) != 61))
+            cells, labels = np.nonzero(
+                (class_scores > self.settings["min_score"]) & (np.arange(len(COCO_CLASSES)) != 61)
+            )
             cx = (0.5 + cells % base) / base
             cy = (0.5 + cells // base) / base
             offset = bins[cells] * (base / stride_size / self.INPUT) * (2.5 / stride_size)
@@ -292,7 +317,13 @@ class NanoDetDetector(OnnxDetector):
         raw = np.concatenate(raw_boxes)
         rounded = np.concatenate(scores)
         # the library's NMS reads [x, y, w, h] as two corners
-        kept = nms(raw, rounded, self.settings["nms_iou"], self.settings["min_score"], self.settings["max_detections"])
+        kept = nms(
+            raw,
+            rounded,
+            self.settings["nms_iou"],
+            self.settings["min_score"],
+            self.settings["max_detections"],
+        )
         detections = []
         for i in kept:
             x, y, w, h = raw[i] * [width, height, width, height]
@@ -319,15 +350,24 @@ class BlazeFaceDetector(OnnxDetector):
         centres = []
         for stride, per_cell in ((self.INPUT // 16, 2), (self.INPUT // 8, 6)):
             cells = self.INPUT // stride
-            grid = (np.stack(np.meshgrid(np.arange(cells), np.arange(cells)), axis=-1).reshape(-1, 2) + 0.5) * stride
+            grid = (
+                np.stack(np.meshgrid(np.arange(cells), np.arange(cells)), axis=-1).reshape(-1, 2) + 0.5
+            ) * stride
             centres.append(np.repeat(grid, per_cell, axis=0))
         self.anchors = np.concatenate(centres).astype(np.float32)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        square, placement = letterbox(rgb, self.INPUT, fill=127.5) if self.decode == "letterbox" else stretch(rgb, self.INPUT)
+        square, placement = (
+            letterbox(rgb, self.INPUT, fill=127.5) if self.decode == "letterbox" else stretch(rgb, self.INPUT)
+        )
         outputs = sorted(self._run(square / 127.5 - 1.0).values(), key=lambda o: o.size)
         # the four outputs by size: logits 384, logits 512, boxes 384, boxes 512
-        rows = np.concatenate([np.concatenate([outputs[1][0], outputs[3][0]], axis=1), np.concatenate([outputs[0][0], outputs[2][0]], axis=1)])
+        rows = np.concatenate(
+            [
+                np.concatenate([outputs[1][0], outputs[3][0]], axis=1),
+                np.concatenate([outputs[0][0], outputs[2][0]], axis=1),
+            ]
+        )
         scores = 1.0 / (1.0 + np.exp(-np.clip(rows[:, 0], -80, 80)))
         centres = rows[:, 1:3] + self.anchors
         half = rows[:, 3:5] / 2

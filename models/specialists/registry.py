@@ -64,7 +64,15 @@ TRAINERS: dict[str, str] = {
 }
 
 
-def train_specialist(kind: str, images, human_labels, resolve_path, out_dir: Path, settings: dict[str, Any], progress: bool = True) -> dict[str, Any]:  # noqa: ANN001
+def train_specialist(
+    kind: str,
+    images,
+    human_labels,
+    resolve_path,
+    out_dir: Path,
+    settings: dict[str, Any],
+    progress: bool = True,
+) -> dict[str, Any]:  # noqa: ANN001
     """Fit the specialist of ``kind`` on the human labels of ``images`` into ``out_dir``;
     returns the trainer's report (epochs, loss, seconds, ...)."""
     module_name, function_name = TRAINERS[kind].split(":")

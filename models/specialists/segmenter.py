@@ -62,7 +62,9 @@ def _known_regions(known: pl.DataFrame, image_id: str, own_prefix: str) -> list[
         & (pl.col("task").cast(pl.String) == "object")
         & pl.col("box").is_not_null()
     )
-    return [row for row in rows.iter_rows(named=True) if not str(row.get("source") or "").startswith(own_prefix)]
+    return [
+        row for row in rows.iter_rows(named=True) if not str(row.get("source") or "").startswith(own_prefix)
+    ]
 
 
 def _pixel_range(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
@@ -110,7 +112,9 @@ class ContourSegmenter:
         if unknown:
             raise ValueError(f"unknown settings for {name} (contour_polygons): {sorted(unknown)}")
         if self.settings["method"] not in ("grabcut", "contour"):
-            raise ValueError(f"{name}: method must be 'grabcut' or 'contour', not {self.settings['method']!r}")
+            raise ValueError(
+                f"{name}: method must be 'grabcut' or 'contour', not {self.settings['method']!r}"
+            )
 
     def annotate(self, images: Sequence[ImageRef], known: pl.DataFrame) -> list[list[LabelRow]]:
         """One polygon row per known object region of each image (none for an image without
@@ -137,7 +141,13 @@ class ContourSegmenter:
         lies outside the image (a defect the ingest checks quarantine; nothing to outline)."""
         height, width = bgr.shape[:2]
         box = [float(v) for v in region["box"]]
-        if not all(math.isfinite(v) for v in box) or box[0] < -1 or box[1] < -1 or box[2] > width + 1 or box[3] > height + 1:
+        if (
+            not all(math.isfinite(v) for v in box)
+            or box[0] < -1
+            or box[1] < -1
+            or box[2] > width + 1
+            or box[3] > height + 1
+        ):
             return None
         x0, y0, x1, y1 = _pixel_range(box, width, height)
         if x1 - x0 < self.settings["min_size"] or y1 - y0 < self.settings["min_size"]:
@@ -171,7 +181,9 @@ class ContourSegmenter:
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
         return _fill(_largest_part(mask))
 
-    def _grabcut_mask(self, bgr: np.ndarray, contour: np.ndarray, pixels: tuple[int, int, int, int]) -> np.ndarray:
+    def _grabcut_mask(
+        self, bgr: np.ndarray, contour: np.ndarray, pixels: tuple[int, int, int, int]
+    ) -> np.ndarray:
         """GrabCut in a crop around the box; the result restricted to the box (bool)."""
         x0, y0, x1, y1 = pixels
         height, width = bgr.shape[:2]
@@ -200,7 +212,9 @@ class ContourSegmenter:
         background_model = np.zeros((1, 65), np.float64)
         foreground_model = np.zeros((1, 65), np.float64)
         try:
-            cv2.grabCut(crop, labels, init_rect, background_model, foreground_model, self.settings["iterations"], mode)
+            cv2.grabCut(
+                crop, labels, init_rect, background_model, foreground_model, self.settings["iterations"], mode
+            )
         except cv2.error:  # a degenerate crop (a single colour): keep the contour mask
             return np.zeros(contour.shape, bool)
         cut = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD))[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]

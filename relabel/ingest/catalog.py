@@ -23,9 +23,9 @@ from typing import Any
 import polars as pl
 from tqdm import tqdm
 
-from relabel.config import SourceParams
 # a module import, not names: relabel.evaluation_split reads image files through this package
 import relabel.evaluation_split as evaluation_split
+from relabel.config import SourceParams
 from relabel.ingest.images import decompression_bomb, from_root, hash_file, uri_for
 from relabel.ingest.records import Problem, RawImage, has_surrogates, quarantine, record_json
 from relabel.ingest.sources import read_source
@@ -84,9 +84,7 @@ class SourceCatalog:
             for kind in COUNTED_KINDS
         }
         wrong = {
-            k: c
-            for k, c in counts.items()
-            if c["records_in"] != c["in_shards"] + c["quarantined_in_catalog"]
+            k: c for k, c in counts.items() if c["records_in"] != c["in_shards"] + c["quarantined_in_catalog"]
         }
         if wrong:
             raise AccountingError(f"catalog records are not all accounted for: {wrong}")
@@ -122,9 +120,7 @@ def catalog_sources(
     with chdir(root):
         for index, source in enumerate(sources):
             records = read_source(source, index, root, data_dir)
-            records_in.update(
-                source=records.paths_read, image=len(records.images), label=len(records.labels)
-            )
+            records_in.update(source=records.paths_read, image=len(records.images), label=len(records.labels))
             quarantined += records.source_problems
             catalogued: set[str] = set()
             failed: dict[str, Problem] = {}
@@ -152,9 +148,7 @@ def catalog_sources(
                     if label.row is not None and label.row.get("category"):
                         categories.setdefault(image_of[label.image_ref], set()).add(label.row["category"])
                     continue  # its shard ingests it
-                problem = (
-                    label.problem if label.image_ref is None else _orphaned(label.image_ref, failed)
-                )
+                problem = label.problem if label.image_ref is None else _orphaned(label.image_ref, failed)
                 quarantined.append(
                     quarantine(
                         record_kind="label",
@@ -174,9 +168,7 @@ def catalog_sources(
     )
     for row in file_rows:
         row["split"] = split[row["image_id"]]
-    files = pl.DataFrame(file_rows, schema=FILES_SCHEMA).sort(
-        "source_index", "uri", maintain_order=True
-    )
+    files = pl.DataFrame(file_rows, schema=FILES_SCHEMA).sort("source_index", "uri", maintain_order=True)
     return SourceCatalog(
         files=files,
         quarantine=check_schema(frame("quarantine", quarantined), "quarantine"),

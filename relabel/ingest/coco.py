@@ -53,10 +53,12 @@ def read_coco(source: SourceParams, index: int, root: Path) -> SourceRecords:
     images: dict[str, RawImage] = {}
     labels: list[RawLabel] = []
     problems: list[dict[str, Any]] = []
-    files = {"instances": source.instances, "captions": source.captions, "detailed_captions": source.detailed_captions}
-    named = {
-        kind: from_root(path, root) for kind, path in files.items() if path is not None
+    files = {
+        "instances": source.instances,
+        "captions": source.captions,
+        "detailed_captions": source.detailed_captions,
     }
+    named = {kind: from_root(path, root) for kind, path in files.items() if path is not None}
     all_files_usable = True
     for kind, path in named.items():
         document, problem = _load_coco(source.name, path, kind)
@@ -65,7 +67,11 @@ def read_coco(source: SourceParams, index: int, root: Path) -> SourceRecords:
             all_files_usable = False
             continue
         refs = _read_images(source, index, path, images_dir, document["images"], images)
-        convert = _object_converter(document["categories"]) if kind == "instances" else partial(_caption_row, task=_CAPTION_TASKS[kind])
+        convert = (
+            _object_converter(document["categories"])
+            if kind == "instances"
+            else partial(_caption_row, task=_CAPTION_TASKS[kind])
+        )
         labels += _read_annotations(source, index, path, document["annotations"], refs, convert)
     if not images_dir.is_dir():
         problems.append(
@@ -94,14 +100,10 @@ def read_coco(source: SourceParams, index: int, root: Path) -> SourceRecords:
     )
 
 
-def _load_coco(
-    name: str, path: Path, kind: str
-) -> tuple[dict[str, Any], None] | tuple[None, dict[str, Any]]:
+def _load_coco(name: str, path: Path, kind: str) -> tuple[dict[str, Any], None] | tuple[None, dict[str, Any]]:
     """The parsed document, or the quarantine row of the file."""
     if not path.is_file():
-        return None, source_problem(
-            name, path, "missing_file", f"{kind} file {path} does not exist"
-        )
+        return None, source_problem(name, path, "missing_file", f"{kind} file {path} does not exist")
     text = read_text(path)
     try:
         document = json.loads(text)
@@ -285,9 +287,7 @@ def _segmentation(segmentation: Any) -> dict[str, Any] | Problem:
         isinstance(ring, list) and all(_is_number(v) for v in ring) for ring in segmentation
     ):
         return {"polygon": [[float(v) for v in ring] for ring in segmentation]}
-    return Problem(
-        "invalid_record", f"segmentation is neither polygons nor RLE: {str(segmentation)[:200]}"
-    )
+    return Problem("invalid_record", f"segmentation is neither polygons nor RLE: {str(segmentation)[:200]}")
 
 
 def _is_number(value: Any) -> bool:

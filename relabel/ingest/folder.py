@@ -54,9 +54,7 @@ def read_folder(source: SourceParams, index: int, root: Path) -> SourceRecords:
         ]
     else:
         problems.append(
-            source_problem(
-                source.name, folder, "missing_file", f"image folder {folder} does not exist"
-            )
+            source_problem(source.name, folder, "missing_file", f"image folder {folder} does not exist")
         )
     labels: list[RawLabel] = []
     if source.sidecar is not None:
@@ -81,9 +79,7 @@ _Entry = tuple[str, Any, Problem | None]
 def _read_sidecar(name: str, path: Path) -> tuple[list[_Entry], dict[str, Any] | None]:
     """The sidecar's entries, or the file's quarantine row."""
     if not path.is_file():
-        return [], source_problem(
-            name, path, "missing_file", f"alt-text sidecar {path} does not exist"
-        )
+        return [], source_problem(name, path, "missing_file", f"alt-text sidecar {path} does not exist")
     text = read_text(path)
     suffix = path.suffix.lower()
     if suffix in _JSONL_SUFFIXES:
@@ -104,9 +100,7 @@ def _jsonl_entries(name: str, path: Path, text: str) -> list[_Entry]:
         try:
             entries.append((origin, json.loads(line), None))
         except json.JSONDecodeError as error:
-            entries.append(
-                (origin, line, Problem("unparseable_json", f"line {number} is not JSON: {error}"))
-            )
+            entries.append((origin, line, Problem("unparseable_json", f"line {number} is not JSON: {error}")))
     return entries
 
 
@@ -115,16 +109,12 @@ def _csv_entries(name: str, path: Path, text: str) -> tuple[list[_Entry], dict[s
         reader = csv.DictReader(io.StringIO(text, newline=""), restkey=_EXTRA_CELLS)
         missing = [column for column in _SIDECAR_KEYS if column not in (reader.fieldnames or [])]
         if missing:
-            detail = (
-                f"alt-text CSV {path} lacks the column(s) {missing} (header: {reader.fieldnames})"
-            )
+            detail = f"alt-text CSV {path} lacks the column(s) {missing} (header: {reader.fieldnames})"
             return [], source_problem(name, path, "invalid_sidecar", detail, text)
         # line_num is the line the row ended on, so a quoted multi-line cell still points right
         return [(f"{name}:{path}:{reader.line_num}", row, None) for row in reader], None
     except csv.Error as error:
-        return [], source_problem(
-            name, path, "unparseable_csv", f"alt-text CSV {path}: {error}", text
-        )
+        return [], source_problem(name, path, "unparseable_csv", f"alt-text CSV {path}: {error}", text)
 
 
 def _alt_text_label(
@@ -143,9 +133,7 @@ def _alt_text_label(
         return RawLabel(index, None, origin, entry, problem=problem)
     image_ref = str(normalised(folder / file_name))
     if image_ref not in known:
-        problem = Problem(
-            "unknown_image", f"file_name {file_name!r} is not an image file in {folder}"
-        )
+        problem = Problem("unknown_image", f"file_name {file_name!r} is not an image file in {folder}")
         return RawLabel(index, None, origin, entry, problem=problem)
     # a null alt-text is kept as an empty text, so the check quarantines it as empty_text
     text = (alt_text or "").strip()

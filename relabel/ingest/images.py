@@ -98,9 +98,7 @@ def decode_image(path: Path, image_id: str) -> tuple[int, int] | Problem:
             return _bomb_problem(path, error)
         except Exception as error:
             reason = "truncated_image" if _is_truncation(error) else "unreadable_image"
-            return Problem(
-                reason, f"{path} ({image.format}, {len(data)} bytes) fails to decode: {error}"
-            )
+            return Problem(reason, f"{path} ({image.format}, {len(data)} bytes) fails to decode: {error}")
     return image.size
 
 

@@ -21,9 +21,7 @@ from relabel.ingest.records import Problem, RawImage, RawLabel, SourceRecords, s
 from relabel.labels import SCHEMAS, SchemaError, check_schema
 
 
-def read_parquet_source(
-    source: SourceParams, index: int, root: Path, data_dir: Path
-) -> SourceRecords:
+def read_parquet_source(source: SourceParams, index: int, root: Path, data_dir: Path) -> SourceRecords:
     """The image and label records of a parquet source; relative uris resolve against ``data_dir``."""
     folder = from_root(source.path, root)
     problems: list[dict[str, Any]] = []
@@ -36,8 +34,7 @@ def read_parquet_source(
     ]
     known = {image.ref for image in images}
     labels = [
-        _label_record(source.name, index, labels_path, position, row, known)
-        for position, row in label_rows
+        _label_record(source.name, index, labels_path, position, row, known) for position, row in label_rows
     ]
     return SourceRecords(images=images, labels=labels, paths_read=2, source_problems=problems)
 
@@ -46,17 +43,13 @@ def _read_table(
     name: str, path: Path, table: str, problems: list[dict[str, Any]]
 ) -> list[tuple[int, dict[str, Any]]]:
     if not path.is_file():
-        problems.append(
-            source_problem(name, path, "missing_file", f"{table} table {path} does not exist")
-        )
+        problems.append(source_problem(name, path, "missing_file", f"{table} table {path} does not exist"))
         return []
     try:
         data = pl.read_parquet(path)
     except Exception as error:  # pyarrow and polars raise several types for a damaged file
         problems.append(
-            source_problem(
-                name, path, "unreadable_parquet", f"{path} is not readable parquet: {error}"
-            )
+            source_problem(name, path, "unreadable_parquet", f"{path} is not readable parquet: {error}")
         )
         return []
     try:

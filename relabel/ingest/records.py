@@ -23,6 +23,7 @@ from relabel.labels import printable, quarantine_row
 PHASE = "ingest"
 _HEAD_CHARS = 500
 
+
 @dataclass(frozen=True)
 class Problem:
     """Why a record cannot be ingested: a reason code and a readable detail."""

@@ -139,9 +139,7 @@ def _decode_images(
     quarantined: list[dict[str, Any]] = []
     first_file: dict[str, dict[str, Any]] = {}
     rows = files.iter_rows(named=True)
-    for file in tqdm(
-        rows, total=files.height, desc=f"ingest {shard}", unit="image", disable=not progress
-    ):
+    for file in tqdm(rows, total=files.height, desc=f"ingest {shard}", unit="image", disable=not progress):
         image_id = file["image_id"]
         if image_id in first_file:
             first = first_file[image_id]
@@ -190,9 +188,7 @@ def _label_rows(
     quarantined: list[dict[str, Any]] = []
     same_label_seen: Counter[str] = Counter()
 
-    def drop(
-        label: RawLabel, image_id: str, reason: str, detail: str, label_id: str | None = None
-    ) -> None:
+    def drop(label: RawLabel, image_id: str, reason: str, detail: str, label_id: str | None = None) -> None:
         quarantined.append(
             quarantine(
                 record_kind="label",
@@ -234,9 +230,7 @@ def _label_rows(
     return rows, raw_by_label_id, quarantined
 
 
-def _with_origin(
-    invalid: pl.DataFrame, raw_by_label_id: dict[str, RawLabel]
-) -> list[dict[str, Any]]:
+def _with_origin(invalid: pl.DataFrame, raw_by_label_id: dict[str, RawLabel]) -> list[dict[str, Any]]:
     """``validate_labels`` quarantine rows, with the origin and raw record of each label."""
     return [
         {

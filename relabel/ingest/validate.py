@@ -40,9 +40,7 @@ def _checks(tolerance: float) -> list[tuple[str, pl.Expr]]:
         (
             "missing_region",
             pl.col("annotation_type").is_in(REGION_TYPES)
-            & pl.all_horizontal(
-                pl.col(c).is_null() for c in ("box", "quad", "polygon", "mask_rle")
-            ),
+            & pl.all_horizontal(pl.col(c).is_null() for c in ("box", "quad", "polygon", "mask_rle")),
         ),
         (
             "invalid_box",
@@ -106,11 +104,7 @@ def validate_labels(
     checked = labels.join(sizes, on="image_id", how="left", maintain_order="left").with_columns(
         _reason=reason
     )
-    kept = (
-        checked.filter(pl.col("_reason").is_null())
-        .with_columns(box=_clipped_box())
-        .select(labels.columns)
-    )
+    kept = checked.filter(pl.col("_reason").is_null()).with_columns(box=_clipped_box()).select(labels.columns)
     dropped = checked.filter(pl.col("_reason").is_not_null())
     quarantined = frame(
         "quarantine",
@@ -132,9 +126,7 @@ def validate_labels(
 
 def _clipped_box() -> pl.Expr:
     width, height = pl.col("width"), pl.col("height")
-    clipped = pl.concat_arr(
-        _x0.clip(0, width), _y0.clip(0, height), _x1.clip(0, width), _y1.clip(0, height)
-    )
+    clipped = pl.concat_arr(_x0.clip(0, width), _y0.clip(0, height), _x1.clip(0, width), _y1.clip(0, height))
     return pl.when(_box.is_not_null()).then(clipped).otherwise(_box)
 
 
@@ -147,9 +139,7 @@ def _polygon_detail(row: dict[str, Any], _: float) -> str:
     if not rings:
         return "polygon has no rings"
     index, ring = next((i, ring) for i, ring in enumerate(rings) if _ring_is_degenerate(len(ring)))
-    return (
-        f"polygon ring {index} has {len(ring)} coordinates; a ring needs at least 3 (x, y) points"
-    )
+    return f"polygon ring {index} has {len(ring)} coordinates; a ring needs at least 3 (x, y) points"
 
 
 def _score_detail(row: dict[str, Any], _: float) -> str:
@@ -167,9 +157,7 @@ _DETAILS: dict[str, Callable[[dict[str, Any], float], str]] = {
         "text is missing" if row["text"] is None else f"text {row['text']!r} is empty"
     ),
     "invalid_score": _score_detail,
-    "missing_region": lambda row, _: (
-        f"a {row['annotation_type']} label has no box, quad, polygon or mask"
-    ),
+    "missing_region": lambda row, _: f"a {row['annotation_type']} label has no box, quad, polygon or mask",
     "invalid_box": lambda row, _: (
         f"box {_box_text(row['box'])} has a coordinate that is missing or not finite"
     ),

@@ -48,9 +48,7 @@ class Background:
         }
 
 
-def _vertical_gradient(
-    top: tuple[int, ...], bottom: tuple[int, ...], rows: int, width: int
-) -> np.ndarray:
+def _vertical_gradient(top: tuple[int, ...], bottom: tuple[int, ...], rows: int, width: int) -> np.ndarray:
     weights = np.linspace(0.0, 1.0, max(rows, 1), dtype=np.float32)[:, None, None]
     column = (1 - weights) * np.asarray(top, np.float32) + weights * np.asarray(bottom, np.float32)
     return np.broadcast_to(column, (max(rows, 1), width, 3))[:rows].copy()
@@ -85,8 +83,7 @@ def paint_background(
         columns = np.arange(width, dtype=np.float32)
         phase = rng.uniform(0, 2 * math.pi, 2)
         ridge = horizon + height * (
-            0.04 * np.sin(columns / width * 5 + phase[0])
-            + 0.02 * np.sin(columns / width * 13 + phase[1])
+            0.04 * np.sin(columns / width * 5 + phase[0]) + 0.02 * np.sin(columns / width * 13 + phase[1])
         )
         rows = np.arange(height, dtype=np.float32)[:, None]
         pixels[rows >= ridge[None, :]] = (70, 120, 75)
@@ -95,9 +92,7 @@ def paint_background(
         horizon = int(height * rng.uniform(0.3, 0.45))
         pixels = _sky(palette, height, width)
         if kind == "grass":
-            pixels[horizon:] = _vertical_gradient(
-                (120, 185, 80), (55, 125, 40), height - horizon, width
-            )
+            pixels[horizon:] = _vertical_gradient((120, 185, 80), (55, 125, 40), height - horizon, width)
             description = f"a grassy field under {SKY_WORDS[palette]}"
         else:
             water = _vertical_gradient((75, 140, 195), (25, 75, 140), height - horizon, width)
@@ -107,9 +102,7 @@ def paint_background(
             water += (waves > 0.85)[..., None] * 35.0
             pixels[horizon:] = water
             description = f"calm water under {SKY_WORDS[palette]}"
-    pixels = (
-        _with_clouds(rng, pixels, horizon) if kind != "indoor" and palette != "overcast" else pixels
-    )
+    pixels = _with_clouds(rng, pixels, horizon) if kind != "indoor" and palette != "overcast" else pixels
     return _with_texture(rng, pixels), Background(kind, palette, horizon, description)
 
 
@@ -139,7 +132,5 @@ def _with_texture(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
     # per-pixel grain, which would double the size of every PNG for no gain in realism
     height, width = pixels.shape[:2]
     coarse = rng.normal(0.0, 5.0, (height // 16 + 2, width // 16 + 2)).astype(np.float32)
-    blotches = np.asarray(
-        Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR)
-    )
+    blotches = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR))
     return np.clip(pixels + blotches[..., None], 0, 255)

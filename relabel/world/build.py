@@ -81,14 +81,10 @@ class WorldSummary:
         }
         flat.update({f"images.{name}": count for name, count in self.images_per_collection.items()})
         flat["instances"] = sum(self.instances_per_category.values())
-        flat.update(
-            {f"instances.{name}": count for name, count in self.instances_per_category.items()}
-        )
+        flat.update({f"instances.{name}": count for name, count in self.instances_per_category.items()})
         flat["rare_instance_share"] = round(self.rare_instance_share, 4)
         flat["text_regions"] = self.n_text_regions
-        flat.update(
-            {f"captions.{task}": count for task, count in self.captions_per_granularity.items()}
-        )
+        flat.update({f"captions.{task}": count for task, count in self.captions_per_granularity.items()})
         flat["groundings"] = self.n_groundings
         flat.update({f"human.{kind}": count for kind, count in self.human_labels.items()})
         flat["defects"] = len(self.defects)
@@ -114,17 +110,13 @@ def render_world(
 
     collections = _collections(params)
     scenes = []
-    for index in tqdm(
-        range(params.n_images), desc="rendering world", unit="image", disable=not progress
-    ):
+    for index in tqdm(range(params.n_images), desc="rendering world", unit="image", disable=not progress):
         scenes.append(_render_scene(params, index, collections[index], world_dir))
 
     source = f"world@{WORLD_VERSION}"
     rows, captions_of = [], {}
     for scene in scenes:
-        captions = scene_captions(
-            scene, np.random.default_rng([params.seed, _CAPTIONS, scene.index])
-        )
+        captions = scene_captions(scene, np.random.default_rng([params.seed, _CAPTIONS, scene.index]))
         captions_of[scene.index] = captions
         rows.extend(truth_rows(scene, captions, source))
     labels = labels_frame(rows)
@@ -137,9 +129,7 @@ def render_world(
     defects: list[Defect] = []
     if params.human.inject_defects:
         defect_rng = np.random.default_rng([params.seed, _DEFECTS])
-        defects = inject_defects(
-            defect_rng, world_dir, scenes, instances, alt_lines, params.n_images
-        )
+        defects = inject_defects(defect_rng, world_dir, scenes, instances, alt_lines, params.n_images)
     _write_json(world_dir / "human" / "instances.json", instances)
     _write_json(world_dir / "human" / "captions.json", captions_doc)
     detailed_doc = _detailed_captions(params, scenes, captions_of, instances["images"])
@@ -151,9 +141,7 @@ def render_world(
 
 def _collections(params: WorldParams) -> list[str]:
     rng = np.random.default_rng([params.seed, _COLLECTIONS])
-    web = set(
-        rng.choice(params.n_images, size=round(WEB_SHARE * params.n_images), replace=False).tolist()
-    )
+    web = set(rng.choice(params.n_images, size=round(WEB_SHARE * params.n_images), replace=False).tolist())
     return ["web" if index in web else "curated" for index in range(params.n_images)]
 
 
@@ -204,9 +192,7 @@ def _human_labels(
         if rng.random() < noise.unlabelled_image_rate:
             tally["unlabelled_images"] += 1
             continue
-        annotations.extend(
-            human_annotations(scene, rng, noise, entry["id"], len(annotations) + 1, tally)
-        )
+        annotations.extend(human_annotations(scene, rng, noise, entry["id"], len(annotations) + 1, tally))
         texts = human_captions(scene, rng, noise)
         if texts:
             captioned.append(entry)
@@ -236,7 +222,10 @@ def _detailed_captions(
         entry = entry_of.get(Path(scene.file).name)
         if scene.collection != "curated" or entry is None:
             continue
-        if np.random.default_rng([params.seed, _DETAILED, scene.index]).random() >= params.human.detailed_caption_rate:
+        if (
+            np.random.default_rng([params.seed, _DETAILED, scene.index]).random()
+            >= params.human.detailed_caption_rate
+        ):
             continue
         (text,) = [caption.text for caption in captions_of[scene.index] if caption.task == "detailed_caption"]
         images.append(entry)
@@ -274,8 +263,7 @@ def _summary(
         instances_per_category={c.name: per_category[c.name] for c in CATEGORIES},
         n_text_regions=per_task["ocr"],
         captions_per_granularity={
-            task: per_task[task]
-            for task in ("brief_caption", "detailed_caption", "more_detailed_caption")
+            task: per_task[task] for task in ("brief_caption", "detailed_caption", "more_detailed_caption")
         },
         n_groundings=per_task["phrase_grounding"],
         human_labels={kind: int(tally[kind]) for kind in human_kinds},
@@ -284,14 +272,10 @@ def _summary(
 
 
 def _write_json(path: Path, document: Any, indent: int | None = None) -> None:
-    path.write_text(
-        json.dumps(document, ensure_ascii=False, indent=indent) + "\n", encoding="utf-8"
-    )
+    path.write_text(json.dumps(document, ensure_ascii=False, indent=indent) + "\n", encoding="utf-8")
 
 
-def world_preview(
-    world_dir: Path, truth_dir: Path, count: int = 8, columns: int = 4
-) -> Image.Image:
+def world_preview(world_dir: Path, truth_dir: Path, count: int = 8, columns: int = 4) -> Image.Image:
     """A contact sheet of the first ``count`` scenes with their ground-truth objects, text
     regions and brief caption drawn on."""
     world_dir, truth_dir = Path(world_dir), Path(truth_dir)
@@ -303,7 +287,5 @@ def world_preview(
     sheets = []
     for scene in scenes:
         with Image.open(world_dir / scene["file"]) as image:
-            sheets.append(
-                draw_labels(image, labels.filter(pl.col("image_id") == scene["image_id"]))
-            )
+            sheets.append(draw_labels(image, labels.filter(pl.col("image_id") == scene["image_id"])))
     return contact_sheet(sheets, columns=columns)

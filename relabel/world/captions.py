@@ -190,9 +190,7 @@ def detailed_caption(scene: Scene, rng: np.random.Generator) -> Caption:
     for group in groups[:4]:
         places = [position_words(obj.box, scene.width, scene.height) for obj in group]
         if len(group) == 1:
-            writer.sentence(
-                (object_words(group[0], definite=True), _indices(group)), f" is {places[0]}."
-            )
+            writer.sentence((object_words(group[0], definite=True), _indices(group)), f" is {places[0]}.")
         elif len(set(places)) == 1:
             plural = CATEGORY_BY_NAME[group[0].category].plural
             writer.sentence((f"the {plural}", _indices(group)), f" are all {places[0]}.")
@@ -206,9 +204,7 @@ def detailed_caption(scene: Scene, rng: np.random.Generator) -> Caption:
                 ".",
             )
     for sign in scene.signs:
-        seen = any(
-            (s.style, s.colour) == (sign.style, sign.colour) for s in scene.signs[: sign.index]
-        )
+        seen = any((s.style, s.colour) == (sign.style, sign.colour) for s in scene.signs[: sign.index])
         opening = f"another {sign.colour} {sign.style}" if seen else _sign_words(sign)
         writer.sentence(f"{opening} reads {_quoted(sign)}.")
     if len(scene.objects) > 2:
@@ -251,9 +247,7 @@ def more_detailed_caption(scene: Scene, rng: np.random.Generator) -> Caption:
             neighbour = ahead[0].target if ahead else _nearest(obj, scene.objects)
             if neighbour is not None:
                 relation = "in front of" if ahead else _spatial(obj, neighbour)
-                parts.extend(
-                    [f", {relation} ", (_reference(by_index[neighbour], obj, scene), (neighbour,))]
-                )
+                parts.extend([f", {relation} ", (_reference(by_index[neighbour], obj, scene), (neighbour,))])
         writer.sentence(*parts, ".")
     for sign in scene.signs:
         style = FONT_BY_NAME[sign.lines[0].font].style
@@ -286,9 +280,7 @@ def _nearest(obj: SceneObject, objects: tuple[SceneObject, ...]) -> int | None:
 
     here = centre(obj)
     others = [
-        (np.hypot(centre(o)[0] - here[0], centre(o)[1] - here[1]), o.index)
-        for o in objects
-        if o is not obj
+        (np.hypot(centre(o)[0] - here[0], centre(o)[1] - here[1]), o.index) for o in objects if o is not obj
     ]
     return min(others)[1] if others else None
 

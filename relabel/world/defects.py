@@ -43,10 +43,7 @@ class Defect:
 
 def alt_text_line(file_name: str, text: str) -> bytes:
     """One JSONL line of the web collection's alt-text sidecar, UTF-8 encoded."""
-    return (
-        json.dumps({"file_name": file_name, "alt_text": text}, ensure_ascii=False).encode("utf-8")
-        + b"\n"
-    )
+    return json.dumps({"file_name": file_name, "alt_text": text}, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
 def inject_defects(
@@ -160,9 +157,7 @@ def inject_defects(
         name = Path(scene.file).name
         # Latin-1 bytes where UTF-8 was promised, as an old CMS would write them
         alt_lines[name] = (
-            b'{"file_name": "'
-            + name.encode("ascii")
-            + b'", "alt_text": "Caf\xe9 terrace with a view"}\n'
+            b'{"file_name": "' + name.encode("ascii") + b'", "alt_text": "Caf\xe9 terrace with a view"}\n'
         )
         defects.append(
             Defect(

@@ -24,9 +24,7 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1
 
 
-def mask_to_polygons(
-    mask: np.ndarray, min_pixels: int = 12, tolerance: float = 0.75
-) -> list[list[float]]:
+def mask_to_polygons(mask: np.ndarray, min_pixels: int = 12, tolerance: float = 0.75) -> list[list[float]]:
     """The outer outlines of a mask's 4-connected parts, largest first, as flat rings.
 
     Parts smaller than ``min_pixels`` are left out unless nothing else is left; holes are

@@ -81,9 +81,7 @@ def human_annotations(
             annotation["area"] = round(sum(ring_area(ring) for ring in rings), 2)
             tally["polygons"] += 1
         else:
-            annotation["bbox"] = _jittered_box(
-                obj, rng, noise.box_jitter, scene.width, scene.height
-            )
+            annotation["bbox"] = _jittered_box(obj, rng, noise.box_jitter, scene.width, scene.height)
             annotation["area"] = round(annotation["bbox"][2] * annotation["bbox"][3], 2)
         tally["boxes"] += 1
         annotations.append(annotation)
@@ -120,9 +118,7 @@ def _jittered_box(
     return _xywh(float(nx0), float(ny0), float(nx1), float(ny1))
 
 
-def _jittered_ring(
-    ring: list[float], rng: np.random.Generator, width: int, height: int
-) -> list[float]:
+def _jittered_ring(ring: list[float], rng: np.random.Generator, width: int, height: int) -> list[float]:
     # a hand-traced outline wobbles by about a pixel around the true one
     points = np.asarray(ring).reshape(-1, 2) + rng.normal(0, 0.7, (len(ring) // 2, 2))
     points = np.clip(points, 0, [width, height])
@@ -213,9 +209,7 @@ def clean_alt_text(scene: Scene, rng: np.random.Generator) -> str:
     """A faithful but terse web-style description of the scene."""
     first = salience_order(scene.objects)[0]
     others = [
-        group[0].category
-        for group in category_groups(scene.objects)
-        if group[0].category != first.category
+        group[0].category for group in category_groups(scene.objects) if group[0].category != first.category
     ]
     setting = str(rng.choice(_HUMAN_SETTINGS[scene.background.kind]))
     style = int(rng.integers(0, 4))
@@ -224,7 +218,5 @@ def clean_alt_text(scene: Scene, rng: np.random.Generator) -> str:
     if style == 1:
         return f"{first.category.capitalize()} stock photo"
     if style == 2 and scene.signs:
-        return (
-            f'{scene.signs[0].style.capitalize()} saying "{scene.signs[0].lines[0].text}" {setting}'
-        )
+        return f'{scene.signs[0].style.capitalize()} saying "{scene.signs[0].lines[0].text}" {setting}'
     return f"Photo of {article(first.colour)} {first.colour} {first.category} {setting}"

@@ -64,16 +64,12 @@ class _Pen:
 def _ball(pen: _Pen, colour: RGB, variant: int) -> None:
     pen.ellipse((0, 0, 1, 1), fill=shade(colour, 1), outline=shade(colour, 0.55))
     if variant % 2:
-        pen.line(
-            [(0.08, 0.55), (0.3, 0.45), (0.6, 0.45), (0.92, 0.55)], fill=_named("white"), width=2.5
-        )
+        pen.line([(0.08, 0.55), (0.3, 0.45), (0.6, 0.45), (0.92, 0.55)], fill=_named("white"), width=2.5)
     pen.ellipse((0.2, 0.15, 0.4, 0.32), fill=shade(colour, 1.6))
 
 
 def _tree(pen: _Pen, colour: RGB, variant: int) -> None:
-    pen.rectangle(
-        (0.42, 0.55, 0.58, 1.0), fill=_named("brown"), outline=shade(COLOURS["brown"], 0.6)
-    )
+    pen.rectangle((0.42, 0.55, 0.58, 1.0), fill=_named("brown"), outline=shade(COLOURS["brown"], 0.6))
     if variant % 2:  # a pine: three stacked triangles
         for top, bottom, half in ((0.0, 0.35, 0.3), (0.15, 0.55, 0.4), (0.3, 0.78, 0.5)):
             pen.polygon(
@@ -105,14 +101,10 @@ def _flower(pen: _Pen, colour: RGB, variant: int) -> None:
 def _house(pen: _Pen, colour: RGB, variant: int) -> None:
     roof = ("brown", "grey", "red", "dark green")[variant % 4]
     pen.rectangle((0.1, 0.45, 0.9, 1.0), fill=shade(colour, 1), outline=shade(colour, 0.55))
-    pen.polygon(
-        [(0.0, 0.5), (0.5, 0.0), (1.0, 0.5)], fill=_named(roof), outline=shade(COLOURS[roof], 0.6)
-    )
+    pen.polygon([(0.0, 0.5), (0.5, 0.0), (1.0, 0.5)], fill=_named(roof), outline=shade(COLOURS[roof], 0.6))
     pen.rectangle((0.42, 0.7, 0.58, 1.0), fill=_named("brown"))
     for left in (0.18, 0.66):
-        pen.rectangle(
-            (left, 0.56, left + 0.16, 0.7), fill=_named("light blue"), outline=_named("white")
-        )
+        pen.rectangle((left, 0.56, left + 0.16, 0.7), fill=_named("light blue"), outline=_named("white"))
 
 
 def _car(pen: _Pen, colour: RGB, variant: int) -> None:
@@ -178,9 +170,7 @@ def _dog(pen: _Pen, colour: RGB, variant: int) -> None:
 
 
 def _fish(pen: _Pen, colour: RGB, variant: int) -> None:
-    pen.polygon(
-        [(0.0, 0.1), (0.3, 0.5), (0.0, 0.9)], fill=shade(colour, 0.85), outline=shade(colour, 0.5)
-    )
+    pen.polygon([(0.0, 0.1), (0.3, 0.5), (0.0, 0.9)], fill=shade(colour, 0.85), outline=shade(colour, 0.5))
     pen.polygon([(0.45, 0.22), (0.6, 0.0), (0.72, 0.22)], fill=shade(colour, 0.85))
     pen.ellipse((0.18, 0.15, 1.0, 0.85), fill=shade(colour, 1), outline=shade(colour, 0.5))
     if variant % 2:
@@ -206,9 +196,7 @@ def _bird(pen: _Pen, colour: RGB, variant: int) -> None:
 
 
 def _cup(pen: _Pen, colour: RGB, variant: int) -> None:
-    pen.draw.ellipse(
-        pen.box(0.55, 0.32, 0.98, 0.78), outline=shade(colour, 0.8), width=pen.line_width * 3
-    )
+    pen.draw.ellipse(pen.box(0.55, 0.32, 0.98, 0.78), outline=shade(colour, 0.8), width=pen.line_width * 3)
     pen.rectangle((0.05, 0.15, 0.75, 1.0), fill=shade(colour, 1), outline=shade(colour, 0.6))
     pen.ellipse((0.05, 0.08, 0.75, 0.22), fill=_named("brown"), outline=shade(colour, 0.6))
     if variant % 2:
@@ -305,9 +293,7 @@ def draw_pictogram(
     """
     scale = _SUPERSAMPLE
     layer = Image.new("RGBA", (width * scale, height * scale), (0, 0, 0, 0))
-    PICTOGRAMS[category](
-        _Pen(ImageDraw.Draw(layer), width * scale, height * scale), colour, variant
-    )
+    PICTOGRAMS[category](_Pen(ImageDraw.Draw(layer), width * scale, height * scale), colour, variant)
     if mirrored:
         layer = layer.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     # shrink premultiplied, so transparent pixels do not darken the edges

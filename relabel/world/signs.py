@@ -87,9 +87,7 @@ class SignDrawing:
             TextLine(text, self.font, self.font_size, shifted(corners))
             for text, corners in zip(self.texts, self.line_corners, strict=True)
         )
-        return Sign(
-            index, self.style, self.colour, self.ink, self.angle, shifted(self.plate_corners), lines
-        )
+        return Sign(index, self.style, self.colour, self.ink, self.angle, shifted(self.plate_corners), lines)
 
 
 @lru_cache(maxsize=64)
@@ -97,9 +95,7 @@ def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(FONT_BY_NAME[name].path), size)
 
 
-def draw_sign(
-    rng: np.random.Generator, background: str, width: int, height: int
-) -> SignDrawing | None:
+def draw_sign(rng: np.random.Generator, background: str, width: int, height: int) -> SignDrawing | None:
     """A random sign suited to the background that fits in a ``width`` x ``height`` image,
     or None when even the smallest font would not fit."""
     style = str(rng.choice(list(PLATE_STYLES)))

@@ -29,9 +29,7 @@ def truth_rows(scene: Scene, captions: list[Caption], source: str) -> list[dict[
     }
     rows: list[dict[str, Any]] = []
     for caption in captions:
-        rows.append(
-            {**common, "annotation_type": "text", "task": caption.task, "text": caption.text}
-        )
+        rows.append({**common, "annotation_type": "text", "task": caption.task, "text": caption.text})
     for obj in scene.objects:
         region = {
             **common,

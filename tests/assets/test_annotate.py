@@ -29,7 +29,8 @@ def test_each_specialist_labels_each_shard_with_counts_and_timing(annotated):
     params = load_params(root / "params.yaml").annotate
     for shard in ("shard-00", "shard-01"):
         materialized = {
-            m.asset_key.path[-1]: m for m in results[("annotate_shards", shard)].get_asset_materialization_events()
+            m.asset_key.path[-1]: m
+            for m in results[("annotate_shards", shard)].get_asset_materialization_events()
             for m in [m.materialization]
         }
         for spec in (*params.perception, *params.language):
@@ -38,7 +39,9 @@ def test_each_specialist_labels_each_shard_with_counts_and_timing(annotated):
             metadata = materialized[spec.name].metadata
             assert metadata["images"].value > 0
             assert metadata["seconds_per_100_images"].value >= 0
-            check_schema(pl.read_parquet(root / "data" / "annotate" / spec.name / f"{shard}.parquet"), "labels")
+            check_schema(
+                pl.read_parquet(root / "data" / "annotate" / spec.name / f"{shard}.parquet"), "labels"
+            )
 
 
 def test_every_human_label_is_kept_as_written_and_every_object_once(annotated):
@@ -48,10 +51,25 @@ def test_every_human_label_is_kept_as_written_and_every_object_once(annotated):
     kept = initial.filter(pl.col("source") == "human").sort("label_id")
     # what a person wrote is kept; specialists that confirm it add provenance and agreement,
     # and a traced polygon where the person drew none
-    wrote = ["label_id", "image_id", "annotation_type", "task", "text", "box", "quad", "category", "score", "source", "status"]
+    wrote = [
+        "label_id",
+        "image_id",
+        "annotation_type",
+        "task",
+        "text",
+        "box",
+        "quad",
+        "category",
+        "score",
+        "source",
+        "status",
+    ]
     assert kept.select(wrote).equals(human.select(wrote))
     drawn = human.filter(pl.col("polygon").is_not_null())
-    assert kept.filter(pl.col("label_id").is_in(drawn["label_id"].implode()))["polygon"].to_list() == drawn["polygon"].to_list()
+    assert (
+        kept.filter(pl.col("label_id").is_in(drawn["label_id"].implode()))["polygon"].to_list()
+        == drawn["polygon"].to_list()
+    )
     confirmed = kept.filter(pl.col("agreement") > 1)
     assert confirmed.height > 0 and confirmed["provenance"].list.len().min() >= 1
     machine = initial.filter(pl.col("source") != "human")
@@ -59,7 +77,14 @@ def test_every_human_label_is_kept_as_written_and_every_object_once(annotated):
     assert set(machine["annotation_type"]) == {"text", "region_text", "text_phrase_region"}
     # one object, one label: no machine copy of an object beside its label
     assert same_object_overlaps(initial)["same_object_iou"].max() < 0.5
-    assert initial.filter(pl.col("task") == "object", ~pl.col("source").str.starts_with("human"), ~pl.col("source").str.starts_with("consensus")).height == 0
+    assert (
+        initial.filter(
+            pl.col("task") == "object",
+            ~pl.col("source").str.starts_with("human"),
+            ~pl.col("source").str.starts_with("consensus"),
+        ).height
+        == 0
+    )
 
 
 def test_rows_in_equal_initial_annotations_plus_what_was_folded(annotated):
@@ -68,7 +93,9 @@ def test_rows_in_equal_initial_annotations_plus_what_was_folded(annotated):
     folded = _all(root, "annotate", "initial_quarantine")
     assert set(folded["reason"]) == {"confirms_existing"}
     language = pl.concat([_all(root, "annotate", name) for name in ("segmenter", "captioner", "grounding")])
-    inputs = pl.concat([_all(root, "ingest", "human_labels"), _all(root, "annotate", "consensus_regions"), language])
+    inputs = pl.concat(
+        [_all(root, "ingest", "human_labels"), _all(root, "annotate", "consensus_regions"), language]
+    )
     # texts the merge found near-identical are merged into one (consensus.merge_texts); every
     # other input row is a label or a folded row, once
     outputs = set(initial["label_id"]) | set(folded["label_id"])
@@ -105,7 +132,9 @@ def test_scores_are_an_mlflow_run_and_in_the_asset_metadata(annotated):
     assert 0 <= run.data.metrics["f1.consensus_regions"] <= 1
 
 
-def test_without_human_boxes_the_trained_specialists_are_left_out_with_a_warning(tiny_project, instance, materialize_all):
+def test_without_human_boxes_the_trained_specialists_are_left_out_with_a_warning(
+    tiny_project, instance, materialize_all
+):
     """A collection with captions but no human box: the specialists trained on boxes are
     skipped (said in their metadata and the run's log), the others annotate it."""
     import yaml
@@ -120,10 +149,17 @@ def test_without_human_boxes_the_trained_specialists_are_left_out_with_a_warning
     results = materialize_all(root, phases=("world", "ingest", "annotate"))
 
     human = _all(root, "ingest", "human_labels")
-    assert human.filter(pl.col("box").is_not_null()).height == 0 and human.filter(pl.col("task") == "brief_caption").height > 0
+    assert (
+        human.filter(pl.col("box").is_not_null()).height == 0
+        and human.filter(pl.col("task") == "brief_caption").height > 0
+    )
     training = results["train_specialists"]
     for name in ("shapes", "tinydet"):
-        (event,) = [e for e in training.get_asset_materialization_events() if e.asset_key == AssetKey(["annotate", f"{name}_model"])]
+        (event,) = [
+            e
+            for e in training.get_asset_materialization_events()
+            if e.asset_key == AssetKey(["annotate", f"{name}_model"])
+        ]
         assert event.materialization.metadata["skipped"].value == NO_HUMAN_BOXES
         assert (root / "data" / "annotate" / f"{name}_model" / "training_skipped.json").is_file()
     warnings = [e.user_message for e in instance.all_logs(training.run_id) if e.level == logging.WARNING]
@@ -131,12 +167,18 @@ def test_without_human_boxes_the_trained_specialists_are_left_out_with_a_warning
 
     for shard in ("shard-00", "shard-01"):
         run = results[("annotate_shards", shard)]
-        metadata = {m.asset_key.path[-1]: m.materialization.metadata for m in run.get_asset_materialization_events()}
+        metadata = {
+            m.asset_key.path[-1]: m.materialization.metadata for m in run.get_asset_materialization_events()
+        }
         for name in ("shapes", "tinydet"):
             assert metadata[name]["skipped"].value == f"not trained: {NO_HUMAN_BOXES}"
             assert pl.read_parquet(root / "data" / "annotate" / name / f"{shard}.parquet").height == 0
         assert metadata["ocr"]["images"].value > 0
-        left_out = [e.user_message for e in instance.all_logs(run.run_id) if e.level == logging.WARNING and "left out" in e.user_message]
+        left_out = [
+            e.user_message
+            for e in instance.all_logs(run.run_id)
+            if e.level == logging.WARNING and "left out" in e.user_message
+        ]
         assert len(left_out) == 2
     # annotation went on: the human captions kept, the other specialists' labels beside them
     initial = _all(root, "annotate", "initial_annotations")

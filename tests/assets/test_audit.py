@@ -38,23 +38,52 @@ def test_the_split_is_audited_through_label_studio_json_and_frozen(annotated_pro
     assert sorted(task["data"]["image_id"] for task in tasks) == sorted(held["image_id"].to_list())
     assert all(task["data"]["image"].startswith("/data/local-files/?d=data/world/") for task in tasks)
     export = json.loads((data / "audit" / "label_studio" / "completed.json").read_text())
-    assert {annotation["completed_by"] for item in export for annotation in item["annotations"]} == {"world-auditor"}
+    assert {annotation["completed_by"] for item in export for annotation in item["annotations"]} == {
+        "world-auditor"
+    }
 
     audited = pl.read_parquet(data / "audit" / "audited_labels.parquet")
     assert set(audited["image_id"]) <= set(held["image_id"])
-    assert set(audited["source"]) == {"human-audit@world-auditor"} and set(audited["status"].cast(pl.String)) == {"audited"}
+    assert set(audited["source"]) == {"human-audit@world-auditor"} and set(
+        audited["status"].cast(pl.String)
+    ) == {"audited"}
     # the world's auditor corrects the split to the truth: same objects, same categories
-    truth = pl.read_parquet(data / "ground_truth" / "labels.parquet").filter(pl.col("image_id").is_in(held["image_id"].implode()), pl.col("task") == "object")
-    assert sorted(audited.filter(pl.col("task") == "object")["category"].to_list()) == sorted(truth["category"].to_list())
+    truth = pl.read_parquet(data / "ground_truth" / "labels.parquet").filter(
+        pl.col("image_id").is_in(held["image_id"].implode()), pl.col("task") == "object"
+    )
+    assert sorted(audited.filter(pl.col("task") == "object")["category"].to_list()) == sorted(
+        truth["category"].to_list()
+    )
 
     decisions = pl.read_parquet(data / "audit" / "label_studio" / "decisions.parquet")
     predicted = pl.read_parquet(data / "ingest" / "human_labels" / "*.parquet").filter(
-        pl.col("image_id").is_in(held["image_id"].implode()), pl.col("task").cast(pl.String).is_in(["object", "ocr", "brief_caption", "region_caption", "phrase_grounding", "detailed_caption", "more_detailed_caption"])
+        pl.col("image_id").is_in(held["image_id"].implode()),
+        pl.col("task")
+        .cast(pl.String)
+        .is_in(
+            [
+                "object",
+                "ocr",
+                "brief_caption",
+                "region_caption",
+                "phrase_grounding",
+                "detailed_caption",
+                "more_detailed_caption",
+            ]
+        ),
     )
     by_decision = dict(decisions.group_by("decision").len().iter_rows())
     # every predicted label has one decision: rows in = accepted + corrected + rejected
-    assert by_decision.get("accepted", 0) + by_decision.get("corrected", 0) + by_decision.get("rejected", 0) == predicted.height
-    quarantined = dict(pl.read_parquet(data / "audit" / "label_studio" / "quarantine.parquet").group_by("reason").len().iter_rows())
+    assert (
+        by_decision.get("accepted", 0) + by_decision.get("corrected", 0) + by_decision.get("rejected", 0)
+        == predicted.height
+    )
+    quarantined = dict(
+        pl.read_parquet(data / "audit" / "label_studio" / "quarantine.parquet")
+        .group_by("reason")
+        .len()
+        .iter_rows()
+    )
     assert quarantined.get("rejected_in_audit", 0) == by_decision.get("rejected", 0)
     assert quarantined.get("corrected_in_audit", 0) == by_decision.get("corrected", 0)
 
@@ -74,7 +103,14 @@ def frozen_project(tiny_project, materialize_all):
 def rerun(root, instance, job_name: str, partition: str | None = None):
     defs = build_definitions(str(root))
     job = next(job for job in defs.jobs if job.name == job_name)
-    return materialize([*defs.assets, *defs.asset_checks], selection=job.selection, partition_key=partition, resources=defs.resources, instance=instance, raise_on_error=False)
+    return materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=job.selection,
+        partition_key=partition,
+        resources=defs.resources,
+        instance=instance,
+        raise_on_error=False,
+    )
 
 
 def test_any_changed_byte_fails_the_check_until_an_explicit_logged_unfreeze(frozen_project, instance, capsys):
@@ -97,7 +133,9 @@ def test_any_changed_byte_fails_the_check_until_an_explicit_logged_unfreeze(froz
 
     # an audit that reads differently now: one audited label's text edited in the stored copy
     stored = pl.read_parquet(frozen_dir(data) / "labels.parquet")
-    stored.with_columns(text=pl.when(pl.int_range(pl.len()) == 0).then(pl.col("text") + ".").otherwise(pl.col("text"))).write_parquet(frozen_dir(data) / "labels.parquet")
+    stored.with_columns(
+        text=pl.when(pl.int_range(pl.len()) == 0).then(pl.col("text") + ".").otherwise(pl.col("text"))
+    ).write_parquet(frozen_dir(data) / "labels.parquet")
     assert not check_passed(rerun(root, instance, AUDIT_SPLIT_JOB), SPLIT_UNCHANGED)
 
     assert main(["--root", str(root), "unfreeze", "--by", "maria", "--reason", "a caption typo"]) == 0
@@ -107,7 +145,11 @@ def test_any_changed_byte_fails_the_check_until_an_explicit_logged_unfreeze(froz
     refrozen = rerun(root, instance, AUDIT_SPLIT_JOB)
     assert check_passed(refrozen, SPLIT_UNCHANGED)
     history = freeze_history(frozen_dir(data))
-    assert [(h["action"], h.get("by") or h.get("frozen_by")) for h in history] == [("freeze", "relabel-demo"), ("unfreeze", "maria"), ("freeze", "relabel-demo")]
+    assert [(h["action"], h.get("by") or h.get("frozen_by")) for h in history] == [
+        ("freeze", "relabel-demo"),
+        ("unfreeze", "maria"),
+        ("freeze", "relabel-demo"),
+    ]
     assert history[1]["reason"] == "a caption typo"
 
 
@@ -134,15 +176,39 @@ def test_a_resized_recompressed_copy_of_a_split_image_is_caught(frozen_project, 
     assert rerun(root, instance, INGEST_SHARDS_JOB, shard).success
     images_path = data / "ingest" / "images" / f"{shard}.parquet"
     stale = pl.read_parquet(images_path)
-    stale.with_columns(split=pl.when(pl.col("image_id") == row["image_id"]).then(pl.lit("train")).otherwise(pl.col("split")).cast(stale.schema["split"])).write_parquet(images_path)
-    caption = frame("labels", [{"label_id": "copy-caption", "image_id": row["image_id"], "annotation_type": "text", "task": "brief_caption", "text": "A bird and a fish.", "score": 1.0, "source": "human", "iteration": 0, "status": "accepted"}])
+    stale.with_columns(
+        split=pl.when(pl.col("image_id") == row["image_id"])
+        .then(pl.lit("train"))
+        .otherwise(pl.col("split"))
+        .cast(stale.schema["split"])
+    ).write_parquet(images_path)
+    caption = frame(
+        "labels",
+        [
+            {
+                "label_id": "copy-caption",
+                "image_id": row["image_id"],
+                "annotation_type": "text",
+                "task": "brief_caption",
+                "text": "A bird and a fish.",
+                "score": 1.0,
+                "source": "human",
+                "iteration": 0,
+                "status": "accepted",
+            }
+        ],
+    )
     filtered = data / "filter" / "filtered_labels" / "iteration-0" / f"{shard}.parquet"
     filtered.parent.mkdir(parents=True, exist_ok=True)
     caption.write_parquet(filtered)
     instance.add_dynamic_partitions("iteration", ["0"])
     result = rerun(root, instance, CORPUS_SHARDS_JOB, f"0|{shard}")
     assert not result.success  # blocking: nothing downstream of the shard runs
-    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.asset_check_key == AssetCheckKey(CORPUS_EXAMPLES, "no_eval_leakage")]
+    (evaluation,) = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_check_key == AssetCheckKey(CORPUS_EXAMPLES, "no_eval_leakage")
+    ]
     assert not evaluation.passed
     assert evaluation.metadata["near_duplicates"].value == 1
     assert held["image_id"][0][:12] in evaluation.metadata["leaks"].value

@@ -26,8 +26,13 @@ def coco_project(tiny_project, coco_mini_dir):
     """The tiny project reading coco-mini instead of the world, audited by accept-all."""
     params = yaml.safe_load((tiny_project / "params.yaml").read_text())
     params["ingest"]["sources"] = [
-        {"name": "coco-mini", "kind": "coco", "images": str(coco_mini_dir / "images"),
-         "instances": str(coco_mini_dir / "annotations" / "instances.json"), "captions": str(coco_mini_dir / "annotations" / "captions.json")}
+        {
+            "name": "coco-mini",
+            "kind": "coco",
+            "images": str(coco_mini_dir / "images"),
+            "instances": str(coco_mini_dir / "annotations" / "instances.json"),
+            "captions": str(coco_mini_dir / "annotations" / "captions.json"),
+        }
     ]
     params["ingest"]["eval_fraction"] = 0.15
     params["audit"]["auditor"] = "accept-all"
@@ -46,35 +51,53 @@ def test_a_coco_set_is_audited_frozen_and_evaluated_like_the_world(coco_project,
     human = pl.read_parquet(data / "ingest" / "human_labels" / "*.parquet")
     split = frozen_manifest(frozen_dir(data))
     held = images.filter(pl.col("image_id").is_in(split["image_id"].implode()))
-    assert 8 <= held.height <= 16 and sorted(held["image_id"]) == sorted(images.filter(pl.col("split") == "eval")["image_id"])
+    assert 8 <= held.height <= 16 and sorted(held["image_id"]) == sorted(
+        images.filter(pl.col("split") == "eval")["image_id"]
+    )
     assert read_freeze(frozen_dir(data))["auditors"] == ["accept-all"]
 
     # accept-all: the split's human labels, as they are, are the audited labels
     audited = pl.read_parquet(frozen_dir(data) / "labels.parquet")
-    own = human.filter(pl.col("image_id").is_in(held["image_id"].implode()), pl.col("task").cast(pl.String).is_in(["object", "brief_caption"]))
+    own = human.filter(
+        pl.col("image_id").is_in(held["image_id"].implode()),
+        pl.col("task").cast(pl.String).is_in(["object", "brief_caption"]),
+    )
     assert audited.height == own.height and set(audited["label_id"]) == set(own["label_id"])
     assert (audited["source"] == "human-audit@accept-all").all()
     # stratified: the split holds objects of several categories, the person class among them
     assert audited.filter(pl.col("task") == "object")["category"].n_unique() >= 5
 
     # the metrics on real polygons and crowd regions: the audited labels score 1 against themselves
-    perfect = detection_map(audited.with_columns(score=pl.lit(1.0)).filter(~pl.col("is_crowd").fill_null(False)), audited, held)
+    perfect = detection_map(
+        audited.with_columns(score=pl.lit(1.0)).filter(~pl.col("is_crowd").fill_null(False)), audited, held
+    )
     assert perfect.map == pytest.approx(1.0) and perfect.map50 == pytest.approx(1.0)
 
     # the same evaluation as the demo's, with a small untrained model (it finds nothing)
     tokenizer = train_tokenizer(human["text"].drop_nulls().to_list(), vocab_size=600)
     torch.manual_seed(0)
     model, processor = build_model("micro", tokenizer), build_processor(tokenizer, "micro")
-    with_paths = images.with_columns(image_path=pl.col("uri").map_elements(lambda uri: str(path_of_uri(uri, data)), return_dtype=pl.String))
+    with_paths = images.with_columns(
+        image_path=pl.col("uri").map_elements(lambda uri: str(path_of_uri(uri, data)), return_dtype=pl.String)
+    )
     training = with_paths.filter(pl.col("split") == "train")
     evaluation = evaluate_heldout(
-        model, processor, with_paths.filter(pl.col("image_id").is_in(held["image_id"].implode())), training, human, audited,
-        [OD, CAPTION, CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION], GenerationSettings(batch_size=16, max_new_tokens=4),
-        source="model", iteration=0,
+        model,
+        processor,
+        with_paths.filter(pl.col("image_id").is_in(held["image_id"].implode())),
+        training,
+        human,
+        audited,
+        [OD, CAPTION, CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION],
+        GenerationSettings(batch_size=16, max_new_tokens=4),
+        source="model",
+        iteration=0,
     )
     scores = {row["output"]: row for row in evaluation.summary.iter_rows(named=True)}
     assert scores["model"]["map"] == 0.0 and scores["model"]["caption_cider"] == 0.0
     assert 0.0 <= scores["baseline"]["map50"] < 0.5 and scores["baseline"]["caption_cider"] >= 0.0
     assert scores["model"]["res_miou"] == 0.0  # expressions from categories that occur once per photo
     per_class = evaluation.per_class.filter(pl.col("output") == "model", pl.col("n_truth") > 0)
-    assert set(per_class["category"]) == set(audited.filter(pl.col("task") == "object", ~pl.col("is_crowd").fill_null(False))["category"])
+    assert set(per_class["category"]) == set(
+        audited.filter(pl.col("task") == "object", ~pl.col("is_crowd").fill_null(False))["category"]
+    )

@@ -19,7 +19,14 @@ def test_the_corpus_holds_training_images_only_and_refuses_a_blocked_shard(hand_
     instance.add_dynamic_partitions("iteration", ["0"])
 
     def run(job: str, shard: str):
-        return materialize(everything, selection=jobs[job].selection, partition_key=f"0|{shard}", resources=defs.resources, instance=instance, raise_on_error=False)
+        return materialize(
+            everything,
+            selection=jobs[job].selection,
+            partition_key=f"0|{shard}",
+            resources=defs.resources,
+            instance=instance,
+            raise_on_error=False,
+        )
 
     assert run(MERGE_SHARDS_JOB, "shard-00").success and run(MERGE_SHARDS_JOB, "shard-01").success
     assert run(FILTER_SHARDS_JOB, "shard-00").success
@@ -27,7 +34,9 @@ def test_the_corpus_holds_training_images_only_and_refuses_a_blocked_shard(hand_
 
     written = run(CORPUS_SHARDS_JOB, "shard-00")
     assert written.success
-    examples = pl.read_parquet(hand_made_shards / "data" / "corpus" / "examples" / "iteration-0" / "shard-00.parquet")
+    examples = pl.read_parquet(
+        hand_made_shards / "data" / "corpus" / "examples" / "iteration-0" / "shard-00.parquet"
+    )
     assert examples.schema == CORPUS_SCHEMA
     images = pl.read_parquet(hand_made_shards / "data" / "ingest" / "images" / "shard-00.parquet")
     train_image = images.filter(pl.col("split") == "train")["image_id"].to_list()

@@ -15,7 +15,9 @@ SHARD_OUTPUTS = ("images", "human_labels", "ingest_quarantine")
 
 
 def _read_all(root, name):
-    return pl.concat([pl.read_parquet(p) for p in sorted((root / "data" / "ingest" / name).glob("*.parquet"))])
+    return pl.concat(
+        [pl.read_parquet(p) for p in sorted((root / "data" / "ingest" / name).glob("*.parquet"))]
+    )
 
 
 def test_every_shard_materializes_with_its_tables_checks_and_dvc_version(tiny_project, materialize_all):
@@ -24,14 +26,22 @@ def test_every_shard_materializes_with_its_tables_checks_and_dvc_version(tiny_pr
         result = results[("ingest_shards", key)]
         for name in SHARD_OUTPUTS:
             path = tiny_project / "data" / "ingest" / name / f"{key}.parquet"
-            check_schema(pl.read_parquet(path), {"images": "images", "human_labels": "labels"}.get(name, "quarantine"))
+            check_schema(
+                pl.read_parquet(path), {"images": "images", "human_labels": "labels"}.get(name, "quarantine")
+            )
             (materialization,) = [
-                m for m in result.asset_materializations_for_node("ingested_shard") if m.asset_key.path[-1] == name
+                m
+                for m in result.asset_materializations_for_node("ingested_shard")
+                if m.asset_key.path[-1] == name
             ]
             assert materialization.partition == key
             assert materialization.metadata["dvc_md5"].value == file_md5(path)
         evaluations = result.get_asset_check_evaluations()
-        assert {e.check_name for e in evaluations} == {"images_valid", "human_labels_valid", "ingest_quarantine_explained"}
+        assert {e.check_name for e in evaluations} == {
+            "images_valid",
+            "human_labels_valid",
+            "ingest_quarantine_explained",
+        }
         assert all(e.passed for e in evaluations)
     stages = ["dvc.yaml:world", "dvc.yaml:ingest"]  # the phases this test materialized
     with chdir(tiny_project), Repo(str(tiny_project)) as repo:
@@ -46,11 +56,19 @@ def test_no_human_label_is_lost_between_the_world_and_the_label_store(tiny_proje
     captions = json.loads((human / "captions.json").read_text())
     detailed = json.loads((human / "detailed_captions.json").read_text())
     alt_lines = (tiny_project / "data" / "world" / "web" / "alt_text.jsonl").read_bytes().splitlines()
-    raw_labels = len(instances["annotations"]) + len(captions["annotations"]) + len(detailed["annotations"]) + sum(1 for l in alt_lines if l.strip())
+    raw_labels = (
+        len(instances["annotations"])
+        + len(captions["annotations"])
+        + len(detailed["annotations"])
+        + sum(1 for l in alt_lines if l.strip())
+    )
 
     labels = _read_all(tiny_project, "human_labels")
     quarantine = pl.concat(
-        [_read_all(tiny_project, "ingest_quarantine"), pl.read_parquet(tiny_project / "data" / "ingest" / "catalog_quarantine.parquet")]
+        [
+            _read_all(tiny_project, "ingest_quarantine"),
+            pl.read_parquet(tiny_project / "data" / "ingest" / "catalog_quarantine.parquet"),
+        ]
     )
     assert len(labels) + quarantine.filter(pl.col("record_kind") == "label").height == raw_labels
     images = _read_all(tiny_project, "images")
@@ -58,7 +76,14 @@ def test_no_human_label_is_lost_between_the_world_and_the_label_store(tiny_proje
     assert len(images) + quarantine.filter(pl.col("record_kind") == "image").height == raw_images
     # the world injects its defects by default; each must be in quarantine with its reason
     reasons = set(quarantine["reason"])
-    assert {"truncated_image", "duplicate_image", "missing_file", "box_outside_image", "zero_area_box", "non_utf8_text"} <= reasons
+    assert {
+        "truncated_image",
+        "duplicate_image",
+        "missing_file",
+        "box_outside_image",
+        "zero_area_box",
+        "non_utf8_text",
+    } <= reasons
     # the engine never reads ground truth: it is not among the catalogued sources
     catalog = pl.read_parquet(tiny_project / "data" / "ingest" / "source_catalog.parquet")
     assert not catalog.filter(pl.col("uri").str.contains("ground_truth")).height
@@ -66,7 +91,11 @@ def test_no_human_label_is_lost_between_the_world_and_the_label_store(tiny_proje
 
 def test_an_earlier_version_of_a_shard_is_restored_byte_for_byte(tiny_project, materialize_all):
     first = materialize_all(tiny_project)[("ingest_shards", "shard-00")]
-    (meta,) = [m for m in first.asset_materializations_for_node("ingested_shard") if m.asset_key.path[-1] == "human_labels"]
+    (meta,) = [
+        m
+        for m in first.asset_materializations_for_node("ingested_shard")
+        if m.asset_key.path[-1] == "human_labels"
+    ]
     path = tiny_project / "data" / "ingest" / "human_labels" / "shard-00.parquet"
     first_bytes = path.read_bytes()
 

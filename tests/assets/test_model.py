@@ -61,12 +61,16 @@ def test_every_iteration_is_evaluated_on_the_frozen_split_in_a_nested_mlflow_run
     metadata = _metadata(results[("score_model", "0")], "heldout_scores")
     split = frozen_manifest(frozen_dir(data))
     images = pl.read_parquet(data / "ingest" / "images" / "*.parquet")
-    assert sorted(images.filter(pl.col("split") == "eval")["image_id"].to_list()) == sorted(split["image_id"].to_list())
+    assert sorted(images.filter(pl.col("split") == "eval")["image_id"].to_list()) == sorted(
+        split["image_id"].to_list()
+    )
     assert metadata["heldout_images"] == split.height > 0
     assert metadata["split_digest"] == read_freeze(frozen_dir(data))["digest"]
     audited = pl.read_parquet(frozen_dir(data) / "labels.parquet")
     boxes = audited.filter(pl.col("task") == "object").select("image_id", "box").unique().height
-    groundings = audited.filter(pl.col("task") == "phrase_grounding").select("image_id", "text").unique().height
+    groundings = (
+        audited.filter(pl.col("task") == "phrase_grounding").select("image_id", "text").unique().height
+    )
     # <OD>, <CAPTION> and <OCR_WITH_REGION> per image, <REGION_TO_CATEGORY> per audited box,
     # grounding per audited caption, segmentation per expression naming one polygon
     assert metadata["requests"] >= 3 * split.height + boxes + groundings
@@ -77,8 +81,13 @@ def test_every_iteration_is_evaluated_on_the_frozen_split_in_a_nested_mlflow_run
     baseline = summary.filter(pl.col("output") == "baseline").row(0, named=True)
     # a metric is measured wherever the split has audited labels to measure it on
     has = {
-        "map": "object", "map50": "object", "region_naming_accuracy": "object", "caption_cider": "brief_caption",
-        "grounding_recall_at_1": "phrase_grounding", "res_miou": "object", "ocr_cer": "ocr",
+        "map": "object",
+        "map50": "object",
+        "region_naming_accuracy": "object",
+        "caption_cider": "brief_caption",
+        "grounding_recall_at_1": "phrase_grounding",
+        "res_miou": "object",
+        "ocr_cer": "ocr",
     }
     for metric, task in has.items():
         present = audited.filter(pl.col("task") == task).height > 0
@@ -89,7 +98,9 @@ def test_every_iteration_is_evaluated_on_the_frozen_split_in_a_nested_mlflow_run
     per_class = pl.read_parquet(data / "model" / "iteration-0" / "heldout" / "per_class.parquet")
     assert set(per_class["output"]) == {"model", "baseline"}
     truth_classes = set(audited.filter(pl.col("task") == "object")["category"])
-    assert truth_classes <= set(per_class.filter(pl.col("output") == "model", pl.col("n_truth") > 0)["category"])
+    assert truth_classes <= set(
+        per_class.filter(pl.col("output") == "model", pl.col("n_truth") > 0)["category"]
+    )
     generated = pl.read_parquet(data / "model" / "iteration-0" / "heldout" / "generated_labels.parquet")
     problems = pl.read_parquet(data / "model" / "iteration-0" / "heldout" / "generation_problems.parquet")
     assert set(generated["image_id"]) | set(problems["image_id"]) <= set(split["image_id"])
@@ -110,6 +121,11 @@ def test_every_iteration_is_evaluated_on_the_frozen_split_in_a_nested_mlflow_run
     for name in plots:
         assert Image.open(report / f"{name}.png").size[0] >= 600
     summary_md = (report / "summary.md").read_text()
-    assert summary_md.startswith("# Iteration 0 on the frozen split") or "Iteration 0 on the frozen split" in summary_md
+    assert (
+        summary_md.startswith("# Iteration 0 on the frozen split")
+        or "Iteration 0 on the frozen split" in summary_md
+    )
     assert f"{model['map50']:.3f}" in summary_md
-    assert "![" in metadata["report"] and "data:image/png;base64," in metadata["report"]  # plots in the Dagster UI
+    assert (
+        "![" in metadata["report"] and "data:image/png;base64," in metadata["report"]
+    )  # plots in the Dagster UI

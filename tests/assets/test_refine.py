@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 from dagster import materialize
 
-from models.inference import PROMPT_FREE_TASKS
 from data_checks.shards import LABEL_QUALITY
+from models.inference import PROMPT_FREE_TASKS
 from pipelines.definitions import build_definitions
 from pipelines.phases import FILTER_REPORT_JOB, FILTER_SHARDS_JOB, MERGE_SHARDS_JOB, TRAIN_MODEL_JOB
 from relabel.labels import frame, label_id_for
@@ -18,7 +18,11 @@ SHARDS = ("shard-00", "shard-01")
 
 
 def _metadata(result, asset: str) -> dict:
-    (materialization,) = [m.materialization for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == asset]
+    (materialization,) = [
+        m.materialization
+        for m in result.get_asset_materialization_events()
+        if m.asset_key.to_user_string() == asset
+    ]
     return {name: getattr(value, "value", value) for name, value in materialization.metadata.items()}
 
 
@@ -33,7 +37,9 @@ def test_iteration_one_is_iteration_zero_merged_with_the_models_labels_and_loses
         quarantined = pl.read_parquet(data / "merge" / "quarantine" / "iteration-1" / f"{shard}.parquet")
         decisions = pl.read_parquet(data / "merge" / "decisions" / "iteration-1" / f"{shard}.parquet")
         # iteration 0's audit queue: its verdicts replace the labels they judged
-        verdicts = pl.read_parquet(data / "review" / "verdicts" / "0.parquet").filter(pl.col("image_id").is_in(before["image_id"].implode()))
+        verdicts = pl.read_parquet(data / "review" / "verdicts" / "0.parquet").filter(
+            pl.col("image_id").is_in(before["image_id"].implode())
+        )
         judged = pl.read_parquet(data / "review" / "iteration-0" / "decisions.parquet").filter(
             pl.col("image_id").is_in(before["image_id"].implode()), pl.col("label_id").is_not_null()
         )
@@ -42,21 +48,34 @@ def test_iteration_one_is_iteration_zero_merged_with_the_models_labels_and_loses
         folded = quarantined.filter(pl.col("phase") == "review", pl.col("reason") == "confirms_existing")
         # rows in = rows kept + rows quarantined, each decided once
         assert before.height + written_by_audit.height + model.height == after.height + quarantined.height
-        assert decisions.height == before.height - judged.height - folded.height + verdicts.height + model.height
+        assert (
+            decisions.height == before.height - judged.height - folded.height + verdicts.height + model.height
+        )
         assert decisions["label_id"].is_unique().all() and after["label_id"].is_unique().all()
         # every human label of iteration 0 the audit did not judge is in iteration 1 as the
         # person wrote it (a confirmation adds only its vote and id)
         wrote = ["label_id", "image_id", "task", "text", "box", "category", "score", "source", "status"]
-        human = before.filter(pl.col("source") == "human", ~pl.col("label_id").is_in(judged["label_id"].implode()))
+        human = before.filter(
+            pl.col("source") == "human", ~pl.col("label_id").is_in(judged["label_id"].implode())
+        )
         assert human.height > 0
-        assert human.select(wrote).sort("label_id").equals(after.filter(pl.col("source") == "human").select(wrote).sort("label_id"))
+        assert (
+            human.select(wrote)
+            .sort("label_id")
+            .equals(after.filter(pl.col("source") == "human").select(wrote).sort("label_id"))
+        )
         assert verdicts.join(after, on="label_id", how="anti").height == 0
         # the model, and the self-trained detector for the images its fold model never saw
         assert set(model["source"]) <= {"florence2@iteration-0", "tinydet-self-trained@iteration-0"}
         metadata = _metadata(results[(MERGE_SHARDS_JOB, f"1|{shard}")], "merge/labels")
-        assert "refine/reannotation 0|" in metadata["made_from"] and "florence2@iteration-0" in metadata["made_from"]
+        assert (
+            "refine/reannotation 0|" in metadata["made_from"]
+            and "florence2@iteration-0" in metadata["made_from"]
+        )
         assert metadata["model_run"].startswith("http://127.0.0.1:5000/")
-        images = pl.read_parquet(data / "ingest" / "images" / f"{shard}.parquet").filter(pl.col("split") == "train")
+        images = pl.read_parquet(data / "ingest" / "images" / f"{shard}.parquet").filter(
+            pl.col("split") == "train"
+        )
         reannotated = _metadata(results[("reannotate_shards", f"0|{shard}")], "refine/reannotation")
         assert reannotated["images"] == images.height
         assert reannotated["requests"] >= len(PROMPT_FREE_TASKS) * images.height
@@ -84,20 +103,34 @@ def test_each_iteration_has_its_label_quality_in_mlflow_and_the_guard_compares_t
     root, results = iterated_project
     data = root / "data"
     client = MlflowClient(f"sqlite:///{data / 'mlflow' / 'mlflow.db'}")
-    runs = client.search_runs(client.get_experiment_by_name("relabel").experiment_id, "tags.phase = 'label_quality'")
+    runs = client.search_runs(
+        client.get_experiment_by_name("relabel").experiment_id, "tags.phase = 'label_quality'"
+    )
     assert sorted(run.data.tags["iteration"] for run in runs) == ["0", "1"]
     for iteration in ("0", "1"):
-        summary = pl.read_parquet(data / "filter" / "quality" / f"iteration-{iteration}" / "summary.parquet").row(0, named=True)
+        summary = pl.read_parquet(
+            data / "filter" / "quality" / f"iteration-{iteration}" / "summary.parquet"
+        ).row(0, named=True)
         assert 0 <= summary["box_f1"] <= 1 and summary["labels"] > 0
         per_class = pl.read_parquet(data / "filter" / "label_quality" / f"{iteration}.parquet")
         kept = pl.read_parquet(data / "filter" / "filtered_labels" / f"iteration-{iteration}" / "*.parquet")
-        training = pl.read_parquet(data / "ingest" / "images" / "*.parquet").filter(pl.col("split") == "train")["image_id"].implode()
-        objects = kept.filter(pl.col("task") == "object", pl.col("image_id").is_in(training), pl.col("category").is_not_null())
+        training = (
+            pl.read_parquet(data / "ingest" / "images" / "*.parquet")
+            .filter(pl.col("split") == "train")["image_id"]
+            .implode()
+        )
+        objects = kept.filter(
+            pl.col("task") == "object", pl.col("image_id").is_in(training), pl.col("category").is_not_null()
+        )
         assert per_class["labels"].sum() == objects.height
     # iteration 1 says what the merge repaired and broke; iteration 0 had nothing before it
-    second = pl.read_parquet(data / "filter" / "quality" / "iteration-1" / "summary.parquet").row(0, named=True)
+    second = pl.read_parquet(data / "filter" / "quality" / "iteration-1" / "summary.parquet").row(
+        0, named=True
+    )
     assert second["wrong_labels_before"] >= 0 and second["right_labels_before"] > 0
-    guard = {e.check_name: e for e in results[(FILTER_REPORT_JOB, "1")].get_asset_check_evaluations()}["rare_classes_kept"]
+    guard = {e.check_name: e for e in results[(FILTER_REPORT_JOB, "1")].get_asset_check_evaluations()}[
+        "rare_classes_kept"
+    ]
     assert guard.passed and guard.metadata["compared_with"].value == "iteration 0"
 
 
@@ -109,11 +142,25 @@ def test_the_guard_stops_the_next_model_when_a_confident_model_erases_a_rare_cla
     instance.add_dynamic_partitions("iteration", ["0", "1"])
 
     def run(job: str, key: str):
-        return materialize(everything, selection=jobs[job].selection, partition_key=key, resources=defs.resources, instance=instance, raise_on_error=False)
+        return materialize(
+            everything,
+            selection=jobs[job].selection,
+            partition_key=key,
+            resources=defs.resources,
+            instance=instance,
+            raise_on_error=False,
+        )
 
     def label_quality(iteration: str):
         # the label quality alone: these hand-made shards have no earlier phase's quarantine
-        return materialize(everything, selection=[LABEL_QUALITY], partition_key=iteration, resources=defs.resources, instance=instance, raise_on_error=False)
+        return materialize(
+            everything,
+            selection=[LABEL_QUALITY],
+            partition_key=iteration,
+            resources=defs.resources,
+            instance=instance,
+            raise_on_error=False,
+        )
 
     for shard in SHARDS:
         assert run(MERGE_SHARDS_JOB, f"0|{shard}").success and run(FILTER_SHARDS_JOB, f"0|{shard}").success
@@ -125,7 +172,14 @@ def test_the_guard_stops_the_next_model_when_a_confident_model_erases_a_rare_cla
         labels = pl.read_parquet(data / "merge" / "labels" / "iteration-0" / f"{shard}.parquet")
         balls = []
         for row in labels.filter(pl.col("category") == "kite").iter_rows(named=True):
-            ball = {**row, "category": "ball", "text": "ball", "score": 0.95, "source": "florence2@iteration-0", "agreement": None}
+            ball = {
+                **row,
+                "category": "ball",
+                "text": "ball",
+                "score": 0.95,
+                "source": "florence2@iteration-0",
+                "agreement": None,
+            }
             balls.append({**ball, "label_id": label_id_for(ball)})
         path = data / "refine" / "reannotation" / "iteration-0" / f"{shard}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,18 @@ from relabel.scoring import label_correctness
 
 
 def _metadata(result, asset: str) -> dict:
-    (materialization,) = [m.materialization for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == asset]
+    (materialization,) = [
+        m.materialization
+        for m in result.get_asset_materialization_events()
+        if m.asset_key.to_user_string() == asset
+    ]
     return {name: getattr(value, "value", value) for name, value in materialization.metadata.items()}
 
 
 @pytest.mark.slow
-def test_the_queue_sends_the_most_suspicious_labels_and_the_next_iteration_trusts_the_verdicts(iterated_project):
+def test_the_queue_sends_the_most_suspicious_labels_and_the_next_iteration_trusts_the_verdicts(
+    iterated_project,
+):
     root, results = iterated_project
     data, review = root / "data", load_params(root / "params.yaml").review
     scored = pl.read_parquet(data / "review" / "iteration-0" / "scores.parquet")
@@ -36,7 +42,10 @@ def test_the_queue_sends_the_most_suspicious_labels_and_the_next_iteration_trust
     # places kept for every annotation type, the rest by suspicion
     assert set(queue["annotation_type"]) == set(scored["annotation_type"])
     by_suspicion = queue.filter(pl.col("why") == "suspicion")
-    assert by_suspicion["suspicion"].min() >= scored.filter(~pl.col("label_id").is_in(queue["label_id"].implode()))["suspicion"].max()
+    assert (
+        by_suspicion["suspicion"].min()
+        >= scored.filter(~pl.col("label_id").is_in(queue["label_id"].implode()))["suspicion"].max()
+    )
     # the tasks for Label Studio show exactly the queued labels
     tasks = json.loads((data / "review" / "iteration-0" / "tasks.json").read_text())
     shown = {result["meta"]["label_id"] for task in tasks for result in task["predictions"][0]["result"]}
@@ -51,10 +60,16 @@ def test_the_queue_sends_the_most_suspicious_labels_and_the_next_iteration_trust
     queued = filtered.filter(pl.col("label_id").is_in(queue["label_id"].implode()))
     correct = dict(label_correctness(queued, truth).select("label_id", "correct").iter_rows())
     for label_id, decision in decisions.select("label_id", "decision").iter_rows():
-        assert decision == "accepted" if correct[label_id] in (True, None) else decision in ("corrected", "rejected")
+        assert (
+            decision == "accepted"
+            if correct[label_id] in (True, None)
+            else decision in ("corrected", "rejected")
+        )
     verdicts = pl.read_parquet(data / "review" / "verdicts" / "0.parquet")
     assert verdicts.height == decisions.filter(pl.col("decision") != "rejected").height
-    assert verdicts["source"].str.starts_with("human-audit@").all() and (verdicts["status"] == "audited").all()
+    assert (
+        verdicts["source"].str.starts_with("human-audit@").all() and (verdicts["status"] == "audited").all()
+    )
     read_back = _metadata(results[(READ_VERDICTS_JOB, "0")], "review/verdicts")
     assert read_back["queued"] == review.budget
     # iteration 1 holds every verdict, none of the labels they replaced or rejected
@@ -62,5 +77,7 @@ def test_the_queue_sends_the_most_suspicious_labels_and_the_next_iteration_trust
     assert verdicts.join(iteration_1, on="label_id", how="anti").height == 0
     gone = decisions.filter(pl.col("decision").is_in(["corrected", "rejected"]))["label_id"]
     assert not iteration_1["label_id"].is_in(gone.implode()).any()
-    audit_quarantine = pl.read_parquet(data / "merge" / "quarantine" / "iteration-1" / "*.parquet").filter(pl.col("phase") == "audit")
+    audit_quarantine = pl.read_parquet(data / "merge" / "quarantine" / "iteration-1" / "*.parquet").filter(
+        pl.col("phase") == "audit"
+    )
     assert sorted(audit_quarantine["label_id"]) == sorted(gone)

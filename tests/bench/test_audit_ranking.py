@@ -118,7 +118,13 @@ def test_only_object_labels_are_scored_in_the_order_of_the_labels():
         "labels",
         [
             box_row("second_image_first", "z", "cat", [0, 0, 40, 40]),
-            {"label_id": "caption", "image_id": "a", "annotation_type": "text", "task": "brief_caption", "text": "a cat"},
+            {
+                "label_id": "caption",
+                "image_id": "a",
+                "annotation_type": "text",
+                "task": "brief_caption",
+                "text": "a cat",
+            },
             box_row("region_caption", "a", "cat", [0, 0, 40, 40], task="region_caption"),
             box_row("no_box", "a", "cat", None),
             box_row("no_category", "a", None, [0, 0, 40, 40]),
@@ -130,7 +136,13 @@ def test_only_object_labels_are_scored_in_the_order_of_the_labels():
         [
             detection("p_cat", "a", "cat", [0, 0, 40, 40], 0.99),
             # a caption among the predictions is not a detection and is not used
-            {"label_id": "p_caption", "image_id": "a", "annotation_type": "text", "task": "brief_caption", "text": "a bird"},
+            {
+                "label_id": "p_caption",
+                "image_id": "a",
+                "annotation_type": "text",
+                "task": "brief_caption",
+                "text": "a bird",
+            },
         ],
     )
     scores = audit_ranking.cleanlab_label_scores(labels, predictions, CATEGORIES)
@@ -161,7 +173,15 @@ def test_swap_scores_are_floored_at_the_least_similar_label_prediction_pair_of_t
 def test_no_object_labels_give_an_empty_frame_of_the_scores_schema():
     labels = frame(
         "labels",
-        [{"label_id": "caption", "image_id": "a", "annotation_type": "text", "task": "brief_caption", "text": "x"}],
+        [
+            {
+                "label_id": "caption",
+                "image_id": "a",
+                "annotation_type": "text",
+                "task": "brief_caption",
+                "text": "x",
+            }
+        ],
     )
     scores = audit_ranking.cleanlab_label_scores(labels, frame("labels", []), CATEGORIES)
 
@@ -230,7 +250,9 @@ def test_random_ranking_is_a_seeded_shuffle():
 
 def test_expected_random_metrics_approach_the_base_rate():
     # 20 of 100 labels are wrong: a random queue's precision is 0.2 at every budget
-    wrong = pl.DataFrame({"label_id": [f"label{i}" for i in range(100)], "wrong": [i % 5 == 0 for i in range(100)]})
+    wrong = pl.DataFrame(
+        {"label_id": [f"label{i}" for i in range(100)], "wrong": [i % 5 == 0 for i in range(100)]}
+    )
     metrics = audit_ranking.expected_random_metrics(wrong, [10, 50, 100], repeats=200, seed=0)
 
     assert metrics.schema == audit_ranking.RANKING_METRICS_SCHEMA | {"found": pl.Float64}

@@ -13,13 +13,22 @@ def _coco(boxes: list[tuple[int, int, list[float]]]) -> dict:
     return {
         "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
         "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}],
-        "annotations": [{"id": n, "image_id": image, "category_id": category, "bbox": bbox} for n, (image, category, bbox) in enumerate(boxes, start=1)],
+        "annotations": [
+            {"id": n, "image_id": image, "category_id": category, "bbox": bbox}
+            for n, (image, category, bbox) in enumerate(boxes, start=1)
+        ],
     }
 
 
 def test_partial_labels_drop_the_share_asked_and_half_the_captioned_images() -> None:
     instances = _coco([(1, 1, [0, 0, 10, 10])] * 10)
-    captions = {"images": instances["images"], "annotations": [{"id": 1, "image_id": 1, "caption": "a dog"}, {"id": 2, "image_id": 2, "caption": "a cat"}]}
+    captions = {
+        "images": instances["images"],
+        "annotations": [
+            {"id": 1, "image_id": 1, "caption": "a dog"},
+            {"id": 2, "image_id": 2, "caption": "a cat"},
+        ],
+    }
     kept, kept_captions, dropped, uncaptioned = photos.partial_labels(instances, captions, 0.4, seed=0)
     assert len(dropped) == 4 and len(kept["annotations"]) == 6
     assert {a["id"] for a in kept["annotations"]}.isdisjoint(dropped)
@@ -53,4 +62,7 @@ def test_exported_boxes_map_files_and_category_names_to_the_truth_ids() -> None:
     }
     boxes = photos.exported_boxes(export, truth)
     # a category the truth does not have (face) is not a box to score
-    assert [(b["image_id"], b["category_id"], b["score"], b["human"]) for b in boxes] == [(2, 2, 1.0, True), (2, 2, 0.4, False)]
+    assert [(b["image_id"], b["category_id"], b["score"], b["human"]) for b in boxes] == [
+        (2, 2, 1.0, True),
+        (2, 2, 0.4, False),
+    ]

@@ -296,7 +296,9 @@ def test_unexplained_quarantine_rows_are_named():
     assert len(result.failed) == 3
     # a rule that names no measure counts the rows that broke it
     why = verdict_metadata(result)["why"]
-    assert why.startswith("rows failing expect_column_values_to_") and why.endswith(" 1 > 0 (and 2 more failed rules)")
+    assert why.startswith("rows failing expect_column_values_to_") and why.endswith(
+        " 1 > 0 (and 2 more failed rules)"
+    )
 
 
 # coverage
@@ -323,7 +325,11 @@ def test_coverage_passes_at_and_fails_below_the_share():
     assert result.failed == (f"{BETWEEN}(labels, 1..): 3 unexpected (30.0% of 10, mostly 0.9)",)
     assert offending(result, BETWEEN, "labels") == {image_id(str(i)): "0" for i in (7, 8, 9)}
     # the gate's verdict names what it measured and the threshold it fell short of
-    assert verdict_metadata(result) == {"why": "labelled share 0.7 < 0.9", "measured": pytest.approx(0.7), "threshold": 0.9}
+    assert verdict_metadata(result) == {
+        "why": "labelled share 0.7 < 0.9",
+        "measured": pytest.approx(0.7),
+        "threshold": 0.9,
+    }
     assert verdict_metadata(validate_coverage(9, share=0.9)) == {}
 
 
@@ -333,7 +339,9 @@ def test_coverage_passes_at_and_fails_below_the_share():
 def test_one_label_per_object_fails_a_machine_copy_and_passes_two_people_boxes():
     rows = [
         label("person-1", "object", source="human"),
-        label("person-2", "object", source="human", box=[12.0, 20.0, 200.0, 300.0]),  # two people's boxes: allowed
+        label(
+            "person-2", "object", source="human", box=[12.0, 20.0, 200.0, 300.0]
+        ),  # two people's boxes: allowed
         label("elsewhere", "object", source="consensus@1", box=[300.0, 300.0, 400.0, 400.0]),
         label("a-dog-there", "object", source="consensus@1", category="dog", text="dog"),  # another class
     ]
@@ -366,10 +374,17 @@ def test_class_counts_against_the_reference():
     counts = class_counts_frame(objects({"cat": 8, "fox": 1}), objects({"cat": 10, "dog": 3}))
     assert counts.rows() == [("cat", 8, 10, 0.8), ("dog", 0, 3, 0.0)]
     # a class with fewer labels than asked in the reference is not counted
-    assert class_counts_frame(objects({"cat": 8}), objects({"cat": 10, "dog": 3}), min_reference_count=5)["category"].to_list() == ["cat"]
+    assert class_counts_frame(objects({"cat": 8}), objects({"cat": 10, "dog": 3}), min_reference_count=5)[
+        "category"
+    ].to_list() == ["cat"]
     # only labels scored at least min_score count, and a person's unscored label does
     guesses = objects({"cat": 4}).with_columns(score=pl.lit(0.1))
-    confident = pl.concat([objects({"cat": 2}).with_columns(score=pl.lit(0.9)), objects({"cat": 1}).with_columns(score=pl.lit(None, pl.Float64))])
+    confident = pl.concat(
+        [
+            objects({"cat": 2}).with_columns(score=pl.lit(0.9)),
+            objects({"cat": 1}).with_columns(score=pl.lit(None, pl.Float64)),
+        ]
+    )
     counts = class_counts_frame(confident, pl.concat([guesses, confident]), min_score=0.5)
     assert counts.rows() == [("cat", 3, 3, 1.0)]
 
@@ -388,17 +403,29 @@ def test_a_collapsing_class_fails_while_a_shrinking_one_passes():
     assert not result.passed
     assert offending(result, BETWEEN, "retention") == {"dog": "0.0"}
     # the worst class, by name
-    assert verdict_metadata(result) == {"why": "class retention 0 < 0.5 (category dog)", "measured": 0.0, "threshold": 0.5}
+    assert verdict_metadata(result) == {
+        "why": "class retention 0 < 0.5 (category dog)",
+        "measured": 0.0,
+        "threshold": 0.5,
+    }
 
 
 def test_the_rare_class_guard_fails_a_rare_class_that_loses_labels_or_recall():
     before = pl.DataFrame(
-        {"category": ["kite", "zebra", "dog"], "labels": [8, 4, 100], "recall": [0.8, 0.5, 0.9], "f1": [0.8, 0.5, 0.9], "rare": [True, True, False]},
+        {
+            "category": ["kite", "zebra", "dog"],
+            "labels": [8, 4, 100],
+            "recall": [0.8, 0.5, 0.9],
+            "f1": [0.8, 0.5, 0.9],
+            "rare": [True, True, False],
+        },
         schema=PER_CLASS_SCHEMA,
     )
 
     def guard(now: pl.DataFrame) -> GateResult:
-        return validate(rare_class_guard_suite(0.25, 0.1), rare_class_changes(now, before), index_column="category")
+        return validate(
+            rare_class_guard_suite(0.25, 0.1), rare_class_changes(now, before), index_column="category"
+        )
 
     # a common class may move; a rare one may lose a quarter of its labels and 0.1 recall
     steady = before.with_columns(labels=pl.Series([6, 4, 10]), recall=pl.Series([0.75, 0.5, 0.1]))
@@ -409,7 +436,11 @@ def test_the_rare_class_guard_fails_a_rare_class_that_loses_labels_or_recall():
     forgotten = before.with_columns(recall=pl.Series([0.8, 0.3, 0.9]))
     result = guard(forgotten)
     assert not result.passed and set(offending(result, BETWEEN, "recall_drop")) == {"zebra"}
-    assert verdict_metadata(result) == {"why": "rare-class recall drop 0.2 > 0.1 (category zebra)", "measured": pytest.approx(0.2), "threshold": 0.1}
+    assert verdict_metadata(result) == {
+        "why": "rare-class recall drop 0.2 > 0.1 (category zebra)",
+        "measured": pytest.approx(0.2),
+        "threshold": 0.1,
+    }
 
 
 # Data Docs
@@ -435,4 +466,3 @@ def visible_text(page: str) -> str:
     """The words of an HTML page as a browser shows them, whitespace collapsed."""
     page = re.sub(r"<(script|style).*?</\1>", "", page, flags=re.DOTALL)
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
-

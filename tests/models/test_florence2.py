@@ -79,13 +79,15 @@ def test_presets_fit_the_architecture(name):
     assert preset.image_tokens == (preset.image_size // 32) ** 2 + 1
 
 
-@pytest.mark.parametrize(
-    ("name", "expected", "tolerance"), [("base", 232e6, 0.02), ("large", 771e6, 0.03)]
-)
+@pytest.mark.parametrize(("name", "expected", "tolerance"), [("base", 232e6, 0.02), ("large", 771e6, 0.03)])
 def test_base_and_large_have_florence2s_parameter_counts(name, expected, tolerance):
     config = build_config(
-        name, FLORENCE2_VOCAB_SIZE,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, image_token_id=FLORENCE2_VOCAB_SIZE,
+        name,
+        FLORENCE2_VOCAB_SIZE,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        image_token_id=FLORENCE2_VOCAB_SIZE,
     )
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = Florence2ForConditionalGeneration(config)
@@ -162,9 +164,7 @@ def test_load_model_reads_local_folders_only(tmp_path):
 
 
 def test_post_process_generation_reads_object_detection(processor, tokenizer):
-    generated = (
-        "</s><s>car<loc_100><loc_100><loc_500><loc_400>dog<loc_0><loc_0><loc_999><loc_999></s>"
-    )
+    generated = "</s><s>car<loc_100><loc_100><loc_500><loc_400>dog<loc_0><loc_0><loc_999><loc_999></s>"
     result = processor.post_process_generation(generated, task=OD, image_size=(320, 240))
     assert result[OD]["labels"] == ["car", "dog"]
     assert result[OD]["bboxes"] == [[32, 24, 160, 96], [0, 0, 319, 239]]
@@ -215,7 +215,9 @@ def test_a_saved_model_is_a_starting_point_to_fine_tune_and_a_specialist(model, 
 
     save_model(model, processor, tmp_path / "model")
     # init_from wins over the preset and the corpus: the folder's own shape and tokenizer
-    tuned, tuned_processor = initial_model("small", [], vocab_size=300, min_frequency=2, init_from=tmp_path / "model")
+    tuned, tuned_processor = initial_model(
+        "small", [], vocab_size=300, min_frequency=2, init_from=tmp_path / "model"
+    )
     assert tuned.training and len(tuned_processor.tokenizer) == len(processor.tokenizer)
     weights = dict(model.named_parameters())
     assert all(torch.equal(p, weights[name]) for name, p in tuned.named_parameters())
@@ -224,5 +226,7 @@ def test_a_saved_model_is_a_starting_point_to_fine_tune_and_a_specialist(model, 
     images()[0].save(picture)
     settings = {"model_path": str(tmp_path / "model"), "tasks": [OD], "num_beams": 1, "max_new_tokens": 8}
     specialist = build_specialist("florence2", "ours", settings, BuildContext(workdir=tmp_path))
-    (rows,) = specialist.annotate([ImageRef(image_id="a", path=picture, width=320, height=240)], empty("labels"))
+    (rows,) = specialist.annotate(
+        [ImageRef(image_id="a", path=picture, width=320, height=240)], empty("labels")
+    )
     assert isinstance(rows, list)  # an untrained model may say nothing, but it runs as a specialist

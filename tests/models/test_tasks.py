@@ -39,8 +39,16 @@ from relabel.labels import frame
 
 FAST = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 ROW_KEYS = {
-    "annotation_type", "task", "text", "phrase_start", "phrase_end",
-    "region_kind", "box", "quad", "polygon", "category",
+    "annotation_type",
+    "task",
+    "text",
+    "phrase_start",
+    "phrase_end",
+    "region_kind",
+    "box",
+    "quad",
+    "polygon",
+    "category",
 }
 
 
@@ -74,14 +82,28 @@ def text_row(label_id: str, task: str, text: str) -> dict:
 def region_row(label_id: str, task: str, text: str | None, **geometry) -> dict:
     kind = "text" if task == "ocr" else "object"
     category = text if task == "object" else None
-    return {"label_id": label_id, "annotation_type": "region_text", "task": task,
-            "region_kind": kind, "text": text, "category": category, **geometry}
+    return {
+        "label_id": label_id,
+        "annotation_type": "region_text",
+        "task": task,
+        "region_kind": kind,
+        "text": text,
+        "category": category,
+        **geometry,
+    }
 
 
 def grounding_row(label_id: str, caption: str, start: int, end: int, box: list) -> dict:
-    return {"label_id": label_id, "annotation_type": "text_phrase_region",
-            "task": "phrase_grounding", "region_kind": "object", "text": caption,
-            "phrase_start": start, "phrase_end": end, "box": box}
+    return {
+        "label_id": label_id,
+        "annotation_type": "text_phrase_region",
+        "task": "phrase_grounding",
+        "region_kind": "object",
+        "text": caption,
+        "phrase_start": start,
+        "phrase_end": end,
+        "box": box,
+    }
 
 
 def image_rows() -> list[dict]:
@@ -111,12 +133,19 @@ EXPECTED = [
     Example(DETAILED_CAPTION, DETAILED_CAPTION, "A red car parks. Two dogs.", ("det",)),
     Example(MORE_DETAILED_CAPTION, MORE_DETAILED_CAPTION, "Long.\nParagraph.", ("more",)),
     Example(OD, OD, f"car{CAR_LOCS}dog{DOG1_LOCS}dog{DOG2_LOCS}", ("car", "dog1", "dog2")),
-    Example(DENSE_REGION_CAPTION, DENSE_REGION_CAPTION,
-            f"a red car{CAR_LOCS}a brown dog{DOG1_LOCS}", ("car-cap", "dog1-cap")),
-    Example(REGION_PROPOSAL, REGION_PROPOSAL, CAR_LOCS + DOG1_LOCS + DOG2_LOCS,
-            ("car", "dog1", "dog2")),
-    Example(GROUNDING, GROUNDING + CAPTION_TEXT,
-            f"red car{CAR_LOCS}two dogs{DOG1_LOCS}{DOG2_LOCS}", ("g-car", "g-dog1", "g-dog2")),
+    Example(
+        DENSE_REGION_CAPTION,
+        DENSE_REGION_CAPTION,
+        f"a red car{CAR_LOCS}a brown dog{DOG1_LOCS}",
+        ("car-cap", "dog1-cap"),
+    ),
+    Example(REGION_PROPOSAL, REGION_PROPOSAL, CAR_LOCS + DOG1_LOCS + DOG2_LOCS, ("car", "dog1", "dog2")),
+    Example(
+        GROUNDING,
+        GROUNDING + CAPTION_TEXT,
+        f"red car{CAR_LOCS}two dogs{DOG1_LOCS}{DOG2_LOCS}",
+        ("g-car", "g-dog1", "g-dog2"),
+    ),
     Example(RES, RES + "a red car", CAR_POLYGON_LOCS, ("car-cap",)),
     Example(RES, RES + "car", CAR_POLYGON_LOCS, ("car",)),
     Example(RES, RES + "dog", DOG1_POLYGON_LOCS, ("dog1",)),
@@ -131,8 +160,9 @@ EXPECTED = [
     Example(R2D, R2D + CAR_LOCS, "a red car", ("car-cap",)),
     Example(R2D, R2D + DOG1_LOCS, "a brown dog", ("dog1-cap",)),
     Example(OCR, OCR, "EXIT 94\nTucker Rd", ("exit", "tucker")),
-    Example(OCR_WITH_REGION, OCR_WITH_REGION, f"EXIT 94{EXIT_LOCS}Tucker Rd{TUCKER_LOCS}",
-            ("exit", "tucker")),
+    Example(
+        OCR_WITH_REGION, OCR_WITH_REGION, f"EXIT 94{EXIT_LOCS}Tucker Rd{TUCKER_LOCS}", ("exit", "tucker")
+    ),
 ]
 
 
@@ -156,8 +186,15 @@ def assert_round_trip(example: Example, rows_by_id: dict, width: int, height: in
     assert parsed.problems == [], (example, parsed.problems)
     frame("labels", parsed.rows)  # the rows fit the label store
     sources = [rows_by_id[i] for i in example.label_ids]
-    if example.task in (OCR_WITH_REGION, OCR, OD, DENSE_REGION_CAPTION, REGION_PROPOSAL,
-                        OPEN_VOCABULARY_DETECTION, CAPTION_TO_PHRASE_GROUNDING):
+    if example.task in (
+        OCR_WITH_REGION,
+        OCR,
+        OD,
+        DENSE_REGION_CAPTION,
+        REGION_PROPOSAL,
+        OPEN_VOCABULARY_DETECTION,
+        CAPTION_TO_PHRASE_GROUNDING,
+    ):
         assert len(parsed.rows) == len(sources)
     else:  # one row per example; merged duplicates share their region
         assert len(parsed.rows) == 1
@@ -480,8 +517,13 @@ junk = st.one_of(
 )
 
 
-@given(task=st.sampled_from(TASK_TOKENS), generated=junk, prompt=st.none() | junk,
-       width=st.integers(1, 4000), height=st.integers(1, 4000))
+@given(
+    task=st.sampled_from(TASK_TOKENS),
+    generated=junk,
+    prompt=st.none() | junk,
+    width=st.integers(1, 4000),
+    height=st.integers(1, 4000),
+)
 @settings(deadline=None, max_examples=400)
 def test_parse_never_raises_and_stays_inside_the_image(task, generated, prompt, width, height):
     parsed = parse(task, generated, width, height, prompt_text=prompt)

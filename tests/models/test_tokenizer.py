@@ -43,10 +43,8 @@ def tokenizer(captions):
 # OCR lines and quads, a caption, and text the corpus never had
 TARGETS = [
     "red car<loc_100><loc_100><loc_500><loc_400>",
-    "car<loc_0><loc_1><loc_998><loc_999>two dogs"
-    "<loc_5><loc_6><loc_7><loc_8><loc_9><loc_10><loc_11><loc_12>",
-    "<loc_10><loc_20><loc_30><loc_40><loc_50><loc_60>"
-    "<sep><loc_1><loc_2><loc_3><loc_4><loc_5><loc_6>",
+    "car<loc_0><loc_1><loc_998><loc_999>two dogs<loc_5><loc_6><loc_7><loc_8><loc_9><loc_10><loc_11><loc_12>",
+    "<loc_10><loc_20><loc_30><loc_40><loc_50><loc_60><sep><loc_1><loc_2><loc_3><loc_4><loc_5><loc_6>",
     "EXIT 94\nTucker Rd",
     "EXIT 94<loc_1><loc_2><loc_3><loc_4><loc_5><loc_6><loc_7><loc_8>",
     "A large yellow boat floats in the centre, in front of the red boat.",

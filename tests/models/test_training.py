@@ -27,7 +27,9 @@ OVERFIT_STEPS = 250
 def world(tmp_path_factory) -> tuple[pl.DataFrame, pl.DataFrame]:
     """16 rendered world images (``images``: id, uri = path, size) and their ground truth."""
     root = tmp_path_factory.mktemp("world")
-    params = WorldParams(n_images=16, max_objects=3, text_probability=0.0, human=HumanNoiseParams(inject_defects=False))
+    params = WorldParams(
+        n_images=16, max_objects=3, text_probability=0.0, human=HumanNoiseParams(inject_defects=False)
+    )
     render_world(params, root / "world", root / "truth", progress=False)
     paths = sorted([*(root / "world" / "images").glob("*.png"), *(root / "world" / "web").glob("*.png")])
     assert len(paths) == 16
@@ -72,7 +74,13 @@ def test_teacher_forced_logits_are_the_models_own_and_the_loss_its_mean(world):
     model, processor = build_model("micro", tokenizer).eval(), build_processor(tokenizer, "micro")
     from PIL import Image
 
-    batch = [{"image": Image.open(uri).convert("RGB"), "task": CAPTION, "prompt": CAPTION, "target": text} for uri, text in [(images["uri"][0], "a red ball"), (images["uri"][1], "two cats on a very long road")]]
+    batch = [
+        {"image": Image.open(uri).convert("RGB"), "task": CAPTION, "prompt": CAPTION, "target": text}
+        for uri, text in [
+            (images["uri"][0], "a red ball"),
+            (images["uri"][1], "two cats on a very long road"),
+        ]
+    ]
     inputs, _ = Collator(processor, 64)(batch)
     labels = inputs.pop("labels")
     with torch.no_grad():
@@ -81,7 +89,9 @@ def test_teacher_forced_logits_are_the_models_own_and_the_loss_its_mean(world):
     assert torch.allclose(logits, own.logits, atol=1e-5)
     # the model's loss is the mean over all target tokens; ours weighs each example equally
     tokens = (labels != -100).sum(dim=1).float()
-    assert torch.allclose((per_example_loss(logits, labels) * tokens).sum() / tokens.sum(), own.loss, atol=1e-5)
+    assert torch.allclose(
+        (per_example_loss(logits, labels) * tokens).sum() / tokens.sum(), own.loss, atol=1e-5
+    )
 
 
 def test_the_stream_splits_rows_over_consumers_and_follows_task_weights(world, tmp_path):
@@ -90,7 +100,9 @@ def test_the_stream_splits_rows_over_consumers_and_follows_task_weights(world, t
     settings = TrainSettings(shuffle_buffer=4, task_weights={OD: 1.0, CAPTION: 0.0})
 
     stream = CorpusStream(files, settings)
-    split = [[row["target"] for path in stream.files for row in stream.rows_of(path, me, 3)] for me in range(3)]
+    split = [
+        [row["target"] for path in stream.files for row in stream.rows_of(path, me, 3)] for me in range(3)
+    ]
     assert sorted(split[0] + split[1] + split[2]) == sorted(examples["target"])  # no overlap, none missing
     assert all(split)
     drawn = iter(CorpusStream(files, settings, rank=1, world_size=2))
@@ -101,16 +113,29 @@ def test_training_resumes_from_its_checkpoint(world, tmp_path):
     files, examples = write_corpus(world, tmp_path / "corpus", [CAPTION])
     tokenizer = train_tokenizer(examples["target"].to_list(), vocab_size=600)
     model, processor = build_model("micro", tokenizer), build_processor(tokenizer, "micro")
-    first = train(model, processor, files, TrainSettings(steps=2, batch_size=2, checkpoint_every=2), tmp_path / "run")
+    first = train(
+        model, processor, files, TrainSettings(steps=2, batch_size=2, checkpoint_every=2), tmp_path / "run"
+    )
     assert first.resumed_from == 0 and (tmp_path / "run" / "checkpoint" / "training_state.json").is_file()
     fresh = build_model("micro", tokenizer)
-    loaded = train(fresh, processor, files, TrainSettings(steps=2, batch_size=2, checkpoint_every=2), tmp_path / "run")
+    loaded = train(
+        fresh, processor, files, TrainSettings(steps=2, batch_size=2, checkpoint_every=2), tmp_path / "run"
+    )
     # a resumed model holds the checkpoint's weights, not its own initialisation
     assert loaded.resumed_from == 2
     trained = dict(model.named_parameters())
-    assert all(torch.equal(p.detach().cpu(), trained[name].detach().cpu()) for name, p in fresh.named_parameters())
+    assert all(
+        torch.equal(p.detach().cpu(), trained[name].detach().cpu()) for name, p in fresh.named_parameters()
+    )
     steps = []
-    again = train(fresh, processor, files, TrainSettings(steps=3, batch_size=2, checkpoint_every=2), tmp_path / "run", callback=lambda m: steps.append(m.step))
+    again = train(
+        fresh,
+        processor,
+        files,
+        TrainSettings(steps=3, batch_size=2, checkpoint_every=2),
+        tmp_path / "run",
+        callback=lambda m: steps.append(m.step),
+    )
     assert again.resumed_from == 2 and steps == [3]
 
 
@@ -121,7 +146,14 @@ def test_images_are_decoded_in_spawned_worker_processes(world, tmp_path):
     model, processor = build_model("micro", tokenizer), build_processor(tokenizer, "micro")
     steps = []
     settings = TrainSettings(steps=2, batch_size=2, num_workers=2, checkpoint_every=10)
-    train(model, processor, files, settings, tmp_path / "run", callback=lambda m: steps.append((m.step, m.examples)))
+    train(
+        model,
+        processor,
+        files,
+        settings,
+        tmp_path / "run",
+        callback=lambda m: steps.append((m.step, m.examples)),
+    )
     assert steps == [(1, 2), (2, 2)]
 
 
@@ -135,11 +167,29 @@ def test_torchrun_trains_with_distributed_data_parallel_over_two_processes(world
     import yaml
 
     write_corpus(world, tmp_path / "corpus", [CAPTION])
-    model = {"preset": "micro", "tokenizer": {"vocab_size": 600}, "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "num_workers": 0}}
+    model = {
+        "preset": "micro",
+        "tokenizer": {"vocab_size": 600},
+        "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "num_workers": 0},
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": model}))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "models.training",
-               "--params", str(tmp_path / "params.yaml"), "--corpus", str(tmp_path / "corpus"), "--out", str(tmp_path / "run")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "-m",
+        "models.training",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--corpus",
+        str(tmp_path / "corpus"),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])  # rank 0 only
     assert result["steps"] == 2 and result["resumed_from"] == 0
@@ -157,13 +207,25 @@ def test_generation_turns_every_request_into_rows_or_a_stated_problem(world):
     requests = requests_for(images.head(3).rename({"uri": "image_path"}), [OD, CAPTION])
     assert requests.height == 6
     for beams in (1, 2):
-        generated = generate_labels(model, processor, requests, GenerationSettings(batch_size=4, max_new_tokens=8, num_beams=beams), source="model@iter0", iteration=0)
+        generated = generate_labels(
+            model,
+            processor,
+            requests,
+            GenerationSettings(batch_size=4, max_new_tokens=8, num_beams=beams),
+            source="model@iter0",
+            iteration=0,
+        )
         # an untrained model says nothing or nonsense: each request yields rows or a problem line
         answered = set(generated.labels["image_id"] + generated.labels["task"].cast(pl.String)) | set(
-            generated.problems["image_id"] + generated.problems["task"].map_elements(lambda t: {OD: "object", CAPTION: "brief_caption"}[t], return_dtype=pl.String)
+            generated.problems["image_id"]
+            + generated.problems["task"].map_elements(
+                lambda t: {OD: "object", CAPTION: "brief_caption"}[t], return_dtype=pl.String
+            )
         )
         assert len(answered) == 6
-        assert generated.labels["score"].is_between(0, 1).all() and set(generated.labels["source"]) <= {"model@iter0"}
+        assert generated.labels["score"].is_between(0, 1).all() and set(generated.labels["source"]) <= {
+            "model@iter0"
+        }
 
 
 @pytest.mark.slow
@@ -180,13 +242,27 @@ def test_the_model_memorises_16_images_captions_exactly_and_boxes_within_quantis
     tokenizer = train_tokenizer(corpus_texts(files), vocab_size=600)
     torch.manual_seed(0)
     model, processor = build_model("micro", tokenizer, dropout=0.0), build_processor(tokenizer, "micro")
-    settings = TrainSettings(steps=OVERFIT_STEPS, batch_size=16, learning_rate=1e-3, warmup_steps=10, checkpoint_every=10**6, shuffle_buffer=64)
+    settings = TrainSettings(
+        steps=OVERFIT_STEPS,
+        batch_size=16,
+        learning_rate=1e-3,
+        warmup_steps=10,
+        checkpoint_every=10**6,
+        shuffle_buffer=64,
+    )
     losses = []
     train(model, processor, files, settings, tmp_path / "run", callback=lambda step: losses.append(step.loss))
     assert losses[-1] < 0.05 * losses[0]
 
     requests = requests_for(images.rename({"uri": "image_path"}), [OD, CAPTION])
-    generated = generate_labels(model, processor, requests, GenerationSettings(batch_size=16, max_new_tokens=96), source="model", iteration=0)
+    generated = generate_labels(
+        model,
+        processor,
+        requests,
+        GenerationSettings(batch_size=16, max_new_tokens=96),
+        source="model",
+        iteration=0,
+    )
     assert generated.problems.height == 0
 
     def captions(frame: pl.DataFrame) -> dict[str, str]:
@@ -195,7 +271,9 @@ def test_the_model_memorises_16_images_captions_exactly_and_boxes_within_quantis
     assert captions(generated.labels) == captions(truth)
 
     def objects(frame: pl.DataFrame) -> dict[str, list[tuple[str, list[float]]]]:
-        rows = frame.filter(pl.col("task") == "object").sort("image_id", "category", pl.col("box").arr.get(0), pl.col("box").arr.get(1))
+        rows = frame.filter(pl.col("task") == "object").sort(
+            "image_id", "category", pl.col("box").arr.get(0), pl.col("box").arr.get(1)
+        )
         found: dict[str, list] = {}
         for image_id, category, box in rows.select("image_id", "category", "box").iter_rows():
             found.setdefault(image_id, []).append((category, list(box)))
@@ -217,21 +295,44 @@ def test_heldout_evaluation_scores_a_silent_model_at_its_worst_and_the_baseline_
     images, truth = world
     tokenizer = train_tokenizer(truth["text"].drop_nulls().to_list(), vocab_size=600)
     torch.manual_seed(0)
-    model, processor = build_model("micro", tokenizer), build_processor(tokenizer, "micro")  # untrained: says nothing
+    model, processor = (
+        build_model("micro", tokenizer),
+        build_processor(tokenizer, "micro"),
+    )  # untrained: says nothing
     with_paths = images.rename({"uri": "image_path"})
     heldout, training = with_paths.head(4), with_paths.tail(12)
     evaluation = evaluate_heldout(
-        model, processor, heldout, training, truth, truth, [OD, CAPTION], GenerationSettings(batch_size=8, max_new_tokens=4), source="model", iteration=0
+        model,
+        processor,
+        heldout,
+        training,
+        truth,
+        truth,
+        [OD, CAPTION],
+        GenerationSettings(batch_size=8, max_new_tokens=4),
+        source="model",
+        iteration=0,
     )
-    truth_boxes = truth.filter(pl.col("task") == "object", pl.col("image_id").is_in(heldout["image_id"].implode()))
+    truth_boxes = truth.filter(
+        pl.col("task") == "object", pl.col("image_id").is_in(heldout["image_id"].implode())
+    )
     assert evaluation.requests == 2 * heldout.height + truth_boxes.select("image_id", "box").unique().height
     scores = {row["output"]: row for row in evaluation.summary.iter_rows(named=True)}
     assert scores["model"]["f1"] == 0.0 and scores["model"]["caption_object_recall"] == 0.0
     assert scores["model"].get("ocr_cer") is None  # OCR was not asked (and the world has no text here)
-    assert 0 < scores["baseline"]["region_naming_accuracy"] < 1 and 0 <= scores["baseline"]["caption_object_recall"] <= 1
+    assert (
+        0 < scores["baseline"]["region_naming_accuracy"] < 1
+        and 0 <= scores["baseline"]["caption_object_recall"] <= 1
+    )
     # the standard metrics: a silent model finds nothing and describes nothing
-    assert scores["model"]["map"] == 0.0 and scores["model"]["map50"] == 0.0 and scores["model"]["caption_cider"] == 0.0
-    assert scores["baseline"]["map50"] is not None and scores["model"]["grounding_recall_at_1"] is None  # not asked
+    assert (
+        scores["model"]["map"] == 0.0
+        and scores["model"]["map50"] == 0.0
+        and scores["model"]["caption_cider"] == 0.0
+    )
+    assert (
+        scores["baseline"]["map50"] is not None and scores["model"]["grounding_recall_at_1"] is None
+    )  # not asked
     assert set(evaluation.per_class["output"]) == {"model", "baseline"}
 
 
@@ -247,7 +348,16 @@ def test_prompted_evaluation_tasks_ask_the_audited_captions_and_expressions(worl
     heldout = images.rename({"uri": "image_path"}).head(2)
     tasks = [CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION]
     evaluation = evaluate_heldout(
-        model, processor, heldout, heldout, truth.clear(), truth, tasks, GenerationSettings(batch_size=8, max_new_tokens=4), source="model", iteration=0
+        model,
+        processor,
+        heldout,
+        heldout,
+        truth.clear(),
+        truth,
+        tasks,
+        GenerationSettings(batch_size=8, max_new_tokens=4),
+        source="model",
+        iteration=0,
     )
     own = truth.filter(pl.col("image_id").is_in(heldout["image_id"].implode()))
     captions = own.filter(pl.col("task") == "phrase_grounding").select("image_id", "text").unique().height
@@ -257,7 +367,9 @@ def test_prompted_evaluation_tasks_ask_the_audited_captions_and_expressions(worl
     boxes = own.filter(pl.col("task") == "object").select("image_id", "box").unique().height
     assert evaluation.requests == boxes + captions + expressions.height  # no prompt-free task asked
     model_row = evaluation.summary.filter(pl.col("output") == "model").row(0, named=True)
-    assert model_row["grounding_recall_at_1"] == 0.0 and model_row["res_miou"] == 0.0  # a silent model misses all
+    assert (
+        model_row["grounding_recall_at_1"] == 0.0 and model_row["res_miou"] == 0.0
+    )  # a silent model misses all
 
 
 def test_the_entry_point_finds_the_newest_iterations_corpus_where_the_corpus_asset_writes_it(tmp_path):

@@ -84,7 +84,11 @@ def test_an_iterations_assets_follow_its_merge_by_themselves(tiny_project, insta
     before = evaluate_automation_conditions(defs=defs, instance=instance)
     _materialized(instance, AssetKey(["merge", "labels"]), "0|shard-00")
     result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
-    requested = {(key.to_user_string(), partition) for key in defs.resolve_asset_graph().get_all_asset_keys() for partition in result.get_requested_partitions(key)}
+    requested = {
+        (key.to_user_string(), partition)
+        for key in defs.resolve_asset_graph().get_all_asset_keys()
+        for partition in result.get_requested_partitions(key)
+    }
     assert ("filter/text_parses", "0|shard-00") in requested
     # nothing of shard-01 (its merge is not there) and no model (its corpus is not there)
     assert not any(partition == "0|shard-01" for _, partition in requested)

@@ -30,7 +30,18 @@ def as_json(done: subprocess.CompletedProcess) -> dict:
 def test_every_command_has_help():
     done = subprocess.run([RELABEL, "--help"], capture_output=True, text=True)
     assert done.returncode == 0
-    commands = ("world", "ingest", "materialize", "iterate", "demo", "status", "export", "resume", "unfreeze", "ui")
+    commands = (
+        "world",
+        "ingest",
+        "materialize",
+        "iterate",
+        "demo",
+        "status",
+        "export",
+        "resume",
+        "unfreeze",
+        "ui",
+    )
     assert all(command in done.stdout for command in commands)
     for command in commands:
         sub = subprocess.run([RELABEL, command, "--help"], capture_output=True, text=True)
@@ -51,14 +62,20 @@ def test_the_engine_runs_headless_and_exports_what_other_tools_load(tiny_project
     first = relabel(root, "--json", "materialize", "filter", "--iteration", "0", "--shards", "shard-00")
     assert as_json(first)["runs"] == ["filter_shards 0|shard-00"]
     assert "report_filtering skipped: it reads every shard" in first.stderr
-    assert as_json(relabel(root, "--json", "materialize", "filter", "--iteration", "0"))["runs"] == ["filter_shards 0|shard-00", "filter_shards 0|shard-01", "report_filtering 0"]
+    assert as_json(relabel(root, "--json", "materialize", "filter", "--iteration", "0"))["runs"] == [
+        "filter_shards 0|shard-00",
+        "filter_shards 0|shard-01",
+        "report_filtering 0",
+    ]
 
     status = as_json(relabel(root, "--json", "status"))
     (iteration,) = status["iterations"]
     data = root / "data"
     filtered = pl.read_parquet(data / "filter" / "filtered_labels" / "iteration-0" / "*.parquet")
     assert iteration["iteration"] == 0 and iteration["filtered_labels"] == filtered.height > 0
-    assert iteration["gates_passed"] > 0 and iteration["gates_failed"] == [] and not iteration["model_trained"]
+    assert (
+        iteration["gates_passed"] > 0 and iteration["gates_failed"] == [] and not iteration["model_trained"]
+    )
     assert iteration["audit_queue"] is None  # queued after the model's re-annotation
     assert status["frozen_split"]["images"] == status["setup"]["eval_images"] > 0
     assert status["runs"]["SUCCESS"] >= 9 and status["runs"]["FAILURE"] == 0
@@ -73,32 +90,53 @@ def test_the_engine_runs_headless_and_exports_what_other_tools_load(tiny_project
     # the training images with the iteration's labels, the frozen split's with their audited ones
     audited = pl.read_parquet(data / "audit" / "frozen" / "labels.parquet")
     exported = pl.concat([filtered.filter(~pl.col("image_id").is_in(audited["image_id"].implode())), audited])
-    assert len(loaded.getAnnIds()) == exported.filter(pl.col("task") == "object", pl.col("box").is_not_null()).height
+    assert (
+        len(loaded.getAnnIds())
+        == exported.filter(pl.col("task") == "object", pl.col("box").is_not_null()).height
+    )
     card = (folder / "DATASET_CARD.md").read_text()
     assert card.startswith("---") and "iteration 0" in card and "CC0-1.0" in card
-    assert set(coco["made_from"]) >= {f"filter/filtered_labels/iteration-0/{shard}.parquet" for shard in ("shard-00", "shard-01")}
+    assert set(coco["made_from"]) >= {
+        f"filter/filtered_labels/iteration-0/{shard}.parquet" for shard in ("shard-00", "shard-01")
+    }
     before = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
     as_json(relabel(root, "--json", "export", "--format", "coco", "--iteration", "0"))
-    assert {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before  # same bytes
+    assert {
+        path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()
+    } == before  # same bytes
 
     hf = as_json(relabel(root, "--json", "export", "--format", "hf-parquet", "--min-score", "0.5"))
     import datasets
 
-    labels = datasets.load_dataset("parquet", data_files={"labels": str(Path(hf["folder"]) / "labels.parquet")}, cache_dir=str(tmp_path / "hf"))["labels"]
+    labels = datasets.load_dataset(
+        "parquet",
+        data_files={"labels": str(Path(hf["folder"]) / "labels.parquet")},
+        cache_dir=str(tmp_path / "hf"),
+    )["labels"]
     assert labels.num_rows == sum(hf["labels_by_task"].values()) <= exported.height
     assert min(score for score, source in zip(labels["score"], labels["source"]) if score is not None) >= 0.5
     split_images = set(audited["image_id"])
-    assert {source for image, source in zip(labels["image_id"], labels["source"]) if image in split_images} == {"human-audit@world-auditor"}
+    assert {
+        source for image, source in zip(labels["image_id"], labels["source"]) if image in split_images
+    } == {"human-audit@world-auditor"}
 
     # the DVC stage of the exports is committed: dvc status is clean for it
-    dvc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--json", "dvc.yaml:export"], cwd=root, capture_output=True, text=True)
+    dvc = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "status", "--json", "dvc.yaml:export"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     assert dvc.returncode == 0 and json.loads(dvc.stdout) == {}, dvc.stdout
 
 
 def test_failures_exit_non_zero_with_a_one_line_reason(tiny_project):
     unknown = relabel(tiny_project, "materialize", "filter", "--iteration", "0", "--shards", "shard-99")
     assert unknown.returncode == 1
-    assert unknown.stderr.strip() == "relabel materialize: unknown shards ['shard-99']; the project has ['shard-00', 'shard-01']"
+    assert (
+        unknown.stderr.strip()
+        == "relabel materialize: unknown shards ['shard-99']; the project has ['shard-00', 'shard-01']"
+    )
     nothing = relabel(tiny_project, "export", "--format", "yolo")
     assert nothing.returncode == 1 and len(nothing.stderr.strip().splitlines()) == 1
     assert "no iteration has filtered labels" in nothing.stderr
@@ -119,7 +157,15 @@ def test_a_failed_gate_is_named_with_what_it_measured_on_the_command_line_and_in
 
     (iteration,) = as_json(relabel(root, "--json", "status"))["iterations"]
     assert iteration["gates_failed"] == [
-        {"gate": "0|shard-01 filter/filtered_labels:filtered_labels_keep_every_class", "why": "class retention 0 < 0.5 (category kite)", "measured": 0.0, "threshold": 0.5}
+        {
+            "gate": "0|shard-01 filter/filtered_labels:filtered_labels_keep_every_class",
+            "why": "class retention 0 < 0.5 (category kite)",
+            "measured": 0.0,
+            "threshold": 0.5,
+        }
     ]
     human = relabel(root, "status")
-    assert "    failed gate: 0|shard-01 filter/filtered_labels:filtered_labels_keep_every_class: class retention 0 < 0.5 (category kite)\n" in human.stdout
+    assert (
+        "    failed gate: 0|shard-01 filter/filtered_labels:filtered_labels_keep_every_class: class retention 0 < 0.5 (category kite)\n"
+        in human.stdout
+    )

@@ -40,7 +40,9 @@ def _graphql(url, query, variables):
 
 
 @pytest.mark.slow
-def test_a_shard_launched_from_the_dagster_ui_api_succeeds(project_root, tiny_project, tmp_path, materialize_all):
+def test_a_shard_launched_from_the_dagster_ui_api_succeeds(
+    project_root, tiny_project, tmp_path, materialize_all
+):
     # the shard reads the catalog; materialize the unpartitioned assets first, in-process
     materialize_all(tiny_project, shards=())
     port = _free_port()
@@ -49,7 +51,16 @@ def test_a_shard_launched_from_the_dagster_ui_api_succeeds(project_root, tiny_pr
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {**os.environ, "RELABEL_ROOT": str(tiny_project), "DAGSTER_HOME": str(home)}
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "dev",
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
         cwd=project_root,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -73,7 +84,9 @@ def test_a_shard_launched_from_the_dagster_ui_api_succeeds(project_root, tiny_pr
                 "repositoryLocationName": "relabel",
                 "repositoryName": "__repository__",
                 "jobName": "__ASSET_JOB",
-                "assetSelection": [{"path": ["ingest", name]} for name in ("images", "human_labels", "ingest_quarantine")],
+                "assetSelection": [
+                    {"path": ["ingest", name]} for name in ("images", "human_labels", "ingest_quarantine")
+                ],
                 "assetCheckSelection": [],
             },
             "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "shard-01"}]},

@@ -45,10 +45,17 @@ def test_shards_are_the_partitions_of_the_ingest_assets(tiny_project):
     # an iteration and shard for the filters, an iteration for the rare-class guard)
     checks = {key: graph.get(key) for key in graph.asset_check_keys}
     frozen_split = (AssetKey(["audit", "frozen_split"]), "split_unchanged")  # of the one unpartitioned split
-    assert {(key.asset_key, key.name) for key in checks} == {(asset, name) for asset, names in GATES.items() for name in names} | {frozen_split}
-    assert all(check.blocking and check.partitions_def == graph.get(key.asset_key).partitions_def for key, check in checks.items())
+    assert {(key.asset_key, key.name) for key in checks} == {
+        (asset, name) for asset, names in GATES.items() for name in names
+    } | {frozen_split}
+    assert all(
+        check.blocking and check.partitions_def == graph.get(key.asset_key).partitions_def
+        for key, check in checks.items()
+    )
     iteration_shards = defs.resolve_job_def(FILTER_SHARDS_JOB).partitions_def
     assert graph.get(AssetKey(["filter", "filtered_labels"])).partitions_def == iteration_shards
     assert {d.name for d in iteration_shards.partitions_defs} == {"iteration", "shard"}
     filter_job = defs.resolve_job_def(FILTER_SHARDS_JOB)
-    assert {key.name for key in filter_job.asset_layer.asset_graph.asset_check_keys} >= set(GATES[AssetKey(["filter", "filtered_labels"])])
+    assert {key.name for key in filter_job.asset_layer.asset_graph.asset_check_keys} >= set(
+        GATES[AssetKey(["filter", "filtered_labels"])]
+    )

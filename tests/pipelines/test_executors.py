@@ -45,7 +45,9 @@ def _executor(params: ExecutorParams, instance):
     assert resolved.success, resolved.errors
     config = resolved.value["config"]
     return config, definition.executor_creation_fn(
-        InitExecutorContext(job=InMemoryJob(_trivial), executor_def=definition, executor_config=config, instance=instance)
+        InitExecutorContext(
+            job=InMemoryJob(_trivial), executor_def=definition, executor_config=config, instance=instance
+        )
     )
 
 
@@ -137,8 +139,19 @@ def redis_port(tmp_path):
     port = _free_port()
     (tmp_path / "redis").mkdir()
     server = subprocess.Popen(
-        [str(server_binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path / "redis")],
+        [
+            str(server_binary),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path / "redis"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -165,7 +178,9 @@ def _wait_for(log: Path, text: str, process: subprocess.Popen, seconds: float) -
     deadline = time.monotonic() + seconds
     while text not in log.read_text(errors="replace"):
         assert process.poll() is None, f"the worker exited:\n{log.read_text(errors='replace')[-3000:]}"
-        assert time.monotonic() < deadline, f"no {text!r} in {seconds} s:\n{log.read_text(errors='replace')[-3000:]}"
+        assert time.monotonic() < deadline, (
+            f"no {text!r} in {seconds} s:\n{log.read_text(errors='replace')[-3000:]}"
+        )
         time.sleep(0.2)
 
 
@@ -192,7 +207,18 @@ def test_shards_run_their_steps_on_a_celery_worker(tiny_project, tmp_path, redis
     with log.open("wb") as sink:
         # the worker as the README starts it: python -m pipelines.executors --root PROJECT
         worker = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.executors", "--root", str(tiny_project), "--name", name, "--", "--concurrency", "2"],
+            [
+                sys.executable,
+                "-m",
+                "pipelines.executors",
+                "--root",
+                str(tiny_project),
+                "--name",
+                name,
+                "--",
+                "--concurrency",
+                "2",
+            ],
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -214,17 +240,25 @@ def test_shards_run_their_steps_on_a_celery_worker(tiny_project, tmp_path, redis
             returncode = relabel.wait(timeout=180)
         finally:
             _stop(relabel)
-        assert returncode == 0, (tmp_path / "relabel.log").read_text(errors="replace")[-3000:] + log.read_text(errors="replace")[-3000:]
+        assert returncode == 0, (tmp_path / "relabel.log").read_text(errors="replace")[
+            -3000:
+        ] + log.read_text(errors="replace")[-3000:]
     finally:
         _stop(worker)
 
     with DagsterInstance.from_config(str(home)) as instance:
         records = instance.get_run_records()
         events = {
-            record.dagster_run.run_id: [entry.dagster_event for entry in instance.all_logs(record.dagster_run.run_id) if entry.dagster_event]
+            record.dagster_run.run_id: [
+                entry.dagster_event
+                for entry in instance.all_logs(record.dagster_run.run_id)
+                if entry.dagster_event
+            ]
             for record in records
         }
-    runs = {(record.dagster_run.job_name, record.dagster_run.tags.get("dagster/partition")) for record in records}
+    runs = {
+        (record.dagster_run.job_name, record.dagster_run.tags.get("dagster/partition")) for record in records
+    }
     assert {job_name for job_name, _ in runs} == set(PHASE_JOBS["annotate"])
     assert {(ANNOTATE_SHARDS_JOB, "shard-00"), (ANNOTATE_SHARDS_JOB, "shard-01")} <= runs
     assert len(records) == len(runs)
@@ -233,12 +267,15 @@ def test_shards_run_their_steps_on_a_celery_worker(tiny_project, tmp_path, redis
     steps = 0
     for record in records:
         run_events = events[record.dagster_run.run_id]
-        succeeded = {event.step_key for event in run_events if event.event_type == DagsterEventType.STEP_SUCCESS}
+        succeeded = {
+            event.step_key for event in run_events if event.event_type == DagsterEventType.STEP_SUCCESS
+        }
         # dagster-celery reports, for each step, the worker that took it
         delegated = {
             event.step_key: event.engine_event_data.metadata["Celery worker"].value
             for event in run_events
-            if event.event_type == DagsterEventType.ENGINE_EVENT and "in celery worker" in (event.message or "")
+            if event.event_type == DagsterEventType.ENGINE_EVENT
+            and "in celery worker" in (event.message or "")
         }
         assert succeeded and set(delegated) == succeeded, (
             f"{record.dagster_run.job_name}: steps {sorted(succeeded - set(delegated))} did not run on Celery; "
@@ -253,4 +290,7 @@ def test_shards_run_their_steps_on_a_celery_worker(tiny_project, tmp_path, redis
         assert (tiny_project / "data" / "annotate" / "initial_annotations" / f"{shard}.parquet").is_file()
     assert (tiny_project / "data" / "annotate" / "scores" / "summary.parquet").is_file()
     # one Celery task per step, each finished by the worker
-    assert len(re.findall(r"Task execute_plan\[[0-9a-f-]+\] succeeded in", log.read_text(errors="replace"))) == steps
+    assert (
+        len(re.findall(r"Task execute_plan\[[0-9a-f-]+\] succeeded in", log.read_text(errors="replace")))
+        == steps
+    )

@@ -16,17 +16,32 @@ from pipelines.init_project import InitError, Sources, init_project
 from relabel.config import load_params
 
 
-def test_init_on_a_coco_collection_writes_a_project_without_the_world(coco_mini_dir: Path, tmp_path: Path, capsys) -> None:
+def test_init_on_a_coco_collection_writes_a_project_without_the_world(
+    coco_mini_dir: Path, tmp_path: Path, capsys
+) -> None:
     project = tmp_path / "photos"
     instances = coco_mini_dir / "annotations" / "instances.json"
     captions = coco_mini_dir / "annotations" / "captions.json"
-    code = cli.main(["init", str(project), "--images", str(coco_mini_dir / "images"), "--coco", str(instances), "--captions", str(captions)])
+    code = cli.main(
+        [
+            "init",
+            str(project),
+            "--images",
+            str(coco_mini_dir / "images"),
+            "--coco",
+            str(instances),
+            "--captions",
+            str(captions),
+        ]
+    )
     assert code == 0
     assert f"relabel --root {project} demo" in capsys.readouterr().out
     params = load_params(project / "params.yaml")
     assert params.world is None
     # every photo is in the COCO file: one coco source, no folder source
-    assert [(s.kind, s.images, s.instances, s.captions) for s in params.ingest.sources] == [("coco", str(coco_mini_dir / "images"), str(instances), str(captions))]
+    assert [(s.kind, s.images, s.instances, s.captions) for s in params.ingest.sources] == [
+        ("coco", str(coco_mini_dir / "images"), str(instances), str(captions))
+    ]
     kinds = {spec.kind for spec in params.annotate.perception if spec.enabled}
     assert {"centernet_onnx", "nanodet_onnx", "blazeface_onnx", "trained_detector", "rapidocr"} == kinds
     assert params.audit.auditor == "accept-all" and params.review.budget == 0
@@ -55,14 +70,24 @@ def test_a_folder_of_photos_with_alt_text_gets_a_folder_source_and_the_coco_name
     init_project(tmp_path / "project", Sources(images=images, alt_text=sidecar))
     params = load_params(tmp_path / "project" / "params.yaml")
     assert [(s.kind, s.sidecar) for s in params.ingest.sources] == [("folder", str(sidecar))]
-    ontology = [c["name"] for c in json.loads((tmp_path / "project" / "ontology.json").read_text())["categories"]]
+    ontology = [
+        c["name"] for c in json.loads((tmp_path / "project" / "ontology.json").read_text())["categories"]
+    ]
     assert ontology == [*COCO_CLASSES, "face"]
 
 
 def test_photos_the_coco_file_does_not_list_come_in_through_a_folder_source(tmp_path: Path) -> None:
     images = _photos(tmp_path / "images", ["listed.jpg", "unlisted.jpg"])
     coco = tmp_path / "instances.json"
-    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "listed.jpg", "width": 32, "height": 24}], "annotations": [], "categories": [{"id": 1, "name": "dog"}]}))
+    coco.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "listed.jpg", "width": 32, "height": 24}],
+                "annotations": [],
+                "categories": [{"id": 1, "name": "dog"}],
+            }
+        )
+    )
     init_project(tmp_path / "project", Sources(images=images, coco=coco))
     params = load_params(tmp_path / "project" / "params.yaml")
     assert [s.kind for s in params.ingest.sources] == ["coco", "folder"]

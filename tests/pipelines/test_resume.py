@@ -24,27 +24,42 @@ TEXT_PARSES = AssetKey(["filter", "text_parses"])
 def test_a_killed_filter_run_resumes_from_failure_with_no_label_lost_or_doubled(guard_project):
     root = guard_project
     env = {**os.environ, "RELABEL_ROOT": str(root), "DAGSTER_HOME": str(root / "data" / "dagster_home")}
-    merged = subprocess.run([RELABEL, "--root", str(root), "materialize", "merge", "--iteration", "0"], env=env, capture_output=True, text=True)
+    merged = subprocess.run(
+        [RELABEL, "--root", str(root), "materialize", "merge", "--iteration", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert merged.returncode == 0, merged.stdout + merged.stderr
 
     filtering = subprocess.Popen(
         [RELABEL, "--root", str(root), "materialize", "filter", "--iteration", "0"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         # kill everything the moment one shard's filtered labels are written: its gates (which
         # import Great Expectations, seconds) and the other shard are still to come
         deadline = time.monotonic() + 120
         while not instance.fetch_materializations(FILTERED_LABELS, limit=1).records:
-            assert filtering.poll() is None and time.monotonic() < deadline, "the filter run ended before it could be killed"
+            assert filtering.poll() is None and time.monotonic() < deadline, (
+                "the filter run ended before it could be killed"
+            )
             time.sleep(0.05)
         os.killpg(filtering.pid, signal.SIGKILL)
         filtering.wait()
         interrupted = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
         assert interrupted, "the kill left no run in the middle"
-        parses_before = {r.asset_materialization.partition for r in instance.fetch_materializations(TEXT_PARSES, limit=10).records}
+        parses_before = {
+            r.asset_materialization.partition
+            for r in instance.fetch_materializations(TEXT_PARSES, limit=10).records
+        }
 
-    resumed = subprocess.run([RELABEL, "--root", str(root), "resume"], env=env, capture_output=True, text=True)
+    resumed = subprocess.run(
+        [RELABEL, "--root", str(root), "resume"], env=env, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming {len(interrupted)} interrupted run(s)" in resumed.stderr  # progress goes to stderr
 
@@ -57,13 +72,18 @@ def test_a_killed_filter_run_resumes_from_failure_with_no_label_lost_or_doubled(
         # every shard's text parses were made exactly once: a step that finished before the
         # kill was not run again, one that had not was run by the resumed run
         assert parses_before, "no step had finished before the kill"
-        parses = [r.asset_materialization.partition for r in instance.fetch_materializations(TEXT_PARSES, limit=10).records]
+        parses = [
+            r.asset_materialization.partition
+            for r in instance.fetch_materializations(TEXT_PARSES, limit=10).records
+        ]
         assert sorted(parses) == ["0|shard-00", "0|shard-01"]
     data = root / "data"
     for shard in ("shard-00", "shard-01"):
         labels = pl.read_parquet(data / "merge" / "labels" / "iteration-0" / f"{shard}.parquet")
         kept = pl.read_parquet(data / "filter" / "filtered_labels" / "iteration-0" / f"{shard}.parquet")
-        quarantined = pl.read_parquet(data / "filter" / "filter_quarantine" / "iteration-0" / f"{shard}.parquet")
+        quarantined = pl.read_parquet(
+            data / "filter" / "filter_quarantine" / "iteration-0" / f"{shard}.parquet"
+        )
         assert labels.height == kept.height + quarantined.height
         assert kept["label_id"].is_unique().all()
         assert set(kept["label_id"]) | set(quarantined["label_id"]) == set(labels["label_id"])

@@ -8,7 +8,17 @@ from __future__ import annotations
 import os
 
 import polars as pl
-from dagster import AssetCheckResult, DagsterInstance, asset, asset_check, execute_job, job, materialize, op, reconstructable
+from dagster import (
+    AssetCheckResult,
+    DagsterInstance,
+    asset,
+    asset_check,
+    execute_job,
+    job,
+    materialize,
+    op,
+    reconstructable,
+)
 from dvc.exceptions import DvcException
 
 from data_checks.gates import validate, verdict_metadata
@@ -54,7 +64,9 @@ def dies() -> None:
 
 
 def test_a_failed_gate_says_what_it_measured_against_its_threshold(instance):
-    run = materialize([labels_per_image, labels_cover_images, downstream], instance=instance, raise_on_error=False)
+    run = materialize(
+        [labels_per_image, labels_cover_images, downstream], instance=instance, raise_on_error=False
+    )
     assert not run.success
     assert run_failure(instance, run.run_id) == "gate labels_cover_images failed: labelled share 0.5 < 0.9"
 
@@ -66,7 +78,10 @@ def test_a_failed_step_says_what_its_code_raised(instance):
 
 def test_a_dvc_error_is_marked_as_dvc_s_with_its_message(instance):
     run = materialize([committed], instance=instance, raise_on_error=False)
-    assert run_failure(instance, run.run_id) == "step committed: DVC DvcException: failed to commit dvc.yaml:annotate: output 'data/annotate' does not exist"
+    assert (
+        run_failure(instance, run.run_id)
+        == "step committed: DVC DvcException: failed to commit dvc.yaml:annotate: output 'data/annotate' does not exist"
+    )
 
 
 def test_a_step_whose_process_died_says_how(tmp_path):

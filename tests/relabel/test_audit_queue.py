@@ -23,16 +23,38 @@ PARAMS = ReviewParams()
 FILTER = RegionFilterParams(min_score={"default": 0.0, "consensus": 0.2})
 
 
-def region(label_id: str, category: str, box: list[float], source: str = "human", score: float = 1.0, **extra) -> dict:
+def region(
+    label_id: str, category: str, box: list[float], source: str = "human", score: float = 1.0, **extra
+) -> dict:
     return {
-        "label_id": label_id, "image_id": extra.pop("image_id", IMAGE), "annotation_type": "region_text", "task": extra.pop("task", "object"),
-        "region_kind": "object", "category": category, "text": category, "box": box, "score": score, "source": source,
-        "iteration": 0, "status": "raw", **extra,
+        "label_id": label_id,
+        "image_id": extra.pop("image_id", IMAGE),
+        "annotation_type": "region_text",
+        "task": extra.pop("task", "object"),
+        "region_kind": "object",
+        "category": category,
+        "text": category,
+        "box": box,
+        "score": score,
+        "source": source,
+        "iteration": 0,
+        "status": "raw",
+        **extra,
     }
 
 
 def caption(label_id: str, text: str, source: str = "human", image_id: str = IMAGE) -> dict:
-    return {"label_id": label_id, "image_id": image_id, "annotation_type": "text", "task": "brief_caption", "text": text, "score": 1.0, "source": source, "iteration": 0, "status": "raw"}
+    return {
+        "label_id": label_id,
+        "image_id": image_id,
+        "annotation_type": "text",
+        "task": "brief_caption",
+        "text": text,
+        "score": 1.0,
+        "source": source,
+        "iteration": 0,
+        "status": "raw",
+    }
 
 
 CAT_BOX, DOG_BOX, EMPTY_BOX = [10.0, 10.0, 50.0, 50.0], [60.0, 10.0, 100.0, 50.0], [10.0, 60.0, 40.0, 90.0]
@@ -49,19 +71,35 @@ def predictions() -> pl.DataFrame:
 
 
 def evidence(**overrides) -> Evidence:
-    return Evidence(**{"predictions": predictions(), "region_filter": FILTER, "protected_sources": ("human", "human-audit"), "rare": ("kite",), "categories": CATEGORIES, "model_source": "florence2@iteration-0", **overrides})
+    return Evidence(
+        **{
+            "predictions": predictions(),
+            "region_filter": FILTER,
+            "protected_sources": ("human", "human-audit"),
+            "rare": ("kite",),
+            "categories": CATEGORIES,
+            "model_source": "florence2@iteration-0",
+            **overrides,
+        }
+    )
 
 
 def scored_by_id(labels: pl.DataFrame, **overrides) -> dict[str, dict]:
-    return {row["label_id"]: row for row in suspicion_scores(labels, evidence(**overrides), PARAMS).iter_rows(named=True)}
+    return {
+        row["label_id"]: row
+        for row in suspicion_scores(labels, evidence(**overrides), PARAMS).iter_rows(named=True)
+    }
 
 
 def test_a_label_every_source_contradicts_is_the_most_suspicious():
-    labels = frame("labels", [
-        region("right-cat", "cat", CAT_BOX),
-        region("wrong-dog", "cat", DOG_BOX),  # a human called the dog a cat
-        region("nothing-there", "tree", EMPTY_BOX, "consensus@1", 0.25),
-    ])
+    labels = frame(
+        "labels",
+        [
+            region("right-cat", "cat", CAT_BOX),
+            region("wrong-dog", "cat", DOG_BOX),  # a human called the dog a cat
+            region("nothing-there", "tree", EMPTY_BOX, "consensus@1", 0.25),
+        ],
+    )
     scored = suspicion_scores(labels, evidence(), PARAMS)
     rows = {row["label_id"]: row for row in scored.iter_rows(named=True)}
     right, wrong, nothing = rows["right-cat"], rows["wrong-dog"], rows["nothing-there"]
@@ -79,17 +117,23 @@ def test_a_label_every_source_contradicts_is_the_most_suspicious():
     assert scored["label_id"].to_list()[-1] == "right-cat"
     # the weighted mean of the signals that apply: votes, support, model, history, rarity
     w = PARAMS.weights
-    assert wrong["suspicion"] == pytest.approx((w.category_votes + w.support + w.model_confidence) / (w.category_votes + w.support + w.model_confidence + w.history + w.rarity))
+    assert wrong["suspicion"] == pytest.approx(
+        (w.category_votes + w.support + w.model_confidence)
+        / (w.category_votes + w.support + w.model_confidence + w.history + w.rarity)
+    )
     assert right["suspicion"] < 0.15
 
 
 def test_a_caption_naming_what_no_region_shows_is_suspicious():
-    labels = frame("labels", [
-        region("cat", "cat", CAT_BOX),
-        caption("shown", "A cat sits by a dog."),
-        caption("unshown", "A kite above a tree."),
-        caption("nameless", "Something is here."),
-    ])
+    labels = frame(
+        "labels",
+        [
+            region("cat", "cat", CAT_BOX),
+            caption("shown", "A cat sits by a dog."),
+            caption("unshown", "A kite above a tree."),
+            caption("nameless", "Something is here."),
+        ],
+    )
     rows = scored_by_id(labels)
     # the cat is a person's region (sure); the dog only the specialists' (at best 0.8)
     assert rows["shown"]["caption_regions"] == pytest.approx((0.0 + 0.2) / 2)
@@ -103,22 +147,31 @@ def test_a_caption_naming_what_no_region_shows_is_suspicious():
 def test_a_fused_label_is_not_judged_by_the_predictions_it_was_fused_from():
     made_of = ["shapes@1-cat", "tinydet@1-cat"]
     fused = region("fused", "cat", [11.0, 10.0, 50.0, 51.0], "consensus@1", 0.7, provenance=made_of)
-    caption_of_it = {**region("described", "cat", [11.0, 10.0, 50.0, 51.0], "grounding@1", 0.7, task="region_caption"), "linked_label_id": "fused"}
+    caption_of_it = {
+        **region("described", "cat", [11.0, 10.0, 50.0, 51.0], "grounding@1", 0.7, task="region_caption"),
+        "linked_label_id": "fused",
+    }
     rows = scored_by_id(frame("labels", [fused, caption_of_it]))
     # its box is judged against the model's cat (the same box) only, not the two it was made from
     assert rows["fused"]["box_fit"] == pytest.approx(0.0)
-    without_model = scored_by_id(frame("labels", [fused]), predictions=predictions().filter(pl.col("source") != "florence2@iteration-0"))
+    without_model = scored_by_id(
+        frame("labels", [fused]),
+        predictions=predictions().filter(pl.col("source") != "florence2@iteration-0"),
+    )
     assert without_model["fused"]["box_fit"] is None
     # ... but they still vote and support it; a region caption's box is its region's: not judged
     assert rows["fused"]["support"] == 0.0 and rows["described"]["box_fit"] is None
 
 
 def test_history_and_rarity_raise_suspicion():
-    labels = frame("labels", [
-        region("plain", "cat", CAT_BOX, "consensus@1", 0.9),
-        region("flipped", "cat", CAT_BOX, "consensus@1", 0.9, replaces="older"),
-        region("rare", "kite", CAT_BOX, "consensus@1", 0.9, image_id="img-b"),
-    ])
+    labels = frame(
+        "labels",
+        [
+            region("plain", "cat", CAT_BOX, "consensus@1", 0.9),
+            region("flipped", "cat", CAT_BOX, "consensus@1", 0.9, replaces="older"),
+            region("rare", "kite", CAT_BOX, "consensus@1", 0.9, image_id="img-b"),
+        ],
+    )
     rows = scored_by_id(labels)
     assert rows["plain"]["history"] == 0.0 and rows["flipped"]["history"] == 1.0
     assert rows["rare"]["rarity"] == 1.0 and rows["plain"]["rarity"] == 0.0
@@ -126,11 +179,14 @@ def test_history_and_rarity_raise_suspicion():
 
 
 def test_only_labels_an_audit_can_show_and_nobody_audited_are_scored():
-    labels = frame("labels", [
-        region("audited", "cat", CAT_BOX, "human-audit@maria"),
-        {**caption("alt", "a photo"), "task": "alt_text"},
-        region("open", "cat", CAT_BOX),
-    ])
+    labels = frame(
+        "labels",
+        [
+            region("audited", "cat", CAT_BOX, "human-audit@maria"),
+            {**caption("alt", "a photo"), "task": "alt_text"},
+            region("open", "cat", CAT_BOX),
+        ],
+    )
     assert auditable(labels)["label_id"].to_list() == ["open"]
     assert list(scored_by_id(labels)) == ["open"]
 
@@ -140,7 +196,18 @@ def scored_frame(rows: list[tuple[str, str, str | None, float]]) -> pl.DataFrame
     from relabel.audit_queue import SCORED_SCHEMA
 
     return pl.DataFrame(
-        [{"label_id": i, "image_id": IMAGE, "annotation_type": t, "task": "object" if t != "text" else "brief_caption", "category": c, "source": "human", "suspicion": s} for i, t, c, s in rows],
+        [
+            {
+                "label_id": i,
+                "image_id": IMAGE,
+                "annotation_type": t,
+                "task": "object" if t != "text" else "brief_caption",
+                "category": c,
+                "source": "human",
+                "suspicion": s,
+            }
+            for i, t, c, s in rows
+        ],
         schema=SCORED_SCHEMA,
     )
 
@@ -148,7 +215,11 @@ def scored_frame(rows: list[tuple[str, str, str | None, float]]) -> pl.DataFrame
 def test_the_queue_keeps_places_for_rare_classes_and_every_type_within_the_budget():
     scored = scored_frame(
         [(f"obj{i}", "region_text", "cat", 0.9 - i / 100) for i in range(10)]
-        + [("kite-low", "region_text", "kite", 0.1), ("cap-low", "text", None, 0.05), ("ground", "text_phrase_region", "dog", 0.2)]
+        + [
+            ("kite-low", "region_text", "kite", 0.1),
+            ("cap-low", "text", None, 0.05),
+            ("ground", "text_phrase_region", "dog", 0.2),
+        ]
     )
     queue = select_queue(scored, 5, min_per_type=1, min_per_rare_class=1, rare=["kite"])
     assert queue.height == 5
@@ -170,21 +241,28 @@ def test_the_queue_keeps_places_for_rare_classes_and_every_type_within_the_budge
 
 
 def test_verdicts_replace_the_labels_they_judged_and_account_for_every_row():
-    labels = frame("labels", [
-        region("right-cat", "cat", CAT_BOX),
-        region("wrong-dog", "cat", DOG_BOX),
-        region("nothing-there", "tree", EMPTY_BOX, "consensus@1", 0.25),
-        region("unqueued", "cat", CAT_BOX, "consensus@1", 0.9),
-        region("elsewhere", "cat", CAT_BOX, image_id="img-b"),
-    ])
-    truth = frame("labels", [region("t-cat", "cat", CAT_BOX, "truth"), region("t-dog", "dog", DOG_BOX, "truth")])
+    labels = frame(
+        "labels",
+        [
+            region("right-cat", "cat", CAT_BOX),
+            region("wrong-dog", "cat", DOG_BOX),
+            region("nothing-there", "tree", EMPTY_BOX, "consensus@1", 0.25),
+            region("unqueued", "cat", CAT_BOX, "consensus@1", 0.9),
+            region("elsewhere", "cat", CAT_BOX, image_id="img-b"),
+        ],
+    )
+    truth = frame(
+        "labels", [region("t-cat", "cat", CAT_BOX, "truth"), region("t-dog", "dog", DOG_BOX, "truth")]
+    )
     queued = labels.filter(pl.col("label_id").is_in(["right-cat", "wrong-dog", "nothing-there"]))
     images = pl.DataFrame({"image_id": [IMAGE], "uri": ["a.png"], "width": [120], "height": [100]})
     tasks = audit.audit_tasks(images, queued, lambda uri: uri)
     correct = dict(label_correctness(queued, truth).select("label_id", "correct").iter_rows())
     verdicts = audit.import_audit(tasks, audit.judge_from_truth(tasks, truth, correct), queued)
     assert dict(verdicts.decisions.select("label_id", "decision").iter_rows()) == {
-        "right-cat": "accepted", "wrong-dog": "corrected", "nothing-there": "rejected",
+        "right-cat": "accepted",
+        "wrong-dog": "corrected",
+        "nothing-there": "rejected",
     }
 
     applied = apply_verdicts(labels, verdicts.labels, verdicts.decisions)

@@ -18,17 +18,58 @@ def test_the_baseline_answers_every_image_with_the_most_frequent_class_caption_a
     labels = frame(
         "labels",
         [
-            {"label_id": "1", "image_id": "a", "annotation_type": "region_text", "task": "object", "category": "cat", "box": [10, 10, 30, 20]},
-            {"label_id": "2", "image_id": "b", "annotation_type": "region_text", "task": "object", "category": "cat", "box": [40, 40, 100, 60]},
-            {"label_id": "3", "image_id": "b", "annotation_type": "region_text", "task": "object", "category": "dog", "box": [0, 0, 10, 10]},
-            {"label_id": "4", "image_id": "a", "annotation_type": "text", "task": "brief_caption", "text": "A cat."},
-            {"label_id": "5", "image_id": "b", "annotation_type": "text", "task": "brief_caption", "text": "A cat."},
-            {"label_id": "6", "image_id": "b", "annotation_type": "text", "task": "brief_caption", "text": "A dog."},
+            {
+                "label_id": "1",
+                "image_id": "a",
+                "annotation_type": "region_text",
+                "task": "object",
+                "category": "cat",
+                "box": [10, 10, 30, 20],
+            },
+            {
+                "label_id": "2",
+                "image_id": "b",
+                "annotation_type": "region_text",
+                "task": "object",
+                "category": "cat",
+                "box": [40, 40, 100, 60],
+            },
+            {
+                "label_id": "3",
+                "image_id": "b",
+                "annotation_type": "region_text",
+                "task": "object",
+                "category": "dog",
+                "box": [0, 0, 10, 10],
+            },
+            {
+                "label_id": "4",
+                "image_id": "a",
+                "annotation_type": "text",
+                "task": "brief_caption",
+                "text": "A cat.",
+            },
+            {
+                "label_id": "5",
+                "image_id": "b",
+                "annotation_type": "text",
+                "task": "brief_caption",
+                "text": "A cat.",
+            },
+            {
+                "label_id": "6",
+                "image_id": "b",
+                "annotation_type": "text",
+                "task": "brief_caption",
+                "text": "A dog.",
+            },
         ],
     )
     answered = prior_labels(labels, training, _images(("x", 1000, 500), ("y", 10, 10)))
     assert answered.schema == LABELS_SCHEMA
-    assert (answered["source"] == BASELINE_SOURCE).all() and answered["label_id"].n_unique() == answered.height
+    assert (answered["source"] == BASELINE_SOURCE).all() and answered[
+        "label_id"
+    ].n_unique() == answered.height
     x = answered.filter(pl.col("image_id") == "x")
     assert x.filter(pl.col("task") == "object")["category"].to_list() == ["cat"]
     # cat boxes relative to their images: (0.1, 0.2, 0.3, 0.4) and (0.2, 0.4, 0.5, 0.6)
@@ -48,11 +89,31 @@ def test_the_baseline_names_every_region_with_the_most_frequent_category():
 
     training = frame(
         "labels",
-        [{"label_id": str(i), "image_id": "a", "annotation_type": "region_text", "task": "object", "category": c, "box": [0, 0, 5, 5]} for i, c in enumerate(["dog", "cat", "dog"])],
+        [
+            {
+                "label_id": str(i),
+                "image_id": "a",
+                "annotation_type": "region_text",
+                "task": "object",
+                "category": c,
+                "box": [0, 0, 5, 5],
+            }
+            for i, c in enumerate(["dog", "cat", "dog"])
+        ],
     )
     truth = frame(
         "labels",
-        [{"label_id": f"t{i}", "image_id": "x", "annotation_type": "region_text", "task": "object", "category": c, "box": [10.0 * i, 0, 10.0 * i + 8, 8]} for i, c in enumerate(["dog", "cat", "bird", "dog"])],
+        [
+            {
+                "label_id": f"t{i}",
+                "image_id": "x",
+                "annotation_type": "region_text",
+                "task": "object",
+                "category": c,
+                "box": [10.0 * i, 0, 10.0 * i + 8, 8],
+            }
+            for i, c in enumerate(["dog", "cat", "bird", "dog"])
+        ],
     )
     named = prior_region_names(training, truth)
     assert named["category"].to_list() == ["dog"] * 4 and named["box"].to_list() == truth["box"].to_list()

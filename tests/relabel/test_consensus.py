@@ -242,7 +242,15 @@ def _random_case(seed: int, n_images: int = 4, sources: int = 3):
                     jittered = np.clip(box + rng.normal(0, 0.03, 4), 0, 1)
                     if jittered[2] - jittered[0] > 0.01 and jittered[3] - jittered[1] > 0.01:
                         category = ["dog", "cat"][k % 2] if rng.random() < 0.9 else "bird"
-                        rows.append(region(f"im{image}", f"src{s}@1", jittered.tolist(), float(rng.uniform(0.05, 1)), category=category))
+                        rows.append(
+                            region(
+                                f"im{image}",
+                                f"src{s}@1",
+                                jittered.tolist(),
+                                float(rng.uniform(0.05, 1)),
+                                category=category,
+                            )
+                        )
     return frame("labels", rows)
 
 
@@ -268,14 +276,22 @@ def test_fusion_matches_ensemble_boxes_on_a_random_case(weights):
         theirs = pl.DataFrame(
             {
                 "category": [sorted(classes)[int(c)] for c in names],
-                "x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2], "y1": boxes[:, 3], "score": scores,
+                "x0": boxes[:, 0],
+                "y0": boxes[:, 1],
+                "x1": boxes[:, 2],
+                "y1": boxes[:, 3],
+                "score": scores,
             }
         ).sort("category", "x0", "y0")
         ours = mine.select(
-            "category", *(pl.col("box").arr.get(i).alias(c) for i, c in enumerate(["x0", "y0", "x1", "y1"])), "score"
+            "category",
+            *(pl.col("box").arr.get(i).alias(c) for i, c in enumerate(["x0", "y0", "x1", "y1"])),
+            "score",
         ).sort("category", "x0", "y0")
         assert ours["category"].to_list() == theirs["category"].to_list()
-        np.testing.assert_allclose(ours.drop("category").to_numpy(), theirs.drop("category").to_numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            ours.drop("category").to_numpy(), theirs.drop("category").to_numpy(), rtol=1e-6, atol=1e-6
+        )
 
 
 def test_every_row_is_accounted_for_on_a_random_case():
@@ -333,7 +349,11 @@ def test_texts_of_other_tasks_humans_and_regions_are_left_alone():
 def test_merging_again_is_idempotent():
     labels = frame(
         "labels",
-        [caption("img", "c1@1", "a dog on grass"), caption("img", "c2@1", "a dog on grass!"), caption("img", "c3@1", "A dog on grass")],
+        [
+            caption("img", "c1@1", "a dog on grass"),
+            caption("img", "c2@1", "a dog on grass!"),
+            caption("img", "c3@1", "A dog on grass"),
+        ],
     )
     once = merge_texts(labels)
     assert once.height == 1 and once["agreement"][0] == 3

@@ -67,8 +67,14 @@ def _images() -> pl.DataFrame:
     return frame(
         "images",
         [
-            {"image_id": f"img-{i}", "uri": f"images/{i}.png", "width": 64, "height": 48,
-             "dataset": "world", "split": "eval" if i == 3 else "train"}
+            {
+                "image_id": f"img-{i}",
+                "uri": f"images/{i}.png",
+                "width": 64,
+                "height": 48,
+                "dataset": "world",
+                "split": "eval" if i == 3 else "train",
+            }
             for i in (1, 2, 3)
         ],
     )
@@ -76,10 +82,18 @@ def _images() -> pl.DataFrame:
 
 def _text_statistics() -> pl.DataFrame:
     return pl.DataFrame(
-        {"task": ["brief_caption", "detailed_caption"], "texts": [2, 1],
-         "avg_tokens": [3.5, 7.0], "avg_object_complexity": [1.25, None]},
-        schema={"task": pl.String, "texts": pl.UInt32, "avg_tokens": pl.Float64,
-                "avg_object_complexity": pl.Float64},
+        {
+            "task": ["brief_caption", "detailed_caption"],
+            "texts": [2, 1],
+            "avg_tokens": [3.5, 7.0],
+            "avg_object_complexity": [1.25, None],
+        },
+        schema={
+            "task": pl.String,
+            "texts": pl.UInt32,
+            "avg_tokens": pl.Float64,
+            "avg_object_complexity": pl.Float64,
+        },
     )
 
 
@@ -94,9 +108,13 @@ def _inputs(**changes) -> CardInputs:
         frozen_split_metrics=pl.DataFrame({"metric": ["map", "caption_cider"], "value": [0.41234, None]}),
         split={"images": 1, "audited labels": 1, "digest": DIGEST},
         lineage=pl.DataFrame(
-            {"iteration": [1, 0], "labels": [6, 4],
-             "made_from": ["iteration_labels 0 + reannotation 0", "annotate/initial_annotations"],
-             "model_run": ["http://mlflow/runs/abc", None], "dvc_md5": ["feedc0de", None]},
+            {
+                "iteration": [1, 0],
+                "labels": [6, 4],
+                "made_from": ["iteration_labels 0 + reannotation 0", "annotate/initial_annotations"],
+                "model_run": ["http://mlflow/runs/abc", None],
+                "dvc_md5": ["feedc0de", None],
+            },
         ),
         versions={"relabel": "0.1.0", "polars": "2.1.0"},
         sources=[
@@ -104,8 +122,12 @@ def _inputs(**changes) -> CardInputs:
             {"name": "web", "kind": "folder", "licence": "cc-by-4.0", "url": "https://example.org"},
         ],
         dvc_inputs=MD5,
-        filters={"min_score": 0.5, "statuses": ["raw", "superseded"], "include_quarantined": False,
-                 "left_out": {"below_min_score": 2, "status": 1}},
+        filters={
+            "min_score": 0.5,
+            "statuses": ["raw", "superseded"],
+            "include_quarantined": False,
+            "left_out": {"below_min_score": 2, "status": 1},
+        },
         export_command=COMMAND,
     )
     return dataclasses.replace(inputs, **changes)
@@ -252,8 +274,15 @@ def test_writing_twice_gives_the_same_bytes(tmp_path):
 
 
 def test_an_empty_export_still_gets_a_card(tmp_path):
-    card = write_card(tmp_path, _inputs(labels=frame("labels", []), images=frame("images", []),
-                                        text_statistics=None, frozen_split_metrics=None))
+    card = write_card(
+        tmp_path,
+        _inputs(
+            labels=frame("labels", []),
+            images=frame("images", []),
+            text_statistics=None,
+            frozen_split_metrics=None,
+        ),
+    )
     assert "This export holds 0 labels on 0 images, of 0 tasks (–)" in card.markdown
     assert "No object labels." in card.markdown
     for path in card.plots.values():

@@ -35,13 +35,18 @@ def picture(seed: int, size=(320, 240)) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for _ in range(4):
         x0, y0 = rng.integers(0, size[0] - 60), rng.integers(0, size[1] - 60)
-        draw.ellipse([x0, y0, x0 + rng.integers(30, 120), y0 + rng.integers(30, 120)], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        draw.ellipse(
+            [x0, y0, x0 + rng.integers(30, 120), y0 + rng.integers(30, 120)],
+            fill=tuple(int(v) for v in rng.integers(0, 255, 3)),
+        )
     return image
 
 
 def resized_jpeg_copy(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.convert("RGB").resize((image.width * 3 // 4, image.height * 3 // 4)).save(buffer, "JPEG", quality=55)
+    image.convert("RGB").resize((image.width * 3 // 4, image.height * 3 // 4)).save(
+        buffer, "JPEG", quality=55
+    )
     return buffer.getvalue()
 
 
@@ -88,7 +93,11 @@ def test_the_split_is_stratified_rare_classes_included():
     assert len(held) == 10
     assert sum("rare" in categories[i] for i in held) == 1  # its share rounds to 0; at least one
     # a class on one image only cannot be both evaluated and trained on: it is not forced in
-    assert category_targets({"once": 1, "rare": 3, "common": 100}, 0.1) == {"once": 0, "rare": 1, "common": 10}
+    assert category_targets({"once": 1, "rare": 3, "common": 100}, 0.1) == {
+        "once": 0,
+        "rare": 1,
+        "common": 10,
+    }
     assert draw_split(ids, [None] * 100, categories, 0.1, 8) == split  # deterministic
     assert set(draw_split(ids, [None] * 100, categories, 0.0, 8).values()) == {"train"}
 
@@ -141,12 +150,20 @@ def test_a_frozen_split_keeps_its_images_catches_their_copies_and_takes_no_new_o
 
 def test_leaks_by_content_hash_and_by_near_duplicate(pictures):
     paths, copy = pictures
-    split = pl.DataFrame({"image_id": ["s0", "s1"], "phash": [perceptual_hash(paths[0]), perceptual_hash(paths[1])]})
+    split = pl.DataFrame(
+        {"image_id": ["s0", "s1"], "phash": [perceptual_hash(paths[0]), perceptual_hash(paths[1])]}
+    )
     candidates = pl.DataFrame(
-        {"image_id": ["s1", "copy", "other"], "phash": [perceptual_hash(paths[1]), perceptual_hash(copy), perceptual_hash(paths[7])]}
+        {
+            "image_id": ["s1", "copy", "other"],
+            "phash": [perceptual_hash(paths[1]), perceptual_hash(copy), perceptual_hash(paths[7])],
+        }
     )
     found = leaks(candidates, split, max_distance=8)
-    assert found.select("image_id", "split_image_id", "kind").rows() == [("s1", "s1", "same_content"), ("copy", "s0", "near_duplicate")]
+    assert found.select("image_id", "split_image_id", "kind").rows() == [
+        ("s1", "s1", "same_content"),
+        ("copy", "s0", "near_duplicate"),
+    ]
     assert found.filter(pl.col("kind") == "near_duplicate")["distance"][0] <= 8
     assert leaks(candidates.filter(pl.col("image_id") == "other"), split, 8).is_empty()
 
@@ -154,7 +171,19 @@ def test_leaks_by_content_hash_and_by_near_duplicate(pictures):
 def labels_of(image_id: str, text: str) -> pl.DataFrame:
     return frame(
         "labels",
-        [{"label_id": f"{image_id}-{text}", "image_id": image_id, "annotation_type": "text", "task": "brief_caption", "text": text, "score": 1.0, "source": "human-audit@ann", "iteration": 0, "status": "audited"}],
+        [
+            {
+                "label_id": f"{image_id}-{text}",
+                "image_id": image_id,
+                "annotation_type": "text",
+                "task": "brief_caption",
+                "text": text,
+                "score": 1.0,
+                "source": "human-audit@ann",
+                "iteration": 0,
+                "status": "audited",
+            }
+        ],
     )
 
 
@@ -172,7 +201,10 @@ def test_the_manifest_shows_a_change_of_any_byte_of_an_image_or_a_label(tmp_path
     paths[1].write_bytes(bytes(data))
     edited = pl.concat([labels_of("a", "a red fish."), labels_of("b", "a cat")])
     changes = manifest_changes(frozen, split_manifest(images, edited, tmp_path))
-    assert changes.select("image_id", "change").rows() == [("a", "labels_changed"), ("b", "image_bytes_changed")]
+    assert changes.select("image_id", "change").rows() == [
+        ("a", "labels_changed"),
+        ("b", "image_bytes_changed"),
+    ]
     assert manifest_digest(frozen) != manifest_digest(split_manifest(images, edited, tmp_path))
 
     fewer = manifest_changes(frozen, split_manifest(images.head(1), labels, tmp_path))
@@ -182,7 +214,9 @@ def test_the_manifest_shows_a_change_of_any_byte_of_an_image_or_a_label(tmp_path
 def test_freeze_and_an_explicit_logged_unfreeze(tmp_path, pictures):
     paths, _ = pictures
     folder = tmp_path / "frozen"
-    manifest = split_manifest(pl.DataFrame({"image_id": ["a"], "uri": [str(paths[0])]}), labels_of("a", "x"), tmp_path)
+    manifest = split_manifest(
+        pl.DataFrame({"image_id": ["a"], "uri": [str(paths[0])]}), labels_of("a", "x"), tmp_path
+    )
     assert read_freeze(folder) is None and frozen_manifest(folder) is None
     record = freeze(folder, manifest, by="ci", reason="audited", auditors={"ann"})
     assert record["digest"] == manifest_digest(manifest) and record["auditors"] == ["ann"]
@@ -195,4 +229,8 @@ def test_freeze_and_an_explicit_logged_unfreeze(tmp_path, pictures):
         unfreeze(folder, by="maria", reason="again")
     history = freeze_history(folder)
     assert [h["action"] for h in history] == ["freeze", "unfreeze"]
-    assert history[1] == json.loads(json.dumps(entry)) and history[1]["by"] == "maria" and history[1]["reason"] == "two labels were wrong"
+    assert (
+        history[1] == json.loads(json.dumps(entry))
+        and history[1]["by"] == "maria"
+        and history[1]["reason"] == "two labels were wrong"
+    )

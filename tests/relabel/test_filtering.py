@@ -19,15 +19,25 @@ ONTOLOGY = ("ball", "cat", "dog")
 
 PARAMS = FilterParams.model_validate(
     {
-        "text": {"brief_caption": {"max_objects": 3, "min_object_complexity": 1.0, "min_action_complexity": 0.0}},
-        "region": {"min_score": {"default": 0.0, "consensus": 0.3}, "nms_iou": 0.5, "min_box_side": 2.0, "min_box_area": 16.0},
+        "text": {
+            "brief_caption": {"max_objects": 3, "min_object_complexity": 1.0, "min_action_complexity": 0.0}
+        },
+        "region": {
+            "min_score": {"default": 0.0, "consensus": 0.3},
+            "nms_iou": 0.5,
+            "min_box_side": 2.0,
+            "min_box_area": 16.0,
+        },
         "phrase_blacklist": ["it", "background", "image"],
     }
 )
 
 
 def images() -> pl.DataFrame:
-    return pl.DataFrame({"image_id": [IMAGE], "width": [100], "height": [80]}, schema={"image_id": pl.String, "width": pl.Int32, "height": pl.Int32})
+    return pl.DataFrame(
+        {"image_id": [IMAGE], "width": [100], "height": [80]},
+        schema={"image_id": pl.String, "width": pl.Int32, "height": pl.Int32},
+    )
 
 
 def label(label_id: str, **values) -> dict:
@@ -48,16 +58,36 @@ def label(label_id: str, **values) -> dict:
 
 
 def caption(label_id: str, text: str, source: str = "captioner@1") -> dict:
-    return label(label_id, annotation_type="text", task="brief_caption", region_kind=None, category=None, box=None, text=text, source=source)
+    return label(
+        label_id,
+        annotation_type="text",
+        task="brief_caption",
+        region_kind=None,
+        category=None,
+        box=None,
+        text=text,
+        source=source,
+    )
 
 
 def parses(*rows: tuple[str, int, float | None]) -> pl.DataFrame:
     """(label_id, n_objects, object_complexity) parse rows."""
     return pl.DataFrame(
         [
-            {"label_id": i, "n_tokens": 5, "objects": [], "attributes": [], "actions": [], "proper_nouns": [],
-             "n_objects": n, "n_attributes": 0, "n_actions": 0, "n_proper_nouns": 0,
-             "object_complexity": c, "action_complexity": None}
+            {
+                "label_id": i,
+                "n_tokens": 5,
+                "objects": [],
+                "attributes": [],
+                "actions": [],
+                "proper_nouns": [],
+                "n_objects": n,
+                "n_attributes": 0,
+                "n_actions": 0,
+                "n_proper_nouns": 0,
+                "object_complexity": c,
+                "action_complexity": None,
+            }
             for i, n, c in rows
         ],
         schema=PARSE_SCHEMA,
@@ -66,7 +96,9 @@ def parses(*rows: tuple[str, int, float | None]) -> pl.DataFrame:
 
 def run(rows: list[dict], text_parses: pl.DataFrame | None = None, params: FilterParams = PARAMS):
     labels = frame("labels", rows)
-    result = filter_labels(labels, images(), parses() if text_parses is None else text_parses, params, ONTOLOGY)
+    result = filter_labels(
+        labels, images(), parses() if text_parses is None else text_parses, params, ONTOLOGY
+    )
     assert result.labels.height + result.quarantine.height == labels.height
     assert set(result.labels["label_id"]).isdisjoint(result.quarantine["label_id"])
     return result
@@ -87,7 +119,12 @@ def test_every_dropped_label_is_quarantined_with_its_reason_threshold_and_record
         ]
     )
     assert result.labels["label_id"].to_list() == ["keep"]
-    assert reasons(result) == {"faint": "low_confidence", "nan": "low_confidence", "tiny": "below_min_size", "alien": "unknown_category"}
+    assert reasons(result) == {
+        "faint": "low_confidence",
+        "nan": "low_confidence",
+        "tiny": "below_min_size",
+        "alien": "unknown_category",
+    }
     faint = result.quarantine.filter(pl.col("label_id") == "faint").row(0, named=True)
     assert faint["phase"] == "filter" and faint["record_kind"] == "label"
     assert "0.1 < 0.3" in faint["detail"] and "filter.region.min_score" in faint["detail"]
@@ -98,7 +135,11 @@ def test_every_dropped_label_is_quarantined_with_its_reason_threshold_and_record
 def test_boxes_are_clipped_to_the_image_and_a_box_outside_it_is_dropped_as_it_arrived():
     result = run(
         [
-            label("sticks_out", box=[80.0, 60.0, 130.0, 95.0], quad=[80.0, 60.0, 130.0, 60.0, 130.0, 95.0, 80.0, 95.0]),
+            label(
+                "sticks_out",
+                box=[80.0, 60.0, 130.0, 95.0],
+                quad=[80.0, 60.0, 130.0, 60.0, 130.0, 95.0, 80.0, 95.0],
+            ),
             label("outside", box=[120.0, 10.0, 150.0, 40.0]),
         ]
     )
@@ -121,7 +162,9 @@ def test_protected_human_labels_survive_the_quality_filters():
     assert set(result.labels["label_id"]) == {"human_faint", "human_tiny"}
     # a better-scored machine box loses to the human one it duplicates
     assert reasons(result) == {"machine_dup": "nms_suppressed"}
-    decision = result.decisions.filter(pl.col("label_id") == "machine_dup", pl.col("filter") == "nms_suppressed").row(0, named=True)
+    decision = result.decisions.filter(
+        pl.col("label_id") == "machine_dup", pl.col("filter") == "nms_suppressed"
+    ).row(0, named=True)
     assert decision["other_label_id"] == "human_faint" and decision["value"] > 0.9
 
 
@@ -132,13 +175,28 @@ def test_nms_is_class_aware_unless_asked_and_a_linked_copy_is_no_exception():
         label("cat_there", category="cat", score=0.8, box=[10.0, 10.0, 40.0, 41.0]),
         # a copy of a kept label that names it is still a second object label: one object,
         # one label (the merges fold such rows before the filters ever see them)
-        label("copy_of_best", source="segmenter@1", score=0.5, box=[10.0, 10.0, 40.0, 40.0], linked_label_id="best",
-              polygon=[[10.0, 10.0, 40.0, 10.0, 40.0, 40.0]]),
+        label(
+            "copy_of_best",
+            source="segmenter@1",
+            score=0.5,
+            box=[10.0, 10.0, 40.0, 40.0],
+            linked_label_id="best",
+            polygon=[[10.0, 10.0, 40.0, 10.0, 40.0, 40.0]],
+        ),
     ]
     aware = run(rows)
     assert reasons(aware) == {"worse": "nms_suppressed", "copy_of_best": "nms_suppressed"}
-    agnostic = run(rows, params=PARAMS.model_copy(update={"region": PARAMS.region.model_copy(update={"class_agnostic_nms": True})}))
-    assert reasons(agnostic) == {"worse": "nms_suppressed", "cat_there": "nms_suppressed", "copy_of_best": "nms_suppressed"}
+    agnostic = run(
+        rows,
+        params=PARAMS.model_copy(
+            update={"region": PARAMS.region.model_copy(update={"class_agnostic_nms": True})}
+        ),
+    )
+    assert reasons(agnostic) == {
+        "worse": "nms_suppressed",
+        "cat_there": "nms_suppressed",
+        "copy_of_best": "nms_suppressed",
+    }
 
 
 def test_an_audited_label_is_protected_by_its_origin_in_nms():
@@ -158,11 +216,25 @@ def test_grounded_phrases_about_no_object_are_blacklisted_by_their_head_word():
 
     def grounding(label_id: str, phrase: str, box: list[float]) -> dict:
         start = text.index(phrase)
-        return label(label_id, annotation_type="text_phrase_region", task="phrase_grounding", region_kind=None, text=text,
-                     phrase_start=start, phrase_end=start + len(phrase), source="grounding@1", box=box)
+        return label(
+            label_id,
+            annotation_type="text_phrase_region",
+            task="phrase_grounding",
+            region_kind=None,
+            text=text,
+            phrase_start=start,
+            phrase_end=start + len(phrase),
+            source="grounding@1",
+            box=box,
+        )
 
-    result = run([grounding("it", "It", [0.0, 0.0, 50.0, 50.0]), grounding("ball", "a red ball", [10.0, 10.0, 40.0, 40.0]),
-                  grounding("bg", "the background", [0.0, 0.0, 100.0, 80.0])])
+    result = run(
+        [
+            grounding("it", "It", [0.0, 0.0, 50.0, 50.0]),
+            grounding("ball", "a red ball", [10.0, 10.0, 40.0, 40.0]),
+            grounding("bg", "the background", [0.0, 0.0, 100.0, 80.0]),
+        ]
+    )
     assert reasons(result) == {"it": "blacklisted_phrase", "bg": "blacklisted_phrase"}
     assert "'the background'" in result.quarantine.filter(pl.col("label_id") == "bg")["detail"][0]
 
@@ -172,13 +244,30 @@ def test_text_filters_use_the_parse_and_the_thresholds_of_the_granularity():
         caption("rich", "A red ball next to a cat."),
         caption("crowded", "A ball, a cat, a dog, a tree and a car."),
         caption("bare", "IMG_0001.JPG"),
-        label("alt", annotation_type="text", task="alt_text", region_kind=None, category=None, box=None, text="x", source="human"),
+        label(
+            "alt",
+            annotation_type="text",
+            task="alt_text",
+            region_kind=None,
+            category=None,
+            box=None,
+            text="x",
+            source="human",
+        ),
     ]
     result = run(rows, parses(("rich", 2, 1.5), ("crowded", 5, 2.0), ("bare", 1, 0.0), ("alt", 0, None)))
     assert reasons(result) == {"crowded": "excessive_objects", "bare": "low_object_complexity"}
-    assert "5.00 more than 3 for brief_caption (filter.text.brief_caption.max_objects)" in result.quarantine.filter(pl.col("label_id") == "crowded")["detail"][0]
+    assert (
+        "5.00 more than 3 for brief_caption (filter.text.brief_caption.max_objects)"
+        in result.quarantine.filter(pl.col("label_id") == "crowded")["detail"][0]
+    )
     # alt_text has no text filter configured here: not judged at all
-    assert result.decisions.filter(pl.col("label_id") == "alt", pl.col("filter").cast(pl.String).str.contains("object")).height == 0
+    assert (
+        result.decisions.filter(
+            pl.col("label_id") == "alt", pl.col("filter").cast(pl.String).str.contains("object")
+        ).height
+        == 0
+    )
 
 
 def test_a_text_without_a_parse_is_an_error_not_a_silent_pass():
@@ -189,14 +278,40 @@ def test_a_text_without_a_parse_is_an_error_not_a_silent_pass():
 def test_labels_about_a_dropped_region_follow_it_into_quarantine():
     rows = [
         label("region", score=0.1, provenance=["detector_box", "traced_polygon"]),
-        label("caption_of_region", task="region_caption", text="a red ball", source="grounding@1", linked_label_id="traced_polygon"),
-        label("grounding_of_region", annotation_type="text_phrase_region", task="phrase_grounding", region_kind=None, text="a ball",
-              phrase_start=0, phrase_end=6, source="grounding@1", linked_label_id="region"),
+        label(
+            "caption_of_region",
+            task="region_caption",
+            text="a red ball",
+            source="grounding@1",
+            linked_label_id="traced_polygon",
+        ),
+        label(
+            "grounding_of_region",
+            annotation_type="text_phrase_region",
+            task="phrase_grounding",
+            region_kind=None,
+            text="a ball",
+            phrase_start=0,
+            phrase_end=6,
+            source="grounding@1",
+            linked_label_id="region",
+        ),
         label("human", source="human", box=[60.0, 40.0, 90.0, 70.0]),
-        label("caption_of_human", task="region_caption", text="a ball", source="grounding@1", linked_label_id="human", box=[60.0, 40.0, 90.0, 70.0]),
+        label(
+            "caption_of_human",
+            task="region_caption",
+            text="a ball",
+            source="grounding@1",
+            linked_label_id="human",
+            box=[60.0, 40.0, 90.0, 70.0],
+        ),
     ]
     result = run(rows)
-    assert reasons(result) == {"region": "low_confidence", "caption_of_region": "depends_on_dropped", "grounding_of_region": "depends_on_dropped"}
+    assert reasons(result) == {
+        "region": "low_confidence",
+        "caption_of_region": "depends_on_dropped",
+        "grounding_of_region": "depends_on_dropped",
+    }
     detail = result.quarantine.filter(pl.col("label_id") == "caption_of_region")["detail"][0]
     assert "region" in detail and "low_confidence" in detail
 
@@ -210,7 +325,14 @@ def test_filter_quality_counts_wrong_drops_and_right_keeps_per_filter():
     decisions = pl.DataFrame(
         {
             "label_id": ["a", "b", "c", "a", "d", "e"],
-            "filter": ["low_confidence", "low_confidence", "low_confidence", "nms_suppressed", "nms_suppressed", "nms_suppressed"],
+            "filter": [
+                "low_confidence",
+                "low_confidence",
+                "low_confidence",
+                "nms_suppressed",
+                "nms_suppressed",
+                "nms_suppressed",
+            ],
             "dropped": [False, True, True, False, True, True],
             "value": [0.9, 0.1, 0.2, None, 0.8, 0.7],
             "threshold": [0.3] * 6,
@@ -218,24 +340,51 @@ def test_filter_quality_counts_wrong_drops_and_right_keeps_per_filter():
         }
     ).cast({"filter": pl.Enum(FILTERS)})
     correctness = pl.DataFrame(
-        {"label_id": ["a", "b", "c", "d", "e"], "correct": [True, False, True, True, False], "truth_id": ["t1", None, "t2", "t1", None]}
+        {
+            "label_id": ["a", "b", "c", "d", "e"],
+            "correct": [True, False, True, True, False],
+            "truth_id": ["t1", None, "t2", "t1", None],
+        }
     )
     quality = {row["filter"]: row for row in filter_quality(decisions, correctness).iter_rows(named=True)}
     assert quality["low_confidence"]["dropped"] == 2 and quality["low_confidence"]["dropped_wrong"] == 1
-    assert quality["low_confidence"]["drop_precision"] == 0.5 and quality["low_confidence"]["keep_precision"] == 1.0
+    assert (
+        quality["low_confidence"]["drop_precision"] == 0.5
+        and quality["low_confidence"]["keep_precision"] == 1.0
+    )
     # d is right but a duplicate of a (same truth object): NMS was right to drop it
-    assert quality["nms_suppressed"]["dropped_wrong"] == 2 and quality["nms_suppressed"]["drop_precision"] == 1.0
-    assert quality["all"]["judged"] == 5 and quality["all"]["dropped"] == 4 and quality["all"]["dropped_wrong"] == 3
+    assert (
+        quality["nms_suppressed"]["dropped_wrong"] == 2 and quality["nms_suppressed"]["drop_precision"] == 1.0
+    )
+    assert (
+        quality["all"]["judged"] == 5
+        and quality["all"]["dropped"] == 4
+        and quality["all"]["dropped_wrong"] == 3
+    )
 
 
 def test_a_minimum_score_per_source_and_task_wins_over_the_source_one():
     params = PARAMS.model_copy(
-        update={"region": PARAMS.region.model_copy(update={"min_score": {"default": 0.0, "grounding": 0.5, "grounding/phrase_grounding": 0.1}})}
+        update={
+            "region": PARAMS.region.model_copy(
+                update={"min_score": {"default": 0.0, "grounding": 0.5, "grounding/phrase_grounding": 0.1}}
+            )
+        }
     )
     rows = [
         label("weak_region_caption", task="region_caption", text="a ball", source="grounding@1", score=0.3),
-        label("weak_grounding", annotation_type="text_phrase_region", task="phrase_grounding", region_kind=None, text="a ball",
-              phrase_start=0, phrase_end=6, source="grounding@1", score=0.3, box=[50.0, 40.0, 90.0, 70.0]),
+        label(
+            "weak_grounding",
+            annotation_type="text_phrase_region",
+            task="phrase_grounding",
+            region_kind=None,
+            text="a ball",
+            phrase_start=0,
+            phrase_end=6,
+            source="grounding@1",
+            score=0.3,
+            box=[50.0, 40.0, 90.0, 70.0],
+        ),
     ]
     result = run(rows, params=params)
     assert reasons(result) == {"weak_region_caption": "low_confidence"}

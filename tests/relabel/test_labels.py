@@ -35,7 +35,9 @@ def _label(**overrides):
 
 
 def test_frame_builds_every_column_of_the_schema_and_round_trips_parquet(tmp_path):
-    labels = frame("labels", [_label(), _label(label_id="l2", annotation_type="text", task="brief_caption", box=None)])
+    labels = frame(
+        "labels", [_label(), _label(label_id="l2", annotation_type="text", task="brief_caption", box=None)]
+    )
     assert labels.schema == LABELS_SCHEMA
     assert labels["box"].to_list()[0] == [1.0, 2.0, 30.0, 40.0]
     assert labels["box"].to_list()[1] is None
@@ -88,15 +90,29 @@ def test_quarantine_row_keeps_the_raw_record_as_json_even_with_nan_and_bytes():
 
 def test_quarantine_row_keeps_undecodable_text_visible():
     text = b"caf\xe9".decode("utf-8", errors="surrogateescape")
-    row = quarantine_row(record_kind="label", phase="ingest", reason="non_utf8_text", detail="d", record={"text": text})
+    row = quarantine_row(
+        record_kind="label", phase="ingest", reason="non_utf8_text", detail="d", record={"text": text}
+    )
     assert json.loads(row["record"]) == {"text": "caf\\xe9"}
 
 
 def test_a_label_refused_before_it_had_an_id_gets_one_from_its_record():
     def refused(text: str) -> dict:
-        return quarantine_row(record_kind="label", phase="ingest", reason="non_utf8_text", detail="d", record={"text": text}, image_id="i1")
+        return quarantine_row(
+            record_kind="label",
+            phase="ingest",
+            reason="non_utf8_text",
+            detail="d",
+            record={"text": text},
+            image_id="i1",
+        )
 
     assert refused("a")["label_id"] == refused("a")["label_id"] != refused("b")["label_id"]
-    assert quarantine_row(record_kind="image", phase="ingest", reason="r", detail="d", record={})["label_id"] is None
-    given = quarantine_row(record_kind="label", phase="filter", reason="r", detail="d", record={}, label_id="L1")
+    assert (
+        quarantine_row(record_kind="image", phase="ingest", reason="r", detail="d", record={})["label_id"]
+        is None
+    )
+    given = quarantine_row(
+        record_kind="label", phase="filter", reason="r", detail="d", record={}, label_id="L1"
+    )
     assert given["label_id"] == "L1"

@@ -9,7 +9,13 @@ import polars as pl
 import pytest
 
 from relabel.labels import LABELS_SCHEMA, empty, frame, label_id_for
-from relabel.merge import CONFLICTS_SCHEMA, SAME_OBJECT_SCHEMA, fold_evidence, merge_with_human, same_object_overlaps
+from relabel.merge import (
+    CONFLICTS_SCHEMA,
+    SAME_OBJECT_SCHEMA,
+    fold_evidence,
+    merge_with_human,
+    same_object_overlaps,
+)
 
 
 def label(image, source, box, category="dog", task="object", score=None, **extra):
@@ -42,7 +48,9 @@ def human() -> pl.DataFrame:
     return frame(
         "labels",
         [
-            label("a", "human", [10.0, 10.0, 50.0, 50.0], "dog", polygon=[[10.0, 10.0, 50.0, 10.0, 50.0, 50.0]]),
+            label(
+                "a", "human", [10.0, 10.0, 50.0, 50.0], "dog", polygon=[[10.0, 10.0, 50.0, 10.0, 50.0, 50.0]]
+            ),
             label("a", "human", [100.0, 100.0, 150.0, 150.0], "cat"),
             label("b", "human", [0.0, 0.0, 30.0, 30.0], "car", agreement=None, provenance=None),
             label("b", "human", None, None, task="brief_caption", text="a car"),
@@ -55,8 +63,24 @@ def machine() -> pl.DataFrame:
     return frame(
         "labels",
         [
-            label("a", "consensus@1", [11.0, 11.0, 51.0, 49.0], "dog", score=0.8, agreement=2, provenance=["x", "y"]),
-            label("a", "consensus@1", [101.0, 99.0, 150.0, 151.0], "dog", score=0.7, agreement=1, provenance=["z"]),
+            label(
+                "a",
+                "consensus@1",
+                [11.0, 11.0, 51.0, 49.0],
+                "dog",
+                score=0.8,
+                agreement=2,
+                provenance=["x", "y"],
+            ),
+            label(
+                "a",
+                "consensus@1",
+                [101.0, 99.0, 150.0, 151.0],
+                "dog",
+                score=0.7,
+                agreement=1,
+                provenance=["z"],
+            ),
             label("a", "consensus@1", [300.0, 300.0, 340.0, 340.0], "dog", score=0.9),
             label("b", "consensus@1", [0.0, 0.0, 30.0, 30.0], "car", task="ocr", score=0.9),
             label("b", "cap@1", None, None, task="brief_caption", text="a red car", score=0.5),
@@ -65,7 +89,18 @@ def machine() -> pl.DataFrame:
     )
 
 
-PERSON_WROTE = ["label_id", "image_id", "annotation_type", "task", "text", "box", "category", "score", "source", "status"]
+PERSON_WROTE = [
+    "label_id",
+    "image_id",
+    "annotation_type",
+    "task",
+    "text",
+    "box",
+    "category",
+    "score",
+    "source",
+    "status",
+]
 
 
 def test_rows_in_equal_rows_kept_plus_rows_folded_and_what_a_person_wrote_is_kept(human, machine):
@@ -106,17 +141,54 @@ def test_a_confirming_machine_region_is_folded_into_the_human_label_not_stored_t
 
 
 def test_a_traced_polygon_fills_a_human_label_without_one_and_replaces_a_machine_one():
-    human = frame("labels", [label("a", "human", [0.0, 0.0, 10.0, 10.0], "dog"), label("a", "human", [20.0, 0.0, 30.0, 10.0], "cat", polygon=[[20.0, 0.0, 30.0, 0.0, 30.0, 10.0]])])
-    machine = frame("labels", [label("a", "det@1", [50.0, 0.0, 60.0, 10.0], "dog", score=0.9, polygon=[[50.0, 0.0, 60.0, 0.0, 55.0, 5.0]])])
+    human = frame(
+        "labels",
+        [
+            label("a", "human", [0.0, 0.0, 10.0, 10.0], "dog"),
+            label("a", "human", [20.0, 0.0, 30.0, 10.0], "cat", polygon=[[20.0, 0.0, 30.0, 0.0, 30.0, 10.0]]),
+        ],
+    )
+    machine = frame(
+        "labels",
+        [
+            label(
+                "a",
+                "det@1",
+                [50.0, 0.0, 60.0, 10.0],
+                "dog",
+                score=0.9,
+                polygon=[[50.0, 0.0, 60.0, 0.0, 55.0, 5.0]],
+            )
+        ],
+    )
     regions = pl.concat([human, machine])
-    traced_rings = [[[1.0, 1.0, 9.0, 1.0, 5.0, 9.0]], [[21.0, 1.0, 29.0, 1.0, 25.0, 9.0]], [[51.0, 1.0, 59.0, 1.0, 55.0, 9.0]]]
+    traced_rings = [
+        [[1.0, 1.0, 9.0, 1.0, 5.0, 9.0]],
+        [[21.0, 1.0, 29.0, 1.0, 25.0, 9.0]],
+        [[51.0, 1.0, 59.0, 1.0, 55.0, 9.0]],
+    ]
     traces = frame(
         "labels",
-        [label("a", "seg@1", region["box"], region["category"], score=0.5, polygon=rings, linked_label_id=region["label_id"]) for region, rings in zip(regions.iter_rows(named=True), traced_rings, strict=True)],
+        [
+            label(
+                "a",
+                "seg@1",
+                region["box"],
+                region["category"],
+                score=0.5,
+                polygon=rings,
+                linked_label_id=region["label_id"],
+            )
+            for region, rings in zip(regions.iter_rows(named=True), traced_rings, strict=True)
+        ],
     )
     folded = fold_evidence(regions, traces, votes=False)
     assert folded["polygon"].to_list() == [traced_rings[0], human["polygon"][1].to_list(), traced_rings[2]]
-    assert folded["provenance"].to_list() == [[traces["label_id"][0]], [traces["label_id"][1]], [traces["label_id"][2]]]
+    assert folded["provenance"].to_list() == [
+        [traces["label_id"][0]],
+        [traces["label_id"][1]],
+        [traces["label_id"][2]],
+    ]
     # a traced polygon says nothing about whether the object is there: no vote
     assert folded["agreement"].to_list() == regions["agreement"].to_list()
     assert folded.drop("polygon", "provenance").equals(regions.drop("polygon", "provenance"))
@@ -137,10 +209,15 @@ def test_same_object_overlaps_leaves_out_pairs_of_people_only():
     assert overlaps.schema == SAME_OBJECT_SCHEMA
     by_id = {row["label_id"]: row for row in overlaps.iter_rows(named=True)}
     ids = labels["label_id"].to_list()
-    assert by_id[ids[2]]["same_object_iou"] == pytest.approx(0.9) and by_id[ids[2]]["same_object_as"] == ids[0]
+    assert (
+        by_id[ids[2]]["same_object_iou"] == pytest.approx(0.9) and by_id[ids[2]]["same_object_as"] == ids[0]
+    )
     assert by_id[ids[0]]["same_object_as"] == ids[2]
     # the second person box meets only the machine copy (9 x 9 inside, union 100 + 90 - 81)
-    assert by_id[ids[1]]["same_object_iou"] == pytest.approx(81 / 109) and by_id[ids[1]]["same_object_as"] == ids[2]
+    assert (
+        by_id[ids[1]]["same_object_iou"] == pytest.approx(81 / 109)
+        and by_id[ids[1]]["same_object_as"] == ids[2]
+    )
     assert by_id[ids[3]]["same_object_iou"] == 0.0 and by_id[ids[4]]["same_object_iou"] == 0.0
 
 

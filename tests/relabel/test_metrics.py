@@ -18,7 +18,9 @@ from relabel.metrics import (
 
 
 def images(*ids, size=(100, 100)):
-    return frame("images", [{"image_id": i, "uri": f"{i}.png", "width": size[0], "height": size[1]} for i in ids])
+    return frame(
+        "images", [{"image_id": i, "uri": f"{i}.png", "width": size[0], "height": size[1]} for i in ids]
+    )
 
 
 def objects(rows):
@@ -178,7 +180,14 @@ def test_category_only_predicted_has_null_ap_and_is_a_false_positive():
     predictions = pl.concat([TRUTH, objects([("a", "zebra", [60, 0, 80, 20], 0.95)])])
     result = detection_map(predictions, TRUTH, IMAGES)
     zebra = result.per_class.filter(pl.col("category") == "zebra").row(0, named=True)
-    assert zebra == {"category": "zebra", "ap": None, "ap50": None, "n_truth": 0, "n_predicted": 1, "recall50": None}
+    assert zebra == {
+        "category": "zebra",
+        "ap": None,
+        "ap50": None,
+        "n_truth": 0,
+        "n_predicted": 1,
+        "recall50": None,
+    }
     # its AP is not averaged in (COCO's -1), and the other categories are untouched
     assert result.map == exact(1.0)
 
@@ -202,7 +211,10 @@ def test_only_object_rows_with_boxes_count_and_crowds_are_ignored():
     )
     result = detection_map(predictions, truth, IMAGES)
     assert (result.map, result.map50, result.mar100) == (exact(1.0), exact(1.0), 1.0)
-    assert result.per_class.select("category", "n_truth", "n_predicted").rows() == [("cat", 1, 1), ("dog", 2, 3)]
+    assert result.per_class.select("category", "n_truth", "n_predicted").rows() == [
+        ("cat", 1, 1),
+        ("dog", 2, 3),
+    ]
 
 
 def test_null_score_ranks_last():
@@ -254,7 +266,11 @@ def test_caption_tokens_drop_ptb_punctuation():
 
 
 def test_cider_matches_pycocoevalcap_and_ranks_identical_above_unrelated():
-    first = dict(REFERENCES.unique("image_id", keep="first", maintain_order=True).select("image_id", "text").iter_rows())
+    first = dict(
+        REFERENCES.unique("image_id", keep="first", maintain_order=True)
+        .select("image_id", "text")
+        .iter_rows()
+    )
     identical = caption_cider(captions(list(first.items())), REFERENCES)
     aeroplanes = captions([(image, "an aeroplane flying over snowy mountains") for image in first])
     unrelated = caption_cider(aeroplanes, REFERENCES)
@@ -344,7 +360,10 @@ def test_grounding_takes_the_top_answer_and_any_truth_box():
 
 
 def test_grounding_without_truth_is_none():
-    assert grounding_recall_at_1(groundings([("a", CAPTION, 0, 5, [0, 0, 1, 1])]), captions([("a", CAPTION)])) is None
+    assert (
+        grounding_recall_at_1(groundings([("a", CAPTION, 0, 5, [0, 0, 1, 1])]), captions([("a", CAPTION)]))
+        is None
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -387,10 +406,19 @@ def test_coco_results_score_against_a_coco_document_as_label_frames_do():
     document = {
         "images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100}],
         "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30]}, {"id": 2, "image_id": 1, "category_id": 2, "bbox": [50, 50, 40, 40]}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30]},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [50, 50, 40, 40]},
+        ],
     }
     exact = coco_results_map(document, [{**a, "score": 0.9} for a in document["annotations"]])
     assert exact.map == pytest.approx(1.0) and exact.map50 == pytest.approx(1.0)
     # the cat found as a dog: the dog's AP falls (a false positive ranked first), the cat's is 0
-    wrong = coco_results_map(document, [{"image_id": 1, "category_id": 1, "bbox": [50, 50, 40, 40], "score": 0.9}, {"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.5}])
+    wrong = coco_results_map(
+        document,
+        [
+            {"image_id": 1, "category_id": 1, "bbox": [50, 50, 40, 40], "score": 0.9},
+            {"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.5},
+        ],
+    )
     assert wrong.map50 < 0.6

@@ -5,7 +5,14 @@ import pytest
 
 from relabel.config import MergePolicyParams
 from relabel.labels import check_schema, frame, label_id_for
-from relabel.refine import PER_CLASS_SCHEMA, iteration_quality, merge_reannotation, rare_class_changes, rare_classes, without_audited
+from relabel.refine import (
+    PER_CLASS_SCHEMA,
+    iteration_quality,
+    merge_reannotation,
+    rare_class_changes,
+    rare_classes,
+    without_audited,
+)
 
 POLICY = MergePolicyParams()
 MODEL = "florence2@iteration-0"
@@ -30,7 +37,9 @@ def label(source, category, box, *, task="object", score=1.0, text=None, agreeme
 
 
 def merged(existing, model, policy=POLICY, rare=()):
-    result = merge_reannotation(frame("labels", existing), frame("labels", model), policy, rare=rare, iteration=1)
+    result = merge_reannotation(
+        frame("labels", existing), frame("labels", model), policy, rare=rare, iteration=1
+    )
     check_schema(result.labels, "labels")
     # every row in is kept or quarantined, never lost and never doubled
     assert result.labels.height + result.quarantine.height == len(existing) + len(model)
@@ -49,7 +58,9 @@ def test_a_human_label_is_never_replaced_even_when_the_model_is_sure_and_support
     model = label(MODEL, "cat", [10, 10, 51, 51], score=0.99)
     result = merged([human, supporting], [model])
     assert human["label_id"] in result.labels["label_id"].to_list()
-    assert result.labels.filter(pl.col("label_id") == human["label_id"]).row(0, named=True)["category"] == "dog"
+    assert (
+        result.labels.filter(pl.col("label_id") == human["label_id"]).row(0, named=True)["category"] == "dog"
+    )
     # the cat it agrees with stays, and so does the human dog it disagrees with
     assert decision_of(result, model)["decision"] == "confirmed"
     assert "protected source" in decision_of(result, model)["reason"]
@@ -66,7 +77,9 @@ def test_a_sure_model_label_supported_by_another_source_repairs_a_machine_label(
     assert decision_of(result, other_view)["decision"] == "kept"
     new = result.labels.filter(pl.col("label_id") == model["label_id"]).row(0, named=True)
     assert new["replaces"] == wrong["label_id"] and new["iteration"] == 1 and new["source"] == MODEL
-    assert result.quarantine.filter(pl.col("label_id") == wrong["label_id"])["reason"].to_list() == ["replaced_by_model"]
+    assert result.quarantine.filter(pl.col("label_id") == wrong["label_id"])["reason"].to_list() == [
+        "replaced_by_model"
+    ]
 
 
 def test_without_support_or_score_the_model_does_not_repair():
@@ -102,7 +115,12 @@ def test_fill_needs_a_score_and_a_class():
     unnamed = {**label(MODEL, None, [0, 150, 40, 200], score=0.9), "text": None}
     caption = label(MODEL, None, None, task="detailed_caption", text="a dog to the left of a cat", score=0.9)
     result = merged(existing, [sure, unsure, unnamed, caption])
-    assert [decision_of(result, row)["decision"] for row in (sure, unsure, unnamed, caption)] == ["filled", "rejected", "rejected", "filled"]
+    assert [decision_of(result, row)["decision"] for row in (sure, unsure, unnamed, caption)] == [
+        "filled",
+        "rejected",
+        "rejected",
+        "filled",
+    ]
     counts = result.counts()
     assert counts == {"kept": 1, "filled": 2, "rejected": 2}
 
@@ -142,12 +160,16 @@ def test_one_new_object_is_filled_once_and_a_confirmation_is_evidence_not_a_copy
 
 
 def test_rare_classes_are_the_least_labelled():
-    rows = [label("human", "dog", [i, i, i + 20, i + 20]) for i in range(18)] + [label("human", "kite", [0, 0, 9, 9])]
+    rows = [label("human", "dog", [i, i, i + 20, i + 20]) for i in range(18)] + [
+        label("human", "kite", [0, 0, 9, 9])
+    ]
     assert rare_classes(frame("labels", rows), ["dog", "kite", "zebra"], 0.1) == ["kite", "zebra"]
 
 
 def test_quality_counts_repairs_and_breakages_against_the_truth():
-    truth = frame("labels", [label("truth", "cat", [10, 10, 50, 50]), label("truth", "dog", [100, 100, 150, 150])])
+    truth = frame(
+        "labels", [label("truth", "cat", [10, 10, 50, 50]), label("truth", "dog", [100, 100, 150, 150])]
+    )
     wrong = label("consensus@1", "dog", [10, 10, 50, 50], score=0.5)
     right = label("consensus@1", "dog", [100, 100, 150, 150], score=0.5)
     previous = frame("labels", [wrong, right])
@@ -164,7 +186,15 @@ def test_quality_counts_repairs_and_breakages_against_the_truth():
 
 
 def test_rare_class_changes_measure_what_a_rare_class_lost():
-    before = pl.DataFrame({"category": ["kite", "dog"], "labels": [8, 100], "recall": [0.8, 0.9], "f1": [0.8, 0.9], "rare": [True, False]})
+    before = pl.DataFrame(
+        {
+            "category": ["kite", "dog"],
+            "labels": [8, 100],
+            "recall": [0.8, 0.9],
+            "f1": [0.8, 0.9],
+            "rare": [True, False],
+        }
+    )
     now = before.with_columns(labels=pl.Series([3, 40]), recall=pl.Series([0.5, 0.2]))
     changes = rare_class_changes(now, before)
     # only the rare class is compared: the common one may move
@@ -185,7 +215,10 @@ def test_a_model_label_without_a_usable_score_never_fills(score):
 
 def test_labels_a_person_took_out_are_not_counted_as_lost_by_the_guard():
     before = pl.DataFrame(
-        [{"category": "kite", "labels": 4, "recall": 0.5, "f1": 0.5, "rare": True}, {"category": "cat", "labels": 10, "recall": 0.8, "f1": 0.8, "rare": True}],
+        [
+            {"category": "kite", "labels": 4, "recall": 0.5, "f1": 0.5, "rare": True},
+            {"category": "cat", "labels": 10, "recall": 0.8, "f1": 0.8, "rare": True},
+        ],
         schema=PER_CLASS_SCHEMA,
     )
     now = before.with_columns(labels=pl.Series([3, 10]))
@@ -193,5 +226,7 @@ def test_labels_a_person_took_out_are_not_counted_as_lost_by_the_guard():
     assert rare_class_changes(now, before).filter(pl.col("category") == "kite")["count_drop"].item() == 0.25
     # the same kite rejected by a person is not a loss: the baseline is what they left
     baseline = without_audited(before, pl.DataFrame({"category": ["kite"]}))
-    assert baseline.schema == PER_CLASS_SCHEMA and dict(baseline.select("category", "labels").iter_rows()) == {"kite": 3, "cat": 10}
+    assert baseline.schema == PER_CLASS_SCHEMA and dict(
+        baseline.select("category", "labels").iter_rows()
+    ) == {"kite": 3, "cat": 10}
     assert rare_class_changes(now, baseline)["count_drop"].to_list() == [0.0, 0.0]

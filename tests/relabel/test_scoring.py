@@ -45,7 +45,14 @@ def texts(rows):
     return frame(
         "labels",
         [
-            {"label_id": f"t{i}", "image_id": image, "annotation_type": "text", "task": "brief_caption", "text": text, "source": "c@1"}
+            {
+                "label_id": f"t{i}",
+                "image_id": image,
+                "annotation_type": "text",
+                "task": "brief_caption",
+                "text": text,
+                "source": "c@1",
+            }
             for i, (image, text) in enumerate(rows)
         ],
     )
@@ -128,7 +135,14 @@ def test_ocr_cer_matches_regions_and_counts_unread_text_as_wrong():
 
 
 def test_word_forms_undo_plurals():
-    for plural, singular in [("dogs", "dog"), ("buses", "bus"), ("cherries", "cherry"), ("knives", "knife"), ("people", "person"), ("horses", "horse")]:
+    for plural, singular in [
+        ("dogs", "dog"),
+        ("buses", "bus"),
+        ("cherries", "cherry"),
+        ("knives", "knife"),
+        ("people", "person"),
+        ("horses", "horse"),
+    ]:
         assert singular in word_forms(plural)
     assert word_forms("bus") & word_forms("buses")
     assert not word_forms("cat") & word_forms("car")
@@ -145,7 +159,14 @@ def test_caption_object_recall_is_plural_aware():
             ("c", "cat", [0, 0, 1, 1], 1.0),  # no caption
         ]
     )
-    captions = texts([("a", "Two dogs wait at the traffic-lights."), ("a", "A street."), ("b", "People walking."), ("z", "a cat")])
+    captions = texts(
+        [
+            ("a", "Two dogs wait at the traffic-lights."),
+            ("a", "A street."),
+            ("b", "People walking."),
+            ("z", "a cat"),
+        ]
+    )
     # mentioned: a/dog, a/traffic light, b/person; missed: a/bus, c/cat
     assert caption_object_recall(captions, truth) == pytest.approx(3 / 5)
     assert math.isnan(caption_object_recall(captions, truth.clear()))
@@ -154,7 +175,13 @@ def test_caption_object_recall_is_plural_aware():
 def test_label_correctness_judges_each_label_against_the_truth_of_its_image():
     truth = pl.concat(
         [
-            boxes([("i1", "cat", [0, 0, 10, 10], 1.0), ("i1", "dog", [20, 20, 40, 40], 1.0), ("i1", None, [50, 50, 90, 60], 1.0, "EXIT", "ocr")]),
+            boxes(
+                [
+                    ("i1", "cat", [0, 0, 10, 10], 1.0),
+                    ("i1", "dog", [20, 20, 40, 40], 1.0),
+                    ("i1", None, [50, 50, 90, 60], 1.0, "EXIT", "ocr"),
+                ]
+            ),
             texts([("i1", "a cat and a dog")]),
         ]
     ).with_columns(label_id=pl.format("truth-{}", pl.col("label_id")))

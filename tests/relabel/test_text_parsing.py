@@ -105,9 +105,7 @@ def test_texts_without_words_give_empty_rows(nlp, text):
 
 
 def test_one_row_per_text_in_order_with_the_schema(nlp):
-    texts = texts_frame("A dog.", None, RIDER, "", "Two cats sleep.", "A dog.").with_columns(
-        extra=pl.lit(1)
-    )
+    texts = texts_frame("A dog.", None, RIDER, "", "Two cats sleep.", "A dog.").with_columns(extra=pl.lit(1))
     parses = parse_texts(texts, nlp, batch_size=2)
     assert parses.schema == PARSE_SCHEMA
     assert parses["label_id"].to_list() == texts["label_id"].to_list()
@@ -140,8 +138,15 @@ def test_text_statistics_by_hand():
     ).with_columns(task=pl.Series(["brief", "brief", "detailed", "detailed"]))
     table = text_statistics(parses)
     assert table.columns == [
-        "task", "texts", "avg_tokens", "avg_objects", "avg_attributes", "avg_actions",
-        "avg_proper_nouns", "avg_object_complexity", "avg_action_complexity",
+        "task",
+        "texts",
+        "avg_tokens",
+        "avg_objects",
+        "avg_attributes",
+        "avg_actions",
+        "avg_proper_nouns",
+        "avg_object_complexity",
+        "avg_action_complexity",
     ]
     brief, detailed = table.iter_rows(named=True)
     assert brief["task"] == "brief" and detailed["task"] == "detailed"
@@ -177,7 +182,9 @@ def test_detailed_captions_have_more_semantic_elements(nlp):
     parses = parse_texts(texts, nlp).with_columns(task=texts["task"])
     table = {row["task"]: row for row in text_statistics(parses).iter_rows(named=True)}
     brief, detailed, more = (
-        table["brief_caption"], table["detailed_caption"], table["more_detailed_caption"]
+        table["brief_caption"],
+        table["detailed_caption"],
+        table["more_detailed_caption"],
     )
     assert brief["texts"] == detailed["texts"] == more["texts"] == 12
     assert brief["avg_tokens"] < detailed["avg_tokens"]

@@ -13,8 +13,8 @@ import pytest
 
 from models.specialists.base import ImageRef
 from models.specialists.boxes import iou
-from relabel.labels import check_schema, frame, label_id_for
 from relabel.evaluation_split import draw_split
+from relabel.labels import check_schema, frame, label_id_for
 
 
 def human_frames(world_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -29,27 +29,51 @@ def human_frames(world_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
             continue
         image_id = hashlib.sha256(path.read_bytes()).hexdigest()
         ids[entry["id"]] = image_id
-        images.append({"image_id": image_id, "uri": str(path), "width": entry["width"], "height": entry["height"],
-                       "dataset": "world"})
+        images.append(
+            {
+                "image_id": image_id,
+                "uri": str(path),
+                "width": entry["width"],
+                "height": entry["height"],
+                "dataset": "world",
+            }
+        )
     labels = []
     for a in document["annotations"]:
         if a["image_id"] not in ids or a["category_id"] not in names:
             continue
         x, y, w, h = a["bbox"]
         name = names[a["category_id"]]
-        labels.append({"label_id": f"h{a['id']}", "image_id": ids[a["image_id"]], "annotation_type": "region_text",
-                       "task": "object", "region_kind": "object", "text": name, "category": name,
-                       "box": [x, y, x + w, y + h], "polygon": a.get("segmentation") or None, "score": 1.0,
-                       "source": "human", "iteration": 0, "status": "raw"})
+        labels.append(
+            {
+                "label_id": f"h{a['id']}",
+                "image_id": ids[a["image_id"]],
+                "annotation_type": "region_text",
+                "task": "object",
+                "region_kind": "object",
+                "text": name,
+                "category": name,
+                "box": [x, y, x + w, y + h],
+                "polygon": a.get("segmentation") or None,
+                "score": 1.0,
+                "source": "human",
+                "iteration": 0,
+                "status": "raw",
+            }
+        )
     categories: dict[str, set[str]] = {}
     for label in labels:
         categories.setdefault(label["image_id"], set()).add(label["category"])
     split = draw_split([i["image_id"] for i in images], [None] * len(images), categories, 0.1, 0)
     images = [{**image, "split": split[image["image_id"]]} for image in images]
-    return frame("images", images).unique("image_id", keep="first", maintain_order=True), frame("labels", labels)
+    return frame("images", images).unique("image_id", keep="first", maintain_order=True), frame(
+        "labels", labels
+    )
 
 
-def truth_objects(world_dir: Path, truth_dir: Path) -> tuple[list[ImageRef], dict[str, list[tuple[list[float], str]]]]:
+def truth_objects(
+    world_dir: Path, truth_dir: Path
+) -> tuple[list[ImageRef], dict[str, list[tuple[list[float], str]]]]:
     """Every rendered image and its ground-truth object boxes with categories."""
     scenes = [json.loads(line) for line in (truth_dir / "scenes.jsonl").read_text().splitlines()]
     refs = [ImageRef(s["image_id"], world_dir / s["file"], s["width"], s["height"]) for s in scenes]
@@ -67,7 +91,8 @@ def precision_recall(outputs, refs, truth, class_aware: bool = True) -> tuple[fl
         gts, used = truth.get(ref.image_id, []), set()
         for row in sorted(rows, key=lambda r: -r["score"]):
             candidates = [
-                (iou(row["box"], box), i) for i, (box, category) in enumerate(gts)
+                (iou(row["box"], box), i)
+                for i, (box, category) in enumerate(gts)
                 if i not in used and (not class_aware or category == row["category"])
             ]
             best = max(candidates, default=(0.0, None))
@@ -103,4 +128,6 @@ def check_rows(outputs, refs, source: str, text_is_category: bool = True) -> pl.
 @pytest.fixture(scope="session")
 def world_eval() -> SimpleNamespace:
     """``human_frames``, ``truth_objects``, ``precision_recall`` and ``check_rows``."""
-    return SimpleNamespace(**{f.__name__: f for f in (human_frames, truth_objects, precision_recall, check_rows)})
+    return SimpleNamespace(
+        **{f.__name__: f for f in (human_frames, truth_objects, precision_recall, check_rows)}
+    )

@@ -58,8 +58,7 @@ def refs(world_dir: Path, scenes: list[dict]) -> list[ImageRef]:
 
 def mentions(caption: str, category: str) -> bool:
     return (
-        re.search(rf"\b({re.escape(category)}|{re.escape(plural(category))})\b", caption.lower())
-        is not None
+        re.search(rf"\b({re.escape(category)}|{re.escape(plural(category))})\b", caption.lower()) is not None
     )
 
 
@@ -135,9 +134,7 @@ def test_compose() -> None:
 
 
 def test_words() -> None:
-    assert [
-        plural(w) for w in ("ball", "bus", "person", "fish", "traffic light", "strawberry", "knife")
-    ] == [
+    assert [plural(w) for w in ("ball", "bus", "person", "fish", "traffic light", "strawberry", "knife")] == [
         "balls",
         "buses",
         "people",
@@ -199,7 +196,5 @@ def test_setting_and_colours_on_world(world) -> None:
     world_dir, scenes, _ = world
     namer = ColourNamer()
     assert namer.votes(np.array([[214, 40, 40]] * 5, "uint8")) == {"red": 1.0}
-    right = sum(
-        scene_setting(read_rgb(world_dir / s["file"])) == s["background"]["kind"] for s in scenes
-    )
+    right = sum(scene_setting(read_rgb(world_dir / s["file"])) == s["background"]["kind"] for s in scenes)
     assert right >= 0.9 * len(scenes)  # measured 239 of the 240 default-world images

@@ -30,18 +30,14 @@ def coco_people(coco_dir: Path) -> tuple[dict[int, dict], dict[int, list[list[fl
     return {image["id"]: image for image in instances["images"]}, people
 
 
-def tally(
-    photos: list[int], found: list[list[dict]], people: dict[int, list[list[float]]]
-) -> dict[str, int]:
+def tally(photos: list[int], found: list[list[dict]], people: dict[int, list[list[float]]]) -> dict[str, int]:
     counts = {"person_photos_with_face": 0, "other_photos_with_face": 0, "faces": 0, "in_person": 0}
     for photo, rows in zip(photos, found, strict=True):
         boxes = people.get(photo, [])
         counts["faces"] += len(rows)
         for row in rows:
             cx, cy = (row["box"][0] + row["box"][2]) / 2, (row["box"][1] + row["box"][3]) / 2
-            counts["in_person"] += any(
-                x <= cx <= x + w and y <= cy <= y + h for x, y, w, h in boxes
-            )
+            counts["in_person"] += any(x <= cx <= x + w and y <= cy <= y + h for x, y, w, h in boxes)
         key = "person_photos_with_face" if boxes else "other_photos_with_face"
         counts[key] += bool(rows)
     return counts
@@ -73,9 +69,7 @@ def test_faces_on_people_not_elsewhere(coco_mini_dir: Path, faces: HaarFaces) ->
     images, people = coco_people(coco_mini_dir)
 
     def largest_share(photo: int) -> float:
-        return max(w * h for _, _, w, h in people[photo]) / (
-            images[photo]["width"] * images[photo]["height"]
-        )
+        return max(w * h for _, _, w, h in people[photo]) / (images[photo]["width"] * images[photo]["height"])
 
     with_people = sorted(people, key=lambda p: (-largest_share(p), p))[:12]
     without = sorted(p for p in images if p not in people)[:12]
@@ -124,9 +118,7 @@ def test_all_coco_mini(coco_mini_dir: Path, faces: HaarFaces) -> None:
     the 36 person photos; 3 faces on 3 of the 44 photos without people."""
     images, people = coco_people(coco_mini_dir)
     photos = sorted(images)
-    counts = tally(
-        photos, faces.annotate(refs(coco_mini_dir, photos, images), pl.DataFrame()), people
-    )
+    counts = tally(photos, faces.annotate(refs(coco_mini_dir, photos, images), pl.DataFrame()), people)
     assert counts["person_photos_with_face"] >= 8, counts
     assert counts["other_photos_with_face"] <= 5, counts
     assert counts["in_person"] >= 0.7 * counts["faces"], counts

@@ -60,10 +60,7 @@ def test_grounds_world_captions(world, grounding) -> None:
     known = truth.filter(pl.col("task").cast(pl.String).is_in(["object", *CAPTION_TASKS]))
     output = grounding.annotate(refs(world_dir, scenes), known)
     assert len(output) == len(scenes)
-    regions = {
-        row["label_id"]: row
-        for row in truth.filter(pl.col("task") == "object").iter_rows(named=True)
-    }
+    regions = {row["label_id"]: row for row in truth.filter(pl.col("task") == "object").iter_rows(named=True)}
     true_groundings = truth.filter(pl.col("task") == "phrase_grounding")
     found = right = expected = recalled = exact = 0
     for scene, rows in zip(scenes, output, strict=True):
@@ -108,13 +105,9 @@ def test_human_phrases(world, grounding) -> None:
 
     def repeated(objects: list[dict]) -> str | None:
         counts = [o["category"] for o in objects]
-        return next(
-            (c for c in counts if counts.count(c) > 1 and c != objects[0]["category"]), None
-        )
+        return next((c for c in counts if counts.count(c) > 1 and c != objects[0]["category"]), None)
 
-    scene = next(
-        s for s in scenes if repeated(s["objects"]) and len(s["objects"][0]["category"]) >= 4
-    )
+    scene = next(s for s in scenes if repeated(s["objects"]) and len(s["objects"][0]["category"]) >= 4)
     objects = scene["objects"]
     first = objects[0]
     many = repeated(objects)
@@ -142,10 +135,7 @@ def test_human_phrases(world, grounding) -> None:
         if row["task"] == "phrase_grounding":
             by_text.setdefault(row["text"], []).append(row)
     (colour_row,) = by_text[texts[0]]
-    assert (
-        texts[0][colour_row["phrase_start"] : colour_row["phrase_end"]]
-        == f"a {first['colour']} {word}"
-    )
+    assert texts[0][colour_row["phrase_start"] : colour_row["phrase_end"]] == f"a {first['colour']} {word}"
     assert colour_row["category"] == word and colour_row["box"] == [float(v) for v in first["box"]]
     (typo_row,) = by_text[texts[1]]  # "a ibrd": one swap away from "bird"
     assert typo_row["category"] == word and typo_row["score"] < 1.0
@@ -184,13 +174,8 @@ def test_colour_and_place_pick_the_region(tmp_path: Path, grounding) -> None:
             **r,
         }
         for r in regions
-    ] + [
-        {"image_id": "i", "annotation_type": "text", "task": "brief_caption", "text": t}
-        for t in texts
-    ]
-    out = grounding.annotate(
-        [ImageRef("i", tmp_path / "balls.png", 240, 120)], frame("labels", rows)
-    )[0]
+    ] + [{"image_id": "i", "annotation_type": "text", "task": "brief_caption", "text": t} for t in texts]
+    out = grounding.annotate([ImageRef("i", tmp_path / "balls.png", 240, 120)], frame("labels", rows))[0]
 
     def grounded(text: str) -> list[tuple[str, str, float]]:
         return [

@@ -88,8 +88,14 @@ def check_rows(specialist: Specialist, images: list[ImageRef], rows: list[list[d
             for i, v in enumerate(row.get("quad") or []):
                 assert 0 <= v <= (image.width if i % 2 == 0 else image.height)
             full.append(
-                {**row, "label_id": f"{image.image_id}-{k}", "image_id": image.image_id,
-                 "source": f"{specialist.name}@{specialist.version}", "iteration": 0, "status": "raw"}
+                {
+                    **row,
+                    "label_id": f"{image.image_id}-{k}",
+                    "image_id": image.image_id,
+                    "source": f"{specialist.name}@{specialist.version}",
+                    "iteration": 0,
+                    "status": "raw",
+                }
             )
     check_schema(frame("labels", full), "labels")
 
@@ -137,17 +143,29 @@ def bert_vocab(size: int = 0) -> dict[str, int]:
 
 def tiny_resnet(out_features: list[str]) -> Any:
     return transformers.ResNetConfig(
-        embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1], layer_type="basic",
+        embedding_size=8,
+        hidden_sizes=[8, 16, 16, 32],
+        depths=[1, 1, 1, 1],
+        layer_type="basic",
         out_features=out_features,
     )
 
 
 def build_detr(folder: Path, fixed_size: bool = True) -> Path:
     config = transformers.DetrConfig(
-        backbone_config=tiny_resnet(["stage4"]), use_timm_backbone=False, use_pretrained_backbone=False,
-        d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=12,
-        id2label=dict(enumerate(CATEGORIES)), label2id={c: i for i, c in enumerate(CATEGORIES)},
+        backbone_config=tiny_resnet(["stage4"]),
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=12,
+        id2label=dict(enumerate(CATEGORIES)),
+        label2id={c: i for i, c in enumerate(CATEGORIES)},
     )
     torch.manual_seed(0)
     transformers.DetrForObjectDetection(config).save_pretrained(folder)
@@ -165,19 +183,38 @@ def build_owlv2(folder: Path) -> Path:
     raw.decoder = decoders.ByteLevel()
     raw.train_from_iterator(
         [" ".join(CATEGORIES), "a photo of a red circle", "dog cat car person"] * 4,
-        trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
     )
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=raw, pad_token="<pad>", bos_token="<|startoftext|>",
-        eos_token="<|endoftext|>", unk_token="<unk>", model_max_length=16,
+        tokenizer_object=raw,
+        pad_token="<pad>",
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
+        model_max_length=16,
     )
     config = transformers.Owlv2Config(
-        text_config=dict(vocab_size=raw.get_vocab_size(), hidden_size=32, intermediate_size=37,
-                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=64, patch_size=16),
+        text_config=dict(
+            vocab_size=raw.get_vocab_size(),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=16,
+        ),
         projection_dim=32,
     )
     torch.manual_seed(0)
@@ -194,12 +231,26 @@ def build_grounding_dino(folder: Path) -> Path:
     tokenizer = transformers.BertTokenizer(vocab=bert_vocab(1100), do_lower_case=True)
     config = transformers.GroundingDinoConfig(
         backbone_config=tiny_resnet(["stage2", "stage3", "stage4"]),
-        text_config=transformers.BertConfig(vocab_size=1100, hidden_size=32, num_hidden_layers=1,
-                                            num_attention_heads=2, intermediate_size=37,
-                                            max_position_embeddings=64),
-        d_model=32, encoder_layers=1, decoder_layers=2,  # weight tying needs >= 2 decoder layers
-        encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2, decoder_attention_heads=2,
-        num_queries=12, max_text_len=32, num_feature_levels=4, encoder_n_points=2, decoder_n_points=2,
+        text_config=transformers.BertConfig(
+            vocab_size=1100,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=64,
+        ),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,  # weight tying needs >= 2 decoder layers
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=12,
+        max_text_len=32,
+        num_feature_levels=4,
+        encoder_n_points=2,
+        decoder_n_points=2,
     )
     torch.manual_seed(0)
     transformers.GroundingDinoForObjectDetection(config).save_pretrained(folder)
@@ -214,14 +265,29 @@ def build_blip(folder: Path) -> Path:
     vocab = bert_vocab()
     tokenizer = transformers.BertTokenizer(vocab=vocab, bos_token="[DEC]")
     config = transformers.BlipConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, encoder_hidden_size=32,
-                         intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-                         max_position_embeddings=32, bos_token_id=vocab["[DEC]"],
-                         pad_token_id=vocab["[PAD]"], sep_token_id=vocab["[SEP]"],
-                         eos_token_id=vocab["[SEP]"]),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=32, patch_size=8),
-        projection_dim=32, image_text_hidden_size=32,
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            encoder_hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            bos_token_id=vocab["[DEC]"],
+            pad_token_id=vocab["[PAD]"],
+            sep_token_id=vocab["[SEP]"],
+            eos_token_id=vocab["[SEP]"],
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=32,
+        image_text_hidden_size=32,
     )
     torch.manual_seed(0)
     transformers.BlipForConditionalGeneration(config).save_pretrained(folder)
@@ -236,17 +302,30 @@ def build_git(folder: Path) -> Path:
     vocab = bert_vocab()
     tokenizer = transformers.BertTokenizer(vocab=vocab)
     config = transformers.GitConfig(
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=32, patch_size=8),
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=37, max_position_embeddings=64,
-        pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"],
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        pad_token_id=vocab["[PAD]"],
+        bos_token_id=vocab["[CLS]"],
+        eos_token_id=vocab["[SEP]"],
     )
     torch.manual_seed(0)
     transformers.GitForCausalLM(config).save_pretrained(folder)
     transformers.GitProcessor(
         image_processor=transformers.CLIPImageProcessorPil(
-            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
         tokenizer=tokenizer,
     ).save_pretrained(folder)
     return folder
@@ -261,9 +340,14 @@ FLORENCE_ANSWERS = {
     "<DENSE_REGION_CAPTION>": "blue square<loc_100><loc_200><loc_500><loc_600>",
 }
 FLORENCE_PARSE_CONFIG = {
-    "ocr": {"AREA_THRESHOLD": 0.0}, "phrase_grounding": {"banned_grounding_tokens": []},
-    "pure_text": {}, "description_with_bboxes": {}, "description_with_polygons": {},
-    "polygons": {}, "bboxes": {}, "description_with_bboxes_or_polygons": {},
+    "ocr": {"AREA_THRESHOLD": 0.0},
+    "phrase_grounding": {"banned_grounding_tokens": []},
+    "pure_text": {},
+    "description_with_bboxes": {},
+    "description_with_polygons": {},
+    "polygons": {},
+    "bboxes": {},
+    "description_with_bboxes_or_polygons": {},
 }
 
 
@@ -273,7 +357,8 @@ def build_florence2(folder: Path, train_steps: int = 250) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     prompts = [
-        "What does the image describe?", "Describe with a paragraph what is shown in the image.",
+        "What does the image describe?",
+        "Describe with a paragraph what is shown in the image.",
         "Describe in detail what is shown in the image.",
         "Locate the objects with category name in the image.",
         "Locate the objects in the image, with their descriptions.",
@@ -284,11 +369,18 @@ def build_florence2(folder: Path, train_steps: int = 250) -> Path:
     raw.decoder = decoders.ByteLevel()
     raw.train_from_iterator(
         prompts + list(FLORENCE_ANSWERS.values()),
-        trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<image>"],
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<image>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
     )
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         extra_special_tokens={"image_token": "<image>"},
     )
     # location and task tokens as normal tokens, so they survive decoding
@@ -296,21 +388,37 @@ def build_florence2(folder: Path, train_steps: int = 250) -> Path:
     size = 32
     config = transformers.Florence2Config(
         vision_config=transformers.Florence2VisionConfig(
-            depths=[1, 1, 1, 1], embed_dim=[16, 32, 64, 128], num_heads=[1, 2, 4, 8],
-            num_groups=[1, 2, 4, 8], window_size=4, projection_dim=64, drop_path_rate=0.0),
+            depths=[1, 1, 1, 1],
+            embed_dim=[16, 32, 64, 128],
+            num_heads=[1, 2, 4, 8],
+            num_groups=[1, 2, 4, 8],
+            window_size=4,
+            projection_dim=64,
+            drop_path_rate=0.0,
+        ),
         text_config=transformers.BartConfig(
-            vocab_size=len(tokenizer), d_model=64, encoder_layers=1, decoder_layers=1,
-            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-            decoder_ffn_dim=64, max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            decoder_start_token_id=tokenizer.eos_token_id),
+            vocab_size=len(tokenizer),
+            d_model=64,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=128,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            decoder_start_token_id=tokenizer.eos_token_id,
+        ),
         image_token_id=tokenizer.image_token_id,
     )
     processor = transformers.Florence2Processor(
         image_processor=transformers.CLIPImageProcessorPil(
-            size={"height": size, "width": size}, do_center_crop=False,
-            image_seq_length=(size // 32) ** 2 + 1),
-        tokenizer=tokenizer, post_processor_config=FLORENCE_PARSE_CONFIG,
+            size={"height": size, "width": size}, do_center_crop=False, image_seq_length=(size // 32) ** 2 + 1
+        ),
+        tokenizer=tokenizer,
+        post_processor_config=FLORENCE_PARSE_CONFIG,
     )
     torch.manual_seed(0)
     model = transformers.Florence2ForConditionalGeneration(config)
@@ -319,8 +427,10 @@ def build_florence2(folder: Path, train_steps: int = 250) -> Path:
     picture = Image.new("RGB", (48, 40), (128, 128, 128))
     inputs = processor(text=tasks, images=[picture] * len(tasks), return_tensors="pt", padding=True)
     targets = [
-        [tokenizer.bos_token_id] + tokenizer(FLORENCE_ANSWERS[t], add_special_tokens=False).input_ids
-        + [tokenizer.eos_token_id] for t in tasks
+        [tokenizer.bos_token_id]
+        + tokenizer(FLORENCE_ANSWERS[t], add_special_tokens=False).input_ids
+        + [tokenizer.eos_token_id]
+        for t in tasks
     ]
     labels = torch.full((len(tasks), max(map(len, targets))), -100)
     for row, target in zip(labels, targets):
@@ -464,8 +574,13 @@ def dequantized(bins: list[int], size: int) -> float:
 
 def test_florence2_parses_each_task(florence2_path: Path, images: list[ImageRef], tmp_path: Path) -> None:
     tasks = list(FLORENCE_ANSWERS)
-    settings = {"model_path": str(florence2_path), "tasks": tasks, "num_beams": 1,
-                "max_new_tokens": 40, "batch_size": 3}
+    settings = {
+        "model_path": str(florence2_path),
+        "tasks": tasks,
+        "num_beams": 1,
+        "max_new_tokens": 40,
+        "batch_size": 3,
+    }
     florence = build_specialist("florence2", "florence2", settings, context(tmp_path))
     assert isinstance(florence, Florence2Specialist)
     assert florence.annotation_types == ("region_text", "text")
@@ -478,19 +593,34 @@ def test_florence2_parses_each_task(florence2_path: Path, images: list[ImageRef]
             by_task.setdefault(row["task"], []).append(row)
         objects = by_task["object"]
         assert [r["category"] for r in objects] == ["circle", "square"]
-        assert objects[0]["box"] == [dequantized(100, w), dequantized(200, h),
-                                     dequantized(500, w), dequantized(600, h)]
+        assert objects[0]["box"] == [
+            dequantized(100, w),
+            dequantized(200, h),
+            dequantized(500, w),
+            dequantized(600, h),
+        ]
         assert objects[1]["box"][3] == dequantized(999, h) <= h
         (region,) = by_task["region_caption"]
         assert region["text"] == "blue square" and region["box"] == objects[0]["box"]
         assert region.get("category") is None and region["region_kind"] == "object"
         (ocr,) = by_task["ocr"]
         assert ocr["text"] == "stop" and ocr["region_kind"] == "text"
-        assert ocr["quad"] == [dequantized(100, w), dequantized(100, h), dequantized(400, w),
-                               dequantized(100, h), dequantized(400, w), dequantized(300, h),
-                               dequantized(100, w), dequantized(300, h)]
-        assert ocr["box"] == [dequantized(100, w), dequantized(100, h),
-                              dequantized(400, w), dequantized(300, h)]
+        assert ocr["quad"] == [
+            dequantized(100, w),
+            dequantized(100, h),
+            dequantized(400, w),
+            dequantized(100, h),
+            dequantized(400, w),
+            dequantized(300, h),
+            dequantized(100, w),
+            dequantized(300, h),
+        ]
+        assert ocr["box"] == [
+            dequantized(100, w),
+            dequantized(100, h),
+            dequantized(400, w),
+            dequantized(300, h),
+        ]
         assert [r["text"] for r in by_task["brief_caption"]] == ["a red circle"]
         assert [r["text"] for r in by_task["more_detailed_caption"]] == ["two shapes on a grey ground"]
         # one score per generation: every region of the <OD> answer shares it; the model has
@@ -523,9 +653,7 @@ def test_florence2_beam_search_and_missing_parse_config(
 
 
 @pytest.mark.parametrize("kind", ["hf_object_detection", "hf_image_to_text", "florence2"])
-def test_model_path_errors_are_clear(
-    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_model_path_errors_are_clear(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="'model_path' is required"):
         build_specialist(kind, "hub", {}, context(tmp_path))
@@ -552,7 +680,10 @@ def test_version_follows_the_model_folder(detr_path: Path, models_dir: Path, tmp
     (copy / "config.json").write_text(json.dumps(config))
     assert model_fingerprint(copy) != model_fingerprint(detr_path)
     # half precision is asked for, but a CPU run stays in float32 (and so keeps its version)
-    assert HubObjectDetector("detr", {**settings, "dtype": "bfloat16"}, context(tmp_path)).version == first.version
+    assert (
+        HubObjectDetector("detr", {**settings, "dtype": "bfloat16"}, context(tmp_path)).version
+        == first.version
+    )
     with pytest.raises(ValueError, match="dtype must be one of"):
         HubObjectDetector("detr", {**settings, "dtype": "float8"}, context(tmp_path))
     with pytest.raises(ValueError, match="closed-set"):

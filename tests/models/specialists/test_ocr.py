@@ -17,10 +17,10 @@ import pytest
 
 from models.specialists.base import ImageRef
 from models.specialists.ocr import RapidOcr
-from relabel.scoring import levenshtein
 from models.specialists.registry import BuildContext, build_specialist
 from relabel.config import WorldParams
 from relabel.labels import frame
+from relabel.scoring import levenshtein
 from relabel.world import render_world
 
 
@@ -41,9 +41,7 @@ def world_cer(scenes: list[dict], predictions: list[list[dict]]) -> dict[str, fl
         for line in scene["texts"]:
             lines += 1
             characters += len(line["text"])
-            overlaps = [
-                (box_iou(line["box"], row["box"]), k) for k, row in enumerate(rows) if k not in used
-            ]
+            overlaps = [(box_iou(line["box"], row["box"]), k) for k, row in enumerate(rows) if k not in used]
             best, k = max(overlaps, default=(0.0, -1))
             if best >= 0.1:
                 used.add(k)
@@ -76,9 +74,7 @@ def small_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[di
 
 @pytest.fixture(scope="module")
 def ocr(tmp_path_factory: pytest.TempPathFactory) -> RapidOcr:
-    built = build_specialist(
-        "rapidocr", "rapidocr", {}, BuildContext(workdir=tmp_path_factory.mktemp("ocr"))
-    )
+    built = build_specialist("rapidocr", "rapidocr", {}, BuildContext(workdir=tmp_path_factory.mktemp("ocr")))
     assert isinstance(built, RapidOcr) and built.annotation_types == ("region_text",)
     return built
 
@@ -139,9 +135,7 @@ def test_default_world_cer(tmp_path: Path) -> None:
     extra line ("100" read off a pictogram)."""
     render_world(WorldParams(), tmp_path / "world", tmp_path / "truth", progress=False)
     scenes = read_scenes(tmp_path / "truth")
-    predictions = RapidOcr("rapidocr", {}, None).annotate(
-        refs(tmp_path / "world", scenes), pl.DataFrame()
-    )
+    predictions = RapidOcr("rapidocr", {}, None).annotate(refs(tmp_path / "world", scenes), pl.DataFrame())
     score = world_cer(scenes, predictions)
     assert score["cer"] <= 0.04, score
     assert score["missed"] <= 5 and score["extra"] <= 5, score
@@ -194,8 +188,7 @@ def test_coco_sign_photos(coco_mini_dir: Path) -> None:
     photos = [ImageRef(name, coco_mini_dir / "images" / name, 0, 0) for name in COCO_SIGNS]
     rows = RapidOcr("rapidocr", {"min_score": 0.9}, None).annotate(photos, pl.DataFrame())
     predicted = {
-        photo.image_id: [row["text"] for row in found]
-        for photo, found in zip(photos, rows, strict=True)
+        photo.image_id: [row["text"] for row in found] for photo, found in zip(photos, rows, strict=True)
     }
     assert photo_cer(COCO_SIGNS, predicted) <= 0.3, predicted
     assert "STOP" in predicted["000000525891.jpg"]

@@ -35,7 +35,11 @@ def _library_view(detection) -> tuple[str, int, list[int]]:
     """A detection as the library reports it: label, score truncated to 2 decimals (as an
     integer percentage), box [x, y, w, h] truncated to integers."""
     x0, y0, x1, y1 = detection.box
-    return detection.category, int(detection.score * 100 + 1e-6), [int(x0), int(y0), int(x1 - x0), int(y1 - y0)]
+    return (
+        detection.category,
+        int(detection.score * 100 + 1e-6),
+        [int(x0), int(y0), int(x1 - x0), int(y1 - y0)],
+    )
 
 
 @pytest.mark.parametrize("name", sorted(DETECTORS))
@@ -66,14 +70,23 @@ def _coco_ap(detector, coco_dir: Path) -> tuple[float, float]:
     for image in truth["images"]:
         for d in detector.detect(read_rgb(coco_dir / "images" / image["file_name"])):
             x0, y0, x1, y1 = d.box
-            results.append({"image_id": image["id"], "category_id": category_id[d.category], "bbox": [x0, y0, x1 - x0, y1 - y0], "score": d.score})
+            results.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": category_id[d.category],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": d.score,
+                }
+            )
     found = coco_results_map(truth, results)
     return found.map, found.map50
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "least_ap"), [("centernet", 0.28), ("nanodet", 0.25)])
-def test_default_decoding_scores_better_than_the_library(name: str, least_ap: float, coco_mini_dir: Path) -> None:
+def test_default_decoding_scores_better_than_the_library(
+    name: str, least_ap: float, coco_mini_dir: Path
+) -> None:
     # measured: centernet 0.300 (letterbox) vs 0.249; nanodet 0.273 (NanoDet's own) vs 0.117
     ap, ap50 = _coco_ap(DETECTORS[name](name, {}), coco_mini_dir)
     library_ap, library_ap50 = _coco_ap(DETECTORS[name](name, {"decode": "library"}), coco_mini_dir)
@@ -105,7 +118,9 @@ def test_blazeface_finds_faces_on_people_only(coco_mini_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["centernet_onnx", "nanodet_onnx", "blazeface_onnx"])
-def test_runner_keeps_every_detection_as_a_valid_label(kind: str, coco_mini_dir: Path, tmp_path: Path) -> None:
+def test_runner_keeps_every_detection_as_a_valid_label(
+    kind: str, coco_mini_dir: Path, tmp_path: Path
+) -> None:
     specialist = build_specialist(kind, kind.split("_")[0], {}, BuildContext(workdir=tmp_path))
     files = sorted((coco_mini_dir / "images").glob("*.jpg"))[:6]
     refs = []
@@ -148,6 +163,11 @@ def test_nms_keeps_the_best_of_overlapping_boxes_and_cuts_after_suppressing() ->
     # at most 2 kept, counted after suppression (OpenCV's top_k would count before)
     assert nms(boxes, scores, iou=0.5, min_score=0.1, max_detections=2).tolist() == [1, 2]
     # scores must be over the threshold, compared as float32 against the threshold as a double
-    assert nms(boxes, np.array([0.2, 0.2, 0.2, 0.1]), iou=0.5, min_score=0.2, max_detections=10).tolist() == [0, 2]
+    assert nms(boxes, np.array([0.2, 0.2, 0.2, 0.1]), iou=0.5, min_score=0.2, max_detections=10).tolist() == [
+        0,
+        2,
+    ]
     # per class, overlapping boxes of different classes both stay
-    assert nms(boxes, scores, iou=0.5, min_score=0.1, max_detections=10, classes=np.array([0, 1, 0, 0])).tolist() == [1, 0, 2, 3]
+    assert nms(
+        boxes, scores, iou=0.5, min_score=0.1, max_detections=10, classes=np.array([0, 1, 0, 0])
+    ).tolist() == [1, 0, 2, 3]

@@ -29,8 +29,15 @@ class Boxer:
             box = [10.0, 10.0, 50.0, 40.0]
             if image.image_id in self.outside_on:
                 box = [10.0, 10.0, 500.0, 40.0]
-            row = {"annotation_type": "region_text", "task": "object", "region_kind": "object",
-                   "box": box, "category": "ball", "text": "ball", "score": 0.9}
+            row = {
+                "annotation_type": "region_text",
+                "task": "object",
+                "region_kind": "object",
+                "box": box,
+                "category": "ball",
+                "text": "ball",
+                "score": 0.9,
+            }
             if image.image_id in self.malformed_on:
                 row["task"] = "not-a-task"
             out.append([row])
@@ -51,7 +58,10 @@ def test_a_healthy_specialist_labels_every_image_in_batches():
 def test_one_failing_image_is_quarantined_and_the_rest_of_the_shard_goes_on():
     bad, malformed, outside = IMAGES[1].image_id, IMAGES[4].image_id, IMAGES[6].image_id
     run = run_specialist(
-        Boxer(crash_on=[bad], malformed_on=[malformed], outside_on=[outside]), IMAGES, batch_size=3, progress=False
+        Boxer(crash_on=[bad], malformed_on=[malformed], outside_on=[outside]),
+        IMAGES,
+        batch_size=3,
+        progress=False,
     )
     reasons = dict(zip(run.quarantine["image_id"], run.quarantine["reason"]))
     assert reasons == {bad: "specialist_failed", malformed: "malformed_output", outside: "box_outside_image"}
@@ -65,7 +75,9 @@ def test_one_failing_image_is_quarantined_and_the_rest_of_the_shard_goes_on():
 def test_a_specialist_returning_the_wrong_number_of_outputs_is_caught():
     class Short(Boxer):
         def annotate(self, images, known):
-            return super().annotate(images, known)[:-1] if len(images) > 1 else super().annotate(images, known)
+            return (
+                super().annotate(images, known)[:-1] if len(images) > 1 else super().annotate(images, known)
+            )
 
     run = run_specialist(Short(), IMAGES[:4], batch_size=4, progress=False)
     assert run.labels.height == 4, "retried one by one, every image is labelled"
@@ -75,9 +87,22 @@ def test_a_specialist_returning_the_wrong_number_of_outputs_is_caught():
 def test_known_labels_reach_only_their_own_images(batch_size):
     from relabel.labels import frame
 
-    known = frame("labels", [{"label_id": f"k{i}", "image_id": image.image_id, "annotation_type": "text",
-                              "task": "brief_caption", "text": f"caption {i}", "source": "human",
-                              "iteration": 0, "status": "raw"} for i, image in enumerate(IMAGES)])
+    known = frame(
+        "labels",
+        [
+            {
+                "label_id": f"k{i}",
+                "image_id": image.image_id,
+                "annotation_type": "text",
+                "task": "brief_caption",
+                "text": f"caption {i}",
+                "source": "human",
+                "iteration": 0,
+                "status": "raw",
+            }
+            for i, image in enumerate(IMAGES)
+        ],
+    )
     seen = {}
 
     class Reader(Boxer):

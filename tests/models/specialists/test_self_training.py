@@ -33,7 +33,9 @@ def world(tmp_path_factory, world_eval):
 def trained(world, tmp_path_factory):
     images, labels = world
     out = tmp_path_factory.mktemp("folds")
-    return out, train_folds("trained_detector", images, labels, resolve, out, SETTINGS, folds=2, progress=False)
+    return out, train_folds(
+        "trained_detector", images, labels, resolve, out, SETTINGS, folds=2, progress=False
+    )
 
 
 def test_every_image_has_one_fold_from_its_id_and_every_fold_trains_on_the_others(world, trained):
@@ -64,21 +66,40 @@ def test_each_image_is_labelled_once_by_the_model_that_never_saw_it(world, train
         return original(kind, name, settings, context)
 
     monkeypatch.setattr(self_training, "build_specialist", recording)
-    labels, quarantine = detect_held_out("trained_detector", "tinydet", images, resolve, out, {"min_score": 0.01}, 2, progress=False)
+    labels, quarantine = detect_held_out(
+        "trained_detector", "tinydet", images, resolve, out, {"min_score": 0.01}, 2, progress=False
+    )
     assert seen == ["fold-0", "fold-1"]
     assert quarantine.height == 0
     assert labels.height > 0 and set(labels["task"]) == {"object"}
     assert set(labels["image_id"]) <= set(images["image_id"])
     # an image's labels come from its own fold's model: the source names those weights
     fold_of_image = dict(images.select("image_id", fold_of(2).alias("fold")).iter_rows())
-    versions = labels.select("image_id", "source").unique().with_columns(fold=pl.col("image_id").replace_strict(fold_of_image))
-    assert versions.group_by("fold").agg(pl.col("source").n_unique())["source"].to_list() == [1] * versions["fold"].n_unique()
+    versions = (
+        labels.select("image_id", "source")
+        .unique()
+        .with_columns(fold=pl.col("image_id").replace_strict(fold_of_image))
+    )
+    assert (
+        versions.group_by("fold").agg(pl.col("source").n_unique())["source"].to_list()
+        == [1] * versions["fold"].n_unique()
+    )
 
 
 def test_the_next_iteration_goes_on_from_each_folds_weights(world, trained, tmp_path):
     images, labels = world
     before, _ = trained
-    reports = train_folds("trained_detector", images, labels, resolve, tmp_path, {**SETTINGS, "epochs": 1}, folds=2, go_on_from=before, progress=False)
+    reports = train_folds(
+        "trained_detector",
+        images,
+        labels,
+        resolve,
+        tmp_path,
+        {**SETTINGS, "epochs": 1},
+        folds=2,
+        go_on_from=before,
+        progress=False,
+    )
     assert [r["went_on_from"] for r in reports] == [str(fold_dir(before, 0)), str(fold_dir(before, 1))]
     config = json.loads((fold_dir(tmp_path, 0) / CONFIG_FILE).read_text())
     assert config["train_settings"]["init_from"] == str(fold_dir(before, 0))

@@ -14,7 +14,6 @@ from models.specialists.shapes import PROTOTYPES_FILE, ShapeDetector, fit_shape_
 from relabel.config import WorldParams
 from relabel.world import render_world
 
-
 # ----------------------------------------------------------------------------------------- tests
 
 

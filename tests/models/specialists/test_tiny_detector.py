@@ -16,7 +16,6 @@ from models.specialists.tiny_detector import CONFIG_FILE, WEIGHTS_FILE, TinyDete
 from relabel.config import WorldParams
 from relabel.world import render_world
 
-
 # ----------------------------------------------------------------------------------------- tests
 
 
@@ -92,7 +91,9 @@ def test_training_is_deterministic_given_a_seed(world_eval, world, tmp_path):
 def test_nothing_to_train_on_is_an_error(world_eval, world, tmp_path):
     images, human = world_eval.human_frames(world[0])
     with pytest.raises(ValueError, match="nothing to train"):
-        train_tiny_detector(images, human.filter(pl.col("image_id") == "none"), resolve, tmp_path, {}, progress=False)
+        train_tiny_detector(
+            images, human.filter(pl.col("image_id") == "none"), resolve, tmp_path, {}, progress=False
+        )
 
 
 @pytest.mark.slow

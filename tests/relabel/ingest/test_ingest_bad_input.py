@@ -78,9 +78,7 @@ def coco_source(
     instances = {"images": images, "annotations": annotations, "categories": categories}
     (folder / "instances.json").write_text(json.dumps(instances))
     if captions is not None:
-        (folder / "captions.json").write_text(
-            json.dumps({"images": images, "annotations": captions})
-        )
+        (folder / "captions.json").write_text(json.dumps({"images": images, "annotations": captions}))
     return SourceParams(
         name="coco",
         kind="coco",
@@ -126,8 +124,7 @@ def test_decompression_bombs_lose_only_themselves_and_their_labels(tmp_path: Pat
         ("label", "image_quarantined"): 2,
     }
     details = {
-        json.loads(row["record"])["file"]: row["detail"]
-        for row in quarantined(result, "decompression_bomb")
+        json.loads(row["record"])["file"]: row["detail"] for row in quarantined(result, "decompression_bomb")
     }
     assert set(details) == {"web/bomb.png", "web/warns.png"}
     limit = str(Image.MAX_IMAGE_PIXELS)
@@ -257,10 +254,7 @@ def test_a_sidecar_line_with_a_wrong_key_names_it_and_the_expected_keys(tmp_path
 
     assert result.accounting() == {"image": (1, 1, 0), "label": (4, 1, 3)}
     assert result.reasons() == {("label", "unknown_key"): 2, ("label", "missing_key"): 1}
-    details = {
-        int(row["origin"].rsplit(":", 1)[1]): row["detail"]
-        for row in result.quarantine.to_dicts()
-    }
+    details = {int(row["origin"].rsplit(":", 1)[1]): row["detail"] for row in result.quarantine.to_dicts()}
     expected = (
         "a sidecar entry has exactly the keys ['file_name', 'alt_text'], "
         'e.g. {"file_name": "shop/sign.jpg", "alt_text": "A red stop sign"}'
@@ -277,9 +271,7 @@ def test_a_sidecar_line_with_a_wrong_key_names_it_and_the_expected_keys(tmp_path
 def test_a_csv_row_with_cells_beyond_the_header_is_not_silently_cut(tmp_path: Path) -> None:
     write_png(tmp_path / "web" / "a.png", 1)
     # an unquoted comma splits the alt text: "a sign" would be taken and " red" dropped
-    (tmp_path / "web" / "alt.csv").write_text(
-        'file_name,alt_text\na.png,a sign, red\na.png,"a sign, red"\n'
-    )
+    (tmp_path / "web" / "alt.csv").write_text('file_name,alt_text\na.png,a sign, red\na.png,"a sign, red"\n')
 
     result = ingest([folder_source(sidecar="alt.csv")], tmp_path)
 

@@ -32,9 +32,7 @@ def coco_mini_source(coco_mini_dir: Path) -> SourceParams:
 def ingest_all(sources: list[SourceParams], root: Path) -> list[ShardIngest]:
     catalog = catalog_sources(sources, root, root / "data", SHARDS, EVAL_FRACTION, progress=False)
     shards = [
-        ingest_shard(
-            catalog.files, sources, root, root / "data", shard, SHARDS, progress=False
-        )
+        ingest_shard(catalog.files, sources, root, root / "data", shard, SHARDS, progress=False)
         for shard in shard_keys(SHARDS)
     ]
     for result in shards:
@@ -49,9 +47,7 @@ def table(shards: list[ShardIngest], name: str) -> pl.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def coco_mini_ingest(
-    coco_mini_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> list[ShardIngest]:
+def coco_mini_ingest(coco_mini_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[ShardIngest]:
     return ingest_all([coco_mini_source(coco_mini_dir)], tmp_path_factory.mktemp("project"))
 
 

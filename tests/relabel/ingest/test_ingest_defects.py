@@ -52,15 +52,16 @@ class Ingested:
         return pl.concat([self.catalog.quarantine, *(result.quarantine for result in self.shards)])
 
     def reasons(self) -> Counter[tuple[str, str]]:
-        return Counter(
-            self.quarantine.select(pl.col("record_kind").cast(pl.String), "reason").iter_rows()
-        )
+        return Counter(self.quarantine.select(pl.col("record_kind").cast(pl.String), "reason").iter_rows())
 
     def accounting(self) -> dict[str, tuple[int, int, int]]:
         """(records in, kept, quarantined) by record kind, over the catalog and every shard."""
         quarantined = Counter(self.quarantine["record_kind"].cast(pl.String).to_list())
         kept = {"image": self.images.height, "label": self.labels.height}
-        return {kind: (self.catalog.records_in.get(kind, 0), kept[kind], quarantined[kind]) for kind in ("image", "label")}
+        return {
+            kind: (self.catalog.records_in.get(kind, 0), kept[kind], quarantined[kind])
+            for kind in ("image", "label")
+        }
 
 
 def ingest(sources: list[SourceParams], root: Path, shard_count: int = SHARDS) -> Ingested:
@@ -248,18 +249,16 @@ def test_broken_coco_json_is_one_source_row_and_the_folder_images_are_still_inge
     tmp_path: Path,
 ) -> None:
     source = coco_source(tmp_path, {"a.png": 1, "b.png": 2}, [box(1, 1, [1, 1, 5, 5])], [])
-    (tmp_path / "data/coco/instances.json").write_text(
-        '{"images": [], "annotations": ['
-    )  # cut short
+    (tmp_path / "data/coco/instances.json").write_text('{"images": [], "annotations": [')  # cut short
     write_json(tmp_path / "data/coco/captions.json", {"info": "this is a dataset card, not COCO"})
 
     result = ingest([source], tmp_path)
 
     assert result.reasons() == {("source", "unparseable_json"): 1, ("source", "not_coco_json"): 1}
     (not_json,) = quarantined(result, "unparseable_json")
-    assert "instances.json" in not_json["detail"] and json.loads(not_json["record"])[
-        "head"
-    ].startswith('{"images"')
+    assert "instances.json" in not_json["detail"] and json.loads(not_json["record"])["head"].startswith(
+        '{"images"'
+    )
     (not_coco,) = quarantined(result, "not_coco_json")
     assert "lacks" in not_coco["detail"] and "captions.json" in not_coco["origin"]
     assert sorted(result.images["uri"]) == ["coco/images/a.png", "coco/images/b.png"]
@@ -311,9 +310,7 @@ def test_box_defects_are_quarantined_and_small_overhangs_clipped(tmp_path: Path)
         outside["detail"]
         == "box [30, 5, 50, 15] extends beyond the 40x30 image by more than the 1 px tolerance"
     )
-    assert json.loads(outside["record"])["id"] == 3 and outside["origin"].endswith(
-        "#annotations[id=3]"
-    )
+    assert json.loads(outside["record"])["id"] == 3 and outside["origin"].endswith("#annotations[id=3]")
     assert outside["label_id"] is not None and outside["image_id"] == result.images["image_id"][0]
     assert {json.loads(row["record"])["id"] for row in quarantined(result, "zero_area_box")} == {
         4,
@@ -353,18 +350,13 @@ def test_non_utf8_line_loses_only_itself(tmp_path: Path) -> None:
 
     assert result.reasons() == {("label", "non_utf8_text"): 1}
     (row,) = quarantined(result, "non_utf8_text")
-    assert (
-        "caf\\xe9 sign" in row["detail"]
-        and json.loads(row["record"])["alt_text"] == "caf\\xe9 sign"
-    )
+    assert "caf\\xe9 sign" in row["detail"] and json.loads(row["record"])["alt_text"] == "caf\\xe9 sign"
     assert sorted(result.labels["text"]) == ["a bus", "café sign"]
     assert set(result.labels["task"].cast(pl.String)) == {"alt_text"}
 
 
 def test_non_utf8_caption_in_coco_json_loses_only_itself(tmp_path: Path) -> None:
-    source = coco_source(
-        tmp_path, {"a.png": 1}, [], [caption(1, 1, "PLACEHOLDER"), caption(2, 1, "A dog.")]
-    )
+    source = coco_source(tmp_path, {"a.png": 1}, [], [caption(1, 1, "PLACEHOLDER"), caption(2, 1, "A dog.")])
     path = tmp_path / "data/coco/captions.json"
     path.write_bytes(path.read_bytes().replace(b"PLACEHOLDER", b"Stra\xdfe"))
 
@@ -404,17 +396,12 @@ def test_unparseable_sidecar_line_loses_only_itself(tmp_path: Path) -> None:
     result = ingest([source], tmp_path)
 
     assert result.reasons() == {("label", "unparseable_json"): 1, ("label", "invalid_record"): 1}
-    assert (
-        json.loads(quarantined(result, "unparseable_json")[0]["record"])
-        == '{"file_name": "a.png", "alt_'
-    )
+    assert json.loads(quarantined(result, "unparseable_json")[0]["record"]) == '{"file_name": "a.png", "alt_'
     assert result.labels["text"].to_list() == ["ok"]
 
 
 def test_duplicate_images_keep_the_first_source_and_every_label(tmp_path: Path) -> None:
-    coco = coco_source(
-        tmp_path, {"x.png": 9}, [box(1, 1, [1, 1, 5, 5])], [caption(2, 1, "A square.")]
-    )
+    coco = coco_source(tmp_path, {"x.png": 9}, [box(1, 1, [1, 1, 5, 5])], [caption(2, 1, "A square.")])
     folder = tmp_path / "data" / "web"
     image_id = write_image(folder / "copy.png", 9)  # the same picture again
     write_image(folder / "copy2.png", 9)  # and once more in the same folder
@@ -506,9 +493,7 @@ def test_parquet_labels_are_validated_and_follow_their_image(tmp_path: Path) -> 
     result = ingest([SourceParams(name="export", kind="parquet", path="export")], tmp_path)
 
     assert result.reasons() == {("label", "invalid_score"): 3, ("label", "duplicate_label_id"): 1}
-    assert result.images.rows() == [
-        (image_id, "pics/a.png", 40, 30, "old", result.images["split"][0])
-    ]
+    assert result.images.rows() == [(image_id, "pics/a.png", 40, 30, "old", result.images["split"][0])]
     (kept,) = result.labels.to_dicts()
     assert (kept["label_id"], kept["image_id"], kept["score"], kept["source"]) == (
         "good",
@@ -529,8 +514,7 @@ def test_same_inputs_give_identical_frames_and_rows_land_in_their_shard(tmp_path
         tmp_path,
         {f"{n}.png": n * 20 for n in range(8)},
         [box(n, n % 8 + 1, [1, 1, 5 + n, 5]) for n in range(1, 20)] + [box(99, 1, [0, 0, 80, 5])],
-        [caption(100 + n, n + 1, f"Picture {n}.") for n in range(8)]
-        + [caption(200, 1, "Picture 0.")],
+        [caption(100 + n, n + 1, f"Picture {n}.") for n in range(8)] + [caption(200, 1, "Picture 0.")],
     )
     first, second = (
         ingest([source], tmp_path, shard_count=3),
@@ -539,11 +523,7 @@ def test_same_inputs_give_identical_frames_and_rows_land_in_their_shard(tmp_path
 
     assert first.catalog.files.equals(second.catalog.files)
     for a, b in zip(first.shards, second.shards, strict=True):
-        assert (
-            a.images.equals(b.images)
-            and a.labels.equals(b.labels)
-            and a.quarantine.equals(b.quarantine)
-        )
+        assert a.images.equals(b.images) and a.labels.equals(b.labels) and a.quarantine.equals(b.quarantine)
         for table in (a.images, a.labels, a.quarantine.filter(pl.col("image_id").is_not_null())):
             assert {shard_of(image_id, 3) for image_id in table["image_id"]} <= {a.shard}
     # two humans writing the same caption on one image: two labels with their own ids
@@ -554,9 +534,7 @@ def test_accounting_error_names_the_shard(tmp_path: Path) -> None:
     source = coco_source(tmp_path, {"a.png": 1}, [box(1, 1, [1, 1, 5, 5])])
     result = ingest([source], tmp_path, shard_count=1)
     (shard,) = result.shards
-    broken = ShardIngest(
-        shard.shard, shard.images, shard.labels.head(0), shard.quarantine, shard.records_in
-    )
+    broken = ShardIngest(shard.shard, shard.images, shard.labels.head(0), shard.quarantine, shard.records_in)
     with pytest.raises(AccountingError, match="shard-00"):
         broken.check_accounting()
 
@@ -581,10 +559,18 @@ def test_the_same_project_in_two_folders_ingests_to_identical_bytes(tmp_path: Pa
 
 
 def test_detailed_captions_of_a_coco_source_are_human_detailed_captions(tmp_path: Path) -> None:
-    source = coco_source(tmp_path, {"a.png": 10, "b.png": 200}, [box(1, 1, [2, 3, 10, 5])], [caption(2, 1, "A red square.")])
+    source = coco_source(
+        tmp_path, {"a.png": 10, "b.png": 200}, [box(1, 1, [2, 3, 10, 5])], [caption(2, 1, "A red square.")]
+    )
     folder = tmp_path / "data" / "coco"
     entries = json.loads((folder / "instances.json").read_text())["images"]
-    write_json(folder / "detailed.json", {"images": entries, "annotations": [caption(3, 2, "A green square sits at the top left, next to nothing.")]})
+    write_json(
+        folder / "detailed.json",
+        {
+            "images": entries,
+            "annotations": [caption(3, 2, "A green square sits at the top left, next to nothing.")],
+        },
+    )
     result = ingest([source.model_copy(update={"detailed_captions": "data/coco/detailed.json"})], tmp_path)
     assert result.quarantine.height == 0
     detailed = result.labels.filter(pl.col("task") == "detailed_caption")

@@ -41,9 +41,7 @@ def label(label_id: str, **fields: Any) -> dict[str, Any]:
 def check(*rows: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, tuple[str, str]]]:
     kept, quarantined = validate_labels(frame("labels", rows), frame("images", [IMAGE]))
     assert kept.height + quarantined.height == len(rows)
-    reasons = {
-        row["label_id"]: (row["reason"], row["detail"]) for row in quarantined.iter_rows(named=True)
-    }
+    reasons = {row["label_id"]: (row["reason"], row["detail"]) for row in quarantined.iter_rows(named=True)}
     return kept, reasons
 
 
@@ -80,9 +78,7 @@ def test_every_check_fires_with_its_reason() -> None:
     }
     assert set(LABEL_CHECKS) == {reason for reason, _ in reasons.values()}
     assert reasons["span"][1] == "phrase span [2, 9) does not lie within the 5-character text"
-    assert (
-        reasons["flat"][1] == "box [10, 10, 10, 20] has zero or negative area (width 0, height 10)"
-    )
+    assert reasons["flat"][1] == "box [10, 10, 10, 20] has zero or negative area (width 0, height 10)"
 
 
 def test_boxes_within_the_tolerance_are_clipped_and_the_rest_untouched() -> None:

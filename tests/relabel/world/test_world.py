@@ -37,17 +37,12 @@ def truth(tiny) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def scenes(tiny) -> list[dict]:
-    return [
-        json.loads(line)
-        for line in (tiny[1] / "scenes.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
+    return [json.loads(line) for line in (tiny[1] / "scenes.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def _files(root: Path) -> dict[str, bytes]:
     return {
-        str(path.relative_to(root)): path.read_bytes()
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
+        str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()
     }
 
 
@@ -68,9 +63,7 @@ def test_another_seed_gives_another_world(tiny, tmp_path):
     world_dir, truth_dir, _ = _render(tmp_path, TINY.model_copy(update={"seed": 4}))
     assert (truth_dir / "labels.parquet").read_bytes() != (tiny[1] / "labels.parquet").read_bytes()
     ours = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (tiny[0] / "images").glob("*.png")}
-    theirs = {
-        hashlib.sha256(p.read_bytes()).hexdigest() for p in (world_dir / "images").glob("*.png")
-    }
+    theirs = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (world_dir / "images").glob("*.png")}
     assert ours.isdisjoint(theirs)
 
 
@@ -78,11 +71,7 @@ def test_ontology_has_enough_categories_and_rare_ones(tiny):
     ontology = json.loads((tiny[0] / "ontology.json").read_text(encoding="utf-8"))
     categories = ontology["categories"]
     assert len(categories) >= 12
-    assert (
-        len({c["id"] for c in categories})
-        == len({c["name"] for c in categories})
-        == len(categories)
-    )
+    assert len({c["id"] for c in categories}) == len({c["name"] for c in categories}) == len(categories)
     assert sum(c["rare"] for c in categories) >= 2
     assert all(c["colours"] and c["supercategory"] for c in categories)
 
@@ -110,17 +99,13 @@ def test_ground_truth_is_in_the_label_schema(truth, scenes):
 
 def test_image_ids_are_the_sha256_of_the_png_files(tiny, scenes):
     for scene in scenes:
-        assert (
-            scene["image_id"] == hashlib.sha256((tiny[0] / scene["file"]).read_bytes()).hexdigest()
-        )
+        assert scene["image_id"] == hashlib.sha256((tiny[0] / scene["file"]).read_bytes()).hexdigest()
         with Image.open(tiny[0] / scene["file"]) as image:
             assert image.size == (scene["width"], scene["height"])
 
 
 def test_object_regions_are_inside_the_image_with_polygons(truth):
-    objects = (
-        _rows(truth, "object") + _rows(truth, "region_caption") + _rows(truth, "phrase_grounding")
-    )
+    objects = _rows(truth, "object") + _rows(truth, "region_caption") + _rows(truth, "phrase_grounding")
     assert objects
     for row in objects:
         x0, y0, x1, y1 = row["box"]
@@ -141,16 +126,13 @@ def test_ocr_quads_are_inside_the_image_and_turned(truth):
         xs, ys = quad[0::2], quad[1::2]
         assert all(0 <= x <= TINY.width for x in xs) and all(0 <= y <= TINY.height for y in ys)
         assert row["box"] == pytest.approx([min(xs), min(ys), max(xs), max(ys)], abs=0.01)
-        assert ys[0] != pytest.approx(ys[1], abs=0.5), (
-            "the top edge of a turned line is not horizontal"
-        )
+        assert ys[0] != pytest.approx(ys[1], abs=0.5), "the top edge of a turned line is not horizontal"
         assert row["region_kind"] == "text" and row["text"].strip()
 
 
 def test_phrase_spans_name_the_grounded_objects(truth):
     captions = {
-        (row["image_id"], row["text"])
-        for row in truth.filter(pl.col("annotation_type") == "text").to_dicts()
+        (row["image_id"], row["text"]) for row in truth.filter(pl.col("annotation_type") == "text").to_dicts()
     }
     grounded = _rows(truth, "phrase_grounding")
     assert len(grounded) > len(captions)
@@ -165,9 +147,7 @@ def test_phrase_spans_name_the_grounded_objects(truth):
 
 def test_captions_read_the_signs(truth, scenes):
     for scene in scenes:
-        detailed = _rows(truth.filter(pl.col("image_id") == scene["image_id"]), "detailed_caption")[
-            0
-        ]["text"]
+        detailed = _rows(truth.filter(pl.col("image_id") == scene["image_id"]), "detailed_caption")[0]["text"]
         for text in scene["texts"]:
             assert f'"{text["text"]}"' in detailed
 
@@ -181,9 +161,7 @@ def test_scene_graph_boxes_are_the_visible_part(scenes, truth):
         assert dx0 <= x0 < x1 <= dx1 and dy0 <= y0 < y1 <= dy1
         assert MIN_VISIBLE <= obj["visible_fraction"] <= 1
         behind = [r for r in obj["relations"] if r["relation"] == "behind"]
-        assert obj["visible_fraction"] > 0.95 or behind, (
-            "a hidden part has something in front of it"
-        )
+        assert obj["visible_fraction"] > 0.95 or behind, "a hidden part has something in front of it"
     assert any(obj["visible_fraction"] < 1 for obj in objects), "some objects overlap"
 
 
@@ -218,11 +196,7 @@ def test_human_instances_are_coco_boxes_near_the_truth(tiny, scenes):
         assert w > 0 and h > 0 and annotation["area"] > 0 and annotation["iscrowd"] == 0
         box = [x, y, x + w, y + h]
         assert (
-            max(
-                _iou(box, truth)
-                for truth in truth_boxes[images[annotation["image_id"]]["file_name"]]
-            )
-            > 0.3
+            max(_iou(box, truth) for truth in truth_boxes[images[annotation["image_id"]]["file_name"]]) > 0.3
         )
         for ring in annotation.get("segmentation", []):
             assert len(ring) >= 6
@@ -236,9 +210,7 @@ def test_human_instances_are_coco_boxes_near_the_truth(tiny, scenes):
 def test_human_captions_and_alt_text(tiny):
     world_dir, _, summary = tiny
     captions = json.loads((world_dir / "human" / "captions.json").read_text(encoding="utf-8"))
-    assert captions["annotations"] and summary.human_labels["captions"] == len(
-        captions["annotations"]
-    )
+    assert captions["annotations"] and summary.human_labels["captions"] == len(captions["annotations"])
     image_ids = {image["id"] for image in captions["images"]}
     assert all(a["image_id"] in image_ids and a["caption"].strip() for a in captions["annotations"])
     lines = (world_dir / "web" / "alt_text.jsonl").read_bytes().splitlines()
@@ -305,14 +277,7 @@ def test_without_defects_everything_is_clean(tmp_path):
     assert all((world_dir / "images" / image["file_name"]).is_file() for image in coco["images"])
     for annotation in coco["annotations"]:
         x, y, w, h = annotation["bbox"]
-        assert (
-            w > 0
-            and h > 0
-            and x >= 0
-            and y >= 0
-            and x + w <= params.width
-            and y + h <= params.height
-        )
+        assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= params.width and y + h <= params.height
 
 
 def test_summary_counts_what_was_written(tiny, truth):
@@ -328,9 +293,7 @@ def test_summary_counts_what_was_written(tiny, truth):
 
 
 def test_small_images_and_crowded_scenes_stay_valid(tmp_path):
-    params = WorldParams(
-        seed=11, n_images=6, width=64, height=64, max_objects=10, text_probability=1.0
-    )
+    params = WorldParams(seed=11, n_images=6, width=64, height=64, max_objects=10, text_probability=1.0)
     _, truth_dir, summary = _render(tmp_path, params)
     truth = pl.read_parquet(truth_dir / "labels.parquet")
     check_schema(truth, "labels")
@@ -353,11 +316,17 @@ def test_rare_categories_stay_under_two_percent(tmp_path):
 
 def test_a_few_curated_images_have_a_human_detailed_caption_from_the_truth(tmp_path, truth):
     # the tiny world's rate, raised so that a handful are written
-    world_dir, truth_dir, summary = _render(tmp_path, TINY.model_copy(update={"human": TINY.human.model_copy(update={"detailed_caption_rate": 0.5})}))
+    world_dir, truth_dir, summary = _render(
+        tmp_path,
+        TINY.model_copy(update={"human": TINY.human.model_copy(update={"detailed_caption_rate": 0.5})}),
+    )
     document = json.loads((world_dir / "human" / "detailed_captions.json").read_text(encoding="utf-8"))
     assert summary.human_labels["detailed_captions"] == len(document["annotations"]) > 0
     files = {image["id"]: image["file_name"] for image in document["images"]}
-    scenes_by_file = {Path(json.loads(line)["file"]).name: json.loads(line) for line in (truth_dir / "scenes.jsonl").read_text(encoding="utf-8").splitlines()}
+    scenes_by_file = {
+        Path(json.loads(line)["file"]).name: json.loads(line)
+        for line in (truth_dir / "scenes.jsonl").read_text(encoding="utf-8").splitlines()
+    }
     detailed = pl.read_parquet(truth_dir / "labels.parquet").filter(pl.col("task") == "detailed_caption")
     for annotation in document["annotations"]:
         scene = scenes_by_file[files[annotation["image_id"]]]
