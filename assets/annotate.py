@@ -29,24 +29,33 @@ from dagster import (
     multi_asset,
 )
 
-from assets.ingest import INGEST_STAGE
-from assets.metadata import counts_by, figure_image, markdown_table, png_markdown
 from models.specialists.registry import TRAINERS, BuildContext, build_specialist, train_specialist
 from models.specialists.runner import image_refs, run_specialist
 from models.specialists.shapes import training_images
-from pipelines.io_manager import TABLE_METADATA_KEY
-from pipelines.resources import DvcResource, MlflowResource, ProjectResource
 from relabel.annotate import consensus_regions, initial_annotations, score_against_truth
 from relabel.config import AnnotateParams, SpecialistParams
-from relabel.ingest.images import path_of_uri
+from relabel.files import path_of_uri
 from relabel.labels import empty
+from resources.io_manager import TABLE_METADATA_KEY
+from resources.layout import (
+    ANNOTATION_CONFLICTS,
+    ANNOTATION_SCORES,
+    CONSENSUS_QUARANTINE,
+    CONSENSUS_REGIONS,
+    GROUND_TRUTH_LABELS,
+    HUMAN_LABELS,
+    IMAGES,
+    INITIAL_ANNOTATIONS,
+    INITIAL_QUARANTINE,
+    files_dir,
+    specialist,
+    specialist_model,
+    specialist_quarantine,
+)
+from resources.metadata import counts_by, figure_image, markdown_table, png_markdown
+from resources.services import DvcResource, MlflowResource, ProjectResource
 
-ANNOTATE_STAGE = "annotate"
-IMAGES = AssetKey([INGEST_STAGE, "images"])
-HUMAN_LABELS = AssetKey([INGEST_STAGE, "human_labels"])
-CONSENSUS = AssetKey([ANNOTATE_STAGE, "consensus_regions"])
-INITIAL_ANNOTATIONS = AssetKey([ANNOTATE_STAGE, "initial_annotations"])
-INITIAL_QUARANTINE = AssetKey([ANNOTATE_STAGE, "initial_quarantine"])
+ANNOTATE_STAGE = INITIAL_ANNOTATIONS.path[0]
 # written into a trained specialist's folder in place of weights when it was not trained
 TRAINING_SKIPPED_FILE = "training_skipped.json"
 NO_HUMAN_BOXES = "no human object boxes on the train images to train on"
@@ -69,18 +78,19 @@ def build_annotate_assets(shards: PartitionsDefinition, params: AnnotateParams) 
     language = [spec for spec in params.language if spec.enabled]
     per_shard = [_specialist_asset(spec, shards, reads=[]) for spec in perception]
     per_shard.append(_consensus_asset(shards, [spec.name for spec in perception]))
-    reads = [HUMAN_LABELS, CONSENSUS]
+    reads = [HUMAN_LABELS, CONSENSUS_REGIONS]
     for spec in language:
         per_shard.append(_specialist_asset(spec, shards, reads=list(reads)))
-        reads.append(AssetKey([ANNOTATE_STAGE, spec.name]))
+        reads.append(specialist(spec.name))
     per_shard.append(_initial_annotations_asset(shards, [spec.name for spec in language]))
     return AnnotateAssets(
         training=[_training_asset(spec) for spec in (*perception, *language) if spec.kind in TRAINERS],
         per_shard=per_shard,
         scores=_scores_asset([spec.name for spec in (*perception, *language)]),
         quarantines=[
-            AssetKey([ANNOTATE_STAGE, f"{name}_quarantine"])
-            for name in (*(spec.name for spec in (*perception, *language)), "consensus", "initial")
+            *(specialist_quarantine(spec.name) for spec in (*perception, *language)),
+            CONSENSUS_QUARANTINE,
+            INITIAL_QUARANTINE,
         ],
     )
 
@@ -89,7 +99,7 @@ def _context_for(project: ProjectResource, spec: SpecialistParams) -> BuildConte
     import torch
 
     return BuildContext(
-        workdir=project.data_dir / ANNOTATE_STAGE / f"{spec.name}_model",
+        workdir=files_dir(specialist_model(spec.name), project.data_dir),
         categories=project.ontology(),
         device="cuda" if torch.cuda.is_available() else "cpu",
     )
@@ -97,7 +107,7 @@ def _context_for(project: ProjectResource, spec: SpecialistParams) -> BuildConte
 
 def _training_asset(spec: SpecialistParams):
     @asset(
-        key=[ANNOTATE_STAGE, f"{spec.name}_model"],
+        key=specialist_model(spec.name),
         ins={"images": AssetIn(IMAGES), "human_labels": AssetIn(HUMAN_LABELS)},
         group_name=ANNOTATE_STAGE,
         compute_kind="torch",
@@ -161,18 +171,18 @@ def _training_skipped(workdir: Path) -> str | None:
 
 def _specialist_asset(spec: SpecialistParams, shards: PartitionsDefinition, reads: list[AssetKey]):
     ins = {"images": AssetIn(IMAGES), **{_in_name(key): AssetIn(key) for key in reads}}
-    deps = [AssetKey([ANNOTATE_STAGE, f"{spec.name}_model"])] if spec.kind in TRAINERS else []
+    deps = [specialist_model(spec.name)] if spec.kind in TRAINERS else []
 
     @multi_asset(
         name=f"annotate_{spec.name}",
         outs={
             spec.name: AssetOut(
-                key=[ANNOTATE_STAGE, spec.name],
+                key=specialist(spec.name),
                 description=f"Labels of the {spec.kind} specialist '{spec.name}' for the shard.",
                 metadata={TABLE_METADATA_KEY: "labels"},
             ),
             f"{spec.name}_quarantine": AssetOut(
-                key=[ANNOTATE_STAGE, f"{spec.name}_quarantine"],
+                key=specialist_quarantine(spec.name),
                 description=f"Images '{spec.name}' failed on and labels it produced that failed the checks.",
                 metadata={TABLE_METADATA_KEY: "quarantine"},
             ),
@@ -231,17 +241,17 @@ def _consensus_asset(shards: PartitionsDefinition, perception: list[str]):
         name="consensus",
         outs={
             "consensus_regions": AssetOut(
-                key=CONSENSUS,
+                key=CONSENSUS_REGIONS,
                 description="Regions the perception specialists agree on (weighted box fusion), with agreement and provenance.",
                 metadata={TABLE_METADATA_KEY: "labels"},
             ),
             "consensus_quarantine": AssetOut(
-                key=[ANNOTATE_STAGE, "consensus_quarantine"],
+                key=CONSENSUS_QUARANTINE,
                 description="Regions only one specialist proposed, with a score too low to promote.",
                 metadata={TABLE_METADATA_KEY: "quarantine"},
             ),
         },
-        ins={name: AssetIn(AssetKey([ANNOTATE_STAGE, name])) for name in perception},
+        ins={name: AssetIn(specialist(name)) for name in perception},
         partitions_def=shards,
         group_name=ANNOTATE_STAGE,
         compute_kind="polars",
@@ -279,14 +289,14 @@ def _initial_annotations_asset(shards: PartitionsDefinition, language: list[str]
                 metadata={TABLE_METADATA_KEY: "quarantine"},
             ),
             "annotation_conflicts": AssetOut(
-                key=[ANNOTATE_STAGE, "annotation_conflicts"],
+                key=ANNOTATION_CONFLICTS,
                 description="Specialist regions that overlap a human region with another category: recorded, not resolved.",
             ),
         },
         ins={
             "human_labels": AssetIn(HUMAN_LABELS),
-            "consensus_regions": AssetIn(CONSENSUS),
-            **{name: AssetIn(AssetKey([ANNOTATE_STAGE, name])) for name in language},
+            "consensus_regions": AssetIn(CONSENSUS_REGIONS),
+            **{name: AssetIn(specialist(name)) for name in language},
         },
         partitions_def=shards,
         group_name=ANNOTATE_STAGE,
@@ -332,8 +342,8 @@ def _scores_asset(specialists: list[str]):
     outputs = [*specialists, "consensus_regions", "initial_annotations"]
 
     @asset(
-        key=[ANNOTATE_STAGE, "annotation_scores"],
-        ins={name: AssetIn(AssetKey([ANNOTATE_STAGE, name])) for name in outputs},
+        key=ANNOTATION_SCORES,
+        ins={name: AssetIn(specialist(name)) for name in outputs},
         group_name=ANNOTATE_STAGE,
         compute_kind="mlflow",
         description="Each specialist and the consensus against the embedded world's ground truth: box P/R/F1 at IoU 0.5 per class, OCR CER, caption object recall. An MLflow run.",
@@ -345,14 +355,14 @@ def _scores_asset(specialists: list[str]):
         mlflow_tracking: MlflowResource,
         **labels_by_output,
     ) -> MaterializeResult:
-        truth_path = project.data_dir / "ground_truth" / "labels.parquet"
+        truth_path = project.data_dir / GROUND_TRUTH_LABELS
         if not truth_path.is_file():
             return MaterializeResult(metadata={"scored": False, "why": f"no ground truth at {truth_path}"})
         scores = score_against_truth(labels_by_output, pl.read_parquet(truth_path))
         # no output has object boxes where no specialist detects objects (those trained on
         # human boxes left out for want of any): there is no F1 to chart
         chart = _f1_chart(scores.boxes) if scores.boxes.height else None
-        report_dir = project.data_dir / ANNOTATE_STAGE / "scores"
+        report_dir = files_dir(ANNOTATION_SCORES, project.data_dir)
         report_dir.mkdir(parents=True, exist_ok=True)
         scores.boxes.write_parquet(report_dir / "box_scores.parquet")
         scores.summary.write_parquet(report_dir / "summary.parquet")

@@ -28,7 +28,6 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetIn,
-    AssetKey,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -37,34 +36,35 @@ from dagster import (
     asset_check,
 )
 
-from assets.annotate import HUMAN_LABELS, IMAGES
-from assets.metadata import counts_by, markdown_table
-from pipelines.io_manager import TABLE_METADATA_KEY
-from pipelines.resources import DvcResource, ProjectResource
 from relabel import audit
 from relabel.evaluation_split import (
     EVAL,
     LABELS_FILE,
     freeze,
-    frozen_dir,
     frozen_manifest,
     manifest_changes,
     read_freeze,
     split_manifest,
     with_labels,
 )
+from resources.io_manager import TABLE_METADATA_KEY
+from resources.layout import (
+    AUDIT_TASKS,
+    AUDITED_LABELS,
+    DECISIONS_FILE,
+    FROZEN_SPLIT,
+    GROUND_TRUTH_LABELS,
+    HUMAN_LABELS,
+    IMAGES,
+    VERDICTS_QUARANTINE_FILE,
+    files_dir,
+    gate_docs_dir,
+)
+from resources.metadata import counts_by, markdown_table
+from resources.services import DvcResource, ProjectResource
 
-AUDIT_STAGE = "audit"
-AUDIT_TASKS = AssetKey([AUDIT_STAGE, "tasks"])
-AUDITED_LABELS = AssetKey([AUDIT_STAGE, "audited_labels"])
-FROZEN_SPLIT = AssetKey([AUDIT_STAGE, "frozen_split"])
+AUDIT_STAGE = AUDIT_TASKS.path[0]
 TASKS_FILE, CONFIG_FILE = "tasks.json", "label_config.xml"
-DECISIONS_FILE, QUARANTINE_FILE = "decisions.parquet", "quarantine.parquet"
-
-
-def label_studio_dir(data_dir: Path) -> Path:
-    """Where the audit's Label Studio files live: tasks, labeling config, decisions."""
-    return Path(data_dir) / AUDIT_STAGE / "label_studio"
 
 
 def split_images(images: pl.DataFrame) -> pl.DataFrame:
@@ -117,7 +117,7 @@ def build_audit_assets() -> tuple[list, list]:
         params = project.params.audit
         held, to_audit = split_images(images), labels_to_audit(images, human_labels)
         written = audit.audit_tasks(held, to_audit, image_url_for(project))
-        folder = label_studio_dir(project.data_dir)
+        folder = files_dir(AUDIT_TASKS, project.data_dir)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / TASKS_FILE).write_text(json.dumps(written, indent=1, sort_keys=True) + "\n")
         (folder / CONFIG_FILE).write_text(audit.label_config(project.ontology()) + "\n")
@@ -159,7 +159,7 @@ def build_audit_assets() -> tuple[list, list]:
         human_labels: pl.DataFrame,
     ) -> Output:
         params = project.params.audit
-        folder = label_studio_dir(project.data_dir)
+        folder = files_dir(AUDITED_LABELS, project.data_dir)
         written = json.loads((folder / TASKS_FILE).read_text())
         export_path = project.path(params.export)
         if params.auditor != "label-studio":
@@ -188,7 +188,7 @@ def build_audit_assets() -> tuple[list, list]:
                 },
             )
         result.decisions.write_parquet(folder / DECISIONS_FILE)
-        result.quarantine.write_parquet(folder / QUARANTINE_FILE)
+        result.quarantine.write_parquet(folder / VERDICTS_QUARANTINE_FILE)
         return Output(
             result.labels,
             metadata={
@@ -219,7 +219,7 @@ def build_audit_assets() -> tuple[list, list]:
         audited_labels: pl.DataFrame,
         images: pl.DataFrame,
     ) -> MaterializeResult:
-        folder = frozen_dir(project.data_dir)
+        folder = files_dir(FROZEN_SPLIT, project.data_dir)
         record = read_freeze(folder)
         if record is None:
             manifest = split_manifest(split_images(images), audited_labels, project.data_dir)
@@ -274,7 +274,7 @@ def build_audit_assets() -> tuple[list, list]:
         from data_checks import suites
         from data_checks.gates import validate, verdict_metadata
 
-        folder = frozen_dir(project.data_dir)
+        folder = files_dir(FROZEN_SPLIT, project.data_dir)
         frozen = frozen_manifest(folder)
         if frozen is None:
             return AssetCheckResult(
@@ -296,7 +296,7 @@ def build_audit_assets() -> tuple[list, list]:
             suites.frozen_split_suite(),
             checked,
             index_column="image_id",
-            docs_dir=project.data_dir / "gx_docs" / "split_unchanged",
+            docs_dir=gate_docs_dir(project.data_dir, "split_unchanged"),
         )
         return AssetCheckResult(
             passed=result.passed,
@@ -320,7 +320,7 @@ def _simulated_audit(project: ProjectResource, auditor: str, written: list[dict]
     """A completed Label Studio export made without a person (``audit.auditor``)."""
     if auditor == "accept-all":
         return audit.accept_all(written)
-    truth_path = project.data_dir / "ground_truth" / "labels.parquet"
+    truth_path = project.data_dir / GROUND_TRUTH_LABELS
     if not truth_path.is_file():
         raise Failure(
             f"audit.auditor is world-truth but there is no ground truth at {truth_path}: only the embedded world has one"

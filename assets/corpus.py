@@ -23,16 +23,20 @@ from dagster import (
     asset_check,
 )
 
-from assets.annotate import IMAGES
-from assets.audit import FROZEN_SPLIT
-from assets.filter import FILTERED_LABELS
-from assets.ingest import SOURCE_CATALOG
-from assets.metadata import counts_by, markdown_table
-from assets.partitions import FOLLOWS_INPUTS, SAME_SHARD
-from data_checks.shards import CORPUS_EXAMPLES
 from models.corpus import corpus_examples
-from pipelines.resources import ProjectResource
-from relabel.evaluation_split import frozen_dir, frozen_manifest, leaks
+from relabel.evaluation_split import frozen_manifest, leaks
+from resources.layout import (
+    CORPUS_EXAMPLES,
+    FILTERED_LABELS,
+    FROZEN_SPLIT,
+    IMAGES,
+    SOURCE_CATALOG,
+    files_dir,
+    gate_docs_dir,
+)
+from resources.metadata import counts_by, markdown_table
+from resources.partitions import FOLLOWS_INPUTS, SAME_SHARD
+from resources.services import ProjectResource
 
 CORPUS_STAGE = CORPUS_EXAMPLES.path[0]
 
@@ -96,7 +100,7 @@ def build_corpus_assets(iteration_shards: PartitionsDefinition) -> tuple[list, l
         from data_checks import suites
         from data_checks.gates import validate, verdict_metadata
 
-        frozen = frozen_manifest(frozen_dir(project.data_dir))
+        frozen = frozen_manifest(files_dir(FROZEN_SPLIT, project.data_dir))
         if frozen is None:
             return AssetCheckResult(
                 passed=False,
@@ -107,9 +111,7 @@ def build_corpus_assets(iteration_shards: PartitionsDefinition) -> tuple[list, l
             examples.select("image_id").unique(maintain_order=True).join(hashes, on="image_id", how="left")
         )
         found = leaks(candidates, frozen, project.params.ingest.near_duplicate_distance)
-        docs_dir = (
-            project.data_dir / "gx_docs" / "no_eval_leakage" / str(context.partition_key).replace("|", "/")
-        )
+        docs_dir = gate_docs_dir(project.data_dir, "no_eval_leakage", context.partition_key)
         result = validate(
             suites.no_leakage_suite(),
             suites.leakage_frame(examples, found),

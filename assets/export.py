@@ -28,21 +28,25 @@ from dagster import (
     asset,
 )
 
-from assets.annotate import IMAGES
-from assets.filter import FILTERED_LABELS, QUARANTINE_INDEX
-from assets.metadata import markdown_table
-from assets.model import frozen_split_scores, iteration_dir, latest_model_metadata
-from assets.partitions import ITERATIONS, SAME_ITERATION, iteration_number
-from pipelines.resources import DvcResource, ProjectResource
-from relabel.evaluation_split import LABELS_FILE, frozen_dir, frozen_manifest, read_freeze
+from assets.model import MODEL_FOLDER, frozen_split_scores, latest_model_metadata
+from relabel.evaluation_split import LABELS_FILE, frozen_manifest, read_freeze
 from relabel.versioning import file_md5
+from resources.layout import (
+    EXPORTS,
+    FILTERED_LABELS,
+    FLORENCE2_MODEL,
+    FROZEN_SPLIT,
+    IMAGES,
+    QUARANTINE_INDEX,
+    files_dir,
+    frames_dir,
+    partition_path,
+)
+from resources.metadata import markdown_table
+from resources.partitions import ITERATIONS, SAME_ITERATION, iteration_number
+from resources.services import DvcResource, ProjectResource
 
-EXPORT_STAGE = "export"
-# the CLI's format names, and the asset of each
-EXPORT_ASSETS = {
-    name: AssetKey([EXPORT_STAGE, name.replace("-", "_")])
-    for name in ("coco", "florence2", "hf-parquet", "yolo")
-}
+EXPORT_STAGE = EXPORTS["coco"].path[0]
 MANIFEST_FILE = "export.json"
 # the packages whose versions the card records
 CARD_PACKAGES = (
@@ -66,14 +70,9 @@ class ExportConfig(Config):
     include_quarantined: bool | None = None
 
 
-def export_dir(data_dir: Path, fmt: str, iteration: str) -> Path:
-    """Where iteration ``iteration``'s export in format ``fmt`` is written."""
-    return Path(data_dir) / EXPORT_STAGE / fmt / f"iteration-{iteration}"
-
-
 def build_export_assets() -> list:
     """One export asset per format."""
-    return [_export_asset(fmt, key) for fmt, key in EXPORT_ASSETS.items()]
+    return [_export_asset(fmt, key) for fmt, key in EXPORTS.items()]
 
 
 def _export_asset(fmt: str, key: AssetKey):
@@ -98,8 +97,9 @@ def _export_asset(fmt: str, key: AssetKey):
         labels: pl.DataFrame,
         quarantine: pl.DataFrame,
     ) -> MaterializeResult:
+        from models.corpus import write_florence2_jsonl
         from relabel.dataset_card import CardInputs, package_versions, write_card
-        from relabel.export import export_labels, select_labels
+        from relabel.export import FORMATS, export_labels, select_labels
 
         iteration, defaults = context.partition_key, project.params.export
         chosen = {
@@ -113,7 +113,7 @@ def _export_asset(fmt: str, key: AssetKey):
         }
         # the frozen split's images go out with their audited labels, not the machine labels the
         # iteration has on them: a user who trains on the export never trains on the split
-        split_dir = frozen_dir(project.data_dir)
+        split_dir = files_dir(FROZEN_SPLIT, project.data_dir)
         frozen = frozen_manifest(split_dir)
         if frozen is not None:
             in_split = pl.col("image_id").is_in(frozen["image_id"].implode())
@@ -123,10 +123,16 @@ def _export_asset(fmt: str, key: AssetKey):
         selection = select_labels(
             labels, quarantine=quarantine.drop("asset"), categories=categories, **chosen
         )
-        folder = export_dir(project.data_dir, fmt, iteration)
+        folder = files_dir(key, project.data_dir, iteration)
         options = {"embed_images": defaults.embed_images} if fmt == "hf-parquet" else {}
         written = export_labels(
-            fmt, images.sort("image_id"), selection.labels, folder, project.data_dir, **options
+            fmt,
+            images.sort("image_id"),
+            selection.labels,
+            folder,
+            project.data_dir,
+            writers={**FORMATS, "florence2": write_florence2_jsonl},
+            **options,
         )
         left_out = {
             "candidates": labels.height,
@@ -212,10 +218,10 @@ def _export_asset(fmt: str, key: AssetKey):
 def _input_hashes(data_dir: Path, iteration: str) -> dict[str, str]:
     """The DVC (md5) hash of every file an export of ``iteration`` is made from."""
     files = [
-        *sorted((data_dir / "ingest" / "images").glob("*.parquet")),
-        *sorted(Path(data_dir, *FILTERED_LABELS.path, f"iteration-{iteration}").glob("*.parquet")),
-        Path(data_dir, *QUARANTINE_INDEX.path, f"{iteration}.parquet"),
-        frozen_dir(data_dir) / LABELS_FILE,
+        *sorted(frames_dir(IMAGES, data_dir).glob("*.parquet")),
+        *sorted(frames_dir(FILTERED_LABELS, data_dir, iteration).glob("*.parquet")),
+        partition_path(data_dir, QUARANTINE_INDEX, iteration),
+        files_dir(FROZEN_SPLIT, data_dir) / LABELS_FILE,
     ]
     return {path.relative_to(data_dir).as_posix(): file_md5(path) for path in files if path.is_file()}
 
@@ -225,8 +231,8 @@ def _lineage(context: AssetExecutionContext, data_dir: Path, up_to: int) -> pl.D
     the MLflow run of its model and the DVC hash of the model's weights."""
     rows = []
     for k in range(up_to + 1):
-        folder = Path(data_dir, *FILTERED_LABELS.path, f"iteration-{k}")
-        weights = iteration_dir(data_dir, str(k)) / "model" / "model.safetensors"
+        folder = frames_dir(FILTERED_LABELS, data_dir, k)
+        weights = files_dir(FLORENCE2_MODEL, data_dir, k) / MODEL_FOLDER / "model.safetensors"
         model = latest_model_metadata(context, str(k))
         rows.append(
             {
@@ -270,7 +276,7 @@ def _split_metrics(data_dir: Path, iteration: str) -> pl.DataFrame | None:
 
 
 def _split_summary(data_dir: Path) -> dict | None:
-    record = read_freeze(frozen_dir(data_dir))
+    record = read_freeze(files_dir(FROZEN_SPLIT, data_dir))
     return (
         {"images": record["images"], "audited labels": record["labels"], "digest": record["digest"][:12]}
         if record

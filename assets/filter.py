@@ -8,6 +8,7 @@ The Great Expectations gates on these assets live in ``data_checks``.
 """
 
 import time
+from dataclasses import dataclass
 
 import polars as pl
 from dagster import (
@@ -16,6 +17,7 @@ from dagster import (
     AssetIn,
     AssetKey,
     AssetOut,
+    AssetsDefinition,
     MaterializeResult,
     MetadataValue,
     Output,
@@ -24,39 +26,55 @@ from dagster import (
     multi_asset,
 )
 
-from assets.annotate import IMAGES
-from assets.metadata import bar_chart, counts_by, markdown_table, png_markdown
-from assets.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION, SAME_SHARD
-
-# the gated assets' keys live with their gates, so the IO manager can honour them
-from data_checks.shards import FILTER_QUARANTINE, FILTERED_LABELS, ITERATION_LABELS, blocked_in_iteration
-from pipelines.io_manager import TABLE_METADATA_KEY
-from pipelines.resources import DvcResource, MlflowResource, ProjectResource
 from relabel.filtering import filter_labels, filter_quality
 from relabel.labels import empty
 from relabel.scoring import label_correctness
 from relabel.shards import shard_of
 from relabel.text_parsing import load_parser, parse_texts, text_statistics
+from resources.io_manager import TABLE_METADATA_KEY, blocked_in_iteration
+from resources.layout import (
+    FILTER_DECISIONS,
+    FILTER_QUARANTINE,
+    FILTER_REPORT,
+    FILTERED_LABELS,
+    GROUND_TRUTH_LABELS,
+    IMAGES,
+    ITERATION_LABELS,
+    QUARANTINE_INDEX,
+    TEXT_PARSES,
+    files_dir,
+)
+from resources.metadata import bar_chart, counts_by, markdown_table, png_markdown
+from resources.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION, SAME_SHARD
+from resources.services import DvcResource, MlflowResource, ProjectResource
 
-FILTER_STAGE = "filter"
-TEXT_PARSES = AssetKey([FILTER_STAGE, "text_parses"])
-FILTER_DECISIONS = AssetKey([FILTER_STAGE, "filter_decisions"])
-QUARANTINE_INDEX = AssetKey([FILTER_STAGE, "quarantine_index"])
+FILTER_STAGE = FILTERED_LABELS.path[0]
+
+
+@dataclass(frozen=True)
+class FilterAssets:
+    """Phase 2's assets: the text parses and the filters, per iteration and shard; the filter
+    report and the quarantine index, per iteration over its shards."""
+
+    per_shard: list[AssetsDefinition]
+    report: AssetsDefinition
+    quarantine_index: AssetsDefinition
 
 
 def build_filter_assets(
     iteration_shards: PartitionsDefinition,
     shard_quarantines: list[AssetKey],
     iteration_quarantines: list[AssetKey],
-) -> tuple[list, list]:
-    """The phase-2 assets: (per iteration and shard, per iteration over its shards). Every
-    iteration's labels pass the same filters and gates. The quarantine index of an iteration
-    gathers ``shard_quarantines`` (of ingest and initial annotation, every shard) and
-    ``iteration_quarantines`` (the merge's and the filters' of that iteration)."""
-    return [_text_parses(iteration_shards), _filter(iteration_shards)], [
-        _filter_report(),
-        _quarantine_index(shard_quarantines, [*iteration_quarantines, FILTER_QUARANTINE]),
-    ]
+) -> FilterAssets:
+    """The phase-2 assets. Every iteration's labels pass the same filters and gates. The
+    quarantine index of an iteration gathers ``shard_quarantines`` (of ingest and initial
+    annotation, every shard) and ``iteration_quarantines`` (the merge's and the filters' of
+    that iteration)."""
+    return FilterAssets(
+        per_shard=[_text_parses(iteration_shards), _filter(iteration_shards)],
+        report=_filter_report(),
+        quarantine_index=_quarantine_index(shard_quarantines, [*iteration_quarantines, FILTER_QUARANTINE]),
+    )
 
 
 def _text_parses(shards: PartitionsDefinition):
@@ -157,7 +175,7 @@ def _filter(shards: PartitionsDefinition):
 
 def _filter_report():
     @asset(
-        key=[FILTER_STAGE, "filter_report"],
+        key=FILTER_REPORT,
         ins={
             "filtered_labels": AssetIn(FILTERED_LABELS, partition_mapping=SAME_ITERATION),
             "filter_decisions": AssetIn(FILTER_DECISIONS, partition_mapping=SAME_ITERATION),
@@ -192,7 +210,7 @@ def _filter_report():
         corpus = filtered_labels
         texts = corpus.filter(pl.col("annotation_type") == "text").select("label_id", "task")
         statistics = text_statistics(text_parses.join(texts, on="label_id"))
-        report_dir = project.data_dir / FILTER_STAGE / "report" / f"iteration-{iteration}"
+        report_dir = files_dir(FILTER_REPORT, project.data_dir, iteration)
         report_dir.mkdir(parents=True, exist_ok=True)
         statistics.write_parquet(report_dir / "text_statistics.parquet")
         metadata = {
@@ -205,7 +223,7 @@ def _filter_report():
             "text_statistics": MetadataValue.md(markdown_table(_table3(statistics))),
         }
         quality = None
-        truth_path = project.data_dir / "ground_truth" / "labels.parquet"
+        truth_path = project.data_dir / GROUND_TRUTH_LABELS
         if truth_path.is_file():
             considered = labels.filter(in_passed)
             quality = filter_quality(

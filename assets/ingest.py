@@ -6,23 +6,29 @@ import polars as pl
 from dagster import (
     AssetExecutionContext,
     AssetIn,
-    AssetKey,
     AssetOut,
     Output,
     PartitionsDefinition,
     multi_asset,
 )
 
-from assets.metadata import counts_by
 from assets.world import embedded_world
-from pipelines.io_manager import TABLE_METADATA_KEY
-from pipelines.resources import ProjectResource
-from relabel.evaluation_split import frozen_dir, frozen_manifest
+from relabel.evaluation_split import frozen_manifest
 from relabel.ingest import catalog_sources, ingest_shard
+from resources.io_manager import TABLE_METADATA_KEY
+from resources.layout import (
+    CATALOG_QUARANTINE,
+    FROZEN_SPLIT,
+    HUMAN_LABELS,
+    IMAGES,
+    INGEST_QUARANTINE,
+    SOURCE_CATALOG,
+    files_dir,
+)
+from resources.metadata import counts_by
+from resources.services import ProjectResource
 
-INGEST_STAGE = "ingest"
-SOURCE_CATALOG = AssetKey([INGEST_STAGE, "source_catalog"])
-QUARANTINES = (AssetKey([INGEST_STAGE, "catalog_quarantine"]), AssetKey([INGEST_STAGE, "ingest_quarantine"]))
+INGEST_STAGE = SOURCE_CATALOG.path[0]
 
 
 def build_ingest_assets(shards: PartitionsDefinition) -> list:
@@ -35,7 +41,7 @@ def build_ingest_assets(shards: PartitionsDefinition) -> list:
                 description="Every image record of every source with its content hash and shard.",
             ),
             "catalog_quarantine": AssetOut(
-                key_prefix=[INGEST_STAGE],
+                key=CATALOG_QUARANTINE,
                 description="What no shard can hold: unreadable source files, missing images and their labels.",
                 metadata={TABLE_METADATA_KEY: "quarantine"},
             ),
@@ -54,7 +60,7 @@ def build_ingest_assets(shards: PartitionsDefinition) -> list:
             eval_fraction=params.ingest.eval_fraction,
             near_duplicate_distance=params.ingest.near_duplicate_distance,
             # a frozen split stays as it was audited, whatever new data arrives
-            frozen_split=frozen_manifest(frozen_dir(project.data_dir)),
+            frozen_split=frozen_manifest(files_dir(FROZEN_SPLIT, project.data_dir)),
         )
         records_in = {f"records_in/{kind}": n for kind, n in sorted(catalog.records_in.items())}
         yield Output(
@@ -76,17 +82,17 @@ def build_ingest_assets(shards: PartitionsDefinition) -> list:
     @multi_asset(
         outs={
             "images": AssetOut(
-                key_prefix=[INGEST_STAGE],
+                key=IMAGES,
                 description="The shard's distinct images (content hash, size, source, split).",
                 metadata={TABLE_METADATA_KEY: "images"},
             ),
             "human_labels": AssetOut(
-                key_prefix=[INGEST_STAGE],
+                key=HUMAN_LABELS,
                 description="Every human label of the shard's images: boxes, polygons, captions, alt-text.",
                 metadata={TABLE_METADATA_KEY: "labels"},
             ),
             "ingest_quarantine": AssetOut(
-                key_prefix=[INGEST_STAGE],
+                key=INGEST_QUARANTINE,
                 description="Images and labels of the shard that ingest refused, each with its reason.",
                 metadata={TABLE_METADATA_KEY: "quarantine"},
             ),

@@ -18,7 +18,6 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     AssetIn,
-    AssetKey,
     AssetRecordsFilter,
     Failure,
     MaterializeResult,
@@ -27,30 +26,32 @@ from dagster import (
 )
 from PIL import Image
 
-from assets.annotate import IMAGES
-from assets.audit import FROZEN_SPLIT
-from assets.corpus import CORPUS_EXAMPLES
-from assets.filter import FILTERED_LABELS, QUARANTINE_INDEX
-from assets.metadata import figure_image, markdown_table, png_markdown
-from assets.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION, iteration_number
-from data_checks.shards import LABEL_QUALITY, blocked_in_iteration, blocked_shards
-from pipelines.resources import DvcResource, MlflowResource, ProjectResource
-from relabel.evaluation_split import LABELS_FILE, frozen_dir, frozen_manifest, read_freeze
-from relabel.ingest.images import path_of_uri
+from relabel.evaluation_split import LABELS_FILE, frozen_manifest, read_freeze
+from relabel.files import path_of_uri
 from relabel.metrics import MODEL as MODEL_OUTPUT
 from relabel.metrics import STANDARD_METRICS
 from relabel.refine import rare_classes
 from relabel.versioning import file_md5
+from resources.io_manager import blocked_in_iteration, blocked_shards
+from resources.layout import (
+    CORPUS_EXAMPLES,
+    FILTERED_LABELS,
+    FLORENCE2_MODEL,
+    FROZEN_SPLIT,
+    HELDOUT_SCORES,
+    IMAGES,
+    LABEL_QUALITY,
+    QUARANTINE_INDEX,
+    files_dir,
+    frames_dir,
+)
+from resources.metadata import figure_image, markdown_table, png_markdown
+from resources.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION, iteration_number
+from resources.services import DvcResource, MlflowResource, ProjectResource
 
-MODEL_STAGE = "model"
-MODEL = AssetKey([MODEL_STAGE, "florence2"])
-HELDOUT_SCORES = AssetKey([MODEL_STAGE, "heldout_scores"])
+MODEL_STAGE = FLORENCE2_MODEL.path[0]
+# the weights and processor inside the model's folder of an iteration (files_dir)
 MODEL_FOLDER = "model"
-
-
-def iteration_dir(data_dir: Path, iteration: str) -> Path:
-    """Where iteration ``iteration``'s model, training curve and scores are written."""
-    return data_dir / MODEL_STAGE / f"iteration-{iteration}"
 
 
 def model_source(iteration: str) -> str:
@@ -62,7 +63,7 @@ def build_model_assets() -> list:
     """The per-iteration model and its held-out scores."""
 
     @asset(
-        key=MODEL,
+        key=FLORENCE2_MODEL,
         # the label quality's rare-class guard is a blocking check: a corpus that lost a rare
         # class is not trained on
         deps=[AssetDep(CORPUS_EXAMPLES, partition_mapping=SAME_ITERATION), LABEL_QUALITY],
@@ -90,7 +91,7 @@ def build_model_assets() -> list:
                 f"iteration {iteration}'s labels failed the rare-class guard {guarded[iteration]}: not trained on (see filter/label_quality)"
             )
         corpus = corpus_files(context, project.data_dir, iteration)
-        folder = iteration_dir(project.data_dir, iteration)
+        folder = files_dir(FLORENCE2_MODEL, project.data_dir, iteration)
         init_from, started_from = _starting_point(project, iteration)
         model, processor = initial_model(
             params.preset,
@@ -176,7 +177,7 @@ def build_model_assets() -> list:
             "labels": AssetIn(FILTERED_LABELS, partition_mapping=SAME_ITERATION),
             "quarantine": AssetIn(QUARANTINE_INDEX),
         },
-        deps=[MODEL, FROZEN_SPLIT],
+        deps=[FLORENCE2_MODEL, FROZEN_SPLIT],
         partitions_def=ITERATIONS,
         automation_condition=FOLLOWS_INPUTS,
         group_name=MODEL_STAGE,
@@ -200,7 +201,7 @@ def build_model_assets() -> list:
         from relabel.report import write_report
 
         iteration, params = context.partition_key, project.params.model
-        split_dir = frozen_dir(project.data_dir)
+        split_dir = files_dir(FROZEN_SPLIT, project.data_dir)
         split = read_freeze(split_dir)
         if split is None:
             raise Failure(
@@ -213,7 +214,7 @@ def build_model_assets() -> list:
             )
         )
         heldout = with_paths.filter(pl.col("image_id").is_in(frozen_ids))
-        folder = iteration_dir(project.data_dir, iteration)
+        folder = files_dir(FLORENCE2_MODEL, project.data_dir, iteration)
         model, processor = load_model(
             folder / MODEL_FOLDER, device="cuda" if torch.cuda.is_available() else "cpu"
         )
@@ -230,7 +231,7 @@ def build_model_assets() -> list:
             iteration=iteration_number(iteration),
             progress=True,
         )
-        report_dir = folder / "heldout"
+        report_dir = files_dir(HELDOUT_SCORES, project.data_dir, iteration)
         report_dir.mkdir(parents=True, exist_ok=True)
         evaluation.summary.write_parquet(report_dir / "summary.parquet")
         evaluation.boxes.write_parquet(report_dir / "box_scores.parquet")
@@ -327,7 +328,7 @@ def build_model_assets() -> list:
 def frozen_split_scores(data_dir: Path, iteration: str) -> dict[str, float | None] | None:
     """Iteration ``iteration``'s model on the frozen split, by standard metric; None when it
     was not scored."""
-    path = iteration_dir(data_dir, iteration) / "heldout" / "summary.parquet"
+    path = files_dir(HELDOUT_SCORES, data_dir, iteration) / "summary.parquet"
     if not path.is_file():
         return None
     model_row = pl.read_parquet(path).filter(pl.col("output") == MODEL_OUTPUT).row(0, named=True)
@@ -350,7 +351,7 @@ def _starting_point(project: ProjectResource, iteration: str) -> tuple[Path | No
     iteration's model (model.warm_start), else model.init_from, else a new model of the
     preset."""
     params = project.params.model
-    previous = iteration_dir(project.data_dir, str(iteration_number(iteration) - 1)) / MODEL_FOLDER
+    previous = files_dir(FLORENCE2_MODEL, project.data_dir, iteration_number(iteration) - 1) / MODEL_FOLDER
     if params.warm_start and iteration_number(iteration) > 0 and previous.is_dir():
         return previous, f"from iteration {iteration_number(iteration) - 1} (warm start)"
     if params.init_from:
@@ -367,11 +368,11 @@ def corpus_files(context: AssetExecutionContext, data_dir: Path, iteration: str)
         blocked.setdefault(shard, []).extend(checks)
     if blocked:
         context.log.warning(f"leaving out the corpus of shards blocked by their gates: {blocked}")
-    written = sorted(Path(data_dir, *CORPUS_EXAMPLES.path, f"iteration-{iteration}").glob("*.parquet"))
+    written = sorted(frames_dir(CORPUS_EXAMPLES, data_dir, iteration).glob("*.parquet"))
     corpus = [path for path in written if path.stem not in blocked]
     if not corpus:
         raise FileNotFoundError(
-            f"no corpus of iteration {iteration} under {data_dir / 'corpus'}: materialize the corpus phase of the iteration first"
+            f"no corpus of iteration {iteration} under {frames_dir(CORPUS_EXAMPLES, data_dir, iteration)}: materialize the corpus phase of the iteration first"
         )
     return corpus
 
@@ -380,7 +381,7 @@ def latest_model_metadata(context: AssetExecutionContext, iteration: str) -> dic
     """The metadata of the latest materialization of iteration ``iteration``'s model (its
     MLflow run, registered version, ...); empty when it has none."""
     records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=MODEL, asset_partitions=[iteration]), limit=1
+        AssetRecordsFilter(asset_key=FLORENCE2_MODEL, asset_partitions=[iteration]), limit=1
     ).records
     return dict(records[0].asset_materialization.metadata) if records else {}
 

@@ -2,11 +2,11 @@
 re-annotation of every training image, the specialist for the tasks no specialist labels, and
 the quality of each iteration's labels with the rare-class guard.
 
-Iteration k (a partition of ``assets.partitions.ITERATIONS``, per shard where it works shard by
+Iteration k (a partition of ``resources.partitions.ITERATIONS``, per shard where it works shard by
 shard) runs: ``refine/labels`` -> the filters and gates -> the corpus -> the label quality
 (its blocking rare-class guard) -> the model -> ``refine/reannotation``. Iteration k+1's
 ``refine/labels`` merges iteration k's labels with iteration k's re-annotation; that one edge
-is read from the files of iteration k (``pipelines.io_manager.partition_path``) and recorded in
+is read from the files of iteration k (``resources.io_manager.partition_path``) and recorded in
 the metadata, because a dynamic partition cannot depend on an earlier partition of the graph.
 Bodies only load, call ``relabel.refine`` / ``models`` and record metadata.
 """
@@ -22,11 +22,12 @@ from dagster import (
     AllPartitionMapping,
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetChecksDefinition,
     AssetDep,
     AssetExecutionContext,
     AssetIn,
-    AssetKey,
     AssetOut,
+    AssetsDefinition,
     MaterializeResult,
     MetadataValue,
     Output,
@@ -36,25 +37,9 @@ from dagster import (
     multi_asset,
 )
 
-from assets.annotate import IMAGES, INITIAL_ANNOTATIONS
-from assets.audit import DECISIONS_FILE, QUARANTINE_FILE
-from assets.corpus import CORPUS_EXAMPLES
-from assets.metadata import counts_by, figure_image, markdown_table, png_markdown
-from assets.model import MODEL, MODEL_FOLDER, corpus_files, iteration_dir, latest_model_metadata, model_source
-from assets.partitions import (
-    FOLLOWS_INPUTS,
-    ITERATIONS,
-    SAME_ITERATION,
-    SAME_SHARD,
-    iteration_number,
-    iteration_shard_key,
-    split_key,
-)
-from data_checks.shards import FILTERED_LABELS, ITERATION_LABELS, LABEL_QUALITY
-from pipelines.io_manager import TABLE_METADATA_KEY, partition_path
-from pipelines.resources import DvcResource, MlflowResource, ProjectResource
+from assets.model import MODEL_FOLDER, corpus_files, latest_model_metadata, model_source
 from relabel.audit_queue import apply_verdicts
-from relabel.ingest.images import path_of_uri
+from relabel.files import path_of_uri
 from relabel.labels import empty
 from relabel.merge import folded_quarantine
 from relabel.refine import (
@@ -67,14 +52,48 @@ from relabel.refine import (
     rare_classes,
     without_audited,
 )
+from resources.io_manager import TABLE_METADATA_KEY
+from resources.layout import (
+    CAPTION_SPECIALIST,
+    CORPUS_EXAMPLES,
+    DECISIONS_FILE,
+    FILTERED_LABELS,
+    FLORENCE2_MODEL,
+    GROUND_TRUTH_LABELS,
+    IMAGES,
+    INITIAL_ANNOTATIONS,
+    ITERATION_LABELS,
+    LABEL_QUALITY,
+    MERGE_DECISIONS,
+    MERGE_QUARANTINE,
+    REANNOTATION,
+    REANNOTATION_PROBLEMS,
+    REVIEW_QUEUE,
+    REVIEW_VERDICTS,
+    SELF_TRAINED_SPECIALISTS,
+    VERDICTS_QUARANTINE_FILE,
+    files_dir,
+    frames_dir,
+    gate_docs_dir,
+    partition_path,
+)
+from resources.metadata import counts_by, figure_image, markdown_table, png_markdown
+from resources.partitions import (
+    FOLLOWS_INPUTS,
+    ITERATIONS,
+    SAME_ITERATION,
+    SAME_SHARD,
+    iteration_number,
+    iteration_shard_key,
+    split_key,
+)
+from resources.services import DvcResource, MlflowResource, ProjectResource
 
-MERGE_STAGE, REFINE_STAGE, QUALITY_GROUP = "merge", "refine", "filter"
-MERGE_QUARANTINE = AssetKey([MERGE_STAGE, "quarantine"])
-MERGE_DECISIONS = AssetKey([MERGE_STAGE, "decisions"])
-REANNOTATION = AssetKey([REFINE_STAGE, "reannotation"])
-REANNOTATION_PROBLEMS = AssetKey([REFINE_STAGE, "reannotation_problems"])
-CAPTION_SPECIALIST = AssetKey([REFINE_STAGE, "caption_specialist"])
-SELF_TRAINED = AssetKey([REFINE_STAGE, "self_trained_specialists"])
+MERGE_STAGE, REFINE_STAGE, QUALITY_GROUP = (
+    ITERATION_LABELS.path[0],
+    REANNOTATION.path[0],
+    LABEL_QUALITY.path[0],
+)
 QUALITY_METRICS = (
     "box_f1",
     "box_f1_rare",
@@ -88,14 +107,30 @@ QUALITY_METRICS = (
 )
 
 
-def build_refine_assets(iteration_shards: PartitionsDefinition) -> tuple[list, list, list]:
-    """(the iteration's labels, per iteration and shard; the re-annotation, per iteration and
-    shard; the caption specialist, the self-trained specialists and label quality, per
-    iteration)."""
-    return (
-        [_iteration_labels(iteration_shards)],
-        [_reannotation(iteration_shards)],
-        [_caption_specialist(), _self_trained(), _label_quality()],
+@dataclass(frozen=True)
+class RefineAssets:
+    """Phase 4's assets: the iteration's labels (the merge) and the re-annotation, per
+    iteration and shard; the re-annotation's specialists and the label quality with its
+    rare-class guard, per iteration."""
+
+    merge: AssetsDefinition
+    reannotation: AssetsDefinition
+    caption_specialist: AssetsDefinition
+    self_trained_specialists: AssetsDefinition
+    label_quality: AssetsDefinition
+    rare_class_guard: AssetChecksDefinition
+
+
+def build_refine_assets(iteration_shards: PartitionsDefinition) -> RefineAssets:
+    """Phase 4's assets over the iteration x shard partitions."""
+    label_quality, rare_class_guard = _label_quality()
+    return RefineAssets(
+        merge=_iteration_labels(iteration_shards),
+        reannotation=_reannotation(iteration_shards),
+        caption_specialist=_caption_specialist(),
+        self_trained_specialists=_self_trained(),
+        label_quality=label_quality,
+        rare_class_guard=rare_class_guard,
     )
 
 
@@ -235,11 +270,8 @@ def _audited(project: ProjectResource, labels: pl.DataFrame, iteration: str) -> 
     """A shard's labels of ``iteration`` with the verdicts of that iteration's audit queue in
     place of the labels they judged, and what the audit took out. A queue not yet judged stops
     the next iteration: it would train on what a person is about to correct."""
-    # assets.review reads this module's keys, so it is imported here, when the merge runs
-    from assets.review import AUDIT_QUEUE, AUDIT_VERDICTS, review_dir
-
     queue_path, verdicts_path = (
-        partition_path(project.data_dir, key, iteration) for key in (AUDIT_QUEUE, AUDIT_VERDICTS)
+        partition_path(project.data_dir, key, iteration) for key in (REVIEW_QUEUE, REVIEW_VERDICTS)
     )
     if not queue_path.is_file() or pl.read_parquet(queue_path).height == 0:
         return labels, _Audited(empty("quarantine"), {"audit": f"no audit queue in iteration {iteration}"})
@@ -248,10 +280,10 @@ def _audited(project: ProjectResource, labels: pl.DataFrame, iteration: str) -> 
             f"iteration {iteration}'s audit queue has no verdicts yet ({verdicts_path}): judge it in Label Studio and materialize "
             f"review/verdicts {iteration} (relabel materialize review --iteration {iteration}), or set review.budget to 0"
         )
-    folder = review_dir(project.data_dir, iteration)
+    folder = files_dir(REVIEW_VERDICTS, project.data_dir, iteration)
     decisions = pl.read_parquet(folder / DECISIONS_FILE)
     in_shard = pl.col("image_id").is_in(labels["image_id"].unique().implode())
-    quarantine = pl.read_parquet(folder / QUARANTINE_FILE).filter(in_shard)
+    quarantine = pl.read_parquet(folder / VERDICTS_QUARANTINE_FILE).filter(in_shard)
     decided = decisions.filter(in_shard)
     verdicts = apply_verdicts(
         labels, pl.read_parquet(verdicts_path), decisions, match_iou=project.params.review.match_iou
@@ -285,9 +317,9 @@ def _reannotation(iteration_shards: PartitionsDefinition):
         },
         ins={"images": AssetIn(IMAGES, partition_mapping=SAME_SHARD), "labels": AssetIn(FILTERED_LABELS)},
         deps=[
-            AssetDep(MODEL, partition_mapping=SAME_ITERATION),
+            AssetDep(FLORENCE2_MODEL, partition_mapping=SAME_ITERATION),
             AssetDep(CAPTION_SPECIALIST, partition_mapping=SAME_ITERATION),
-            AssetDep(SELF_TRAINED, partition_mapping=SAME_ITERATION),
+            AssetDep(SELF_TRAINED_SPECIALISTS, partition_mapping=SAME_ITERATION),
         ],
         partitions_def=iteration_shards,
         group_name=REFINE_STAGE,
@@ -311,7 +343,7 @@ def _reannotation(iteration_shards: PartitionsDefinition):
         settings = GenerationSettings(**project.params.model.generation.model_dump())
         specialist = _specialist_folder(project.data_dir, iteration)
         by_model = {
-            iteration_dir(project.data_dir, iteration) / MODEL_FOLDER: [
+            files_dir(FLORENCE2_MODEL, project.data_dir, iteration) / MODEL_FOLDER: [
                 t for t in refine.tasks if specialist is None or t not in refine.caption_specialist.tasks
             ],
         }
@@ -383,7 +415,7 @@ def _held_out_labels(
     from models.self_training import detect_held_out
 
     settings = project.params.refine.self_training
-    folder = _self_training_dir(project.data_dir, iteration)
+    folder = files_dir(SELF_TRAINED_SPECIALISTS, project.data_dir, iteration)
     labels, problems = [empty("labels")], [pl.DataFrame(schema=PROBLEMS_SCHEMA)]
     for spec in _self_trained_specs(project):
         found, quarantine = detect_held_out(
@@ -422,13 +454,9 @@ def _self_training_settings(project: ProjectResource, spec) -> dict:  # noqa: AN
     return {**spec.settings, **project.params.refine.self_training.settings}
 
 
-def _self_training_dir(data_dir: Path, iteration: str) -> Path:
-    return Path(data_dir, *SELF_TRAINED.path, f"iteration-{iteration}")
-
-
 def _self_trained():
     @asset(
-        key=SELF_TRAINED,
+        key=SELF_TRAINED_SPECIALISTS,
         ins={
             "labels": AssetIn(FILTERED_LABELS, partition_mapping=SAME_ITERATION),
             "images": AssetIn(IMAGES, partition_mapping=AllPartitionMapping()),
@@ -451,7 +479,7 @@ def _self_trained():
         from models.self_training import train_folds
 
         iteration, settings = context.partition_key, project.params.refine.self_training
-        folder = _self_training_dir(project.data_dir, iteration)
+        folder = files_dir(SELF_TRAINED_SPECIALISTS, project.data_dir, iteration)
         shutil.rmtree(folder, ignore_errors=True)
         specs = _self_trained_specs(project)
         if not specs:
@@ -462,7 +490,11 @@ def _self_trained():
         labels = labels.filter(pl.col("image_id").is_in(training["image_id"].implode()))
         started, reports = time.perf_counter(), []
         k = iteration_number(iteration)
-        before = _self_training_dir(project.data_dir, str(k - 1)) if settings.warm_start and k > 0 else None
+        before = (
+            files_dir(SELF_TRAINED_SPECIALISTS, project.data_dir, k - 1)
+            if settings.warm_start and k > 0
+            else None
+        )
         for spec in specs:
             for report in train_folds(
                 spec.kind,
@@ -521,20 +553,16 @@ def _self_trained():
     return self_trained_specialists
 
 
-def _specialist_dir(data_dir: Path, iteration: str) -> Path:
-    return Path(data_dir, *CAPTION_SPECIALIST.path, f"iteration-{iteration}")
-
-
 def _specialist_folder(data_dir: Path, iteration: str) -> Path | None:
     """The iteration's fine-tuned caption specialist, or None when there was nothing to tune on."""
-    folder = _specialist_dir(data_dir, iteration) / MODEL_FOLDER
+    folder = files_dir(CAPTION_SPECIALIST, data_dir, iteration) / MODEL_FOLDER
     return folder if folder.is_dir() else None
 
 
 def _caption_specialist():
     @asset(
         key=CAPTION_SPECIALIST,
-        deps=[MODEL, AssetDep(CORPUS_EXAMPLES, partition_mapping=SAME_ITERATION)],
+        deps=[FLORENCE2_MODEL, AssetDep(CORPUS_EXAMPLES, partition_mapping=SAME_ITERATION)],
         partitions_def=ITERATIONS,
         group_name=REFINE_STAGE,
         compute_kind="torch",
@@ -552,7 +580,7 @@ def _caption_specialist():
         # one pass over the corpus: its tasks, and how many examples the specialist's have
         per_task = dict(pl.scan_parquet(corpus).group_by("task").len().collect().iter_rows())
         examples = sum(per_task.get(task, 0) for task in settings.tasks)
-        folder = _specialist_dir(project.data_dir, iteration)
+        folder = files_dir(CAPTION_SPECIALIST, project.data_dir, iteration)
         shutil.rmtree(folder / MODEL_FOLDER, ignore_errors=True)
         if examples == 0:
             return MaterializeResult(
@@ -562,7 +590,7 @@ def _caption_specialist():
                     "why": f"no labels of {list(settings.tasks)} in the corpus: the model answers them itself",
                 }
             )
-        model, processor = load_model(iteration_dir(project.data_dir, iteration) / MODEL_FOLDER)
+        model, processor = load_model(files_dir(FLORENCE2_MODEL, project.data_dir, iteration) / MODEL_FOLDER)
         base = TrainSettings(**project.params.model.train.model_dump())
         tuning = replace(
             base,
@@ -629,7 +657,7 @@ def _label_quality():
         k = iteration_number(iteration)
         training = images.filter(pl.col("split") == "train")["image_id"].implode()
         labels = labels.filter(pl.col("image_id").is_in(training))
-        truth_path = project.data_dir / "ground_truth" / "labels.parquet"
+        truth_path = project.data_dir / GROUND_TRUTH_LABELS
         truth = (
             pl.read_parquet(truth_path).filter(pl.col("image_id").is_in(training))
             if truth_path.is_file()
@@ -650,7 +678,7 @@ def _label_quality():
             previous=previous,
             protected_sources=params.merge.protected_sources,
         )
-        report_dir = _quality_dir(project.data_dir, iteration)
+        report_dir = files_dir(LABEL_QUALITY, project.data_dir, iteration)
         report_dir.mkdir(parents=True, exist_ok=True)
         summary = pl.DataFrame([{"iteration": k, **quality.summary}])
         summary.write_parquet(report_dir / "summary.parquet")
@@ -724,7 +752,7 @@ def _label_quality():
             )
         guard = project.params.refine.guard
         changes = rare_class_changes(label_quality, _guarded_baseline(project.data_dir, k, previous))
-        docs_dir = project.data_dir / "gx_docs" / "rare_classes_kept" / iteration
+        docs_dir = gate_docs_dir(project.data_dir, "rare_classes_kept", iteration)
         result = validate(
             suites.rare_class_guard_suite(guard.max_count_drop, guard.max_recall_drop),
             changes,
@@ -757,9 +785,7 @@ def _previous_per_class(data_dir: Path, k: int) -> pl.DataFrame | None:
 
 def _guarded_baseline(data_dir: Path, k: int, previous: pl.DataFrame) -> pl.DataFrame:
     """Iteration k-1's per-class counts less what iteration k-1's audit queue took out."""
-    from assets.review import review_dir  # assets.review reads this module's keys
-
-    decisions = review_dir(data_dir, str(k - 1)) / DECISIONS_FILE
+    decisions = files_dir(REVIEW_VERDICTS, data_dir, k - 1) / DECISIONS_FILE
     before = _previous_filtered(data_dir, k)
     if not decisions.is_file() or before is None:
         return previous
@@ -775,20 +801,16 @@ def _guarded_baseline(data_dir: Path, k: int, previous: pl.DataFrame) -> pl.Data
 
 
 def _previous_filtered(data_dir: Path, k: int) -> pl.DataFrame | None:
-    folder = Path(data_dir, *FILTERED_LABELS.path, f"iteration-{k - 1}")
+    folder = frames_dir(FILTERED_LABELS, data_dir, k - 1)
     files = sorted(folder.glob("*.parquet")) if k > 0 else []
     return pl.concat([pl.read_parquet(f) for f in files], how="vertical") if files else None
-
-
-def _quality_dir(data_dir: Path, iteration: str) -> Path:
-    return Path(data_dir, LABEL_QUALITY.path[0], "quality", f"iteration-{iteration}")
 
 
 def _quality_history(data_dir: Path, k: int) -> pl.DataFrame:
     """The summaries of iterations 0..k, one row each."""
     rows = []
     for i in range(k + 1):
-        path = _quality_dir(data_dir, str(i)) / "summary.parquet"
+        path = files_dir(LABEL_QUALITY, data_dir, i) / "summary.parquet"
         if path.is_file():
             rows.append(pl.read_parquet(path))
     history = pl.concat(rows, how="diagonal_relaxed")

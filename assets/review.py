@@ -27,35 +27,37 @@ from dagster import (
     AllPartitionMapping,
     AssetExecutionContext,
     AssetIn,
-    AssetKey,
     Failure,
     MetadataValue,
     Output,
     asset,
 )
 
-from assets.annotate import ANNOTATE_STAGE, IMAGES
-from assets.audit import CONFIG_FILE, DECISIONS_FILE, QUARANTINE_FILE, TASKS_FILE, image_url_for
-from assets.metadata import counts_by, figure_image, markdown_table, png_markdown
+from assets.audit import CONFIG_FILE, TASKS_FILE, image_url_for
 from assets.model import model_source
-from assets.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION
-from assets.refine import REANNOTATION
-from data_checks.shards import FILTERED_LABELS, LABEL_QUALITY
-from pipelines.io_manager import TABLE_METADATA_KEY
-from pipelines.resources import DvcResource, ProjectResource
 from relabel import audit
 from relabel.audit_queue import Evidence, select_queue, suspicion_scores
 from relabel.scoring import label_correctness
+from resources.io_manager import TABLE_METADATA_KEY
+from resources.layout import (
+    DECISIONS_FILE,
+    FILTERED_LABELS,
+    GROUND_TRUTH_LABELS,
+    IMAGES,
+    LABEL_QUALITY,
+    REANNOTATION,
+    REVIEW_QUEUE,
+    REVIEW_VERDICTS,
+    VERDICTS_QUARANTINE_FILE,
+    files_dir,
+    specialist,
+)
+from resources.metadata import counts_by, figure_image, markdown_table, png_markdown
+from resources.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION
+from resources.services import DvcResource, ProjectResource
 
-REVIEW_STAGE = "review"
-AUDIT_QUEUE = AssetKey([REVIEW_STAGE, "queue"])
-AUDIT_VERDICTS = AssetKey([REVIEW_STAGE, "verdicts"])
+REVIEW_STAGE = REVIEW_QUEUE.path[0]
 SCORES_FILE, EXPORT_AUDITOR = "scores.parquet", "world-auditor"
-
-
-def review_dir(data_dir: Path, iteration: str) -> Path:
-    """Where iteration ``iteration``'s audit queue, its Label Studio files and verdicts live."""
-    return Path(data_dir) / REVIEW_STAGE / f"iteration-{iteration}"
 
 
 def export_path(project: ProjectResource, iteration: str) -> Path:
@@ -68,14 +70,14 @@ def build_review_assets(perception: list[str]) -> list:
     predictions are evidence."""
 
     @asset(
-        key=AUDIT_QUEUE,
+        key=REVIEW_QUEUE,
         ins={
             "labels": AssetIn(FILTERED_LABELS, partition_mapping=SAME_ITERATION),
             "reannotation": AssetIn(REANNOTATION, partition_mapping=SAME_ITERATION),
             "label_quality": AssetIn(LABEL_QUALITY),
             "images": AssetIn(IMAGES, partition_mapping=AllPartitionMapping()),
             **{
-                name: AssetIn(AssetKey([ANNOTATE_STAGE, name]), partition_mapping=AllPartitionMapping())
+                name: AssetIn(specialist(name), partition_mapping=AllPartitionMapping())
                 for name in perception
             },
         },
@@ -116,7 +118,7 @@ def build_review_assets(perception: list[str]) -> list:
             min_per_rare_class=review.min_per_rare_class,
             rare=rare,
         )
-        folder = review_dir(project.data_dir, iteration)
+        folder = files_dir(REVIEW_QUEUE, project.data_dir, iteration)
         folder.mkdir(parents=True, exist_ok=True)
         scored.write_parquet(folder / SCORES_FILE)
         shown = labels.filter(pl.col("label_id").is_in(queued["label_id"].implode()))
@@ -162,9 +164,9 @@ def build_review_assets(perception: list[str]) -> list:
         )
 
     @asset(
-        key=AUDIT_VERDICTS,
+        key=REVIEW_VERDICTS,
         ins={
-            "queue": AssetIn(AUDIT_QUEUE),
+            "queue": AssetIn(REVIEW_QUEUE),
             "labels": AssetIn(FILTERED_LABELS, partition_mapping=SAME_ITERATION),
         },
         partitions_def=ITERATIONS,
@@ -181,7 +183,7 @@ def build_review_assets(perception: list[str]) -> list:
         labels: pl.DataFrame,
     ) -> Output:
         iteration = context.partition_key
-        folder = review_dir(project.data_dir, iteration)
+        folder = files_dir(REVIEW_VERDICTS, project.data_dir, iteration)
         queued = labels.filter(pl.col("label_id").is_in(queue["label_id"].implode()))
         tasks = json.loads((folder / TASKS_FILE).read_text())
         path = export_path(project, iteration)
@@ -223,7 +225,7 @@ def build_review_assets(perception: list[str]) -> list:
                 f"{len(result.unaudited_images)} of {len(tasks)} queued tasks have no completed annotation in {path}: the queue is read back whole"
             )
         result.decisions.write_parquet(folder / DECISIONS_FILE)
-        result.quarantine.write_parquet(folder / QUARANTINE_FILE)
+        result.quarantine.write_parquet(folder / VERDICTS_QUARANTINE_FILE)
         dvc.commit(stage=REVIEW_STAGE, written=folder / DECISIONS_FILE)
         return Output(
             result.labels,
@@ -241,7 +243,7 @@ def build_review_assets(perception: list[str]) -> list:
 
 
 def _truth(project: ProjectResource) -> pl.DataFrame | None:
-    path = project.data_dir / "ground_truth" / "labels.parquet"
+    path = project.data_dir / GROUND_TRUTH_LABELS
     return pl.read_parquet(path) if path.is_file() else None
 
 

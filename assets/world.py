@@ -4,14 +4,15 @@ import shutil
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
-from assets.metadata import png_markdown
-from pipelines.resources import DvcResource, ProjectResource
 from relabel.world import render_world, world_preview
+from resources.layout import EMBEDDED_WORLD, GROUND_TRUTH, files_dir
+from resources.metadata import png_markdown
+from resources.services import DvcResource, ProjectResource
 
-WORLD_STAGE = "world"
+WORLD_STAGE = EMBEDDED_WORLD.path[0]
 
 
-@asset(key_prefix=[WORLD_STAGE], group_name=WORLD_STAGE, compute_kind="python")
+@asset(key=EMBEDDED_WORLD, group_name=WORLD_STAGE, compute_kind="python")
 def embedded_world(
     context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource
 ) -> MaterializeResult:
@@ -22,8 +23,8 @@ def embedded_world(
         raise Failure(
             "this project has no embedded world (params.yaml world: null): its sources are its own photos"
         )
-    world_dir = project.data_dir / "world"
-    truth_dir = project.data_dir / "ground_truth"
+    world_dir = files_dir(EMBEDDED_WORLD, project.data_dir)
+    truth_dir = project.data_dir / GROUND_TRUTH
     for stale in (world_dir, truth_dir):
         shutil.rmtree(stale, ignore_errors=True)
     summary = render_world(project.params.world, world_dir, truth_dir, progress=True)

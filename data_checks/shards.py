@@ -3,7 +3,7 @@
 Each check runs one Great Expectations suite (``data_checks.suites``) over one shard of one
 asset (``data_checks.gates.validate``). Checks are blocking: when one fails, nothing downstream
 of that shard runs in the same run; and consumers that read every shard in a later run ask
-``blocked_shards`` which shards to leave out. A check's metadata lists the failed expectations,
+``resources.io_manager.blocked_shards`` which shards to leave out. A check's metadata lists the failed expectations,
 the offending rows (result format COMPLETE) and a link to the GX Data Docs page it wrote; a
 failed one says why in one line, with the value it measured and the threshold
 (``gates.verdict_metadata``), which the command line and ``relabel status`` print.
@@ -19,11 +19,9 @@ from pathlib import Path
 import polars as pl
 from dagster import (
     AssetCheckExecutionContext,
-    AssetCheckKey,
     AssetCheckResult,
     AssetIn,
     AssetKey,
-    DagsterInstance,
     MetadataValue,
     PartitionMapping,
     PartitionsDefinition,
@@ -31,10 +29,19 @@ from dagster import (
     asset_check,
 )
 
-from assets.metadata import markdown_table
-from assets.partitions import SAME_SHARD, split_key
-from pipelines.resources import ProjectResource
 from relabel.config import GateParams
+from resources import layout
+from resources.layout import (
+    FILTER_QUARANTINE,
+    FILTERED_LABELS,
+    HUMAN_LABELS,
+    IMAGES,
+    INGEST_QUARANTINE,
+    ITERATION_LABELS,
+)
+from resources.metadata import markdown_table
+from resources.partitions import SAME_SHARD
+from resources.services import ProjectResource
 
 # Per-partition checks (`partitions_def` on an asset check) are a Dagster 1.13 preview; they
 # are what makes a failing gate stop only its own shard, so the warning is known and accepted.
@@ -42,31 +49,6 @@ warnings.filterwarnings(
     "ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=PreviewWarning
 )
 
-IMAGES = AssetKey(["ingest", "images"])
-HUMAN_LABELS = AssetKey(["ingest", "human_labels"])
-INGEST_QUARANTINE = AssetKey(["ingest", "ingest_quarantine"])
-INITIAL_ANNOTATIONS = AssetKey(["annotate", "initial_annotations"])
-ITERATION_LABELS = AssetKey(["merge", "labels"])
-FILTERED_LABELS = AssetKey(["filter", "filtered_labels"])
-FILTER_QUARANTINE = AssetKey(["filter", "filter_quarantine"])
-LABEL_QUALITY = AssetKey(["filter", "label_quality"])
-CORPUS_EXAMPLES = AssetKey(["corpus", "examples"])
-
-# the gates of each asset, by check name; blocked_shards reads their latest results
-GATES: dict[AssetKey, tuple[str, ...]] = {
-    IMAGES: ("images_valid",),
-    HUMAN_LABELS: ("human_labels_valid",),
-    INGEST_QUARANTINE: ("ingest_quarantine_explained",),
-    FILTERED_LABELS: (
-        "filtered_labels_valid",
-        "filtered_labels_cover_images",
-        "filtered_labels_keep_every_class",
-        "filtered_labels_one_label_per_object",
-    ),
-    FILTER_QUARANTINE: ("filter_quarantine_explained",),
-    LABEL_QUALITY: ("rare_classes_kept",),
-    CORPUS_EXAMPLES: ("no_eval_leakage",),
-}
 UNEXPECTED_ROWS_SHOWN = 50
 
 
@@ -175,6 +157,8 @@ def _gate(
     ``data_checks.suites`` over ``gate_frame(asset[, other])`` (the asset itself when None; a
     tuple ``(builder, *arguments)`` passes the arguments after the frames).
     Builders are named, not passed, so that GX is only imported when a check runs."""
+    if name not in layout.GATES.get(asset, ()):
+        raise ValueError(f"{name} is not a gate of {asset.to_user_string()} in resources.layout")
     builder, *arguments = suite
 
     def run(
@@ -188,7 +172,7 @@ def _gate(
         else:
             frame_builder, *frame_arguments = (gate_frame,) if isinstance(gate_frame, str) else gate_frame
             validated = getattr(suites, frame_builder)(*frames, *frame_arguments)
-        docs_dir = project.data_dir / "gx_docs" / name / str(context.partition_key).replace("|", "/")
+        docs_dir = layout.gate_docs_dir(project.data_dir, name, context.partition_key)
         result = validate(
             getattr(suites, builder)(*arguments), validated, index_column=index_column, docs_dir=docs_dir
         )
@@ -244,35 +228,3 @@ def _metadata(result) -> dict:
         metadata["data_docs"] = MetadataValue.url(Path(result.docs).resolve().as_uri())
         metadata["data_docs_path"] = MetadataValue.path(str(result.docs))
     return metadata
-
-
-def blocked_shards(
-    instance: DagsterInstance, asset: AssetKey, this_run: str | None = None
-) -> dict[str, list[str]]:
-    """The shards of ``asset`` whose latest gate evaluation failed, with the failed gates: what
-    a consumer in a later run must not read. Failures in ``this_run`` are left to Dagster: in
-    the run of a gate, the blocking check itself stops what is downstream, while the asset's
-    other gates still read it and report."""
-    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-
-    keys = [AssetCheckKey(asset, name) for name in GATES[asset]]
-    blocked: dict[str, list[str]] = {}
-    for info in instance.event_log_storage.get_asset_check_partition_info(keys):
-        if (
-            info.partition_key is not None
-            and info.latest_execution_status == AssetCheckExecutionRecordStatus.FAILED
-            and info.latest_planned_run_id != this_run
-        ):
-            blocked.setdefault(info.partition_key, []).append(info.check_key.name)
-    return blocked
-
-
-def blocked_in_iteration(instance: DagsterInstance, asset: AssetKey, iteration: str) -> dict[str, list[str]]:
-    """The shards of ``iteration`` whose latest gates on the iteration x shard ``asset``
-    failed, with the failed gates (``blocked_shards``, for one iteration)."""
-    return {
-        shard: checks
-        for key, checks in blocked_shards(instance, asset).items()
-        for key_iteration, shard in [split_key(key)]
-        if key_iteration == iteration
-    }

@@ -8,11 +8,14 @@ one file per shard; ``models.training.CorpusStream`` streams those files.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import polars as pl
 
 from models.tasks import serialise
+from relabel.export import absolute_path, prepare, write_text
 
 CORPUS_SCHEMA = pl.Schema(
     {
@@ -62,3 +65,37 @@ def corpus_examples(
                 }
             )
     return pl.DataFrame(rows, schema=CORPUS_SCHEMA)
+
+
+def write_florence2_jsonl(
+    images: pl.DataFrame, labels: pl.DataFrame, folder: Path, data_dir: Path
+) -> list[Path]:
+    """``florence2.jsonl`` in ``folder``: one JSON object a line per Florence-2 example.
+
+    Each line has ``image`` (the absolute path of the image file), ``image_id``, ``task`` (the
+    task token, e.g. ``<OD>``), ``prompt`` (the task token, followed by the task's input where
+    it has one), ``target`` (the text to generate, regions as ``<loc_k>`` tokens over 1000
+    bins, as the public checkpoints were trained) and ``label_ids`` (the label rows the example
+    was written from). Every task of ``models.tasks`` the labels support is written; images
+    in ``image_id`` order, then the order of ``models.corpus.corpus_examples``.
+    """
+    images, labels = prepare(images, labels, data_dir, "florence2")
+    examples = corpus_examples(labels, images, lambda uri: absolute_path(uri, data_dir))
+    lines = [
+        json.dumps(
+            {
+                "image": row["image_path"],
+                "image_id": row["image_id"],
+                "task": row["task"],
+                "prompt": row["prompt"],
+                "target": row["target"],
+                "label_ids": row["label_ids"],
+            },
+            sort_keys=True,
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+        + "\n"
+        for row in examples.iter_rows(named=True)
+    ]
+    return [write_text(folder / "florence2.jsonl", "".join(lines))]

@@ -23,11 +23,9 @@ from dagster import (
     sensor,
 )
 
-from assets.partitions import ITERATIONS, iteration_shard_key
-from assets.refine import REANNOTATION
-from assets.review import AUDIT_VERDICTS
-from data_checks.shards import INITIAL_ANNOTATIONS
 from pipelines.phases import MERGE_SHARDS_JOB
+from resources.layout import INITIAL_ANNOTATIONS, REANNOTATION, REVIEW_VERDICTS
+from resources.partitions import ITERATIONS, iteration_shard_key
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ def next_iteration(instance: DagsterInstance, shards: list[str]) -> str | SkipRe
     missing = [shard for shard in shards if iteration_shard_key(newest, shard) not in done]
     if missing:
         return SkipReason(f"iteration {newest} has not re-annotated {missing} yet")
-    if newest not in instance.get_materialized_partitions(AUDIT_VERDICTS):
+    if newest not in instance.get_materialized_partitions(REVIEW_VERDICTS):
         # the next iteration trusts the verdicts: it must not start before a person gave them
         return SkipReason(f"iteration {newest}'s audit queue has no verdicts yet (review/verdicts {newest})")
     return str(existing[-1] + 1)

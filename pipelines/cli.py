@@ -35,7 +35,6 @@ from pipelines.runs import (
     latest_passing_iteration,
     materialize_phase,
     next_iteration_to_run,
-    point_dagster_at,
     process_pool,
     resume_interrupted,
     run_export,
@@ -44,12 +43,14 @@ from pipelines.runs import (
 from pipelines.status import project_status, status_lines
 from pipelines.summary import demo_summary, iteration_lines, timing_lines
 from relabel.config import load_params, resolve
-from relabel.evaluation_split import frozen_dir, unfreeze
+from relabel.evaluation_split import unfreeze
 from relabel.versioning import commit_iterations
+from resources.layout import EXPORTS, FROZEN_SPLIT, files_dir
+from resources.services import point_dagster_at
 
 PHASES = tuple(PHASE_JOBS)
 DEMO_ITERATIONS = 2
-EXPORT_FORMATS = ("coco", "florence2", "hf-parquet", "yolo")
+EXPORT_FORMATS = tuple(EXPORTS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,7 +265,7 @@ def _resume(args: argparse.Namespace, root: Path) -> Outcome:
 
 
 def _unfreeze(args: argparse.Namespace, root: Path) -> Outcome:
-    folder = frozen_dir(resolve(root, load_params(root / "params.yaml").data_dir))
+    folder = files_dir(FROZEN_SPLIT, resolve(root, load_params(root / "params.yaml").data_dir))
     try:
         entry = unfreeze(folder, by=args.by, reason=args.reason)
     except ValueError as error:

@@ -3,9 +3,12 @@ partitions, checks, jobs and resources. ``workspace.yaml`` points ``dagster dev`
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from dagster import (
     AssetSelection,
     Definitions,
+    PartitionsDefinition,
     StaticPartitionsDefinition,
     define_asset_job,
     in_process_executor,
@@ -14,18 +17,16 @@ from dagster import (
 from assets.annotate import build_annotate_assets
 from assets.audit import build_audit_assets
 from assets.corpus import build_corpus_assets
-from assets.export import EXPORT_ASSETS, build_export_assets
+from assets.export import build_export_assets
 from assets.filter import build_filter_assets
-from assets.ingest import QUARANTINES, SOURCE_CATALOG, build_ingest_assets
-from assets.model import HELDOUT_SCORES, MODEL, build_model_assets
-from assets.partitions import ITERATIONS, iteration_shards
-from assets.refine import CAPTION_SPECIALIST, MERGE_QUARANTINE, SELF_TRAINED, build_refine_assets
-from assets.review import AUDIT_QUEUE, AUDIT_VERDICTS, build_review_assets
+from assets.ingest import build_ingest_assets
+from assets.model import build_model_assets
+from assets.refine import build_refine_assets
+from assets.review import build_review_assets
 from assets.world import embedded_world
 from data_checks.shards import build_shard_checks
 from pipelines.automation import build_automation
 from pipelines.executors import executor_for
-from pipelines.io_manager import ShardParquetIOManager
 from pipelines.phases import (
     ANNOTATE_SHARDS_JOB,
     AUDIT_SPLIT_JOB,
@@ -46,8 +47,33 @@ from pipelines.phases import (
     TRAIN_SPECIALISTS_JOB,
     WORLD_JOB,
 )
-from pipelines.resources import DvcResource, MlflowResource, ProjectResource, default_root
 from relabel.shards import shard_keys
+from resources.io_manager import ShardParquetIOManager
+from resources.layout import (
+    CATALOG_QUARANTINE,
+    EXPORTS,
+    FLORENCE2_MODEL,
+    HELDOUT_SCORES,
+    INGEST_QUARANTINE,
+    MERGE_QUARANTINE,
+    REVIEW_QUEUE,
+    REVIEW_VERDICTS,
+    SOURCE_CATALOG,
+)
+from resources.partitions import ITERATIONS, iteration_shards
+from resources.services import DvcResource, MlflowResource, ProjectResource, default_root
+
+
+class JobSpec(NamedTuple):
+    """One job of the table in ``build_definitions``."""
+
+    name: str
+    selection: AssetSelection
+    # None: the job is unpartitioned
+    partitions: PartitionsDefinition | None
+    # the steps of a run go one after another in its process (else the definitions' executor)
+    stepwise: bool
+    description: str
 
 
 def build_definitions(root: str | None = None) -> Definitions:
@@ -61,11 +87,11 @@ def build_definitions(root: str | None = None) -> Definitions:
     dvc = DvcResource(project=project)
     catalog = AssetSelection.assets(SOURCE_CATALOG).required_multi_asset_neighbors()
     annotate = build_annotate_assets(shards, params.annotate)
-    merge, reannotate, (caption_specialist, self_trained, (label_quality, rare_class_guard)) = (
-        build_refine_assets(by_iteration_and_shard)
-    )
-    filter_shard, (filter_report, quarantine_index) = build_filter_assets(
-        by_iteration_and_shard, [*QUARANTINES, *annotate.quarantines], [MERGE_QUARANTINE]
+    refine = build_refine_assets(by_iteration_and_shard)
+    filters = build_filter_assets(
+        by_iteration_and_shard,
+        [CATALOG_QUARANTINE, INGEST_QUARANTINE, *annotate.quarantines],
+        [MERGE_QUARANTINE],
     )
     corpus, corpus_checks = build_corpus_assets(by_iteration_and_shard)
     audit, audit_checks = build_audit_assets()
@@ -75,142 +101,146 @@ def build_definitions(root: str | None = None) -> Definitions:
     step_executor = (
         in_process_executor if params.executor.kind == "multiprocess" else executor_for(params.executor)
     )
-    # name, assets, partitions (None: unpartitioned), whether the steps of a run go one after
-    # another in its process (step_executor; else the definitions' executor), description
     job_table = [
-        (
-            WORLD_JOB,
-            AssetSelection.assets(embedded_world),
-            None,
-            False,
-            "Render the embedded world with its human labels and ground truth.",
+        JobSpec(
+            name=WORLD_JOB,
+            selection=AssetSelection.assets(embedded_world),
+            partitions=None,
+            stepwise=False,
+            description="Render the embedded world with its human labels and ground truth.",
         ),
-        (CATALOG_JOB, catalog, None, False, "Hash and shard every image record of every configured source."),
-        (
-            INGEST_SHARDS_JOB,
-            AssetSelection.groups("ingest") - catalog,
-            shards,
-            True,
-            "Read one shard of every source into the label store, with its checks.",
+        JobSpec(
+            name=CATALOG_JOB,
+            selection=catalog,
+            partitions=None,
+            stepwise=False,
+            description="Hash and shard every image record of every configured source.",
         ),
-        (
-            AUDIT_SPLIT_JOB,
-            AssetSelection.assets(*audit),
-            None,
-            False,
-            "Export the evaluation split's labels as Label Studio tasks, read the completed audit back and freeze the split (blocking check: unchanged to the byte).",
+        JobSpec(
+            name=INGEST_SHARDS_JOB,
+            selection=AssetSelection.groups("ingest") - catalog,
+            partitions=shards,
+            stepwise=True,
+            description="Read one shard of every source into the label store, with its checks.",
         ),
-        (
-            TRAIN_SPECIALISTS_JOB,
-            AssetSelection.assets(*annotate.training),
-            None,
-            False,
-            "Fit the trainable specialists on the human labels of every shard.",
+        JobSpec(
+            name=AUDIT_SPLIT_JOB,
+            selection=AssetSelection.assets(*audit),
+            partitions=None,
+            stepwise=False,
+            description="Export the evaluation split's labels as Label Studio tasks, read the completed audit back and freeze the split (blocking check: unchanged to the byte).",
         ),
-        (
-            ANNOTATE_SHARDS_JOB,
-            AssetSelection.assets(*annotate.per_shard),
-            shards,
-            False,
-            "Run every specialist on one shard, fuse them and merge with the human labels.",
+        JobSpec(
+            name=TRAIN_SPECIALISTS_JOB,
+            selection=AssetSelection.assets(*annotate.training),
+            partitions=None,
+            stepwise=False,
+            description="Fit the trainable specialists on the human labels of every shard.",
         ),
-        (
-            SCORE_ANNOTATIONS_JOB,
-            AssetSelection.assets(annotate.scores),
-            None,
-            False,
-            "Score the specialists and the consensus against the world's ground truth (an MLflow run).",
+        JobSpec(
+            name=ANNOTATE_SHARDS_JOB,
+            selection=AssetSelection.assets(*annotate.per_shard),
+            partitions=shards,
+            stepwise=False,
+            description="Run every specialist on one shard, fuse them and merge with the human labels.",
         ),
-        (
-            MERGE_SHARDS_JOB,
-            AssetSelection.assets(*merge),
-            by_iteration_and_shard,
-            True,
-            "Start an iteration on one shard: its labels are the initial annotations (iteration 0), or the previous iteration's labels merged with its model's re-annotation by the merge policy.",
+        JobSpec(
+            name=SCORE_ANNOTATIONS_JOB,
+            selection=AssetSelection.assets(annotate.scores),
+            partitions=None,
+            stepwise=False,
+            description="Score the specialists and the consensus against the world's ground truth (an MLflow run).",
         ),
-        (
-            FILTER_SHARDS_JOB,
-            AssetSelection.assets(*filter_shard),
-            by_iteration_and_shard,
-            True,
-            "Parse, filter and gate one shard's labels of an iteration; the gates block what depends on a failing shard.",
+        JobSpec(
+            name=MERGE_SHARDS_JOB,
+            selection=AssetSelection.assets(refine.merge),
+            partitions=by_iteration_and_shard,
+            stepwise=True,
+            description="Start an iteration on one shard: its labels are the initial annotations (iteration 0), or the previous iteration's labels merged with its model's re-annotation by the merge policy.",
         ),
-        (
-            FILTER_REPORT_JOB,
-            AssetSelection.assets(filter_report, quarantine_index, label_quality),
-            ITERATIONS,
-            True,
-            "An iteration's filter report (table 3, filter precision), its quarantine index, and the quality of its labels with the rare-class guard (MLflow runs).",
+        JobSpec(
+            name=FILTER_SHARDS_JOB,
+            selection=AssetSelection.assets(*filters.per_shard),
+            partitions=by_iteration_and_shard,
+            stepwise=True,
+            description="Parse, filter and gate one shard's labels of an iteration; the gates block what depends on a failing shard.",
         ),
-        (
-            CORPUS_SHARDS_JOB,
-            AssetSelection.assets(*corpus),
-            by_iteration_and_shard,
-            True,
-            "Write one shard's gated, filtered training labels of an iteration as Florence-2 (prompt, target) examples.",
+        JobSpec(
+            name=FILTER_REPORT_JOB,
+            selection=AssetSelection.assets(filters.report, filters.quarantine_index, refine.label_quality),
+            partitions=ITERATIONS,
+            stepwise=True,
+            description="An iteration's filter report (table 3, filter precision), its quarantine index, and the quality of its labels with the rare-class guard (MLflow runs).",
         ),
-        (
-            TRAIN_MODEL_JOB,
-            AssetSelection.assets(MODEL),
-            ITERATIONS,
-            True,
-            "Train the iteration's Florence-2 model on every shard's corpus (an MLflow run and a registered model version).",
+        JobSpec(
+            name=CORPUS_SHARDS_JOB,
+            selection=AssetSelection.assets(*corpus),
+            partitions=by_iteration_and_shard,
+            stepwise=True,
+            description="Write one shard's gated, filtered training labels of an iteration as Florence-2 (prompt, target) examples.",
         ),
-        (
-            SCORE_MODEL_JOB,
-            AssetSelection.assets(HELDOUT_SCORES),
-            ITERATIONS,
-            True,
-            "Score the iteration's model on the frozen audited split against a trivial baseline, and write the iteration report (an MLflow run nested under the training run).",
+        JobSpec(
+            name=TRAIN_MODEL_JOB,
+            selection=AssetSelection.assets(FLORENCE2_MODEL),
+            partitions=ITERATIONS,
+            stepwise=True,
+            description="Train the iteration's Florence-2 model on every shard's corpus (an MLflow run and a registered model version).",
         ),
-        (
-            REFINE_SPECIALISTS_JOB,
-            AssetSelection.assets(CAPTION_SPECIALIST, SELF_TRAINED),
-            ITERATIONS,
-            True,
-            "The iteration's specialists for re-annotation: the model fine-tuned on the few labels of the tasks no specialist labels (detailed captions), and the self-trained perception specialists, re-trained on the iteration's filtered labels one model per fold of the images (cross-fitting).",
+        JobSpec(
+            name=SCORE_MODEL_JOB,
+            selection=AssetSelection.assets(HELDOUT_SCORES),
+            partitions=ITERATIONS,
+            stepwise=True,
+            description="Score the iteration's model on the frozen audited split against a trivial baseline, and write the iteration report (an MLflow run nested under the training run).",
         ),
-        (
-            REANNOTATE_SHARDS_JOB,
-            AssetSelection.assets(*reannotate),
-            by_iteration_and_shard,
-            True,
-            "The iteration's model labels every training image of one shard for every task: the raw material of the next iteration's merge.",
+        JobSpec(
+            name=REFINE_SPECIALISTS_JOB,
+            selection=AssetSelection.assets(refine.caption_specialist, refine.self_trained_specialists),
+            partitions=ITERATIONS,
+            stepwise=True,
+            description="The iteration's specialists for re-annotation: the model fine-tuned on the few labels of the tasks no specialist labels (detailed captions), and the self-trained perception specialists, re-trained on the iteration's filtered labels one model per fold of the images (cross-fitting).",
         ),
-        (
-            QUEUE_AUDIT_JOB,
-            AssetSelection.assets(AUDIT_QUEUE),
-            ITERATIONS,
-            True,
-            "Score every training label of the iteration by how likely it is wrong and queue the most suspicious (review.budget) as Label Studio tasks.",
+        JobSpec(
+            name=REANNOTATE_SHARDS_JOB,
+            selection=AssetSelection.assets(refine.reannotation),
+            partitions=by_iteration_and_shard,
+            stepwise=True,
+            description="The iteration's model labels every training image of one shard for every task: the raw material of the next iteration's merge.",
         ),
-        (
-            READ_VERDICTS_JOB,
-            AssetSelection.assets(AUDIT_VERDICTS),
-            ITERATIONS,
-            True,
-            "Read the audit queue's verdicts back from the completed Label Studio export: human-audit labels the next iteration trusts.",
+        JobSpec(
+            name=QUEUE_AUDIT_JOB,
+            selection=AssetSelection.assets(REVIEW_QUEUE),
+            partitions=ITERATIONS,
+            stepwise=True,
+            description="Score every training label of the iteration by how likely it is wrong and queue the most suspicious (review.budget) as Label Studio tasks.",
+        ),
+        JobSpec(
+            name=READ_VERDICTS_JOB,
+            selection=AssetSelection.assets(REVIEW_VERDICTS),
+            partitions=ITERATIONS,
+            stepwise=True,
+            description="Read the audit queue's verdicts back from the completed Label Studio export: human-audit labels the next iteration trusts.",
         ),
         *(
-            (
-                job_name,
-                AssetSelection.assets(EXPORT_ASSETS[fmt]),
-                ITERATIONS,
-                False,
-                f"Export an iteration's labels as {fmt}, with a dataset card (relabel export --format {fmt}).",
+            JobSpec(
+                name=job_name,
+                selection=AssetSelection.assets(EXPORTS[fmt]),
+                partitions=ITERATIONS,
+                stepwise=False,
+                description=f"Export an iteration's labels as {fmt}, with a dataset card (relabel export --format {fmt}).",
             )
             for fmt, job_name in EXPORT_JOBS.items()
         ),
     ]
     jobs = [
         define_asset_job(
-            name,
-            selection=selection,
-            partitions_def=partitions,
-            description=description,
-            **({"executor_def": step_executor} if stepwise else {}),
+            job.name,
+            selection=job.selection,
+            partitions_def=job.partitions,
+            description=job.description,
+            **({"executor_def": step_executor} if job.stepwise else {}),
         )
-        for name, selection, partitions, stepwise, description in job_table
+        for job in job_table
     ]
     automation = build_automation(params.refine.schedule, shards)
     return Definitions(
@@ -221,22 +251,22 @@ def build_definitions(root: str | None = None) -> Definitions:
             *annotate.training,
             *annotate.per_shard,
             annotate.scores,
-            *merge,
-            *filter_shard,
-            filter_report,
-            quarantine_index,
-            label_quality,
+            refine.merge,
+            *filters.per_shard,
+            filters.report,
+            filters.quarantine_index,
+            refine.label_quality,
             *corpus,
             *build_model_assets(),
-            caption_specialist,
-            self_trained,
-            *reannotate,
+            refine.caption_specialist,
+            refine.self_trained_specialists,
+            refine.reannotation,
             *build_review_assets([spec.name for spec in params.annotate.perception if spec.enabled]),
             *build_export_assets(),
         ],
         asset_checks=[
             *build_shard_checks(shards, by_iteration_and_shard, params.filter.gates, project.ontology()),
-            rare_class_guard,
+            refine.rare_class_guard,
             *audit_checks,
             *corpus_checks,
         ],

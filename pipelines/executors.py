@@ -24,6 +24,7 @@ import yaml
 from dagster import ExecutorDefinition, multiprocess_executor
 
 from relabel.config import ExecutorParams, load_params
+from resources.services import point_dagster_at
 
 # the module the Celery CLI loads the dagster-celery app (and its tasks) from
 CELERY_APP = "dagster_celery.app"
@@ -103,8 +104,6 @@ def worker_command_for(params_file: str | Path, *celery_args: str, name: str | N
 def main(argv: list[str] | None = None) -> int:
     """Start a Celery worker for the project at ``--root``, with the same ``$RELABEL_ROOT``
     and ``$DAGSTER_HOME`` as ``relabel`` would use there."""
-    from pipelines.runs import point_dagster_at
-
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.executors",
         description="Start a dagster-celery worker for a relabel project.",

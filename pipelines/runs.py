@@ -35,10 +35,11 @@ def run_export(
     root: Path, fmt: str, iteration: str, overrides: dict, pool: ProcessPoolExecutor
 ) -> tuple[Path, dict]:
     """Run the export job of ``fmt`` for ``iteration``; its folder and manifest."""
-    from assets.export import EXPORT_ASSETS, MANIFEST_FILE, export_dir
+    from assets.export import MANIFEST_FILE
+    from resources.layout import EXPORTS, files_dir
 
     print(f"[relabel] export: {EXPORT_JOBS[fmt]} for iteration {iteration}", file=sys.stderr, flush=True)
-    op_name = "__".join(EXPORT_ASSETS[fmt].path)
+    op_name = "__".join(EXPORTS[fmt].path)
     (outcome,) = pool.map(
         _execute,
         [EXPORT_JOBS[fmt]],
@@ -48,7 +49,7 @@ def run_export(
     )
     if not outcome.ok:
         raise CommandError(f"the {fmt} export of iteration {iteration} failed: {outcome.why} ({see_runs(1)})")
-    folder = export_dir(resolve(root, load_params(root / "params.yaml").data_dir), fmt, iteration)
+    folder = files_dir(EXPORTS[fmt], resolve(root, load_params(root / "params.yaml").data_dir), iteration)
     return folder, json.loads((folder / MANIFEST_FILE).read_text())
 
 
@@ -82,17 +83,6 @@ def next_iteration_to_run(root: Path) -> int:
         found = next_iteration(instance, shard_keys(load_params(root / "params.yaml").shards.count))
         existing = [int(key) for key in instance.get_dynamic_partitions("iteration") if key.isdigit()]
     return int(found) if isinstance(found, str) else max(existing)
-
-
-def point_dagster_at(root: Path) -> None:
-    # the job subprocesses re-import pipelines.definitions, which reads the root from here
-    os.environ["RELABEL_ROOT"] = str(root)
-    params = load_params(root / "params.yaml")
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(resolve(root, params.data_dir) / "dagster_home")))
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
 
 
 def materialize_phase(
@@ -152,7 +142,7 @@ def _partition_keys(partitions, iteration: str, shards: list[str] | None = None)
         MultiPartitionsDefinition,
     )
 
-    from assets.partitions import ITERATIONS, iteration_shard_key
+    from resources.partitions import ITERATIONS, iteration_shard_key
 
     if partitions is None:
         return [None]

@@ -15,8 +15,27 @@ from typing import Any
 import polars as pl
 
 from relabel.config import load_params, resolve
-from relabel.evaluation_split import frozen_dir, read_freeze
+from relabel.evaluation_split import read_freeze
 from relabel.shards import shard_keys
+from resources.layout import (
+    CORPUS_EXAMPLES,
+    DECISIONS_FILE,
+    EMBEDDED_WORLD,
+    FILTERED_LABELS,
+    FLORENCE2_MODEL,
+    FROZEN_SPLIT,
+    HUMAN_LABELS,
+    IMAGES,
+    INGEST_QUARANTINE,
+    INITIAL_ANNOTATIONS,
+    ITERATION_LABELS,
+    REANNOTATION,
+    REVIEW_QUEUE,
+    REVIEW_VERDICTS,
+    files_dir,
+    frames_dir,
+    partition_path,
+)
 
 
 def project_status(root: Path) -> dict[str, Any]:
@@ -44,9 +63,11 @@ def project_status(root: Path) -> dict[str, Any]:
         "shards": shard_keys(params.shards.count),
         "setup": {
             **_setup(data),
-            "world": None if params.world is None else (data / "world" / "ontology.json").is_file(),
+            "world": None
+            if params.world is None
+            else (files_dir(EMBEDDED_WORLD, data) / "ontology.json").is_file(),
         },
-        "frozen_split": read_freeze(frozen_dir(data)),
+        "frozen_split": read_freeze(files_dir(FROZEN_SPLIT, data)),
         "iterations": [_iteration(data, k, gates, params.shards.count) for k in iterations],
         "runs": runs,
     }
@@ -59,8 +80,7 @@ def gate_results(instance) -> dict[str, dict[str, list]]:
     from dagster import AssetCheckKey
     from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-    from assets.audit import FROZEN_SPLIT
-    from data_checks.shards import GATES
+    from resources.layout import FROZEN_SPLIT, GATES
 
     storage = instance.event_log_storage
     keys = [AssetCheckKey(asset, name) for asset, names in GATES.items() for name in names]
@@ -105,8 +125,9 @@ def _runs_with(status):
     return RunsFilter(statuses=[status])
 
 
-def _rows(pattern: Path) -> int:
-    files = sorted(pattern.parent.glob(pattern.name))
+def _rows(place: Path) -> int:
+    """The rows of a parquet file, or of every parquet file in a folder."""
+    files = sorted(place.glob("*.parquet")) if place.is_dir() else [place] if place.is_file() else []
     return sum(pl.scan_parquet(path).select(pl.len()).collect().item() for path in files)
 
 
@@ -116,7 +137,7 @@ def _world_state(world: bool | None) -> str:
 
 
 def _setup(data: Path) -> dict[str, Any]:
-    images = sorted((data / "ingest" / "images").glob("*.parquet"))
+    images = sorted(frames_dir(IMAGES, data).glob("*.parquet"))
     split = (
         pl.concat([pl.read_parquet(path, columns=["split"]) for path in images])
         if images
@@ -125,14 +146,13 @@ def _setup(data: Path) -> dict[str, Any]:
     return {
         "images": split.height,
         "eval_images": split.filter(pl.col("split") == "eval").height,
-        "human_labels": _rows(data / "ingest" / "human_labels" / "*.parquet"),
-        "ingest_quarantine": _rows(data / "ingest" / "ingest_quarantine" / "*.parquet"),
-        "initial_annotations": _rows(data / "annotate" / "initial_annotations" / "*.parquet"),
+        "human_labels": _rows(frames_dir(HUMAN_LABELS, data)),
+        "ingest_quarantine": _rows(frames_dir(INGEST_QUARANTINE, data)),
+        "initial_annotations": _rows(frames_dir(INITIAL_ANNOTATIONS, data)),
     }
 
 
 def _iteration(data: Path, k: str, gates: dict[str, dict[str, list]], shard_count: int) -> dict[str, Any]:
-    folder = f"iteration-{k}"
     shards = shard_keys(shard_count)
     # gates are kept per "k|shard" (shard assets) and per "k" (iteration assets)
     keys = [k, *(f"{k}|{shard}" for shard in shards)]
@@ -142,28 +162,28 @@ def _iteration(data: Path, k: str, gates: dict[str, dict[str, list]], shard_coun
         for key in keys
         for gate in gates.get(key, {}).get("failed", [])
     ]
-    from assets.model import frozen_split_scores
+    from assets.model import MODEL_FOLDER, frozen_split_scores
 
     return {
         "iteration": int(k),
-        "merged_shards": len(list((data / "merge" / "labels" / folder).glob("*.parquet"))),
-        "filtered_labels": _rows(data / "filter" / "filtered_labels" / folder / "*.parquet"),
-        "corpus_examples": _rows(data / "corpus" / "examples" / folder / "*.parquet"),
+        "merged_shards": len(list(frames_dir(ITERATION_LABELS, data, k).glob("*.parquet"))),
+        "filtered_labels": _rows(frames_dir(FILTERED_LABELS, data, k)),
+        "corpus_examples": _rows(frames_dir(CORPUS_EXAMPLES, data, k)),
         "gates_passed": len(passed),
         "gates_failed": failed,
-        "model_trained": (data / "model" / folder / "model" / "model.safetensors").is_file(),
+        "model_trained": (files_dir(FLORENCE2_MODEL, data, k) / MODEL_FOLDER / "model.safetensors").is_file(),
         "frozen_split_scores": frozen_split_scores(data, k),
-        "reannotated_shards": len(list((data / "refine" / "reannotation" / folder).glob("*.parquet"))),
+        "reannotated_shards": len(list(frames_dir(REANNOTATION, data, k).glob("*.parquet"))),
         "audit_queue": _audit_queue(data, k),
     }
 
 
 def _audit_queue(data: Path, k: str) -> dict[str, Any] | None:
     """The iteration's audit queue: its size and the verdicts (None: not queued yet)."""
-    queue = data / "review" / "queue" / f"{k}.parquet"
+    queue = partition_path(data, REVIEW_QUEUE, k)
     if not queue.is_file():
         return None
-    decisions = data / "review" / f"iteration-{k}" / "decisions.parquet"
+    decisions = files_dir(REVIEW_VERDICTS, data, k) / DECISIONS_FILE
     verdicts = (
         dict(pl.read_parquet(decisions).group_by("decision").len().iter_rows())
         if decisions.is_file()

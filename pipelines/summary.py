@@ -9,20 +9,46 @@ import polars as pl
 from dvc.repo import Repo
 
 from relabel.config import load_params, resolve
-from relabel.evaluation_split import frozen_dir, read_freeze
+from relabel.evaluation_split import read_freeze
+from resources.layout import (
+    ANNOTATION_SCORES,
+    AUDITED_LABELS,
+    CATALOG_QUARANTINE,
+    CORPUS_EXAMPLES,
+    DECISIONS_FILE,
+    EMBEDDED_WORLD,
+    EXPORTS,
+    FILTER_QUARANTINE,
+    FILTER_REPORT,
+    FILTERED_LABELS,
+    FLORENCE2_MODEL,
+    FROZEN_SPLIT,
+    GROUND_TRUTH,
+    HELDOUT_SCORES,
+    HUMAN_LABELS,
+    IMAGES,
+    INGEST_QUARANTINE,
+    LABEL_QUALITY,
+    MERGE_DECISIONS,
+    REVIEW_QUEUE,
+    REVIEW_VERDICTS,
+    files_dir,
+    frames_dir,
+    iterations_in,
+    partition_path,
+)
 
 
 def demo_summary(root: Path, seconds: float, timings: dict[str, float]) -> str:
     """What the demo made, and where to look at it."""
     params = load_params(root / "params.yaml")
     data = resolve(root, params.data_dir)
-    ingest = data / "ingest"
-    images = pl.read_parquet(ingest / "images" / "*.parquet")
-    labels = pl.read_parquet(ingest / "human_labels" / "*.parquet")
+    images = pl.read_parquet(frames_dir(IMAGES, data) / "*.parquet")
+    labels = pl.read_parquet(frames_dir(HUMAN_LABELS, data) / "*.parquet")
     quarantine = pl.concat(
         [
-            pl.read_parquet(ingest / "ingest_quarantine" / "*.parquet"),
-            pl.read_parquet(ingest / "catalog_quarantine.parquet"),
+            pl.read_parquet(frames_dir(INGEST_QUARANTINE, data) / "*.parquet"),
+            pl.read_parquet(partition_path(data, CATALOG_QUARANTINE, None)),
         ]
     )
     with Repo(str(root)) as repo:
@@ -32,10 +58,10 @@ def demo_summary(root: Path, seconds: float, timings: dict[str, float]) -> str:
     lines = [
         "",
         f"relabel demo finished in {seconds:.0f} s",
-        f"  world:      {data / 'world'} (ground truth apart in {data / 'ground_truth'})"
+        f"  world:      {files_dir(EMBEDDED_WORLD, data)} (ground truth apart in {data / GROUND_TRUTH})"
         if params.world is not None
         else f"  sources:    {', '.join(f'{source.name} ({source.kind})' for source in params.ingest.sources)}",
-        f"  shards:     {params.shards.count} partitions under {data / 'ingest'}",
+        f"  shards:     {params.shards.count} partitions under {data / IMAGES.path[0]}",
         f"  images:     {len(images)} kept ({images.filter(pl.col('split') == 'eval').height} in the eval split)",
         f"  labels:     {len(labels)} human labels kept: "
         + ", ".join(f"{row['task']} {row['len']}" for row in by_task.iter_rows(named=True)),
@@ -65,7 +91,7 @@ def demo_summary(root: Path, seconds: float, timings: dict[str, float]) -> str:
 
 def _annotation_lines(data: Path) -> list[str]:
     """The phase-1 scores against ground truth, one line per specialist and the consensus."""
-    summary_path = data / "annotate" / "scores" / "summary.parquet"
+    summary_path = files_dir(ANNOTATION_SCORES, data) / "summary.parquet"
     if not summary_path.is_file():
         return []
     return [
@@ -95,13 +121,13 @@ def _score_lines(summary_path: Path, width: int) -> list[str]:
 def _filter_lines(data: Path) -> list[str]:
     """Phase 2: what the filters kept and dropped, table 3, and how right each filter was."""
     kept_dir, report = (
-        data / "filter" / "filtered_labels" / "iteration-0",
-        data / "filter" / "report" / "iteration-0",
+        frames_dir(FILTERED_LABELS, data, 0),
+        files_dir(FILTER_REPORT, data, 0),
     )
     if not kept_dir.is_dir():
         return []
     kept = pl.read_parquet(kept_dir / "*.parquet")
-    dropped = pl.read_parquet(data / "filter" / "filter_quarantine" / "iteration-0" / "*.parquet")
+    dropped = pl.read_parquet(frames_dir(FILTER_QUARANTINE, data, 0) / "*.parquet")
     by_reason = dropped.group_by("reason").len().sort("len", descending=True)
     lines = [
         "",
@@ -134,12 +160,12 @@ def _filter_lines(data: Path) -> list[str]:
 def _corpus_lines(data: Path) -> list[str]:
     """Phase 3's input: the (prompt, target) examples written per task, per iteration."""
     lines = []
-    for folder in sorted((data / "corpus" / "examples").glob("iteration-*")):
-        examples = pl.read_parquet(folder / "*.parquet")
+    for k in iterations_in(frames_dir(CORPUS_EXAMPLES, data)):
+        examples = pl.read_parquet(frames_dir(CORPUS_EXAMPLES, data, k) / "*.parquet")
         by_task = examples.group_by("task").len().sort("len", descending=True)
         lines += [
             "",
-            f"Corpus {folder.name}: {examples.height} Florence-2 examples from {examples['image_id'].n_unique()} training images: "
+            f"Corpus iteration-{k}: {examples.height} Florence-2 examples from {examples['image_id'].n_unique()} training images: "
             + ", ".join(f"{row['task']} {row['len']}" for row in by_task.iter_rows(named=True)),
         ]
     return lines
@@ -148,14 +174,15 @@ def _corpus_lines(data: Path) -> list[str]:
 def _model_lines(data: Path) -> list[str]:
     """Phase 3: each iteration's training and its held-out scores beside the baseline."""
     lines = []
-    for folder in sorted((data / "model").glob("iteration-*")):
-        curve_path, summary_path = folder / "training_curve.parquet", folder / "heldout" / "summary.parquet"
+    for k in iterations_in(files_dir(FLORENCE2_MODEL, data)):
+        curve_path = files_dir(FLORENCE2_MODEL, data, k) / "training_curve.parquet"
+        summary_path = files_dir(HELDOUT_SCORES, data, k) / "summary.parquet"
         if not curve_path.is_file():
             continue
         curve = pl.read_parquet(curve_path)
         lines += [
             "",
-            f"Model {folder.name}: {curve.height} steps in {curve['seconds'].sum():.0f} s "
+            f"Model iteration-{k}: {curve.height} steps in {curve['seconds'].sum():.0f} s "
             f"({curve['examples'].sum() / curve['seconds'].sum():.1f} examples/s), loss {curve['loss'][0]:.2f} -> {curve['loss'].tail(10).mean():.2f}",
         ]
         if summary_path.is_file():
@@ -165,28 +192,30 @@ def _model_lines(data: Path) -> list[str]:
 
 def _export_lines(data: Path) -> list[str]:
     """The exports written, with their dataset cards."""
-    cards = sorted((data / "export").glob("*/iteration-*/DATASET_CARD.md"))
+    written = [
+        (fmt, k, files_dir(key, data, k))
+        for fmt, key in EXPORTS.items()
+        for k in iterations_in(files_dir(key, data))
+        if (files_dir(key, data, k) / "DATASET_CARD.md").is_file()
+    ]
     return (
         [
             "",
             "Exports:",
-            *(
-                f"  {card.parent.parent.name} iteration {card.parent.name.split('-')[1]}: {card.parent} (card: DATASET_CARD.md)"
-                for card in cards
-            ),
+            *(f"  {fmt} iteration {k}: {folder} (card: DATASET_CARD.md)" for fmt, k, folder in written),
         ]
-        if cards
+        if written
         else []
     )
 
 
 def _split_lines(data: Path) -> list[str]:
     """The frozen evaluation split: what was audited, how, and its freeze."""
-    folder = frozen_dir(data)
+    folder = files_dir(FROZEN_SPLIT, data)
     record = read_freeze(folder)
     if record is None:
         return []
-    decisions_path = data / "audit" / "label_studio" / "decisions.parquet"
+    decisions_path = files_dir(AUDITED_LABELS, data) / DECISIONS_FILE
     counts = (
         pl.read_parquet(decisions_path).group_by("decision").len().sort("decision")
         if decisions_path.is_file()
@@ -204,11 +233,10 @@ def _frozen_split_metric_lines(data: Path) -> list[str]:
     """The model's standard metrics on the frozen split, one line per iteration."""
     from assets.model import frozen_split_scores
 
-    folders = sorted((data / "model").glob("iteration-*"), key=lambda p: int(p.name.split("-")[1]))
     scored = [
-        (folder.name.split("-")[1], scores)
-        for folder in folders
-        if (scores := frozen_split_scores(data, folder.name.split("-")[1]))
+        (k, scores)
+        for k in iterations_in(files_dir(FLORENCE2_MODEL, data))
+        if (scores := frozen_split_scores(data, k))
     ]
     if not scored:
         return []
@@ -230,13 +258,12 @@ def _frozen_split_metric_lines(data: Path) -> list[str]:
 def iteration_lines(data: Path) -> list[str]:
     """Phase 4: what each merge decided, each iteration's label quality, and the guard."""
     lines = []
-    decisions = sorted(
-        (data / "merge" / "decisions").glob("iteration-*"), key=lambda p: int(p.name.split("-")[1])
-    )
-    for folder in decisions:
-        if folder.name == "iteration-0":
+    for k in iterations_in(frames_dir(MERGE_DECISIONS, data)):
+        if k == "0":
             continue
-        decided = pl.read_parquet(folder / "*.parquet").filter(pl.col("decision") != "kept")
+        decided = pl.read_parquet(frames_dir(MERGE_DECISIONS, data, k) / "*.parquet").filter(
+            pl.col("decision") != "kept"
+        )
         by_source = (
             decided.with_columns(origin=pl.col("source").str.split("@").list.first())
             .group_by("origin", "decision")
@@ -249,12 +276,13 @@ def iteration_lines(data: Path) -> list[str]:
             for (origin,), rows in by_source.group_by("origin", maintain_order=True)
         )
         lines.append(
-            f"  merge into {folder.name}: {said}; {protected} labels refused to protect a rare-class label"
+            f"  merge into iteration-{k}: {said}; {protected} labels refused to protect a rare-class label"
         )
-    summaries = sorted(
-        (data / "filter" / "quality").glob("iteration-*/summary.parquet"),
-        key=lambda p: int(p.parent.name.split("-")[1]),
-    )
+    summaries = [
+        path
+        for k in iterations_in(files_dir(LABEL_QUALITY, data))
+        if (path := files_dir(LABEL_QUALITY, data, k) / "summary.parquet").is_file()
+    ]
     if not summaries:
         return lines
     history = pl.concat([pl.read_parquet(p) for p in summaries], how="diagonal_relaxed")
@@ -296,22 +324,19 @@ def _review_lines(data: Path) -> list[str]:
     """Each iteration's audit queue: its size, how many of it the world's truth calls wrong,
     and the verdicts."""
     lines = []
-    for folder in sorted((data / "review").glob("iteration-*"), key=lambda p: int(p.name.split("-")[1])):
-        queue_path = data / "review" / "queue" / f"{folder.name.split('-')[1]}.parquet"
+    for k in iterations_in(files_dir(REVIEW_QUEUE, data)):
+        queue_path = partition_path(data, REVIEW_QUEUE, k)
         if not queue_path.is_file():
             continue
         queued = pl.read_parquet(queue_path)
-        decisions = (
-            pl.read_parquet(folder / "decisions.parquet")
-            if (folder / "decisions.parquet").is_file()
-            else None
-        )
+        decisions_path = files_dir(REVIEW_VERDICTS, data, k) / DECISIONS_FILE
+        decisions = pl.read_parquet(decisions_path) if decisions_path.is_file() else None
         verdicts = (
             ", ".join(f"{d} {n}" for d, n in sorted(decisions.group_by("decision").len().iter_rows()))
             if decisions is not None
             else "no verdicts yet"
         )
-        lines.append(f"  audit queue of {folder.name}: {queued.height} labels (review.budget) -> {verdicts}")
+        lines.append(f"  audit queue of iteration-{k}: {queued.height} labels (review.budget) -> {verdicts}")
     return lines
 
 
@@ -320,7 +345,6 @@ def _guard_lines(data: Path, iterations: list[int]) -> list[str]:
     classes' training labels and recall against the iteration before."""
     from dagster import AssetCheckKey, DagsterInstance
 
-    from data_checks.shards import LABEL_QUALITY
     from relabel.refine import rare_class_changes
 
     with DagsterInstance.get() as instance:
@@ -330,9 +354,7 @@ def _guard_lines(data: Path, iterations: list[int]) -> list[str]:
         verdicts = {info.partition_key: info.latest_execution_status.value for info in infos}
     lines = []
     for k in iterations[1:]:
-        before, now = (
-            pl.read_parquet(data / "filter" / "label_quality" / f"{i}.parquet") for i in (k - 1, k)
-        )
+        before, now = (pl.read_parquet(partition_path(data, LABEL_QUALITY, str(i))) for i in (k - 1, k))
         changes = rare_class_changes(now, before)
         shown = ", ".join(
             f"{r['category']} {r['labels_before']}->{r['labels_now']}"

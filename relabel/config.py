@@ -1,6 +1,6 @@
 """Typed view of ``params.yaml``, the one home of relabel's configuration.
 
-Dagster reads it through the ``ProjectResource`` (pipelines/resources.py) and DVC reads the
+Dagster reads it through the ``ProjectResource`` (resources/services.py) and DVC reads the
 same file for its stage params, so there is no second copy of any number.
 """
 
@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from models.tasks import TASK_TOKENS
 from relabel.labels import TASKS_BY_TYPE
+from relabel.task_tokens import TASK_TOKENS
 
 
 def _task_token(task: str) -> str:

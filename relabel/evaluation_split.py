@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from relabel.ingest.images import hash_file, path_of_uri
+from relabel.files import hash_file, path_of_uri
 
 TRAIN, EVAL = "train", "eval"
 FREEZE_FILE = "freeze.json"
@@ -312,11 +312,6 @@ def manifest_changes(frozen: pl.DataFrame, current: pl.DataFrame) -> pl.DataFram
 
 
 # ------------------------------------------------------------------ freezing and unfreezing
-
-
-def frozen_dir(data_dir: Path) -> Path:
-    """Where a project keeps its frozen split: manifest, audited labels, freeze record and log."""
-    return Path(data_dir) / "audit" / "frozen"
 
 
 def frozen_manifest(folder: Path) -> pl.DataFrame | None:

@@ -9,7 +9,7 @@ Every writer takes an ``images`` frame (``IMAGES_SCHEMA``), a ``labels`` frame
     captions) and ``detailed_captions.json`` (detailed captions, COCO captions format). For
     pycocotools and the COCO-reading tools, and for relabel's own ``coco`` source, which reads
     the three files back.
-``florence2`` (``write_florence2_jsonl``)
+``florence2`` (``models.corpus.write_florence2_jsonl``, which needs the task serialisation)
     ``florence2.jsonl``: one line per Florence-2 (image, prompt, target) example of every task
     the labels support (``models.corpus.corpus_examples``), to fine-tune a public Florence-2
     checkpoint.
@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,9 +54,7 @@ import pyarrow.parquet as pq
 import yaml
 from pycocotools import mask
 
-from models.corpus import corpus_examples
-from models.tasks import TASK_SOURCES
-from relabel.ingest.images import path_of_uri
+from relabel.files import path_of_uri
 from relabel.labels import (
     HUMAN_SOURCE,
     LABEL_STATUSES,
@@ -65,6 +63,7 @@ from relabel.labels import (
     frame,
 )
 from relabel.metrics import rasterise
+from relabel.task_tokens import TASK_SOURCES
 
 # parquet is written with these fixed settings, whose output the tests check is byte-identical
 # from one write to the next
@@ -83,7 +82,7 @@ _OBJECT_BOXES = (pl.col("task") == "object") & pl.col("box").is_not_null() & _CA
 # the label rows each format writes; it cannot express the others
 WRITTEN: dict[str, pl.Expr] = {
     "coco": _OBJECT_BOXES | pl.col("task").is_in(list(COCO_CAPTION_FILES.values())),
-    # alt_text feeds no Florence-2 task (models.tasks.TASK_SOURCES)
+    # alt_text feeds no Florence-2 task (relabel.task_tokens.TASK_SOURCES)
     "florence2": pl.col("task").is_in(sorted({t for ts in TASK_SOURCES.values() for t in ts})),
     "hf-parquet": pl.lit(True),
     # YOLO has no crowd regions: a box around a whole crowd would teach the detector to draw one
@@ -213,7 +212,7 @@ def write_coco(images: pl.DataFrame, labels: pl.DataFrame, folder: Path, data_di
     ``score``, ``source`` and ``label_id``. The caption files hold the ``brief_caption`` and
     ``detailed_caption`` rows, with the same extra keys. Annotation ids are 1..N per file.
     """
-    images, labels = _prepare(images, labels, data_dir, "coco")
+    images, labels = prepare(images, labels, data_dir, "coco")
     size = {row[0]: row[1:] for row in images.select("image_id", "width", "height").iter_rows()}
     coco_id = {image_id: number for number, image_id in enumerate(images["image_id"], start=1)}
     entries = [
@@ -269,40 +268,6 @@ def write_coco(images: pl.DataFrame, labels: pl.DataFrame, folder: Path, data_di
     return sorted(written)
 
 
-def write_florence2_jsonl(
-    images: pl.DataFrame, labels: pl.DataFrame, folder: Path, data_dir: Path
-) -> list[Path]:
-    """``florence2.jsonl`` in ``folder``: one JSON object a line per Florence-2 example.
-
-    Each line has ``image`` (the absolute path of the image file), ``image_id``, ``task`` (the
-    task token, e.g. ``<OD>``), ``prompt`` (the task token, followed by the task's input where
-    it has one), ``target`` (the text to generate, regions as ``<loc_k>`` tokens over 1000
-    bins, as the public checkpoints were trained) and ``label_ids`` (the label rows the example
-    was written from). Every task of ``models.tasks`` the labels support is written; images
-    in ``image_id`` order, then the order of ``models.corpus.corpus_examples``.
-    """
-    images, labels = _prepare(images, labels, data_dir, "florence2")
-    examples = corpus_examples(labels, images, lambda uri: _absolute_path(uri, data_dir))
-    lines = [
-        json.dumps(
-            {
-                "image": row["image_path"],
-                "image_id": row["image_id"],
-                "task": row["task"],
-                "prompt": row["prompt"],
-                "target": row["target"],
-                "label_ids": row["label_ids"],
-            },
-            sort_keys=True,
-            ensure_ascii=False,
-            allow_nan=False,
-        )
-        + "\n"
-        for row in examples.iter_rows(named=True)
-    ]
-    return [_write_text(folder / "florence2.jsonl", "".join(lines))]
-
-
 def write_hf_parquet(
     images: pl.DataFrame,
     labels: pl.DataFrame,
@@ -325,7 +290,7 @@ def write_hf_parquet(
     ``images.parquet``: the parquet source checks that table's columns exactly, so nothing the
     schema does not know slips in unnoticed.
     """
-    images, labels = _prepare(images, labels, data_dir, "hf-parquet")
+    images, labels = prepare(images, labels, data_dir, "hf-parquet")
     written = [
         _write_parquet(folder / "images.parquet", images.with_columns(uri=pl.col("path")).drop("path")),
         _write_parquet(folder / "labels.parquet", labels),
@@ -354,7 +319,7 @@ def write_yolo(images: pl.DataFrame, labels: pl.DataFrame, folder: Path, data_di
         ``train: train.txt``, ``val: val.txt``; it has no ``path``, so the folder it lies in is
         the dataset root.
     """
-    images, labels = _prepare(images, labels, data_dir, "yolo")
+    images, labels = prepare(images, labels, data_dir, "yolo")
     stems = [image_id[:16] for image_id in images["image_id"]]
     if len(set(stems)) != len(stems):
         raise ValueError("two image ids share their first 16 hex digits: YOLO file stems collide")
@@ -375,28 +340,27 @@ def write_yolo(images: pl.DataFrame, labels: pl.DataFrame, folder: Path, data_di
             _yolo_line(class_of[name], box, image["width"], image["height"])
             for name, box in boxes.select("_category", "box").iter_rows()
         ]
-        written.append(_write_text(folder / "labels" / f"{stem}.txt", "".join(lines)))
+        written.append(write_text(folder / "labels" / f"{stem}.txt", "".join(lines)))
         entry = f"./images/{link.name}\n"
         lists["images.txt"].append(entry)
         lists["val.txt" if image["split"] == "eval" else "train.txt"].append(entry)
-    written += [_write_text(folder / name, "".join(entries)) for name, entries in lists.items()]
+    written += [write_text(folder / name, "".join(entries)) for name, entries in lists.items()]
     data = {
         "names": dict(enumerate(names)),
         "nc": len(names),
         "train": "train.txt",
         "val": "val.txt",
     }
-    written.append(
-        _write_text(folder / "data.yaml", yaml.safe_dump(data, sort_keys=True, allow_unicode=True))
-    )
+    written.append(write_text(folder / "data.yaml", yaml.safe_dump(data, sort_keys=True, allow_unicode=True)))
     return sorted(written)
 
 
 Writer = Callable[..., list[Path]]
 
+# the formats written from the label store alone; florence2 needs the task serialisation of
+# ``models`` (``models.corpus.write_florence2_jsonl``), which the export asset adds
 FORMATS: dict[str, Writer] = {
     "coco": write_coco,
-    "florence2": write_florence2_jsonl,
     "hf-parquet": write_hf_parquet,
     "yolo": write_yolo,
 }
@@ -424,15 +388,16 @@ def export_labels(
     labels: pl.DataFrame,
     folder: Path,
     data_dir: Path,
+    writers: Mapping[str, Writer] = FORMATS,
     **options: Any,
 ) -> ExportResult:
-    """Write ``images`` and ``labels`` in format ``fmt`` (a key of ``FORMATS``) into ``folder``.
+    """Write ``images`` and ``labels`` in format ``fmt`` (a key of ``writers``) into ``folder``.
 
     ``folder`` is deleted and made anew first, so it holds this export only; it must not hold
     the data directory. ``options`` go to the writer (``embed_images`` of ``hf-parquet``).
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; known: {sorted(FORMATS)}")
+    if fmt not in writers:
+        raise ValueError(f"unknown export format {fmt!r}; known: {sorted(writers)}")
     folder = Path(folder)
     # the folder is deleted: refuse one that holds the very images being exported
     if Path(os.path.abspath(data_dir)).is_relative_to(os.path.abspath(folder)):
@@ -440,8 +405,8 @@ def export_labels(
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    written = FORMATS[fmt](images, labels, folder, data_dir, **options)
-    exported_images, exported_labels = _prepare(images, labels, data_dir, fmt)
+    written = writers[fmt](images, labels, folder, data_dir, **options)
+    exported_images, exported_labels = prepare(images, labels, data_dir, fmt)
     by_task = exported_labels.group_by(pl.col("task").cast(pl.String)).len().sort("task")
     return ExportResult(
         format=fmt,
@@ -455,7 +420,7 @@ def export_labels(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _prepare(
+def prepare(
     images: pl.DataFrame, labels: pl.DataFrame, data_dir: Path, fmt: str
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The images sorted by id, with ``path`` (the absolute path of the file), and the labels
@@ -466,7 +431,7 @@ def _prepare(
         raise ValueError("images has repeated image ids")
     images = images.sort("image_id")
     images = images.with_columns(
-        path=pl.Series([_absolute_path(uri, data_dir) for uri in images["uri"]], dtype=pl.String)
+        path=pl.Series([absolute_path(uri, data_dir) for uri in images["uri"]], dtype=pl.String)
     )
     labels = labels.filter(pl.col("image_id").is_in(images["image_id"].implode()), WRITTEN[fmt]).sort(
         "image_id", "label_id"
@@ -474,7 +439,7 @@ def _prepare(
     return images, labels
 
 
-def _absolute_path(uri: str, data_dir: Path) -> str:
+def absolute_path(uri: str, data_dir: Path) -> str:
     # abspath, not resolve: a linked file keeps the name it was ingested by
     return Path(os.path.abspath(path_of_uri(uri, data_dir))).as_posix()
 
@@ -524,10 +489,10 @@ def _yolo_line(class_index: int, box: list[float], width: int, height: int) -> s
 
 def _write_json(path: Path, document: dict[str, Any]) -> Path:
     text = json.dumps(document, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return _write_text(path, text + "\n")
+    return write_text(path, text + "\n")
 
 
-def _write_text(path: Path, text: str) -> Path:
+def write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # bytes, not text mode: no platform newline translation
     path.write_bytes(text.encode("utf-8"))
@@ -587,7 +552,9 @@ __all__ = [
     "export_labels",
     "select_labels",
     "write_coco",
-    "write_florence2_jsonl",
+    "absolute_path",
+    "prepare",
+    "write_text",
     "write_hf_parquet",
     "write_yolo",
 ]

@@ -11,6 +11,7 @@ import pytest
 
 from relabel.labels import frame
 from relabel.shards import shard_of
+from resources.layout import FROZEN_SPLIT, files_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
@@ -229,7 +230,7 @@ def write_shard(root: Path, shard: str, *, kites_score: float) -> None:
 def write_catalog_and_freeze(root: Path) -> None:
     """The source catalog and a frozen evaluation split of the hand-made shards' images, as the
     ingest and audit phases would leave them (no image files: no perceptual hashes)."""
-    from relabel.evaluation_split import freeze, frozen_dir, split_manifest
+    from relabel.evaluation_split import freeze, split_manifest
     from relabel.ingest.catalog import FILES_SCHEMA
 
     data = root / "data"
@@ -241,9 +242,13 @@ def write_catalog_and_freeze(root: Path) -> None:
     held = images.filter(pl.col("split") == "eval")
     labels = pl.read_parquet(data / "annotate" / "initial_annotations" / "*.parquet").clear()
     freeze(
-        frozen_dir(data), split_manifest(held, labels, data), by="conftest", reason="hand-made", auditors=()
+        files_dir(FROZEN_SPLIT, data),
+        split_manifest(held, labels, data),
+        by="conftest",
+        reason="hand-made",
+        auditors=(),
     )
-    labels.write_parquet(frozen_dir(data) / "labels.parquet")
+    labels.write_parquet(files_dir(FROZEN_SPLIT, data) / "labels.parquet")
 
 
 def _path(path: Path) -> Path:

@@ -26,7 +26,8 @@ from tqdm import tqdm
 # a module import, not names: relabel.evaluation_split reads image files through this package
 import relabel.evaluation_split as evaluation_split
 from relabel.config import SourceParams
-from relabel.ingest.images import decompression_bomb, from_root, hash_file, uri_for
+from relabel.files import from_root, hash_file, uri_for
+from relabel.ingest.images import decompression_bomb
 from relabel.ingest.records import Problem, RawImage, has_surrogates, quarantine, record_json
 from relabel.ingest.sources import read_source
 from relabel.labels import check_schema, frame

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from relabel.config import SourceParams
-from relabel.ingest.images import from_root, list_image_files, normalised
+from relabel.files import from_root, normalised
+from relabel.ingest.images import list_image_files
 from relabel.ingest.records import (
     Problem,
     RawImage,

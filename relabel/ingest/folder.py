@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from relabel.config import SourceParams
+from relabel.files import from_root, normalised
 from relabel.ingest.coco import HUMAN_LABEL, too_long
-from relabel.ingest.images import from_root, list_image_files, normalised
+from relabel.ingest.images import list_image_files
 from relabel.ingest.records import (
     Problem,
     RawImage,

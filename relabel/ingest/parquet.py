@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from relabel.config import SourceParams
-from relabel.ingest.images import from_root, path_of_uri
+from relabel.files import from_root, path_of_uri
 from relabel.ingest.records import Problem, RawImage, RawLabel, SourceRecords, source_problem
 from relabel.labels import SCHEMAS, SchemaError, check_schema
 

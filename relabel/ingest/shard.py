@@ -23,8 +23,9 @@ import polars as pl
 from tqdm import tqdm
 
 from relabel.config import SourceParams
+from relabel.files import from_root
 from relabel.ingest.catalog import COUNTED_KINDS, AccountingError
-from relabel.ingest.images import decode_image, from_root
+from relabel.ingest.images import decode_image
 from relabel.ingest.records import (
     Problem,
     RawLabel,

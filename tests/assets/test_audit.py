@@ -11,13 +11,12 @@ import pytest
 from dagster import AssetCheckKey, materialize
 from PIL import Image
 
-from assets.audit import FROZEN_SPLIT
-from data_checks.shards import CORPUS_EXAMPLES
 from pipelines.cli import main
 from pipelines.definitions import build_definitions
 from pipelines.phases import AUDIT_SPLIT_JOB, CATALOG_JOB, CORPUS_SHARDS_JOB, INGEST_SHARDS_JOB
-from relabel.evaluation_split import freeze_history, frozen_dir, read_freeze
+from relabel.evaluation_split import freeze_history, read_freeze
 from relabel.labels import frame
+from resources.layout import CORPUS_EXAMPLES, FROZEN_SPLIT, files_dir
 
 SPLIT_UNCHANGED = AssetCheckKey(FROZEN_SPLIT, "split_unchanged")
 
@@ -87,7 +86,7 @@ def test_the_split_is_audited_through_label_studio_json_and_frozen(annotated_pro
     assert quarantined.get("rejected_in_audit", 0) == by_decision.get("rejected", 0)
     assert quarantined.get("corrected_in_audit", 0) == by_decision.get("corrected", 0)
 
-    record = read_freeze(frozen_dir(data))
+    record = read_freeze(files_dir(FROZEN_SPLIT, data))
     assert record["images"] == held.height and record["labels"] == audited.height
     assert record["auditors"] == ["world-auditor"]
     assert check_passed(results["audit_split"], SPLIT_UNCHANGED)
@@ -116,7 +115,7 @@ def rerun(root, instance, job_name: str, partition: str | None = None):
 def test_any_changed_byte_fails_the_check_until_an_explicit_logged_unfreeze(frozen_project, instance, capsys):
     root, _ = frozen_project
     data = root / "data"
-    frozen = read_freeze(frozen_dir(data))
+    frozen = read_freeze(files_dir(FROZEN_SPLIT, data))
     assert rerun(root, instance, AUDIT_SPLIT_JOB).success  # re-running the phase changes nothing
 
     held = pl.read_parquet(data / "ingest" / "images" / "*.parquet").filter(pl.col("split") == "eval")
@@ -127,15 +126,15 @@ def test_any_changed_byte_fails_the_check_until_an_explicit_logged_unfreeze(froz
     path.write_bytes(bytes(changed))
     result = rerun(root, instance, AUDIT_SPLIT_JOB)
     assert not check_passed(result, SPLIT_UNCHANGED)
-    assert read_freeze(frozen_dir(data)) == frozen  # the freeze did not move
+    assert read_freeze(files_dir(FROZEN_SPLIT, data)) == frozen  # the freeze did not move
     path.write_bytes(original)
     assert check_passed(rerun(root, instance, AUDIT_SPLIT_JOB), SPLIT_UNCHANGED)
 
     # an audit that reads differently now: one audited label's text edited in the stored copy
-    stored = pl.read_parquet(frozen_dir(data) / "labels.parquet")
+    stored = pl.read_parquet(files_dir(FROZEN_SPLIT, data) / "labels.parquet")
     stored.with_columns(
         text=pl.when(pl.int_range(pl.len()) == 0).then(pl.col("text") + ".").otherwise(pl.col("text"))
-    ).write_parquet(frozen_dir(data) / "labels.parquet")
+    ).write_parquet(files_dir(FROZEN_SPLIT, data) / "labels.parquet")
     assert not check_passed(rerun(root, instance, AUDIT_SPLIT_JOB), SPLIT_UNCHANGED)
 
     assert main(["--root", str(root), "unfreeze", "--by", "maria", "--reason", "a caption typo"]) == 0
@@ -144,7 +143,7 @@ def test_any_changed_byte_fails_the_check_until_an_explicit_logged_unfreeze(froz
     assert "not frozen" in capsys.readouterr().err
     refrozen = rerun(root, instance, AUDIT_SPLIT_JOB)
     assert check_passed(refrozen, SPLIT_UNCHANGED)
-    history = freeze_history(frozen_dir(data))
+    history = freeze_history(files_dir(FROZEN_SPLIT, data))
     assert [(h["action"], h.get("by") or h.get("frozen_by")) for h in history] == [
         ("freeze", "relabel-demo"),
         ("unfreeze", "maria"),

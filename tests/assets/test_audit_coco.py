@@ -16,9 +16,10 @@ from models.florence2 import build_model, build_processor
 from models.inference import GenerationSettings
 from models.tasks import CAPTION, CAPTION_TO_PHRASE_GROUNDING, OD, REFERRING_EXPRESSION_SEGMENTATION
 from models.tokenizer import train_tokenizer
-from relabel.evaluation_split import frozen_dir, frozen_manifest, read_freeze
-from relabel.ingest.images import path_of_uri
+from relabel.evaluation_split import frozen_manifest, read_freeze
+from relabel.files import path_of_uri
 from relabel.metrics import detection_map
+from resources.layout import FROZEN_SPLIT, files_dir
 
 
 @pytest.fixture
@@ -49,15 +50,15 @@ def test_a_coco_set_is_audited_frozen_and_evaluated_like_the_world(coco_project,
     data = coco_project / "data"
     images = pl.read_parquet(data / "ingest" / "images" / "*.parquet")
     human = pl.read_parquet(data / "ingest" / "human_labels" / "*.parquet")
-    split = frozen_manifest(frozen_dir(data))
+    split = frozen_manifest(files_dir(FROZEN_SPLIT, data))
     held = images.filter(pl.col("image_id").is_in(split["image_id"].implode()))
     assert 8 <= held.height <= 16 and sorted(held["image_id"]) == sorted(
         images.filter(pl.col("split") == "eval")["image_id"]
     )
-    assert read_freeze(frozen_dir(data))["auditors"] == ["accept-all"]
+    assert read_freeze(files_dir(FROZEN_SPLIT, data))["auditors"] == ["accept-all"]
 
     # accept-all: the split's human labels, as they are, are the audited labels
-    audited = pl.read_parquet(frozen_dir(data) / "labels.parquet")
+    audited = pl.read_parquet(files_dir(FROZEN_SPLIT, data) / "labels.parquet")
     own = human.filter(
         pl.col("image_id").is_in(held["image_id"].implode()),
         pl.col("task").cast(pl.String).is_in(["object", "brief_caption"]),

@@ -9,9 +9,10 @@ import polars as pl
 import pytest
 from dagster import AssetIn, AssetKey, AssetSelection, asset, materialize, mem_io_manager
 
-from data_checks.shards import FILTERED_LABELS, GATES, blocked_shards
 from pipelines.definitions import build_definitions
 from pipelines.phases import FILTER_REPORT_JOB, FILTER_SHARDS_JOB, MERGE_SHARDS_JOB
+from resources.io_manager import blocked_shards
+from resources.layout import FILTERED_LABELS, GATES
 
 SHARDS = ("shard-00", "shard-01")
 

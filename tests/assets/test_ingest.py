@@ -105,7 +105,7 @@ def test_an_earlier_version_of_a_shard_is_restored_byte_for_byte(tiny_project, m
     materialize_all(tiny_project)
     assert path.read_bytes() != first_bytes
 
-    from pipelines.resources import DvcResource, ProjectResource
+    from resources.services import DvcResource, ProjectResource
 
     dvc = DvcResource(project=ProjectResource(root=str(tiny_project)))
     restored = dvc.restore(meta.metadata["dvc_md5"].value, tiny_project / "restored.parquet")

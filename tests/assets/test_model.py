@@ -54,19 +54,20 @@ def test_every_iteration_is_evaluated_on_the_frozen_split_in_a_nested_mlflow_run
     from mlflow import MlflowClient
     from PIL import Image
 
-    from relabel.evaluation_split import frozen_dir, frozen_manifest, read_freeze
+    from relabel.evaluation_split import frozen_manifest, read_freeze
+    from resources.layout import FROZEN_SPLIT, files_dir
 
     root, results = trained
     data = root / "data"
     metadata = _metadata(results[("score_model", "0")], "heldout_scores")
-    split = frozen_manifest(frozen_dir(data))
+    split = frozen_manifest(files_dir(FROZEN_SPLIT, data))
     images = pl.read_parquet(data / "ingest" / "images" / "*.parquet")
     assert sorted(images.filter(pl.col("split") == "eval")["image_id"].to_list()) == sorted(
         split["image_id"].to_list()
     )
     assert metadata["heldout_images"] == split.height > 0
-    assert metadata["split_digest"] == read_freeze(frozen_dir(data))["digest"]
-    audited = pl.read_parquet(frozen_dir(data) / "labels.parquet")
+    assert metadata["split_digest"] == read_freeze(files_dir(FROZEN_SPLIT, data))["digest"]
+    audited = pl.read_parquet(files_dir(FROZEN_SPLIT, data) / "labels.parquet")
     boxes = audited.filter(pl.col("task") == "object").select("image_id", "box").unique().height
     groundings = (
         audited.filter(pl.col("task") == "phrase_grounding").select("image_id", "text").unique().height

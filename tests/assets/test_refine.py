@@ -8,11 +8,11 @@ import polars as pl
 import pytest
 from dagster import materialize
 
-from data_checks.shards import LABEL_QUALITY
 from models.inference import PROMPT_FREE_TASKS
 from pipelines.definitions import build_definitions
 from pipelines.phases import FILTER_REPORT_JOB, FILTER_SHARDS_JOB, MERGE_SHARDS_JOB, TRAIN_MODEL_JOB
 from relabel.labels import frame, label_id_for
+from resources.layout import LABEL_QUALITY
 
 SHARDS = ("shard-00", "shard-01")
 

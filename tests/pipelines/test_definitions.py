@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey
 
-from data_checks.shards import GATES
 from pipelines.definitions import build_definitions
 from pipelines.phases import FILTER_SHARDS_JOB, INGEST_SHARDS_JOB
+from resources.layout import GATES
 
 
-@pytest.mark.parametrize("package", ["relabel", "assets", "models", "data_checks", "pipelines"])
+@pytest.mark.parametrize("package", ["relabel", "assets", "models", "data_checks", "pipelines", "resources"])
 def test_the_generic_package_names_resolve_to_this_project(package, project_root):
     module = importlib.import_module(package)
     assert Path(module.__file__).resolve().parent == project_root / package
@@ -44,10 +44,9 @@ def test_shards_are_the_partitions_of_the_ingest_assets(tiny_project):
     # every gate is a blocking check per partition of the asset it gates (a shard for ingest,
     # an iteration and shard for the filters, an iteration for the rare-class guard)
     checks = {key: graph.get(key) for key in graph.asset_check_keys}
-    frozen_split = (AssetKey(["audit", "frozen_split"]), "split_unchanged")  # of the one unpartitioned split
     assert {(key.asset_key, key.name) for key in checks} == {
         (asset, name) for asset, names in GATES.items() for name in names
-    } | {frozen_split}
+    }
     assert all(
         check.blocking and check.partitions_def == graph.get(key.asset_key).partitions_def
         for key, check in checks.items()

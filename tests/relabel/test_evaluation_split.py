@@ -23,7 +23,7 @@ from relabel.evaluation_split import (
     stratified_groups,
     unfreeze,
 )
-from relabel.ingest.images import hash_file
+from relabel.files import hash_file
 from relabel.labels import frame
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 from pycocotools import mask
 from pycocotools.coco import COCO
 
+from models.corpus import write_florence2_jsonl
 from models.tasks import OD, TASK_TOKENS
 from relabel.config import SourceParams, WorldParams
 from relabel.export import (
@@ -32,7 +33,6 @@ from relabel.export import (
     export_labels,
     select_labels,
     write_coco,
-    write_florence2_jsonl,
     write_hf_parquet,
     write_yolo,
 )
@@ -42,6 +42,8 @@ from relabel.shards import shard_keys
 from relabel.world import render_world
 
 SHARDS = 2
+# every export format: the label store's own, and Florence-2 JSONL written by models.corpus
+WRITERS = {**FORMATS, "florence2": write_florence2_jsonl}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -483,14 +485,16 @@ def test_florence2_lines_are_prompt_target_pairs(hand_made, tmp_path):
     assert [line["image_id"] for line in lines] == sorted(line["image_id"] for line in lines)
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
 def test_every_format_is_byte_deterministic(hand_made, tmp_path, fmt):
     root, images, labels = hand_made
     options = {"embed_images": True} if fmt == "hf-parquet" else {}
-    first = export_labels(fmt, images, labels, tmp_path / "one", root / "data", **options)
+    first = export_labels(fmt, images, labels, tmp_path / "one", root / "data", WRITERS, **options)
     # the same rows in another order, into another folder
     shuffled = labels.sample(fraction=1.0, shuffle=True, seed=3)
-    second = export_labels(fmt, images.reverse(), shuffled, tmp_path / "two", root / "data", **options)
+    second = export_labels(
+        fmt, images.reverse(), shuffled, tmp_path / "two", root / "data", WRITERS, **options
+    )
 
     assert files_of(tmp_path / "one") == files_of(tmp_path / "two")
     assert first.files == second.files == tuple(sorted(first.files))

@@ -1,27 +1,31 @@
 """The shard-partitioned parquet IO manager: stores each asset partition as one parquet file,
 checks it against the label-store schema on the way in and out, and versions it with DVC.
 
-Layout: ``<data_dir>/<phase>/<asset>/<shard>.parquet`` for shard assets,
-``<data_dir>/<phase>/<asset>/iteration-<k>/<shard>.parquet`` for iteration x shard assets and
-``<data_dir>/<phase>/<asset>.parquet`` otherwise, where ``<phase>`` is the asset key's prefix
-and also the name of the DVC stage in ``dvc.yaml`` whose output holds the file.
-
-Reading a gated asset (``data_checks.shards.GATES``) honours its gates across runs: a shard
-whose latest gate failed is never handed to a consumer.
+Where each partition goes is ``resources.layout.partition_path``. Reading a gated asset
+(``resources.layout.GATES``) honours its gates across runs: a shard whose latest gate failed
+is never handed to a consumer.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import polars as pl
-from dagster import AssetKey, ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    ConfigurableIOManager,
+    DagsterInstance,
+    Failure,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+)
 
-from assets.partitions import split_key
-from data_checks.shards import GATES, blocked_shards
-from pipelines.resources import DvcResource, ProjectResource
 from relabel.labels import check_schema
+from resources.layout import GATES, partition_path
+from resources.partitions import split_key
+from resources.services import DvcResource, ProjectResource
 
 # asset metadata key naming the label-store table ("images", "labels", "quarantine") that an
 # asset's frames belong to; frames of such assets are schema-checked on write and read
@@ -93,14 +97,33 @@ class ShardParquetIOManager(ConfigurableIOManager):
         return [key for key in keys if key not in refused]
 
 
-def partition_path(data_dir: Path, asset: AssetKey, partition: str | None) -> Path:
-    """Where the IO manager keeps ``asset``'s ``partition`` (see the module's layout); also
-    how an iteration reads the previous iteration's files, which no asset dependency can name
-    (a dynamic partition cannot depend on an earlier one of itself)."""
-    base = Path(data_dir, *asset.path)
-    if partition is None:
-        return base.with_suffix(".parquet")
-    if "|" in str(partition):
-        iteration, shard = split_key(partition)
-        return base / f"iteration-{iteration}" / f"{shard}.parquet"
-    return base / f"{partition}.parquet"
+def blocked_shards(
+    instance: DagsterInstance, asset: AssetKey, this_run: str | None = None
+) -> dict[str, list[str]]:
+    """The shards of ``asset`` whose latest gate evaluation failed, with the failed gates: what
+    a consumer in a later run must not read. Failures in ``this_run`` are left to Dagster: in
+    the run of a gate, the blocking check itself stops what is downstream, while the asset's
+    other gates still read it and report."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    keys = [AssetCheckKey(asset, name) for name in GATES[asset]]
+    blocked: dict[str, list[str]] = {}
+    for info in instance.event_log_storage.get_asset_check_partition_info(keys):
+        if (
+            info.partition_key is not None
+            and info.latest_execution_status == AssetCheckExecutionRecordStatus.FAILED
+            and info.latest_planned_run_id != this_run
+        ):
+            blocked.setdefault(info.partition_key, []).append(info.check_key.name)
+    return blocked
+
+
+def blocked_in_iteration(instance: DagsterInstance, asset: AssetKey, iteration: str) -> dict[str, list[str]]:
+    """The shards of ``iteration`` whose latest gates on the iteration x shard ``asset``
+    failed, with the failed gates (``blocked_shards``, for one iteration)."""
+    return {
+        shard: checks
+        for key, checks in blocked_shards(instance, asset).items()
+        for key_iteration, shard in [split_key(key)]
+        if key_iteration == iteration
+    }

@@ -214,3 +214,17 @@ class TrainingRun:
         )
         self.client.set_registered_model_alias(name, alias, version.version)
         return str(version.version)
+
+
+def point_dagster_at(root: Path) -> None:
+    """Make the project at ``root`` the one this process and its job subprocesses work on, and
+    its instance (``$DAGSTER_HOME``, by default under the data directory) the Dagster
+    instance: the subprocesses re-import ``pipelines.definitions``, which reads the root from
+    ``$RELABEL_ROOT``."""
+    os.environ["RELABEL_ROOT"] = str(root)
+    params = load_params(root / "params.yaml")
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(resolve(root, params.data_dir) / "dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
