@@ -92,9 +92,9 @@ def box_scores(predictions: pl.DataFrame, truth: pl.DataFrame, *, iou_threshold:
         .filter(pl.col("_iou") >= iou_threshold)
         .sort(["_rank", "_iou", "_t"], descending=[False, True, False])
     )
-    matched_pred = _greedy(
-        candidates["_p"].to_numpy(), candidates["_t"].to_numpy(), preds.height, truths.height
-    )
+    matched_pred = np.zeros(preds.height, dtype=bool)
+    for p, _ in greedy_pairs(candidates["_p"].to_numpy(), candidates["_t"].to_numpy()):
+        matched_pred[p] = True
 
     per_pred = preds.select("category", _tp=pl.Series(matched_pred, dtype=pl.Boolean))
     predicted = per_pred.group_by("category").agg(
@@ -142,17 +142,6 @@ def _regions(data: pl.DataFrame, index: str, *, with_score: bool) -> pl.DataFram
         ).rank("ordinal")
         columns.append(rank.alias("_rank"))
     return regions.select(columns)
-
-
-def _greedy(first: np.ndarray, second: np.ndarray, n_first: int, n_second: int) -> np.ndarray:
-    """One-to-one greedy matching over candidate pairs given in priority order; returns
-    whether each of the ``n_first`` items was matched."""
-    taken_first = np.zeros(n_first, dtype=bool)
-    taken_second = np.zeros(n_second, dtype=bool)
-    for a, b in zip(first.tolist(), second.tolist(), strict=True):
-        if not taken_first[a] and not taken_second[b]:
-            taken_first[a] = taken_second[b] = True
-    return taken_first
 
 
 def greedy_pairs(first: np.ndarray, second: np.ndarray) -> list[tuple[int, int]]:
