@@ -3,6 +3,7 @@ iteration, and where to look at it."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -218,13 +219,21 @@ def _frozen_split_metric_lines(data: Path) -> list[str]:
         "  iteration     mAP  mAP@0.5   CIDEr  grounding R@1  RES mIoU  OCR CER",
     ]
     for iteration, row in scored:
-        cell = lambda name, width=7: (
-            f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"
-        )  # noqa: E731
+        cell = partial(_cell, row)
         lines.append(
             f"  {iteration:>9} {cell('map')}  {cell('map50')} {cell('caption_cider')}  {cell('grounding_recall_at_1', 13)}  {cell('res_miou', 8)}  {cell('ocr_cer')}"
         )
     return lines
+
+
+def _cell(row: dict, name: str, width: int = 7) -> str:
+    """``row[name]`` with three decimals, right-aligned in ``width`` columns; a dash when it is missing."""
+    return f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"
+
+
+def _count(row: dict, name: str, width: int) -> str:
+    """``row[name]`` right-aligned in ``width`` columns; a dash when it is missing."""
+    return f"{row[name]:>{width}}" if row.get(name) is not None else f"{'-':>{width}}"
 
 
 def iteration_lines(data: Path) -> list[str]:
@@ -274,12 +283,8 @@ def iteration_lines(data: Path) -> list[str]:
         "  iteration  labels  audited  wrong  box F1  rare F1  caption recall  OCR CER  filled  repaired  right  broken  wrong fixed"
     )
     for row in history.iter_rows(named=True):
-        cell = lambda name, width=7: (
-            f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"
-        )  # noqa: E731
-        count = lambda name, width: (
-            f"{row[name]:>{width}}" if row.get(name) is not None else f"{'-':>{width}}"
-        )  # noqa: E731
+        cell = partial(_cell, row)
+        count = partial(_count, row)
         lines.append(
             f"  {row['iteration']:>9}  {row['labels']:>6}  {row.get('audited_labels') or 0:>7}  {cell('wrong_share', 5)} {cell('box_f1')}  {cell('box_f1_rare')}"
             f"  {cell('caption_object_recall', 14)}  {cell('ocr_cer')}  {count('filled_labels', 6)}  {count('repaired_labels', 8)}  {cell('added_precision', 5)}"

@@ -114,10 +114,19 @@ def test_the_engine_runs_headless_and_exports_what_other_tools_load(tiny_project
         cache_dir=str(tmp_path / "hf"),
     )["labels"]
     assert labels.num_rows == sum(hf["labels_by_task"].values()) <= exported.height
-    assert min(score for score, source in zip(labels["score"], labels["source"]) if score is not None) >= 0.5
+    assert (
+        min(
+            score
+            for score, source in zip(labels["score"], labels["source"], strict=True)
+            if score is not None
+        )
+        >= 0.5
+    )
     split_images = set(audited["image_id"])
     assert {
-        source for image, source in zip(labels["image_id"], labels["source"]) if image in split_images
+        source
+        for image, source in zip(labels["image_id"], labels["source"], strict=True)
+        if image in split_images
     } == {"human-audit@world-auditor"}
 
     # the DVC stage of the exports is committed: dvc status is clean for it
