@@ -36,7 +36,9 @@ def build_ingest_assets(shards: PartitionsDefinition) -> list:
             ),
             "catalog_quarantine": AssetOut(
                 key_prefix=[INGEST_STAGE],
-                description="What no shard can hold: unreadable source files, missing images and their labels.",
+                description=(
+                    "What no shard can hold: unreadable source files, missing images and their labels."
+                ),
                 metadata={TABLE_METADATA_KEY: "quarantine"},
             ),
         },

@@ -95,7 +95,11 @@ def build_shard_checks(
             "label_id",
             ("labels_suite", ()),
             "labels_gate_frame",
-            "Human labels: schema, scores in [0, 1], boxes inside their image with area, polygons of 3+ points, the fields each annotation type needs, non-empty texts. (Categories are checked after the filters, which quarantine unknown ones.)",
+            (
+                "Human labels: schema, scores in [0, 1], boxes inside their image with area, "
+                "polygons of 3+ points, the fields each annotation type needs, non-empty texts. "
+                "(Categories are checked after the filters, which quarantine unknown ones.)"
+            ),
             other=IMAGES,
         ),
         _gate(
@@ -105,7 +109,10 @@ def build_shard_checks(
             "row",
             ("quarantine_suite",),
             "quarantine_gate_frame",
-            "Every quarantined row says what it was, which phase dropped it, why, and keeps the record as JSON.",
+            (
+                "Every quarantined row says what it was, which phase "
+                "dropped it, why, and keeps the record as JSON."
+            ),
         ),
         _gate(
             FILTERED_LABELS,
@@ -125,7 +132,10 @@ def build_shard_checks(
             "image_id",
             ("coverage_suite", gates.min_labelled_share),
             "coverage_frame",
-            f"At least {gates.min_labelled_share:.0%} of the shard's images keep a label (filter.gates.min_labelled_share).",
+            (
+                f"At least {gates.min_labelled_share:.0%} of the shard's "
+                "images keep a label (filter.gates.min_labelled_share)."
+            ),
             other=IMAGES,
             other_mapping=SAME_SHARD,
         ),
@@ -136,7 +146,12 @@ def build_shard_checks(
             "category",
             ("class_retention_suite", gates.min_class_retention),
             ("class_counts_frame", gates.min_class_labels, gates.class_retention_min_score),
-            f"Every class with at least {gates.min_class_labels} label(s) scored {gates.class_retention_min_score} or more keeps at least {gates.min_class_retention:.0%} of them through the filters (filter.gates.min_class_retention, min_class_labels, class_retention_min_score): a rare class that collapses fails.",
+            (
+                f"Every class with at least {gates.min_class_labels} label(s) scored "
+                f"{gates.class_retention_min_score} or more keeps at least {gates.min_class_retention:.0%} "
+                "of them through the filters (filter.gates.min_class_retention, min_class_labels, "
+                "class_retention_min_score): a rare class that collapses fails."
+            ),
             other=ITERATION_LABELS,
         ),
         _gate(
@@ -146,7 +161,11 @@ def build_shard_checks(
             "label_id",
             ("one_label_per_object_suite", gates.max_same_object_iou),
             "same_object_frame",
-            f"One object, one label: no two object labels of an image and class overlap by IoU {gates.max_same_object_iou} or more unless both are a person's (filter.gates.max_same_object_iou).",
+            (
+                "One object, one label: no two object labels of an image and "
+                f"class overlap by IoU {gates.max_same_object_iou} or more "
+                "unless both are a person's (filter.gates.max_same_object_iou)."
+            ),
         ),
         _gate(
             FILTER_QUARANTINE,

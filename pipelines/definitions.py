@@ -98,7 +98,10 @@ def build_definitions(root: str | None = None) -> Definitions:
             AssetSelection.assets(*audit),
             None,
             False,
-            "Export the evaluation split's labels as Label Studio tasks, read the completed audit back and freeze the split (blocking check: unchanged to the byte).",
+            (
+                "Export the evaluation split's labels as Label Studio tasks, read the completed "
+                "audit back and freeze the split (blocking check: unchanged to the byte)."
+            ),
         ),
         (
             TRAIN_SPECIALISTS_JOB,
@@ -126,70 +129,102 @@ def build_definitions(root: str | None = None) -> Definitions:
             AssetSelection.assets(*merge),
             by_iteration_and_shard,
             True,
-            "Start an iteration on one shard: its labels are the initial annotations (iteration 0), or the previous iteration's labels merged with its model's re-annotation by the merge policy.",
+            (
+                "Start an iteration on one shard: its labels are the initial annotations (iteration 0), or "
+                "the previous iteration's labels merged with its model's re-annotation by the merge policy."
+            ),
         ),
         (
             FILTER_SHARDS_JOB,
             AssetSelection.assets(*filter_shard),
             by_iteration_and_shard,
             True,
-            "Parse, filter and gate one shard's labels of an iteration; the gates block what depends on a failing shard.",
+            (
+                "Parse, filter and gate one shard's labels of an iteration; "
+                "the gates block what depends on a failing shard."
+            ),
         ),
         (
             FILTER_REPORT_JOB,
             AssetSelection.assets(filter_report, quarantine_index, label_quality),
             ITERATIONS,
             True,
-            "An iteration's filter report (table 3, filter precision), its quarantine index, and the quality of its labels with the rare-class guard (MLflow runs).",
+            (
+                "An iteration's filter report (table 3, filter precision), its quarantine "
+                "index, and the quality of its labels with the rare-class guard (MLflow runs)."
+            ),
         ),
         (
             CORPUS_SHARDS_JOB,
             AssetSelection.assets(*corpus),
             by_iteration_and_shard,
             True,
-            "Write one shard's gated, filtered training labels of an iteration as Florence-2 (prompt, target) examples.",
+            (
+                "Write one shard's gated, filtered training labels of "
+                "an iteration as Florence-2 (prompt, target) examples."
+            ),
         ),
         (
             TRAIN_MODEL_JOB,
             AssetSelection.assets(MODEL),
             ITERATIONS,
             True,
-            "Train the iteration's Florence-2 model on every shard's corpus (an MLflow run and a registered model version).",
+            (
+                "Train the iteration's Florence-2 model on every shard's "
+                "corpus (an MLflow run and a registered model version)."
+            ),
         ),
         (
             SCORE_MODEL_JOB,
             AssetSelection.assets(HELDOUT_SCORES),
             ITERATIONS,
             True,
-            "Score the iteration's model on the frozen audited split against a trivial baseline, and write the iteration report (an MLflow run nested under the training run).",
+            (
+                "Score the iteration's model on the frozen audited split against a trivial baseline, "
+                "and write the iteration report (an MLflow run nested under the training run)."
+            ),
         ),
         (
             REFINE_SPECIALISTS_JOB,
             AssetSelection.assets(CAPTION_SPECIALIST, SELF_TRAINED),
             ITERATIONS,
             True,
-            "The iteration's specialists for re-annotation: the model fine-tuned on the few labels of the tasks no specialist labels (detailed captions), and the self-trained perception specialists, re-trained on the iteration's filtered labels one model per fold of the images (cross-fitting).",
+            (
+                "The iteration's specialists for re-annotation: the model fine-tuned on "
+                "the few labels of the tasks no specialist labels (detailed captions), and "
+                "the self-trained perception specialists, re-trained on the iteration's "
+                "filtered labels one model per fold of the images (cross-fitting)."
+            ),
         ),
         (
             REANNOTATE_SHARDS_JOB,
             AssetSelection.assets(*reannotate),
             by_iteration_and_shard,
             True,
-            "The iteration's model labels every training image of one shard for every task: the raw material of the next iteration's merge.",
+            (
+                "The iteration's model labels every training image of one shard "
+                "for every task: the raw material of the next iteration's merge."
+            ),
         ),
         (
             QUEUE_AUDIT_JOB,
             AssetSelection.assets(AUDIT_QUEUE),
             ITERATIONS,
             True,
-            "Score every training label of the iteration by how likely it is wrong and queue the most suspicious (review.budget) as Label Studio tasks.",
+            (
+                "Score every training label of the iteration by how likely it is wrong "
+                "and queue the most suspicious (review.budget) as Label Studio tasks."
+            ),
         ),
         (
             READ_VERDICTS_JOB,
             AssetSelection.assets(AUDIT_VERDICTS),
             ITERATIONS,
             True,
-            "Read the audit queue's verdicts back from the completed Label Studio export: human-audit labels the next iteration trusts.",
+            (
+                "Read the audit queue's verdicts back from the completed Label "
+                "Studio export: human-audit labels the next iteration trusts."
+            ),
         ),
         *(
             (
@@ -197,7 +232,10 @@ def build_definitions(root: str | None = None) -> Definitions:
                 AssetSelection.assets(EXPORT_ASSETS[fmt]),
                 ITERATIONS,
                 False,
-                f"Export an iteration's labels as {fmt}, with a dataset card (relabel export --format {fmt}).",
+                (
+                    f"Export an iteration's labels as {fmt}, with a "
+                    f"dataset card (relabel export --format {fmt})."
+                ),
             )
             for fmt, job_name in EXPORT_JOBS.items()
         ),

@@ -115,7 +115,8 @@ def materialize_phase(
         if shards is not None and not _by_shard(job.partitions_def):
             # a step over every shard (a report, a model) waits for a run of the whole phase
             print(
-                f"[relabel] {phase}: {job_name} skipped: it reads every shard (run the phase without --shards)",
+                f"[relabel] {phase}: {job_name} skipped: it reads "
+                "every shard (run the phase without --shards)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -134,7 +135,8 @@ def materialize_phase(
         ]
         if failed:
             raise CommandError(
-                f"{job_name} failed for {[key for key, _ in failed]}: {failure_reasons(failed)} ({see_runs(len(failed))})"
+                f"{job_name} failed for {[key for key, _ in failed]}: "
+                f"{failure_reasons(failed)} ({see_runs(len(failed))})"
             )
         done += [f"{job_name} {key}" if key else job_name for key in keys]
     return done

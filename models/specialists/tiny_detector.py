@@ -568,7 +568,8 @@ def _go_on_from(model: TinyCenterNet, folder: Path, categories: list[str], width
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     if (int(config["width"]), int(config.get("stem", 0))) != (width, stem):
         raise ValueError(
-            f"cannot go on from {folder}: width {config['width']}, stem {config.get('stem', 0)} != width {width}, stem {stem}"
+            f"cannot go on from {folder}: width {config['width']}, stem "
+            f"{config.get('stem', 0)} != width {width}, stem {stem}"
         )
     state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     own = model.state_dict()

@@ -160,8 +160,9 @@ def test_a_failed_gate_is_named_with_what_it_measured_on_the_command_line_and_in
     filtering = relabel(root, "materialize", "filter", "--iteration", "0")
     assert filtering.returncode == 1
     assert filtering.stderr.strip().splitlines()[-1] == (
-        "relabel materialize: filter_shards failed for ['0|shard-01']: gate filtered_labels_keep_every_class failed:"
-        " class retention 0 < 0.5 (category kite) (see the run in the Dagster UI: relabel ui)"
+        "relabel materialize: filter_shards failed for ['0|shard-01']: "
+        "gate filtered_labels_keep_every_class failed: "
+        "class retention 0 < 0.5 (category kite) (see the run in the Dagster UI: relabel ui)"
     )
 
     (iteration,) = as_json(relabel(root, "--json", "status"))["iterations"]
@@ -175,6 +176,6 @@ def test_a_failed_gate_is_named_with_what_it_measured_on_the_command_line_and_in
     ]
     human = relabel(root, "status")
     assert (
-        "    failed gate: 0|shard-01 filter/filtered_labels:filtered_labels_keep_every_class: class retention 0 < 0.5 (category kite)\n"
-        in human.stdout
-    )
+        "    failed gate: 0|shard-01 filter/filtered_labels:filtered_labels_keep_every_class: "
+        "class retention 0 < 0.5 (category kite)\n"
+    ) in human.stdout
