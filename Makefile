@@ -23,9 +23,13 @@ demo: install
 	$(BIN)/relabel demo
 
 test: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 test-fast: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow"
 
 ui: install

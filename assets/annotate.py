@@ -111,7 +111,10 @@ def _training_asset(spec: SpecialistParams):
         ins={"images": AssetIn(IMAGES), "human_labels": AssetIn(HUMAN_LABELS)},
         group_name=ANNOTATE_STAGE,
         compute_kind="torch",
-        description=f"The {spec.kind} specialist '{spec.name}', trained on the human labels of every shard's train split (skipped, with a warning, where they have no object box).",
+        description=(
+            f"The {spec.kind} specialist '{spec.name}', trained on the human labels of every "
+            "shard's train split (skipped, with a warning, where they have no object box)."
+        ),
     )
     def trained_specialist(
         context: AssetExecutionContext,
@@ -126,7 +129,8 @@ def _training_asset(spec: SpecialistParams):
         # the images its trainer would learn from (models.specialists.shapes.training_images)
         if training_images(train_images, human_labels)[0].is_empty():
             context.log.warning(
-                f"{spec.name} ({spec.kind}) not trained: {NO_HUMAN_BOXES}; the shards are annotated without it"
+                f"{spec.name} ({spec.kind}) not trained: "
+                f"{NO_HUMAN_BOXES}; the shards are annotated without it"
             )
             workdir.mkdir(parents=True, exist_ok=True)
             skipped.write_text(json.dumps({"skipped": NO_HUMAN_BOXES}) + "\n", encoding="utf-8")
@@ -242,7 +246,10 @@ def _consensus_asset(shards: PartitionsDefinition, perception: list[str]):
         outs={
             "consensus_regions": AssetOut(
                 key=CONSENSUS_REGIONS,
-                description="Regions the perception specialists agree on (weighted box fusion), with agreement and provenance.",
+                description=(
+                    "Regions the perception specialists agree on (weighted box fusion), with agreement and "
+                    "provenance."
+                ),
                 metadata={TABLE_METADATA_KEY: "labels"},
             ),
             "consensus_quarantine": AssetOut(
@@ -280,17 +287,28 @@ def _initial_annotations_asset(shards: PartitionsDefinition, language: list[str]
         outs={
             "initial_annotations": AssetOut(
                 key=INITIAL_ANNOTATIONS,
-                description="One label per object: every human label as a person wrote it, enriched by the specialist regions that confirm it (provenance, agreement, a traced polygon), the other fused specialist regions with their traced polygons, captions, groundings and region captions.",
+                description=(
+                    "One label per object: every human label as a person wrote it, "
+                    "enriched by the specialist regions that confirm it (provenance, "
+                    "agreement, a traced polygon), the other fused specialist regions "
+                    "with their traced polygons, captions, groundings and region captions."
+                ),
                 metadata={TABLE_METADATA_KEY: "labels"},
             ),
             "initial_quarantine": AssetOut(
                 key=INITIAL_QUARANTINE,
-                description="The rows folded into the label they confirm or trace (confirms_existing): kept as evidence, never exported, trained on or counted as a second object.",
+                description=(
+                    "The rows folded into the label they confirm or trace (confirms_existing): "
+                    "kept as evidence, never exported, trained on or counted as a second object."
+                ),
                 metadata={TABLE_METADATA_KEY: "quarantine"},
             ),
             "annotation_conflicts": AssetOut(
                 key=ANNOTATION_CONFLICTS,
-                description="Specialist regions that overlap a human region with another category: recorded, not resolved.",
+                description=(
+                    "Specialist regions that overlap a human region with another category: recorded, not "
+                    "resolved."
+                ),
             ),
         },
         ins={
@@ -346,7 +364,10 @@ def _scores_asset(specialists: list[str]):
         ins={name: AssetIn(specialist(name)) for name in outputs},
         group_name=ANNOTATE_STAGE,
         compute_kind="mlflow",
-        description="Each specialist and the consensus against the embedded world's ground truth: box P/R/F1 at IoU 0.5 per class, OCR CER, caption object recall. An MLflow run.",
+        description=(
+            "Each specialist and the consensus against the embedded world's ground truth: "
+            "box P/R/F1 at IoU 0.5 per class, OCR CER, caption object recall. An MLflow run."
+        ),
     )
     def annotation_scores(
         context: AssetExecutionContext,

@@ -105,7 +105,10 @@ def build_audit_assets() -> tuple[list, list]:
         },
         group_name=AUDIT_STAGE,
         compute_kind="label-studio",
-        description="The evaluation split's images and their human labels as Label Studio tasks (predictions with scores and sources) and the labeling config, for a person to audit.",
+        description=(
+            "The evaluation split's images and their human labels as Label Studio tasks "
+            "(predictions with scores and sources) and the labeling config, for a person to audit."
+        ),
     )
     def tasks(
         context: AssetExecutionContext,
@@ -133,8 +136,9 @@ def build_audit_assets() -> tuple[list, list]:
                 "tasks_file": MetadataValue.path(str(folder / TASKS_FILE)),
                 "label_config": MetadataValue.path(str(folder / CONFIG_FILE)),
                 "next_step": MetadataValue.md(
-                    f"Import `{TASKS_FILE}` into a Label Studio project made with `{CONFIG_FILE}`, audit every task, "
-                    f"export as JSON to `{params.export}`, then materialize `audit/audited_labels` (README: *Auditing the evaluation split*)."
+                    f"Import `{TASKS_FILE}` into a Label Studio project made with `{CONFIG_FILE}`, "
+                    f"audit every task, export as JSON to `{params.export}`, then materialize "
+                    "`audit/audited_labels` (README: *Auditing the evaluation split*)."
                 ),
                 "dvc_md5": committed.md5,
             }
@@ -150,7 +154,11 @@ def build_audit_assets() -> tuple[list, list]:
         group_name=AUDIT_STAGE,
         compute_kind="label-studio",
         metadata={TABLE_METADATA_KEY: "labels"},
-        description="The evaluation split's labels after the human audit, read from the completed Label Studio export: accepted, corrected and added labels with source human-audit@<auditor>; rejected ones in the audit quarantine.",
+        description=(
+            "The evaluation split's labels after the human audit, read from the "
+            "completed Label Studio export: accepted, corrected and added labels with "
+            "source human-audit@<auditor>; rejected ones in the audit quarantine."
+        ),
     )
     def audited_labels(
         context: AssetExecutionContext,
@@ -170,8 +178,9 @@ def build_audit_assets() -> tuple[list, list]:
             )
         if not export_path.is_file():
             raise Failure(
-                f"no completed audit at {export_path}: audit {folder / TASKS_FILE} in Label Studio and export it as JSON there "
-                "(README: Auditing the evaluation split), or set audit.auditor in params.yaml"
+                f"no completed audit at {export_path}: audit {folder / TASKS_FILE} "
+                "in Label Studio and export it as JSON there (README: Auditing "
+                "the evaluation split), or set audit.auditor in params.yaml"
             )
         try:
             export = json.loads(export_path.read_text())
@@ -180,7 +189,8 @@ def build_audit_assets() -> tuple[list, list]:
             raise Failure(f"{export_path} is not a Label Studio JSON export: {error}") from error
         if result.unaudited_images:
             raise Failure(
-                f"the split is frozen only after audit: {len(result.unaudited_images)} of {len(written)} tasks have no completed annotation in {export_path}",
+                f"the split is frozen only after audit: {len(result.unaudited_images)} "
+                f"of {len(written)} tasks have no completed annotation in {export_path}",
                 metadata={
                     "unaudited": MetadataValue.md(
                         "\n".join(f"- `{image_id}`" for image_id in result.unaudited_images[:50])
@@ -210,7 +220,11 @@ def build_audit_assets() -> tuple[list, list]:
         },
         group_name=AUDIT_STAGE,
         compute_kind="dvc",
-        description="The frozen evaluation split: the SHA-256 of every split image file and of its audited labels, with who froze it and why. Written once, after the audit; only `relabel unfreeze --by --reason` lifts it.",
+        description=(
+            "The frozen evaluation split: the SHA-256 of every split image file "
+            "and of its audited labels, with who froze it and why. Written once, "
+            "after the audit; only `relabel unfreeze --by --reason` lifts it."
+        ),
     )
     def frozen_split(
         context: AssetExecutionContext,
@@ -238,7 +252,8 @@ def build_audit_assets() -> tuple[list, list]:
                 auditors=auditors,
             )
             context.log.info(
-                f"froze the evaluation split: {record['images']} images, {record['labels']} audited labels, digest {record['digest'][:12]}"
+                f"froze the evaluation split: {record['images']} images, "
+                f"{record['labels']} audited labels, digest {record['digest'][:12]}"
             )
         committed = dvc.commit(stage=AUDIT_STAGE, written=folder / LABELS_FILE)
         return MaterializeResult(
@@ -263,7 +278,11 @@ def build_audit_assets() -> tuple[list, list]:
             "images": AssetIn(IMAGES, partition_mapping=AllPartitionMapping()),
         },
         compute_kind="great_expectations",
-        description="The split is what was frozen, to the byte: the same images (file SHA-256 recomputed now) and the same audited labels, as audited now and as stored with the freeze. Blocking: no model is evaluated on a split that moved.",
+        description=(
+            "The split is what was frozen, to the byte: the same images (file SHA-256 "
+            "recomputed now) and the same audited labels, as audited now and as stored "
+            "with the freeze. Blocking: no model is evaluated on a split that moved."
+        ),
     )
     def split_unchanged(
         context: AssetCheckExecutionContext,
@@ -323,6 +342,7 @@ def _simulated_audit(project: ProjectResource, auditor: str, written: list[dict]
     truth_path = project.data_dir / GROUND_TRUTH_LABELS
     if not truth_path.is_file():
         raise Failure(
-            f"audit.auditor is world-truth but there is no ground truth at {truth_path}: only the embedded world has one"
+            "audit.auditor is world-truth but there is no ground "
+            f"truth at {truth_path}: only the embedded world has one"
         )
     return audit.audit_from_truth(written, pl.read_parquet(truth_path))

@@ -53,7 +53,11 @@ def build_corpus_assets(iteration_shards: PartitionsDefinition) -> tuple[list, l
         automation_condition=FOLLOWS_INPUTS,
         group_name=CORPUS_STAGE,
         compute_kind="polars",
-        description="The iteration's filtered labels of the shard's training-split images as (task prompt, target) pairs with location tokens, one row per Florence-2 task instance, with the label ids each was written from.",
+        description=(
+            "The iteration's filtered labels of the shard's training-split images "
+            "as (task prompt, target) pairs with location tokens, one row per "
+            "Florence-2 task instance, with the label ids each was written from."
+        ),
     )
     def examples(
         context: AssetExecutionContext, project: ProjectResource, images: pl.DataFrame, labels: pl.DataFrame
@@ -89,7 +93,12 @@ def build_corpus_assets(iteration_shards: PartitionsDefinition) -> tuple[list, l
         partitions_def=iteration_shards,
         additional_ins={"catalog": AssetIn(SOURCE_CATALOG)},
         compute_kind="great_expectations",
-        description="The leakage guard: no image of the shard's corpus is an image of the frozen evaluation split (same SHA-256) or a near-duplicate of one (perceptual hash within ingest.near_duplicate_distance bits: a resized or re-compressed copy). Blocking: a leaking shard is not trained on.",
+        description=(
+            "The leakage guard: no image of the shard's corpus is an image of the "
+            "frozen evaluation split (same SHA-256) or a near-duplicate of one "
+            "(perceptual hash within ingest.near_duplicate_distance bits: a resized "
+            "or re-compressed copy). Blocking: a leaking shard is not trained on."
+        ),
     )
     def no_eval_leakage(
         context: AssetCheckExecutionContext,

@@ -86,7 +86,10 @@ def _export_asset(fmt: str, key: AssetKey):
         partitions_def=ITERATIONS,
         group_name=EXPORT_STAGE,
         compute_kind="polars",
-        description=f"The iteration's filtered labels as {fmt}, with a dataset card and the DVC hashes of what they came from (params.yaml export: says what is left out).",
+        description=(
+            f"The iteration's filtered labels as {fmt}, with a dataset card and the DVC "
+            "hashes of what they came from (params.yaml export: says what is left out)."
+        ),
     )
     def export(
         context: AssetExecutionContext,
@@ -146,10 +149,11 @@ def _export_asset(fmt: str, key: AssetKey):
             + (f" --status {' '.join(chosen['statuses'])}" if chosen["statuses"] else "")
             + (" --include-quarantined" if chosen["include_quarantined"] else "")
         )
+        sources = project.params.ingest.sources
         card = write_card(
             folder,
             CardInputs(
-                name=f"relabel {project.params.ingest.sources[0].name if project.params.ingest.sources else 'dataset'}",
+                name=f"relabel {sources[0].name if sources else 'dataset'}",
                 iteration=iteration_number(iteration),
                 export_format=fmt,
                 images=images.sort("image_id"),
@@ -192,7 +196,8 @@ def _export_asset(fmt: str, key: AssetKey):
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         committed = dvc.commit(stage=EXPORT_STAGE, written=folder / MANIFEST_FILE)
         context.log.info(
-            f"{fmt} export of iteration {iteration}: {written.images} images, {selection.labels.height} labels in {folder}"
+            f"{fmt} export of iteration {iteration}: {written.images} "
+            f"images, {selection.labels.height} labels in {folder}"
         )
         return MaterializeResult(
             metadata={

@@ -85,7 +85,11 @@ def _text_parses(shards: PartitionsDefinition):
         partitions_def=shards,
         group_name=FILTER_STAGE,
         compute_kind="spacy",
-        description="Every image-level text of the iteration's labels of the shard parsed with spaCy: objects, attributes, actions, proper nouns and the dependency-tree degree of objects and actions (paper section 5).",
+        description=(
+            "Every image-level text of the iteration's labels of the shard "
+            "parsed with spaCy: objects, attributes, actions, proper nouns and "
+            "the dependency-tree degree of objects and actions (paper section 5)."
+        ),
     )
     def text_parses(context: AssetExecutionContext, project: ProjectResource, labels: pl.DataFrame) -> Output:
         texts = labels.filter(pl.col("annotation_type") == "text").select("label_id", "text", "task")
@@ -115,19 +119,28 @@ def _filter(shards: PartitionsDefinition):
         outs={
             "filtered_labels": AssetOut(
                 key=FILTERED_LABELS,
-                description="The shard's labels that passed every text and region filter (geometry clipped to the image): what training may read once the gates pass.",
+                description=(
+                    "The shard's labels that passed every text and region filter (geometry "
+                    "clipped to the image): what training may read once the gates pass."
+                ),
                 metadata={TABLE_METADATA_KEY: "labels"},
                 automation_condition=FOLLOWS_INPUTS,
             ),
             "filter_quarantine": AssetOut(
                 key=FILTER_QUARANTINE,
-                description="Every label a filter dropped, with the filter, the measured value and the threshold that dropped it.",
+                description=(
+                    "Every label a filter dropped, with the filter, the "
+                    "measured value and the threshold that dropped it."
+                ),
                 metadata={TABLE_METADATA_KEY: "quarantine"},
                 automation_condition=FOLLOWS_INPUTS,
             ),
             "filter_decisions": AssetOut(
                 key=FILTER_DECISIONS,
-                description="Each filter's verdict on each label it judged: value, threshold, dropped or not (the filter margins).",
+                description=(
+                    "Each filter's verdict on each label it judged: value, "
+                    "threshold, dropped or not (the filter margins)."
+                ),
                 automation_condition=FOLLOWS_INPUTS,
             ),
         },
@@ -186,7 +199,11 @@ def _filter_report():
         group_name=FILTER_STAGE,
         compute_kind="mlflow",
         automation_condition=FOLLOWS_INPUTS,
-        description="The iteration's corpus after filtering, over the shards whose gates passed: the paper's table 3 per granularity, labels per task, and (with the world's ground truth) how many labels each filter dropped that were really wrong. An MLflow run.",
+        description=(
+            "The iteration's corpus after filtering, over the shards whose gates passed: the "
+            "paper's table 3 per granularity, labels per task, and (with the world's ground "
+            "truth) how many labels each filter dropped that were really wrong. An MLflow run."
+        ),
     )
     def filter_report(
         context: AssetExecutionContext,
@@ -276,7 +293,11 @@ def _quarantine_index(shard_quarantines: list[AssetKey], iteration_quarantines: 
         group_name=FILTER_STAGE,
         compute_kind="polars",
         automation_condition=FOLLOWS_INPUTS,
-        description="Everything dropped on the way to the iteration's corpus, in one table: the quarantine of ingest, of each specialist, of the consensus, of the merge with the model's labels and of the filters, with the asset it came from. Counts by phase and reason in the metadata.",
+        description=(
+            "Everything dropped on the way to the iteration's corpus, in one table: the quarantine of "
+            "ingest, of each specialist, of the consensus, of the merge with the model's labels and "
+            "of the filters, with the asset it came from. Counts by phase and reason in the metadata."
+        ),
     )
     def quarantine_index(context: AssetExecutionContext, **by_asset: pl.DataFrame) -> Output:
         index = pl.concat(

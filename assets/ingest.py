@@ -42,7 +42,9 @@ def build_ingest_assets(shards: PartitionsDefinition) -> list:
             ),
             "catalog_quarantine": AssetOut(
                 key=CATALOG_QUARANTINE,
-                description="What no shard can hold: unreadable source files, missing images and their labels.",
+                description=(
+                    "What no shard can hold: unreadable source files, missing images and their labels."
+                ),
                 metadata={TABLE_METADATA_KEY: "quarantine"},
             ),
         },

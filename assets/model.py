@@ -71,7 +71,11 @@ def build_model_assets() -> list:
         group_name=MODEL_STAGE,
         compute_kind="torch",
         automation_condition=FOLLOWS_INPUTS,
-        description="The iteration's Florence-2 model trained on every shard's corpus of the iteration with one cross-entropy loss over all tasks: an MLflow run and a registered model version. It re-labels the training images for the next iteration.",
+        description=(
+            "The iteration's Florence-2 model trained on every shard's corpus of the iteration "
+            "with one cross-entropy loss over all tasks: an MLflow run and a registered model "
+            "version. It re-labels the training images for the next iteration."
+        ),
     )
     def florence2(
         context: AssetExecutionContext,
@@ -88,7 +92,8 @@ def build_model_assets() -> list:
         guarded = blocked_shards(context.instance, LABEL_QUALITY, this_run=context.run_id)
         if iteration in guarded:
             raise Failure(
-                f"iteration {iteration}'s labels failed the rare-class guard {guarded[iteration]}: not trained on (see filter/label_quality)"
+                f"iteration {iteration}'s labels failed the rare-class guard "
+                f"{guarded[iteration]}: not trained on (see filter/label_quality)"
             )
         corpus = corpus_files(context, project.data_dir, iteration)
         folder = files_dir(FLORENCE2_MODEL, project.data_dir, iteration)
@@ -148,13 +153,16 @@ def build_model_assets() -> list:
         shutil.rmtree(folder / "checkpoint", ignore_errors=True)  # only a stopped run resumes from it
         committed = dvc.commit(stage=MODEL_STAGE, written=folder / MODEL_FOLDER / "model.safetensors")
         context.log.info(
-            f"iteration {iteration}: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.3f}; {run.url}"
+            f"iteration {iteration}: {result.steps} steps in {result.seconds:.0f} s, "
+            f"final loss {result.final_loss:.3f}; {run.url}"
         )
         return MaterializeResult(
             metadata={
                 "mlflow_run": MetadataValue.url(run.url),
                 "mlflow_run_id": run.run_id,
-                "registered_model": f"models:/{params.registered_name}@iteration-{iteration} (version {version})",
+                "registered_model": (
+                    f"models:/{params.registered_name}@iteration-{iteration} (version {version})"
+                ),
                 "parameters": run_params["parameters"],
                 "vocab_size": run_params["vocab_size"],
                 "steps": result.steps,
@@ -182,7 +190,12 @@ def build_model_assets() -> list:
         automation_condition=FOLLOWS_INPUTS,
         group_name=MODEL_STAGE,
         compute_kind="torch",
-        description="The iteration's model on the frozen, human-audited evaluation split (never in a corpus), beside a trivial baseline: COCO mAP and mAP@0.5 (per class too), caption CIDEr, phrase-grounding recall@1, referring-segmentation mIoU, OCR CER. An MLflow run nested under the training run, with the iteration report (plots and summary) as artifacts.",
+        description=(
+            "The iteration's model on the frozen, human-audited evaluation split (never in a corpus), "
+            "beside a trivial baseline: COCO mAP and mAP@0.5 (per class too), caption CIDEr, "
+            "phrase-grounding recall@1, referring-segmentation mIoU, OCR CER. An MLflow run nested "
+            "under the training run, with the iteration report (plots and summary) as artifacts."
+        ),
     )
     def heldout_scores(
         context: AssetExecutionContext,
@@ -371,8 +384,10 @@ def corpus_files(context: AssetExecutionContext, data_dir: Path, iteration: str)
     written = sorted(frames_dir(CORPUS_EXAMPLES, data_dir, iteration).glob("*.parquet"))
     corpus = [path for path in written if path.stem not in blocked]
     if not corpus:
+        folder = frames_dir(CORPUS_EXAMPLES, data_dir, iteration)
         raise FileNotFoundError(
-            f"no corpus of iteration {iteration} under {frames_dir(CORPUS_EXAMPLES, data_dir, iteration)}: materialize the corpus phase of the iteration first"
+            f"no corpus of iteration {iteration} under {folder}: "
+            "materialize the corpus phase of the iteration first"
         )
     return corpus
 

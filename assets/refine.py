@@ -140,17 +140,30 @@ def _iteration_labels(iteration_shards: PartitionsDefinition):
         outs={
             "labels": AssetOut(
                 key=ITERATION_LABELS,
-                description="The iteration's labels of the shard before filtering: the initial annotations in iteration 0; iteration k-1's labels merged with iteration k-1's re-annotation by the merge policy after (refine.merge). Each row names the source that made it, the iteration it entered and the label it replaced.",
+                description=(
+                    "The iteration's labels of the shard before filtering: the initial "
+                    "annotations in iteration 0; iteration k-1's labels merged with iteration "
+                    "k-1's re-annotation by the merge policy after (refine.merge). Each row names "
+                    "the source that made it, the iteration it entered and the label it replaced."
+                ),
                 metadata={TABLE_METADATA_KEY: "labels"},
             ),
             "merge_quarantine": AssetOut(
                 key=MERGE_QUARANTINE,
-                description="Labels the merge replaced (with the model label that replaced them) and model labels it did not take (confirming an existing label, or rejected with the rule that rejected them).",
+                description=(
+                    "Labels the merge replaced (with the model label that replaced "
+                    "them) and model labels it did not take (confirming an "
+                    "existing label, or rejected with the rule that rejected them)."
+                ),
                 metadata={TABLE_METADATA_KEY: "quarantine"},
             ),
             "merge_decisions": AssetOut(
                 key=MERGE_DECISIONS,
-                description="The label history of the iteration: one row per label that met the merge (kept, replaced, confirmed, rejected, filled, repaired, refit), why, the label it met, its score and support.",
+                description=(
+                    "The label history of the iteration: one row per label that met "
+                    "the merge (kept, replaced, confirmed, rejected, filled, "
+                    "repaired, refit), why, the label it met, its score and support."
+                ),
             ),
         },
         ins={"initial_annotations": AssetIn(INITIAL_ANNOTATIONS, partition_mapping=SAME_SHARD)},
@@ -230,14 +243,16 @@ def _merged(
     for path, what in ((previous_path, "labels"), (reannotation_path, "re-annotation")):
         if not path.is_file():
             raise FileNotFoundError(
-                f"iteration {k} starts from iteration {k - 1}'s {what} of {shard}, not found at {path}: materialize iteration {k - 1} first"
+                f"iteration {k} starts from iteration {k - 1}'s {what} of {shard}, "
+                f"not found at {path}: materialize iteration {k - 1} first"
             )
     previous, audited = _audited(project, pl.read_parquet(previous_path), str(k - 1))
     arrived = initial_annotations.filter(~pl.col("image_id").is_in(previous["image_id"].unique().implode()))
     previous_classes = _previous_per_class(project.data_dir, k)
     if previous_classes is None:
         raise FileNotFoundError(
-            f"iteration {k} protects the rare classes iteration {k - 1}'s label quality names: materialize filter/label_quality {k - 1} first"
+            f"iteration {k} protects the rare classes iteration {k - 1}'s label "
+            f"quality names: materialize filter/label_quality {k - 1} first"
         )
     rare = previous_classes.filter("rare")["category"].to_list()
     merged = merge_reannotation(
@@ -251,7 +266,10 @@ def _merged(
     merged = replace(merged, quarantine=pl.concat([audited.quarantine, merged.quarantine], how="vertical"))
     model_run = latest_model_metadata(context, str(k - 1)).get("mlflow_run")
     lineage = {
-        "made_from": f"{ITERATION_LABELS.to_user_string()} {previous_key} + {REANNOTATION.to_user_string()} {previous_key} (the model {model_source(str(k - 1))})",
+        "made_from": (
+            f"{ITERATION_LABELS.to_user_string()} {previous_key} + {REANNOTATION.to_user_string()} "
+            f"{previous_key} (the model {model_source(str(k - 1))})"
+        ),
         "model_run": MetadataValue.url(model_run.value) if model_run else "(not found)",
         "rare_classes": ", ".join(rare) or "none",
         "images_arrived": arrived["image_id"].n_unique(),
@@ -277,8 +295,9 @@ def _audited(project: ProjectResource, labels: pl.DataFrame, iteration: str) -> 
         return labels, _Audited(empty("quarantine"), {"audit": f"no audit queue in iteration {iteration}"})
     if not verdicts_path.is_file():
         raise FileNotFoundError(
-            f"iteration {iteration}'s audit queue has no verdicts yet ({verdicts_path}): judge it in Label Studio and materialize "
-            f"review/verdicts {iteration} (relabel materialize review --iteration {iteration}), or set review.budget to 0"
+            f"iteration {iteration}'s audit queue has no verdicts yet ({verdicts_path}): "
+            f"judge it in Label Studio and materialize review/verdicts {iteration} (relabel "
+            f"materialize review --iteration {iteration}), or set review.budget to 0"
         )
     folder = files_dir(REVIEW_VERDICTS, project.data_dir, iteration)
     decisions = pl.read_parquet(folder / DECISIONS_FILE)
@@ -305,13 +324,21 @@ def _reannotation(iteration_shards: PartitionsDefinition):
         outs={
             "reannotation": AssetOut(
                 key=REANNOTATION,
-                description="What the iteration's model says about every training image of the shard, for every task (prompted tasks ask about the image's filtered labels); the tasks no specialist labels are answered by the caption specialist; each self-trained specialist labels the images its held-out fold model never saw. These labels feed the next iteration's merge.",
+                description=(
+                    "What the iteration's model says about every training image of the shard, for every "
+                    "task (prompted tasks ask about the image's filtered labels); the tasks no specialist "
+                    "labels are answered by the caption specialist; each self-trained specialist labels the "
+                    "images its held-out fold model never saw. These labels feed the next iteration's merge."
+                ),
                 metadata={TABLE_METADATA_KEY: "labels"},
                 automation_condition=FOLLOWS_INPUTS,
             ),
             "reannotation_problems": AssetOut(
                 key=REANNOTATION_PROBLEMS,
-                description="Generated text the task grammar could not read back, per request: never dropped silently.",
+                description=(
+                    "Generated text the task grammar could not read "
+                    "back, per request: never dropped silently."
+                ),
                 automation_condition=FOLLOWS_INPUTS,
             ),
         },
@@ -372,7 +399,8 @@ def _reannotation(iteration_shards: PartitionsDefinition):
         seconds = time.perf_counter() - started
         written = pl.concat(generated, how="vertical")
         context.log.info(
-            f"iteration {iteration} {shard}: {requests} requests on {training.height} images, {written.height} labels in {seconds:.0f} s"
+            f"iteration {iteration} {shard}: {requests} requests on "
+            f"{training.height} images, {written.height} labels in {seconds:.0f} s"
         )
         yield Output(
             written,
@@ -467,7 +495,12 @@ def _self_trained():
         group_name=REFINE_STAGE,
         compute_kind="torch",
         automation_condition=FOLLOWS_INPUTS,
-        description="Self-training (refine.self_training): each named perception specialist re-trained on the iteration's filtered training labels, once per fold of the images (cross-fitting): the model of fold f trains on the other folds and later labels only fold f, so no proposal comes from a model that saw the image's labels.",
+        description=(
+            "Self-training (refine.self_training): each named perception specialist re-trained "
+            "on the iteration's filtered training labels, once per fold of the images "
+            "(cross-fitting): the model of fold f trains on the other folds and later labels "
+            "only fold f, so no proposal comes from a model that saw the image's labels."
+        ),
     )
     def self_trained_specialists(
         context: AssetExecutionContext,
@@ -567,7 +600,11 @@ def _caption_specialist():
         group_name=REFINE_STAGE,
         compute_kind="torch",
         automation_condition=FOLLOWS_INPUTS,
-        description="The specialist for the tasks no specialist labels (refine.caption_specialist.tasks: detailed captions), as in the paper: the iteration's model fine-tuned on the few labels of those tasks that exist. Without any, the model answers them itself.",
+        description=(
+            "The specialist for the tasks no specialist labels (refine.caption_specialist.tasks: "
+            "detailed captions), as in the paper: the iteration's model fine-tuned on the few "
+            "labels of those tasks that exist. Without any, the model answers them itself."
+        ),
     )
     def caption_specialist(
         context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource
@@ -587,7 +624,9 @@ def _caption_specialist():
                 metadata={
                     "fine_tuned": False,
                     "examples": 0,
-                    "why": f"no labels of {list(settings.tasks)} in the corpus: the model answers them itself",
+                    "why": (
+                        f"no labels of {list(settings.tasks)} in the corpus: the model answers them itself"
+                    ),
                 }
             )
         model, processor = load_model(files_dir(FLORENCE2_MODEL, project.data_dir, iteration) / MODEL_FOLDER)
@@ -643,7 +682,13 @@ def _label_quality():
         group_name=QUALITY_GROUP,
         compute_kind="mlflow",
         automation_condition=FOLLOWS_INPUTS,
-        description="How good the iteration's training labels are (filtered, over the shards whose gates passed), per class (labels, and against the world's ground truth recall and F1 at IoU 0.5) and overall: box F1 (all and rare classes), caption object recall, OCR CER, and the share of the previous iteration's wrong labels repaired and right labels broken. An MLflow run per iteration; the rare-class guard checks it.",
+        description=(
+            "How good the iteration's training labels are (filtered, over the shards whose "
+            "gates passed), per class (labels, and against the world's ground truth recall and "
+            "F1 at IoU 0.5) and overall: box F1 (all and rare classes), caption object recall, "
+            "OCR CER, and the share of the previous iteration's wrong labels repaired and "
+            "right labels broken. An MLflow run per iteration; the rare-class guard checks it."
+        ),
     )
     def label_quality(
         context: AssetExecutionContext,
@@ -735,7 +780,13 @@ def _label_quality():
         blocking=True,
         partitions_def=ITERATIONS,
         compute_kind="great_expectations",
-        description="The rare-class guard: no rare class (refine.guard.rare_share of the object labels in iteration 0) loses more than refine.guard.max_count_drop of its training labels, or more than refine.guard.max_recall_drop of its ground-truth recall, from the previous iteration to this one (the labels a person's audit took out are not counted as lost). Blocking: the model of an iteration that fails it does not train.",
+        description=(
+            "The rare-class guard: no rare class (refine.guard.rare_share of the object labels "
+            "in iteration 0) loses more than refine.guard.max_count_drop of its training "
+            "labels, or more than refine.guard.max_recall_drop of its ground-truth recall, from "
+            "the previous iteration to this one (the labels a person's audit took out are not "
+            "counted as lost). Blocking: the model of an iteration that fails it does not train."
+        ),
     )
     def rare_classes_kept(
         context: AssetCheckExecutionContext, project: ProjectResource, label_quality: pl.DataFrame

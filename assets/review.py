@@ -85,7 +85,12 @@ def build_review_assets(perception: list[str]) -> list:
         group_name=REVIEW_STAGE,
         compute_kind="label-studio",
         automation_condition=FOLLOWS_INPUTS,
-        description="The iteration's audit queue: every auditable training label scored by how likely it is wrong (specialist and model disagreement, the model's confidence, history, filter margin, rarity), and the review.budget most suspicious (places kept for rare classes and every annotation type) as Label Studio tasks.",
+        description=(
+            "The iteration's audit queue: every auditable training label scored by how "
+            "likely it is wrong (specialist and model disagreement, the model's confidence, "
+            "history, filter margin, rarity), and the review.budget most suspicious (places "
+            "kept for rare classes and every annotation type) as Label Studio tasks."
+        ),
     )
     def queue(
         context: AssetExecutionContext,
@@ -135,7 +140,8 @@ def build_review_assets(perception: list[str]) -> list:
         chart.save(folder / "queue.png")
         dvc.commit(stage=REVIEW_STAGE, written=folder / SCORES_FILE)
         context.log.info(
-            f"iteration {iteration}: {queued.height} of {scored.height} labels queued for audit in {folder / TASKS_FILE}"
+            f"iteration {iteration}: {queued.height} of {scored.height} "
+            f"labels queued for audit in {folder / TASKS_FILE}"
         )
         return Output(
             queued,
@@ -157,8 +163,9 @@ def build_review_assets(perception: list[str]) -> list:
                 "chart": MetadataValue.md(png_markdown(chart, "suspicion of every label and of the queue")),
                 "tasks_file": MetadataValue.path(str(folder / TASKS_FILE)),
                 "next_step": MetadataValue.md(
-                    f"Import `{TASKS_FILE}` into a Label Studio project made with `{CONFIG_FILE}`, judge every task, export as JSON to "
-                    f"`{export_path(project, iteration)}`, then materialize `review/verdicts` (README: *The audit queue*)."
+                    f"Import `{TASKS_FILE}` into a Label Studio project made with `{CONFIG_FILE}`, "
+                    f"judge every task, export as JSON to `{export_path(project, iteration)}`, "
+                    "then materialize `review/verdicts` (README: *The audit queue*)."
                 ),
             },
         )
@@ -173,7 +180,11 @@ def build_review_assets(perception: list[str]) -> list:
         group_name=REVIEW_STAGE,
         compute_kind="label-studio",
         metadata={TABLE_METADATA_KEY: "labels"},
-        description="The audit queue's verdicts, read from the completed Label Studio export: accepted, corrected and added labels with source human-audit@<auditor>, which the next iteration's merge puts in place of the labels they judged; rejected ones in the audit quarantine.",
+        description=(
+            "The audit queue's verdicts, read from the completed Label Studio export: accepted, "
+            "corrected and added labels with source human-audit@<auditor>, which the next iteration's "
+            "merge puts in place of the labels they judged; rejected ones in the audit quarantine."
+        ),
     )
     def verdicts(
         context: AssetExecutionContext,
@@ -195,7 +206,8 @@ def build_review_assets(perception: list[str]) -> list:
             truth = _truth(project)
             if truth is None:
                 raise Failure(
-                    "review.auditor is world-truth but there is no ground truth: only the embedded world has one"
+                    "review.auditor is world-truth but there is no "
+                    "ground truth: only the embedded world has one"
                 )
             correct = dict(
                 label_correctness(queued, truth, categories=project.ontology())
@@ -211,8 +223,8 @@ def build_review_assets(perception: list[str]) -> list:
             )
         if not path.is_file():
             raise Failure(
-                f"no completed audit at {path}: judge {folder / TASKS_FILE} in Label Studio and export it as JSON there "
-                "(README: The audit queue), or set review.budget to 0"
+                f"no completed audit at {path}: judge {folder / TASKS_FILE} in Label Studio and "
+                "export it as JSON there (README: The audit queue), or set review.budget to 0"
             )
         try:
             result = audit.import_audit(tasks, json.loads(path.read_text()), queued)
@@ -222,7 +234,8 @@ def build_review_assets(perception: list[str]) -> list:
             ) from error
         if result.unaudited_images:
             raise Failure(
-                f"{len(result.unaudited_images)} of {len(tasks)} queued tasks have no completed annotation in {path}: the queue is read back whole"
+                f"{len(result.unaudited_images)} of {len(tasks)} queued tasks have "
+                f"no completed annotation in {path}: the queue is read back whole"
             )
         result.decisions.write_parquet(folder / DECISIONS_FILE)
         result.quarantine.write_parquet(folder / VERDICTS_QUARANTINE_FILE)

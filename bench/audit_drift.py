@@ -145,7 +145,10 @@ def main() -> None:
         "iteration", "project"
     )
     print(
-        f"\nlabel quality per iteration: review.budget {args.budget} ('audit') against 0 ('none'), {args.iterations} iterations"
+        (
+            f"\nlabel quality per iteration: review.budget {args.budget} "
+            f"('audit') against 0 ('none'), {args.iterations} iterations"
+        )
         + (f"; {', '.join(args.set)}" if args.set else "")
     )
     with pl.Config(
@@ -155,7 +158,8 @@ def main() -> None:
     last = table.filter(pl.col("iteration") == args.iterations)
     share = dict(last.select("project", "wrong_share").iter_rows())
     print(
-        f"\nwrong-label share after {args.iterations} iterations: {share['none']:.4f} without audit, {share['audit']:.4f} with {args.budget} audited labels per iteration"
+        f"\nwrong-label share after {args.iterations} iterations: {share['none']:.4f} "
+        f"without audit, {share['audit']:.4f} with {args.budget} audited labels per iteration"
     )
     print(f"ratio: {share['none'] / share['audit']:.3f}")
 

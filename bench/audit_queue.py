@@ -127,8 +127,9 @@ def main() -> None:
     )
     object_wrong = wrong.filter(pl.col("label_id").is_in(objects["label_id"].implode()))
     print(
-        f"iteration {k}: {scored.height} auditable training labels, {judged.height} judged by the truth, {wrong['wrong'].sum()} wrong; "
-        f"{objects.height} object labels ({object_wrong['wrong'].sum()} wrong) on {objects['image_id'].n_unique()} images; "
+        f"iteration {k}: {scored.height} auditable training labels, {judged.height} judged "
+        f"by the truth, {wrong['wrong'].sum()} wrong; {objects.height} object labels "
+        f"({object_wrong['wrong'].sum()} wrong) on {objects['image_id'].n_unique()} images; "
         f"{predictions.height} predictions from {sorted(set(predictions['source']))}"
     )
 
@@ -167,7 +168,8 @@ def main() -> None:
         ("random (expected)", expected_random_metrics(object_wrong, budgets, repeats=args.repeats)),
     ]
     print(
-        f"\nobject labels (the labels cleanlab's object detection can score): base rate {object_wrong['wrong'].mean():.3f}"
+        "\nobject labels (the labels cleanlab's object detection "
+        f"can score): base rate {object_wrong['wrong'].mean():.3f}"
     )
     table = pl.concat(
         [
@@ -206,9 +208,9 @@ def main() -> None:
             wrong, on="label_id", how="left"
         )
         print(
-            f"\nthe queue the engine sent (review.budget {params.review.budget}, places kept for rare classes and types): "
-            f"{queue.height} labels, {queue['wrong'].sum()} wrong of {queue['wrong'].is_not_null().sum()} judged "
-            f"(precision {queue['wrong'].mean():.3f})"
+            f"\nthe queue the engine sent (review.budget {params.review.budget}, places kept for "
+            f"rare classes and types): {queue.height} labels, {queue['wrong'].sum()} wrong of "
+            f"{queue['wrong'].is_not_null().sum()} judged (precision {queue['wrong'].mean():.3f})"
         )
         print(
             queue.group_by("annotation_type")
@@ -219,9 +221,10 @@ def main() -> None:
     cleanlab_precision = max(rows[1][1]["precision"][0], rows[2][1]["precision"][0])
     oracle_precision = rows[3][1]["precision"][0]
     print(
-        f"\nprecision@{first}: relabel {relabel_precision:.3f}, cleanlab {cleanlab_precision:.3f} (the better of its default and "
-        f"quantile cut-offs), {oracle_precision:.3f} with the cut-offs chosen on the truth "
-        f"(relabel / that: {relabel_precision / oracle_precision if oracle_precision else float('inf'):.2f})"
+        f"\nprecision@{first}: relabel {relabel_precision:.3f}, cleanlab "
+        f"{cleanlab_precision:.3f} (the better of its default and quantile cut-offs), "
+        f"{oracle_precision:.3f} with the cut-offs chosen on the truth (relabel / that: "
+        f"{relabel_precision / oracle_precision if oracle_precision else float('inf'):.2f})"
     )
     print(f"ratio: {relabel_precision / cleanlab_precision if cleanlab_precision else float('inf'):.2f}")
 

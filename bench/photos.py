@@ -224,7 +224,8 @@ def main() -> None:
     (args.workdir / "instances.json").write_text(json.dumps(instances))
     (args.workdir / "captions.json").write_text(json.dumps(captions))
     print(
-        f"{len(truth['images'])} photos, {len(truth['annotations'])} boxes: {len(dropped)} dropped; captions removed from {len(uncaptioned)} photos",
+        f"{len(truth['images'])} photos, {len(truth['annotations'])} boxes: "
+        f"{len(dropped)} dropped; captions removed from {len(uncaptioned)} photos",
         file=sys.stderr,
     )
 
@@ -304,7 +305,10 @@ def _by_score(added: list[dict], dropped_boxes: list[dict]) -> list[tuple[str, s
         rows.append(
             (
                 f"added boxes scored >= {least}: right; recovered",
-                f"{len(right)} / {len(confident)} = {len(right) / max(len(confident), 1):.1%}; {len(right) / max(len(dropped_boxes), 1):.1%}",
+                (
+                    f"{len(right)} / {len(confident)} = {len(right) / max(len(confident), 1):.1%}; "
+                    f"{len(right) / max(len(dropped_boxes), 1):.1%}"
+                ),
             )
         )
     return rows

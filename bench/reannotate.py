@@ -101,14 +101,15 @@ def main() -> None:
     unbatched_rate = few.height / single_seconds
     batched_rate = requests.height / batched_seconds
     print(
-        f"device {device_name}; torch {torch.__version__}; preset {args.preset} ({count_parameters(model):,} parameters); "
-        f"{args.images} images x {len(PROMPT_FREE_TASKS)} prompt-free tasks = {requests.height} requests; "
-        f"up to {args.max_new_tokens} new tokens (greedy)"
+        f"device {device_name}; torch {torch.__version__}; preset {args.preset} "
+        f"({count_parameters(model):,} parameters); {args.images} images x {len(PROMPT_FREE_TASKS)} "
+        f"prompt-free tasks = {requests.height} requests; up to {args.max_new_tokens} new tokens (greedy)"
     )
     print(f"{'run':<28}{'requests':>9}{'seconds':>9}{'requests/s':>12}")
     print(f"{'one request at a time':<28}{few.height:>9}{single_seconds:>9.2f}{unbatched_rate:>12.2f}")
     print(
-        f"{f'batches of {args.batch_size}':<28}{requests.height:>9}{batched_seconds:>9.2f}{batched_rate:>12.2f}"
+        f"{f'batches of {args.batch_size}':<28}{requests.height:>9}"
+        f"{batched_seconds:>9.2f}{batched_rate:>12.2f}"
     )
     print(
         f"batched run: {labels} label rows parsed, {problems} generations not readable (an untrained model)"

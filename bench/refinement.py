@@ -73,7 +73,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--seeds",
         default="7,11",
-        help="world seeds, comma-separated (default 7,11: the default world and one no setting was chosen on)",
+        help=(
+            "world seeds, comma-separated (default 7,11: the default world and one no setting was chosen on)"
+        ),
     )
     parser.add_argument(
         "--iterations", type=int, default=3, help="refinement iterations per seed (default 3)"
@@ -155,16 +157,21 @@ def main() -> None:
             tbl_rows=50, tbl_cols=-1, tbl_width_chars=250, tbl_hide_dataframe_shape=True, float_precision=3
         ):
             print(
-                f"\nworld seed {seed} ({seconds / 60:.1f} min): training labels per iteration against the truth"
+                (
+                    f"\nworld seed {seed} ({seconds / 60:.1f} min): "
+                    "training labels per iteration against the truth"
+                )
                 + (f"; {', '.join(args.set)}" if args.set else "")
             )
             print(quality.select("iteration", *QUALITY_COLUMNS))
             print(
-                f"world seed {seed}: what the machines changed since the iteration before (and the labels a person audited so far)"
+                f"world seed {seed}: what the machines changed since the "
+                "iteration before (and the labels a person audited so far)"
             )
             print(quality.select("iteration", *CHANGE_COLUMNS))
             print(
-                f"world seed {seed}: the model of each iteration on the frozen split, beside the trivial baseline"
+                f"world seed {seed}: the model of each iteration "
+                "on the frozen split, beside the trivial baseline"
             )
             print(models)
     print(

@@ -102,7 +102,8 @@ def main() -> None:
         f"{'spacy nlp.pipe, all components':<44}{spacy_seconds:>10.3f}{texts.height / spacy_seconds:>12,.0f}"
     )
     print(
-        f"{'relabel parse_texts (load_parser)':<44}{relabel_seconds:>10.3f}{texts.height / relabel_seconds:>12,.0f}"
+        f"{'relabel parse_texts (load_parser)':<44}{relabel_seconds:>10.3f}"
+        f"{texts.height / relabel_seconds:>12,.0f}"
     )
     print(f"components: spacy {full.pipe_names}, relabel {filtering.pipe_names}")
     print()

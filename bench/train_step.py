@@ -19,9 +19,9 @@ and no batch holds padding. For each preset:
   AdamW step at ``learning_rate_at``. Collating (image resizing, tokenizing) is done once
   before the timings: ``train`` does it in the data loader, beside the model;
 * generation: ``model.generate`` on the same batch as ``models.inference.generate_labels``
-  calls it (float32 weights, no autocast, greedy, scores returned), forced to write ``--max-new-tokens`` tokens
-  (``min_new_tokens``), as an untrained model would otherwise stop at once; best of
-  ``--generate-repeats`` after one warm-up.
+  calls it (float32 weights, no autocast, greedy, scores returned), forced to write
+  ``--max-new-tokens`` tokens (``min_new_tokens``), as an untrained model would otherwise stop
+  at once; best of ``--generate-repeats`` after one warm-up.
 
 On CUDA (used when available; timings are bracketed by ``torch.cuda.synchronize()``) the
 default preset is ``base`` and the table also gives the model FLOPs utilisation (MFU) against
@@ -200,10 +200,10 @@ def main() -> None:
     start = time.perf_counter()
     tokenizer = train_tokenizer([od_target(rng, objects=8) for _ in range(TOKENIZER_TEXTS)], vocab_size=1000)
     print(
-        f"device {device_name}; torch {torch.__version__}; tokenizer of {len(tokenizer):,} tokens trained on "
-        f"{TOKENIZER_TEXTS} synthetic <OD> targets in {time.perf_counter() - start:.1f} s; batch {args.batch_size}, "
-        f"{args.steps} timed steps after {WARMUP_STEPS} warm-up, targets cut to {TARGET_TOKENS} tokens, "
-        f"generation {args.max_new_tokens} new tokens (greedy)"
+        f"device {device_name}; torch {torch.__version__}; tokenizer of {len(tokenizer):,} tokens "
+        f"trained on {TOKENIZER_TEXTS} synthetic <OD> targets in {time.perf_counter() - start:.1f} s; "
+        f"batch {args.batch_size}, {args.steps} timed steps after {WARMUP_STEPS} warm-up, "
+        f"targets cut to {TARGET_TOKENS} tokens, generation {args.max_new_tokens} new tokens (greedy)"
     )
 
     settings = TrainSettings(
@@ -315,12 +315,13 @@ def main() -> None:
     first = rows[0]
     print()
     print(
-        f"baseline ({baseline['preset']}): the same training step at batch size 1, repeated {args.batch_size} "
-        f"times per step: {baseline['per_step']:.3f} s per {args.batch_size} images, {baseline['images']:.1f} images/s"
+        f"baseline ({baseline['preset']}): the same training step at batch size 1, "
+        f"repeated {args.batch_size} times per step: {baseline['per_step']:.3f} s "
+        f"per {args.batch_size} images, {baseline['images']:.1f} images/s"
     )
     print(
-        f"ratio = batched images/s / unbatched images/s of {baseline['preset']} at batch size {args.batch_size}: "
-        f"{first['images']:.1f} / {baseline['images']:.1f}"
+        f"ratio = batched images/s / unbatched images/s of {baseline['preset']} at "
+        f"batch size {args.batch_size}: {first['images']:.1f} / {baseline['images']:.1f}"
     )
     print(f"ratio: {first['images'] / baseline['images']:.2f}")
 

@@ -3,10 +3,11 @@
 Each check runs one Great Expectations suite (``data_checks.suites``) over one shard of one
 asset (``data_checks.gates.validate``). Checks are blocking: when one fails, nothing downstream
 of that shard runs in the same run; and consumers that read every shard in a later run ask
-``resources.io_manager.blocked_shards`` which shards to leave out. A check's metadata lists the failed expectations,
-the offending rows (result format COMPLETE) and a link to the GX Data Docs page it wrote; a
-failed one says why in one line, with the value it measured and the threshold
-(``gates.verdict_metadata``), which the command line and ``relabel status`` print.
+``resources.io_manager.blocked_shards`` which shards to leave out. A check's metadata lists
+the failed expectations, the offending rows (result format COMPLETE) and a link to the GX
+Data Docs page it wrote; a failed one says why in one line, with the value it measured and
+the threshold (``gates.verdict_metadata``), which the command line and ``relabel status``
+print.
 
 GX is imported inside the checks: it costs seconds to import, and loading the definitions
 (``dagster dev``, every run's process) should not pay for it.
@@ -77,7 +78,11 @@ def build_shard_checks(
             "label_id",
             ("labels_suite", ()),
             "labels_gate_frame",
-            "Human labels: schema, scores in [0, 1], boxes inside their image with area, polygons of 3+ points, the fields each annotation type needs, non-empty texts. (Categories are checked after the filters, which quarantine unknown ones.)",
+            (
+                "Human labels: schema, scores in [0, 1], boxes inside their image with area, "
+                "polygons of 3+ points, the fields each annotation type needs, non-empty texts. "
+                "(Categories are checked after the filters, which quarantine unknown ones.)"
+            ),
             other=IMAGES,
         ),
         _gate(
@@ -87,7 +92,10 @@ def build_shard_checks(
             "row",
             ("quarantine_suite",),
             "quarantine_gate_frame",
-            "Every quarantined row says what it was, which phase dropped it, why, and keeps the record as JSON.",
+            (
+                "Every quarantined row says what it was, which phase "
+                "dropped it, why, and keeps the record as JSON."
+            ),
         ),
         _gate(
             FILTERED_LABELS,
@@ -107,7 +115,10 @@ def build_shard_checks(
             "image_id",
             ("coverage_suite", gates.min_labelled_share),
             "coverage_frame",
-            f"At least {gates.min_labelled_share:.0%} of the shard's images keep a label (filter.gates.min_labelled_share).",
+            (
+                f"At least {gates.min_labelled_share:.0%} of the shard's "
+                "images keep a label (filter.gates.min_labelled_share)."
+            ),
             other=IMAGES,
             other_mapping=SAME_SHARD,
         ),
@@ -118,7 +129,12 @@ def build_shard_checks(
             "category",
             ("class_retention_suite", gates.min_class_retention),
             ("class_counts_frame", gates.min_class_labels, gates.class_retention_min_score),
-            f"Every class with at least {gates.min_class_labels} label(s) scored {gates.class_retention_min_score} or more keeps at least {gates.min_class_retention:.0%} of them through the filters (filter.gates.min_class_retention, min_class_labels, class_retention_min_score): a rare class that collapses fails.",
+            (
+                f"Every class with at least {gates.min_class_labels} label(s) scored "
+                f"{gates.class_retention_min_score} or more keeps at least {gates.min_class_retention:.0%} "
+                "of them through the filters (filter.gates.min_class_retention, min_class_labels, "
+                "class_retention_min_score): a rare class that collapses fails."
+            ),
             other=ITERATION_LABELS,
         ),
         _gate(
@@ -128,7 +144,11 @@ def build_shard_checks(
             "label_id",
             ("one_label_per_object_suite", gates.max_same_object_iou),
             "same_object_frame",
-            f"One object, one label: no two object labels of an image and class overlap by IoU {gates.max_same_object_iou} or more unless both are a person's (filter.gates.max_same_object_iou).",
+            (
+                "One object, one label: no two object labels of an image and "
+                f"class overlap by IoU {gates.max_same_object_iou} or more "
+                "unless both are a person's (filter.gates.max_same_object_iou)."
+            ),
         ),
         _gate(
             FILTER_QUARANTINE,

@@ -415,7 +415,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--corpus",
-        help="folder of corpus parquet files (default: the iteration's, <data_dir>/corpus/examples/iteration-<k>)",
+        help=(
+            "folder of corpus parquet files (default: the "
+            "iteration's, <data_dir>/corpus/examples/iteration-<k>)"
+        ),
     )
     parser.add_argument(
         "--iteration", type=int, help="the iteration whose corpus to train on (default: the newest)"

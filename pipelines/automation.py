@@ -73,7 +73,10 @@ def build_automation(cron: str, shards: PartitionsDefinition) -> Automation:
         cron_schedule=cron,
         job_name=MERGE_SHARDS_JOB,
         default_status=DefaultScheduleStatus.STOPPED,
-        description="Start the next refinement iteration (refine.schedule), once the newest one has re-annotated every shard and its audit queue has its verdicts.",
+        description=(
+            "Start the next refinement iteration (refine.schedule), once the newest "
+            "one has re-annotated every shard and its audit queue has its verdicts."
+        ),
     )
     def next_iteration_schedule(context: ScheduleEvaluationContext):
         iteration = next_iteration(context.instance, shard_keys)
@@ -88,7 +91,10 @@ def build_automation(cron: str, shards: PartitionsDefinition) -> Automation:
         job_name=MERGE_SHARDS_JOB,
         minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.STOPPED,
-        description="Start a refinement iteration when shards arrive or change: a new materialization of a shard's initial annotations.",
+        description=(
+            "Start a refinement iteration when shards arrive or change: "
+            "a new materialization of a shard's initial annotations."
+        ),
     )
     def new_shards_sensor(context: SensorEvaluationContext):
         records = context.instance.fetch_materializations(INITIAL_ANNOTATIONS, limit=1).records

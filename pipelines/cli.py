@@ -259,7 +259,8 @@ def _resume(args: argparse.Namespace, root: Path) -> Outcome:
     failed = [(run_id, outcome) for run_id, outcome in resumed.items() if not outcome.ok]
     if failed:
         raise CommandError(
-            f"re-executing {len(failed)} of {len(resumed)} interrupted runs failed for {[run_id for run_id, _ in failed]}: {failure_reasons(failed)} ({see_runs(len(failed))})"
+            f"re-executing {len(failed)} of {len(resumed)} interrupted runs failed for "
+            f"{[run_id for run_id, _ in failed]}: {failure_reasons(failed)} ({see_runs(len(failed))})"
         )
     return Outcome({"resumed": {run_id: outcome.ok for run_id, outcome in resumed.items()}})
 
@@ -272,7 +273,10 @@ def _unfreeze(args: argparse.Namespace, root: Path) -> Outcome:
         raise CommandError(str(error)) from error
     return Outcome(
         entry,
-        f"unfroze the evaluation split {entry['digest'][:12]} ({args.by}: {args.reason}); logged in {folder}. Run `relabel materialize audit` to audit and freeze it again.",
+        (
+            f"unfroze the evaluation split {entry['digest'][:12]} ({args.by}: {args.reason}); "
+            f"logged in {folder}. Run `relabel materialize audit` to audit and freeze it again."
+        ),
     )
 
 
@@ -346,7 +350,8 @@ def _export(args: argparse.Namespace, root: Path) -> Outcome:
     iteration = args.iteration if args.iteration is not None else latest_passing_iteration(status)
     if iteration is None:
         raise CommandError(
-            "no iteration has filtered labels whose gates all passed: run relabel iterate (or relabel demo) first"
+            "no iteration has filtered labels whose gates all "
+            "passed: run relabel iterate (or relabel demo) first"
         )
     if int(iteration) not in {it["iteration"] for it in status["iterations"] if it["filtered_labels"]}:
         raise CommandError(
@@ -364,7 +369,10 @@ def _export(args: argparse.Namespace, root: Path) -> Outcome:
     with process_pool() as pool:
         folder, manifest = run_export(root, args.format, str(iteration), overrides, pool)
     counts = ", ".join(f"{task} {n}" for task, n in manifest["labels_by_task"].items())
-    text = f"exported iteration {iteration} as {args.format}: {manifest['images']} images, {counts}\n  {folder}\n  dataset card: {folder / 'DATASET_CARD.md'}"
+    text = (
+        f"exported iteration {iteration} as {args.format}: {manifest['images']} "
+        f"images, {counts}\n  {folder}\n  dataset card: {folder / 'DATASET_CARD.md'}"
+    )
     return Outcome({"folder": str(folder), **manifest}, text)
 
 

@@ -128,7 +128,10 @@ def build_definitions(root: str | None = None) -> Definitions:
             selection=AssetSelection.assets(*audit),
             partitions=None,
             stepwise=False,
-            description="Export the evaluation split's labels as Label Studio tasks, read the completed audit back and freeze the split (blocking check: unchanged to the byte).",
+            description=(
+                "Export the evaluation split's labels as Label Studio tasks, read the completed audit back "
+                "and freeze the split (blocking check: unchanged to the byte)."
+            ),
         ),
         JobSpec(
             name=TRAIN_SPECIALISTS_JOB,
@@ -149,77 +152,111 @@ def build_definitions(root: str | None = None) -> Definitions:
             selection=AssetSelection.assets(annotate.scores),
             partitions=None,
             stepwise=False,
-            description="Score the specialists and the consensus against the world's ground truth (an MLflow run).",
+            description=(
+                "Score the specialists and the consensus against the world's ground truth (an MLflow run)."
+            ),
         ),
         JobSpec(
             name=MERGE_SHARDS_JOB,
             selection=AssetSelection.assets(refine.merge),
             partitions=by_iteration_and_shard,
             stepwise=True,
-            description="Start an iteration on one shard: its labels are the initial annotations (iteration 0), or the previous iteration's labels merged with its model's re-annotation by the merge policy.",
+            description=(
+                "Start an iteration on one shard: its labels are the initial annotations (iteration 0), or "
+                "the previous iteration's labels merged with its model's re-annotation by the merge policy."
+            ),
         ),
         JobSpec(
             name=FILTER_SHARDS_JOB,
             selection=AssetSelection.assets(*filters.per_shard),
             partitions=by_iteration_and_shard,
             stepwise=True,
-            description="Parse, filter and gate one shard's labels of an iteration; the gates block what depends on a failing shard.",
+            description=(
+                "Parse, filter and gate one shard's labels of an iteration; the gates block what depends on "
+                "a failing shard."
+            ),
         ),
         JobSpec(
             name=FILTER_REPORT_JOB,
             selection=AssetSelection.assets(filters.report, filters.quarantine_index, refine.label_quality),
             partitions=ITERATIONS,
             stepwise=True,
-            description="An iteration's filter report (table 3, filter precision), its quarantine index, and the quality of its labels with the rare-class guard (MLflow runs).",
+            description=(
+                "An iteration's filter report (table 3, filter precision), its quarantine index, and the "
+                "quality of its labels with the rare-class guard (MLflow runs)."
+            ),
         ),
         JobSpec(
             name=CORPUS_SHARDS_JOB,
             selection=AssetSelection.assets(*corpus),
             partitions=by_iteration_and_shard,
             stepwise=True,
-            description="Write one shard's gated, filtered training labels of an iteration as Florence-2 (prompt, target) examples.",
+            description=(
+                "Write one shard's gated, filtered training labels of an iteration as Florence-2 (prompt, "
+                "target) examples."
+            ),
         ),
         JobSpec(
             name=TRAIN_MODEL_JOB,
             selection=AssetSelection.assets(FLORENCE2_MODEL),
             partitions=ITERATIONS,
             stepwise=True,
-            description="Train the iteration's Florence-2 model on every shard's corpus (an MLflow run and a registered model version).",
+            description=(
+                "Train the iteration's Florence-2 model on every shard's corpus (an MLflow run and a "
+                "registered model version)."
+            ),
         ),
         JobSpec(
             name=SCORE_MODEL_JOB,
             selection=AssetSelection.assets(HELDOUT_SCORES),
             partitions=ITERATIONS,
             stepwise=True,
-            description="Score the iteration's model on the frozen audited split against a trivial baseline, and write the iteration report (an MLflow run nested under the training run).",
+            description=(
+                "Score the iteration's model on the frozen audited split against a trivial baseline, and "
+                "write the iteration report (an MLflow run nested under the training run)."
+            ),
         ),
         JobSpec(
             name=REFINE_SPECIALISTS_JOB,
             selection=AssetSelection.assets(refine.caption_specialist, refine.self_trained_specialists),
             partitions=ITERATIONS,
             stepwise=True,
-            description="The iteration's specialists for re-annotation: the model fine-tuned on the few labels of the tasks no specialist labels (detailed captions), and the self-trained perception specialists, re-trained on the iteration's filtered labels one model per fold of the images (cross-fitting).",
+            description=(
+                "The iteration's specialists for re-annotation: the model fine-tuned on the few labels of "
+                "the tasks no specialist labels (detailed captions), and the self-trained perception "
+                "specialists, re-trained on the iteration's filtered labels one model per fold of the "
+                "images (cross-fitting)."
+            ),
         ),
         JobSpec(
             name=REANNOTATE_SHARDS_JOB,
             selection=AssetSelection.assets(refine.reannotation),
             partitions=by_iteration_and_shard,
             stepwise=True,
-            description="The iteration's model labels every training image of one shard for every task: the raw material of the next iteration's merge.",
+            description=(
+                "The iteration's model labels every training image of one shard for every task: the raw "
+                "material of the next iteration's merge."
+            ),
         ),
         JobSpec(
             name=QUEUE_AUDIT_JOB,
             selection=AssetSelection.assets(REVIEW_QUEUE),
             partitions=ITERATIONS,
             stepwise=True,
-            description="Score every training label of the iteration by how likely it is wrong and queue the most suspicious (review.budget) as Label Studio tasks.",
+            description=(
+                "Score every training label of the iteration by how likely it is wrong and queue the most "
+                "suspicious (review.budget) as Label Studio tasks."
+            ),
         ),
         JobSpec(
             name=READ_VERDICTS_JOB,
             selection=AssetSelection.assets(REVIEW_VERDICTS),
             partitions=ITERATIONS,
             stepwise=True,
-            description="Read the audit queue's verdicts back from the completed Label Studio export: human-audit labels the next iteration trusts.",
+            description=(
+                "Read the audit queue's verdicts back from the completed Label Studio export: human-audit "
+                "labels the next iteration trusts."
+            ),
         ),
         *(
             JobSpec(
@@ -227,7 +264,10 @@ def build_definitions(root: str | None = None) -> Definitions:
                 selection=AssetSelection.assets(EXPORTS[fmt]),
                 partitions=ITERATIONS,
                 stepwise=False,
-                description=f"Export an iteration's labels as {fmt}, with a dataset card (relabel export --format {fmt}).",
+                description=(
+                    f"Export an iteration's labels as {fmt}, with a dataset card (relabel export --format "
+                    f"{fmt})."
+                ),
             )
             for fmt, job_name in EXPORT_JOBS.items()
         ),

@@ -105,7 +105,8 @@ def materialize_phase(
         if shards is not None and not _by_shard(job.partitions_def):
             # a step over every shard (a report, a model) waits for a run of the whole phase
             print(
-                f"[relabel] {phase}: {job_name} skipped: it reads every shard (run the phase without --shards)",
+                f"[relabel] {phase}: {job_name} skipped: it reads "
+                "every shard (run the phase without --shards)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -119,10 +120,13 @@ def materialize_phase(
         outcomes = list(
             pool.map(_execute, [job_name] * len(keys), keys, [threads] * len(keys), [run_config] * len(keys))
         )
-        failed = [(key or job_name, outcome) for key, outcome in zip(keys, outcomes) if not outcome.ok]
+        failed = [
+            (key or job_name, outcome) for key, outcome in zip(keys, outcomes, strict=True) if not outcome.ok
+        ]
         if failed:
             raise CommandError(
-                f"{job_name} failed for {[key for key, _ in failed]}: {failure_reasons(failed)} ({see_runs(len(failed))})"
+                f"{job_name} failed for {[key for key, _ in failed]}: "
+                f"{failure_reasons(failed)} ({see_runs(len(failed))})"
             )
         done += [f"{job_name} {key}" if key else job_name for key in keys]
     return done
@@ -309,7 +313,7 @@ def resume_interrupted() -> dict[str, RunOutcome]:
     workers = min(len(dead), os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         outcomes = list(pool.map(_reexecute, [run.job_name for run in dead], [run.run_id for run in dead]))
-    return {run.run_id: outcome for run, outcome in zip(dead, outcomes)}
+    return {run.run_id: outcome for run, outcome in zip(dead, outcomes, strict=True)}
 
 
 def _process_alive(instance, run_id: str) -> bool:

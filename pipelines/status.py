@@ -197,11 +197,18 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     setup, split = status["setup"], status["frozen_split"]
     lines = [
         f"relabel project {status['root']} (data: {status['data_dir']}, {len(status['shards'])} shards)",
-        f"  set-up: {_world_state(setup['world'])}, {setup['images']} images ({setup['eval_images']} eval), "
-        f"{setup['human_labels']} human labels, {setup['ingest_quarantine']} quarantined at ingest, {setup['initial_annotations']} initial annotations",
+        (
+            f"  set-up: {_world_state(setup['world'])}, {setup['images']} images "
+            f"({setup['eval_images']} eval), {setup['human_labels']} human labels, "
+            f"{setup['ingest_quarantine']} quarantined at ingest, "
+            f"{setup['initial_annotations']} initial annotations"
+        ),
         "  frozen split: "
         + (
-            f"{split['images']} images, {split['labels']} audited labels, digest {split['digest'][:12]}, by {split['frozen_by']} ({split['reason']})"
+            (
+                f"{split['images']} images, {split['labels']} audited labels, digest "
+                f"{split['digest'][:12]}, by {split['frozen_by']} ({split['reason']})"
+            )
             if split
             else "not frozen (relabel materialize audit)"
         ),
@@ -216,8 +223,10 @@ def status_lines(status: dict[str, Any]) -> list[str]:
             else "not scored"
         )
         lines.append(
-            f"  iteration {it['iteration']}: {it['merged_shards']} shards merged, {it['filtered_labels']} filtered labels, {it['corpus_examples']} corpus examples, "
-            f"gates {it['gates_passed']} passed / {len(it['gates_failed'])} failed, model {'trained' if it['model_trained'] else 'not trained'}, "
+            f"  iteration {it['iteration']}: {it['merged_shards']} shards merged, "
+            f"{it['filtered_labels']} filtered labels, {it['corpus_examples']} corpus "
+            f"examples, gates {it['gates_passed']} passed / {len(it['gates_failed'])} "
+            f"failed, model {'trained' if it['model_trained'] else 'not trained'}, "
             f"{it['reannotated_shards']} shards re-annotated; frozen split: {score_text}"
         )
         queue = it["audit_queue"]

@@ -3,6 +3,7 @@ iteration, and where to look at it."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -60,15 +61,20 @@ def demo_summary(root: Path, seconds: float, timings: dict[str, float]) -> str:
         f"relabel demo finished in {seconds:.0f} s",
         f"  world:      {files_dir(EMBEDDED_WORLD, data)} (ground truth apart in {data / GROUND_TRUTH})"
         if params.world is not None
-        else f"  sources:    {', '.join(f'{source.name} ({source.kind})' for source in params.ingest.sources)}",
+        else "  sources:    "
+        + ", ".join(f"{source.name} ({source.kind})" for source in params.ingest.sources),
         f"  shards:     {params.shards.count} partitions under {data / IMAGES.path[0]}",
-        f"  images:     {len(images)} kept ({images.filter(pl.col('split') == 'eval').height} in the eval split)",
+        (
+            f"  images:     {len(images)} kept ({images.filter(pl.col('split') == 'eval').height} in the "
+            "eval split)"
+        ),
         f"  labels:     {len(labels)} human labels kept: "
         + ", ".join(f"{row['task']} {row['len']}" for row in by_task.iter_rows(named=True)),
         f"  quarantine: {len(quarantine)} rows: "
         + ", ".join(f"{r['record_kind']}/{r['reason']} {r['len']}" for r in by_reason.iter_rows(named=True)),
         "",
-        f"  dvc:        {'every output committed (dvc.lock) and pushed' if in_sync else 'OUT OF SYNC: run dvc status'}",
+        "  dvc:        "
+        + ("every output committed (dvc.lock) and pushed" if in_sync else "OUT OF SYNC: run dvc status"),
         *_annotation_lines(data),
         *_filter_lines(data),
         *_split_lines(data),
@@ -80,9 +86,15 @@ def demo_summary(root: Path, seconds: float, timings: dict[str, float]) -> str:
         "",
         "Look at it:",
         "  .venv/bin/relabel ui             Dagster UI on http://127.0.0.1:3000 (runs, assets, metadata) and",
-        "                                   MLflow UI on http://127.0.0.1:5000 (scores, training runs, registered models)",
+        (
+            "                                   MLflow UI on http://127.0.0.1:5000"
+            " (scores, training runs, registered models)"
+        ),
         "  .venv/bin/relabel status         iterations, gates, counts (--json for scripts)",
-        "  .venv/bin/relabel export --format coco|florence2|hf-parquet|yolo   the labels, with a dataset card",
+        (
+            "  .venv/bin/relabel export --format coco|florence2|hf-parquet|yolo"
+            "   the labels, with a dataset card"
+        ),
         "  .venv/bin/dvc status             phase outputs against dvc.lock and the cache",
         f"  .venv/bin/dvc push / pull        remote: {params.dvc.remote_url}",
     ]
@@ -141,18 +153,20 @@ def _filter_lines(data: Path) -> list[str]:
         )
         for row in statistics.iter_rows(named=True):
             lines.append(
-                f"  {row['task']:<24} {row['texts']:>6} {row['avg_tokens']:>7.2f} {row['avg_objects']:>8.2f}"
-                f" {row['avg_attributes']:>11.2f} {row['avg_actions']:>8.2f} {row['avg_object_complexity'] or 0:>10.2f}"
-                f" {row['avg_action_complexity'] or 0:>10.2f}"
+                f"  {row['task']:<24} {row['texts']:>6} {row['avg_tokens']:>7.2f} "
+                f"{row['avg_objects']:>8.2f} {row['avg_attributes']:>11.2f} {row['avg_actions']:>8.2f} "
+                f"{row['avg_object_complexity'] or 0:>10.2f} {row['avg_action_complexity'] or 0:>10.2f}"
             )
     if (report / "filter_quality.parquet").is_file():
         quality = pl.read_parquet(report / "filter_quality.parquet").filter(pl.col("dropped") > 0)
         lines.append(
-            "  against the world's ground truth: share of dropped labels that were wrong / of kept that are right"
+            "  against the world's ground truth: share of dropped "
+            "labels that were wrong / of kept that are right"
         )
         for row in quality.iter_rows(named=True):
             lines.append(
-                f"  {row['filter']:<24} dropped {row['dropped']:>5}  wrong {row['drop_precision']:.2f}   kept right {row['keep_precision']:.2f}"
+                f"  {row['filter']:<24} dropped {row['dropped']:>5}  wrong "
+                f"{row['drop_precision']:.2f}   kept right {row['keep_precision']:.2f}"
             )
     return lines
 
@@ -165,7 +179,10 @@ def _corpus_lines(data: Path) -> list[str]:
         by_task = examples.group_by("task").len().sort("len", descending=True)
         lines += [
             "",
-            f"Corpus iteration-{k}: {examples.height} Florence-2 examples from {examples['image_id'].n_unique()} training images: "
+            (
+                f"Corpus iteration-{k}: {examples.height} Florence-2 examples from "
+                f"{examples['image_id'].n_unique()} training images: "
+            )
             + ", ".join(f"{row['task']} {row['len']}" for row in by_task.iter_rows(named=True)),
         ]
     return lines
@@ -182,8 +199,10 @@ def _model_lines(data: Path) -> list[str]:
         curve = pl.read_parquet(curve_path)
         lines += [
             "",
-            f"Model iteration-{k}: {curve.height} steps in {curve['seconds'].sum():.0f} s "
-            f"({curve['examples'].sum() / curve['seconds'].sum():.1f} examples/s), loss {curve['loss'][0]:.2f} -> {curve['loss'].tail(10).mean():.2f}",
+            f"Model iteration-{k}: {curve.height} steps in {curve['seconds'].sum():.0f} s "(
+                f"({curve['examples'].sum() / curve['seconds'].sum():.1f} examples/s), loss "
+                f"{curve['loss'][0]:.2f} -> {curve['loss'].tail(10).mean():.2f}"
+            ),
         ]
         if summary_path.is_file():
             lines += ["  on the frozen audited split:", *_score_lines(summary_path, width=9)]
@@ -223,7 +242,10 @@ def _split_lines(data: Path) -> list[str]:
     )
     return [
         "",
-        f"Evaluation split: {record['images']} images, {record['labels']} audited labels, frozen by {record['frozen_by']} ({record['reason']}), digest {record['digest'][:12]}",
+        (
+            f"Evaluation split: {record['images']} images, {record['labels']} audited labels, "
+            f"frozen by {record['frozen_by']} ({record['reason']}), digest {record['digest'][:12]}"
+        ),
         "  audit decisions: "
         + ", ".join(f"{r['decision']} {r['len']}" for r in counts.iter_rows(named=True)),
     ]
@@ -246,13 +268,22 @@ def _frozen_split_metric_lines(data: Path) -> list[str]:
         "  iteration     mAP  mAP@0.5   CIDEr  grounding R@1  RES mIoU  OCR CER",
     ]
     for iteration, row in scored:
-        cell = lambda name, width=7: (
-            f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"
-        )  # noqa: E731
+        cell = partial(_cell, row)
         lines.append(
-            f"  {iteration:>9} {cell('map')}  {cell('map50')} {cell('caption_cider')}  {cell('grounding_recall_at_1', 13)}  {cell('res_miou', 8)}  {cell('ocr_cer')}"
+            f"  {iteration:>9} {cell('map')}  {cell('map50')} {cell('caption_cider')}  "
+            f"{cell('grounding_recall_at_1', 13)}  {cell('res_miou', 8)}  {cell('ocr_cer')}"
         )
     return lines
+
+
+def _cell(row: dict, name: str, width: int = 7) -> str:
+    """``row[name]`` with three decimals, right-aligned in ``width`` columns; a dash when it is missing."""
+    return f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"
+
+
+def _count(row: dict, name: str, width: int) -> str:
+    """``row[name]`` right-aligned in ``width`` columns; a dash when it is missing."""
+    return f"{row[name]:>{width}}" if row.get(name) is not None else f"{'-':>{width}}"
 
 
 def iteration_lines(data: Path) -> list[str]:
@@ -293,25 +324,26 @@ def iteration_lines(data: Path) -> list[str]:
     ]
     lines.append("  label quality on the training images against the world's ground truth (filtered labels):")
     lines.append(
-        "  (filled, repaired: labels the machines added since the iteration before, in no label's place or in a label's; right: their share the truth calls right;"
+        "  (filled, repaired: labels the machines added since the iteration before, in "
+        "no label's place or in a label's; right: their share the truth calls right;"
     )
     lines.append(
-        "   broken: right labels of the iteration before replaced by a wrong one or gone; wrong fixed: share of its wrong labels replaced by a right one)"
+        "   broken: right labels of the iteration before replaced by a wrong one "
+        "or gone; wrong fixed: share of its wrong labels replaced by a right one)"
     )
     lines.append(
-        "  iteration  labels  audited  wrong  box F1  rare F1  caption recall  OCR CER  filled  repaired  right  broken  wrong fixed"
+        "  iteration  labels  audited  wrong  box F1  rare F1  caption "
+        "recall  OCR CER  filled  repaired  right  broken  wrong fixed"
     )
     for row in history.iter_rows(named=True):
-        cell = lambda name, width=7: (
-            f"{row[name]:>{width}.3f}" if row.get(name) is not None else f"{'-':>{width}}"
-        )  # noqa: E731
-        count = lambda name, width: (
-            f"{row[name]:>{width}}" if row.get(name) is not None else f"{'-':>{width}}"
-        )  # noqa: E731
+        cell = partial(_cell, row)
+        count = partial(_count, row)
         lines.append(
-            f"  {row['iteration']:>9}  {row['labels']:>6}  {row.get('audited_labels') or 0:>7}  {cell('wrong_share', 5)} {cell('box_f1')}  {cell('box_f1_rare')}"
-            f"  {cell('caption_object_recall', 14)}  {cell('ocr_cer')}  {count('filled_labels', 6)}  {count('repaired_labels', 8)}  {cell('added_precision', 5)}"
-            f"  {count('broken_labels', 6)}  {cell('repaired_share', 11)}"
+            f"  {row['iteration']:>9}  {row['labels']:>6}  {row.get('audited_labels') or 0:>7}  "
+            f"{cell('wrong_share', 5)} {cell('box_f1')}  {cell('box_f1_rare')}  "
+            f"{cell('caption_object_recall', 14)}  {cell('ocr_cer')}  {count('filled_labels', 6)}  "
+            f"{count('repaired_labels', 8)}  {cell('added_precision', 5)}  "
+            f"{count('broken_labels', 6)}  {cell('repaired_share', 11)}"
         )
     return (
         lines

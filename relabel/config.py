@@ -483,7 +483,8 @@ class Params(_Strict):
         for name in self.refine.self_training.specialists:
             if name not in names:
                 raise ValueError(
-                    f"refine.self_training.specialists names {name!r}, not a specialist of annotate.perception {names}"
+                    f"refine.self_training.specialists names {name!r}, "
+                    f"not a specialist of annotate.perception {names}"
                 )
         return self
 

@@ -305,7 +305,10 @@ def manifest_changes(frozen: pl.DataFrame, current: pl.DataFrame) -> pl.DataFram
                 {
                     "image_id": image_id,
                     "change": "labels_changed",
-                    "detail": f"{old['labels']} -> {new['labels']} audited labels, digest {old['labels_sha256'][:12]} -> {new['labels_sha256'][:12]}",
+                    "detail": (
+                        f"{old['labels']} -> {new['labels']} audited labels, digest "
+                        f"{old['labels_sha256'][:12]} -> {new['labels_sha256'][:12]}"
+                    ),
                 }
             )
     return pl.DataFrame(rows, schema=CHANGES_SCHEMA)

@@ -134,7 +134,8 @@ def filter_labels(
             pl.col("category").is_not_null(),
             ~pl.col("category").is_in(known),
             detail=lambda r: (
-                f"category {r['category']!r} is not in the ontology ({len(ontology)} categories, annotate.ontology)"
+                f"category {r['category']!r} is not in the ontology "
+                f"({len(ontology)} categories, annotate.ontology)"
             ),
         )
     clipped = judge.clip_to_image()
@@ -152,7 +153,8 @@ def filter_labels(
         value=pl.min_horizontal(width, height),
         threshold=pl.lit(region.min_box_side),
         detail=lambda r: (
-            f"box {r['_w']:.1f} x {r['_h']:.1f} px is under {region.min_box_side} px a side or {region.min_box_area} px² (filter.region.min_box_side / min_box_area)"
+            f"box {r['_w']:.1f} x {r['_h']:.1f} px is under {region.min_box_side} px a "
+            f"side or {region.min_box_area} px² (filter.region.min_box_side / min_box_area)"
         ),
         extra={"_w": width, "_h": height},
     )
@@ -231,7 +233,8 @@ def _text_filters(judge: _Judge, parses: pl.DataFrame, params: FilterParams) -> 
             value=measured,
             threshold=bound,
             detail=lambda r, key=key, compare=compare: (
-                f"{r['_value']:.2f} {compare} {r['_threshold']:g} for {r['task']} (filter.text.{r['task']}.{key})"
+                f"{r['_value']:.2f} {compare} {r['_threshold']:g} "
+                f"for {r['task']} (filter.text.{r['task']}.{key})"
             ),
             extra={"_value": measured, "_threshold": bound},
         )
@@ -380,7 +383,8 @@ class _Judge:
             "nms_suppressed",
             judged,
             lambda r: (
-                f"IoU {r['_value']:.2f} >= {r['_threshold']} with {r['_other']} ({r['_other_source']}) of higher rank (filter.region.nms_iou)"
+                f"IoU {r['_value']:.2f} >= {r['_threshold']} with {r['_other']} "
+                f"({r['_other_source']}) of higher rank (filter.region.nms_iou)"
             ),
         )
 
@@ -447,7 +451,8 @@ class _Judge:
         decisions = pl.concat([pl.DataFrame(schema=DECISIONS_SCHEMA), *self.decisions], how="vertical")
         if kept.height + quarantine.height != self.rows.height:
             raise AssertionError(
-                f"filter lost rows: {self.rows.height} in, {kept.height} kept, {quarantine.height} quarantined"
+                f"filter lost rows: {self.rows.height} in, "
+                f"{kept.height} kept, {quarantine.height} quarantined"
             )
         return Filtered(
             labels=check_schema(kept, "labels"),

@@ -133,7 +133,8 @@ def merge_with_human(human: pl.DataFrame, machine: pl.DataFrame, *, iou_threshol
     shared = machine.filter(pl.col("label_id").is_in(human["label_id"].implode()))
     if shared.height:
         raise ValueError(
-            f"{shared.height} machine label_id(s) are also human label ids: {shared['label_id'].head(5).to_list()}"
+            f"{shared.height} machine label_id(s) are also human "
+            f"label ids: {shared['label_id'].head(5).to_list()}"
         )
     return fold_confirming(human, machine, iou_threshold=iou_threshold)
 

@@ -223,7 +223,10 @@ def _decide(
     if score < fill_at:
         return (
             "rejected",
-            f"fills nothing at score {score:.2f} < the fill threshold {fill_at} (refine.merge.fill_min_score)",
+            (
+                f"fills nothing at score {score:.2f} < the fill "
+                f"threshold {fill_at} (refine.merge.fill_min_score)"
+            ),
             None,
             support,
         )
@@ -274,7 +277,10 @@ def _blocked(counterpart: dict, replaced: dict, protected: set, rare: set, suppo
     if counterpart.get("_added"):
         return "the label there is the model's own, added by this merge"
     if counterpart["category"] in rare and support == 0:
-        return f"the existing label is of the rare class {counterpart['category']!r} and only the model disagrees"
+        return (
+            "the existing label is of the rare class "
+            f"{counterpart['category']!r} and only the model disagrees"
+        )
     return None
 
 

@@ -238,7 +238,7 @@ def _generated(
     tokens = output.sequences[:, -transition.shape[1] :]
     eos = _eos_ids(model)
     results = []
-    for row_tokens, row_scores in zip(tokens.tolist(), transition.float().cpu().tolist()):
+    for row_tokens, row_scores in zip(tokens.tolist(), transition.float().cpu().tolist(), strict=True):
         end = next((i + 1 for i, tok in enumerate(row_tokens) if tok in eos), len(row_tokens))
         start = 1 if row_tokens and row_tokens[0] in skip_first and end > 1 else 0
         logprobs = [s for s in row_scores[start:end] if math.isfinite(s)]
@@ -418,7 +418,7 @@ class HubObjectDetector(_HubSpecialist):
                 [
                     (box, float(score), str(id2label.get(int(label), label)))
                     for box, score, label in zip(
-                        r["boxes"].tolist(), r["scores"].tolist(), r["labels"].tolist()
+                        r["boxes"].tolist(), r["scores"].tolist(), r["labels"].tolist(), strict=True
                     )
                 ]
                 for r in results
@@ -434,7 +434,7 @@ class HubObjectDetector(_HubSpecialist):
                 [
                     (box, float(score), self.queries[int(label)])
                     for box, score, label in zip(
-                        r["boxes"].tolist(), r["scores"].tolist(), r["labels"].tolist()
+                        r["boxes"].tolist(), r["scores"].tolist(), r["labels"].tolist(), strict=True
                     )
                 ]
                 for r in results
@@ -443,7 +443,7 @@ class HubObjectDetector(_HubSpecialist):
             found = self._grounding_results(outputs, inputs["input_ids"], sizes)
 
         batch_rows = []
-        for (height, width), detections in zip(sizes, found):
+        for (height, width), detections in zip(sizes, found, strict=True):
             rows = []
             for box, score, category in detections:
                 clipped = _clip_box(box, width, height)
@@ -468,14 +468,14 @@ class HubObjectDetector(_HubSpecialist):
         queries = torch.arange(len(self.queries), device=token_query.device)
         membership = token_query[:, None] == queries[None, :]
         found = []
-        for logits, result in zip(outputs.logits, results):
+        for logits, result in zip(outputs.logits, results, strict=True):
             probs = logits.sigmoid()
             kept = probs[probs.max(-1).values > self.threshold]  # the boxes the post-processor kept
             # a box's category is the query whose tokens it matches best; its score is that match
             token_probs = kept[:, : len(token_query), None]  # (boxes, tokens, 1)
             per_query = token_probs.masked_fill(~membership, 0.0).amax(dim=1)  # (boxes, queries)
             detections = []
-            for box, query_scores in zip(result["boxes"].tolist(), per_query.tolist()):
+            for box, query_scores in zip(result["boxes"].tolist(), per_query.tolist(), strict=True):
                 best = max(range(len(query_scores)), key=query_scores.__getitem__)
                 if query_scores[best] > self.threshold:
                     detections.append((box, query_scores[best], self.queries[best]))
@@ -636,7 +636,7 @@ class Florence2Specialist(_HubSpecialist):
                 return_dict_in_generate=True,
             )
             generations = _generated(self.model, output, self.num_beams, skip_first={tokenizer.bos_token_id})
-            for picture, image_rows, (tokens, score) in zip(pictures, rows, generations):
+            for picture, image_rows, (tokens, score) in zip(pictures, rows, generations, strict=True):
                 tokens = [t for t in tokens if t != tokenizer.pad_token_id]
                 text = tokenizer.decode(tokens, skip_special_tokens=False)
                 answer = self.processor.post_process_generation(
@@ -653,7 +653,7 @@ class Florence2Specialist(_HubSpecialist):
             return [_text_row(label_task, text, score)] if text else []
         rows = []
         if label_task == "ocr":
-            for quad, text in zip(answer["quad_boxes"], answer["labels"]):
+            for quad, text in zip(answer["quad_boxes"], answer["labels"], strict=True):
                 quad = _clip_quad(quad, width, height)
                 text = str(text).strip()
                 if quad is None or not text:
@@ -661,7 +661,7 @@ class Florence2Specialist(_HubSpecialist):
                 box = [min(quad[0::2]), min(quad[1::2]), max(quad[0::2]), max(quad[1::2])]
                 rows.append(_region_row("ocr", "text", box, text, score, quad=quad))
             return rows
-        for box, text in zip(answer["bboxes"], answer["labels"]):
+        for box, text in zip(answer["bboxes"], answer["labels"], strict=True):
             box = _clip_box(box, width, height)
             text = str(text).strip()
             if box is None or not text:

@@ -77,7 +77,7 @@ def run_specialist(
     failed = 0
     batches = [images[start : start + batch_size] for start in range(0, len(images), batch_size)]
     for batch in tqdm(batches, desc=desc or source, unit="batch", disable=not progress):
-        for image, output in zip(batch, _annotate_batch(specialist, batch, known)):
+        for image, output in zip(batch, _annotate_batch(specialist, batch, known), strict=True):
             if isinstance(output, BaseException):
                 failed += 1
                 quarantined.append(_failure(source, image, "specialist_failed", output))

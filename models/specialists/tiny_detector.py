@@ -413,11 +413,11 @@ def _augment(
     boxes, labels = [], []
     for i, image in enumerate(index):
         if paste:
-            b, l = _paste(canvases[i], data.boxes[image], data.labels[image], data.cutouts, rand[i, 8:20])
+            b, lab = _paste(canvases[i], data.boxes[image], data.labels[image], data.cutouts, rand[i, 8:20])
         else:
-            b, l = data.boxes[image], data.labels[image]
+            b, lab = data.boxes[image], data.labels[image]
         boxes.append(b)
-        labels.append(l)
+        labels.append(lab)
     batch = torch.from_numpy(canvases).permute(0, 3, 1, 2).contiguous()
     _, _, height, width = batch.shape
     thetas, out_boxes = [], []
@@ -506,7 +506,7 @@ def train_tiny_detector(
                 index = order[start : start + batch_size]
                 batch, placed, batch_labels = _augment(data, index, generator, bool(settings["copy_paste"]))
                 grid_boxes = [b[kept] / stride for b, kept in placed]
-                grid_labels = [l[kept] for l, (_, kept) in zip(batch_labels, placed, strict=True)]
+                grid_labels = [lab[kept] for lab, (_, kept) in zip(batch_labels, placed, strict=True)]
                 target = build_targets(grid_boxes, grid_labels, out_hw)
                 centre, classes, sides = model(batch.contiguous(memory_format=torch.channels_last))
                 loss = detection_loss(
@@ -568,7 +568,8 @@ def _go_on_from(model: TinyCenterNet, folder: Path, categories: list[str], width
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     if (int(config["width"]), int(config.get("stem", 0))) != (width, stem):
         raise ValueError(
-            f"cannot go on from {folder}: width {config['width']}, stem {config.get('stem', 0)} != width {width}, stem {stem}"
+            f"cannot go on from {folder}: width {config['width']}, stem "
+            f"{config.get('stem', 0)} != width {width}, stem {stem}"
         )
     state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     own = model.state_dict()
@@ -694,7 +695,7 @@ class TinyDetector:
             classes = (classes + f_classes) / 2
             sides = (sides + f_sides[:, [2, 1, 0, 3]]) / 2
         results = []
-        for bgr, (boxes, scores, classes) in zip(
+        for bgr, (boxes, scores, box_classes) in zip(
             bgrs, decode(centre, classes, sides, s["min_score"]), strict=True
         ):
             rows_px, cols_px = bgr.shape[:2]
@@ -703,13 +704,13 @@ class TinyDetector:
             ok = [
                 i
                 for i in range(len(scores))
-                if classes[i] in self.allowed
+                if box_classes[i] in self.allowed
                 and boxes[i, 2] - boxes[i, 0] >= 2
                 and boxes[i, 3] - boxes[i, 1] >= 2
             ]
             kept = []
-            for c in sorted({int(classes[i]) for i in ok}):
-                same = [i for i in ok if classes[i] == c]
+            for c in sorted({int(box_classes[i]) for i in ok}):
+                same = [i for i in ok if box_classes[i] == c]
                 kept += [same[j] for j in nms(boxes[same], scores[same], s["nms_iou"])]
             if kept:
                 kept = [kept[j] for j in nms(boxes[kept], scores[kept], s["cross_class_iou"])][
@@ -719,7 +720,7 @@ class TinyDetector:
             rows = []
             for i in kept:
                 box = [round(float(v), 1) for v in boxes[i]]
-                category = self.categories[int(classes[i])]
+                category = self.categories[int(box_classes[i])]
                 row: LabelRow = {
                     "annotation_type": "region_text",
                     "task": "object",

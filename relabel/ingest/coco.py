@@ -1,4 +1,5 @@
-"""COCO JSON sources: ``instances`` (boxes, polygons, crowd RLE), ``captions`` and ``detailed_captions`` over an image folder.
+"""COCO JSON sources: ``instances`` (boxes, polygons, crowd RLE), ``captions`` and ``detailed_captions``
+over an image folder.
 
 Each annotation file lists its own ``images``; a label resolves to an image through the file
 it came from, and an image is one record per distinct file path, however many annotation files

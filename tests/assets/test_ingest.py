@@ -60,7 +60,7 @@ def test_no_human_label_is_lost_between_the_world_and_the_label_store(tiny_proje
         len(instances["annotations"])
         + len(captions["annotations"])
         + len(detailed["annotations"])
-        + sum(1 for l in alt_lines if l.strip())
+        + sum(1 for line in alt_lines if line.strip())
     )
 
     labels = _read_all(tiny_project, "human_labels")

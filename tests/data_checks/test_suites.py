@@ -124,7 +124,7 @@ def offending(result: GateResult, expectation: str, column: str) -> dict[str, st
     """index -> value of the unexpected rows of one expectation on one column."""
     rows = result.unexpected.filter((pl.col("expectation") == expectation) & (pl.col("column") == column))
     index_column = result.unexpected.columns[2]
-    return dict(zip(rows[index_column], rows["value"]))
+    return dict(zip(rows[index_column], rows["value"], strict=True))
 
 
 # images

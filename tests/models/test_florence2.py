@@ -74,7 +74,7 @@ def test_presets_fit_the_architecture(name):
     preset = PRESETS[name]
     assert preset.image_size % IMAGE_STRIDE == 0
     assert len(preset.embed_dims) == len(preset.depths) == len(preset.num_heads) == 4
-    assert all(dim % heads == 0 for dim, heads in zip(preset.embed_dims, preset.num_heads))
+    assert all(dim % heads == 0 for dim, heads in zip(preset.embed_dims, preset.num_heads, strict=True))
     assert preset.d_model % preset.attention_heads == 0
     assert preset.image_tokens == (preset.image_size // 32) ** 2 + 1
 

@@ -175,7 +175,7 @@ def half_bin(size: int) -> float:
 
 def assert_close(parsed: list[float], original: list[float], width: int, height: int) -> None:
     assert len(parsed) == len(original)
-    for i, (a, b) in enumerate(zip(parsed, original)):
+    for i, (a, b) in enumerate(zip(parsed, original, strict=True)):
         assert abs(a - b) <= half_bin(width if i % 2 == 0 else height), (i, parsed, original)
 
 
@@ -199,7 +199,7 @@ def assert_round_trip(example: Example, rows_by_id: dict, width: int, height: in
     else:  # one row per example; merged duplicates share their region
         assert len(parsed.rows) == 1
         sources = sources[:1]
-    for row, source in zip(parsed.rows, sources):
+    for row, source in zip(parsed.rows, sources, strict=True):
         assert set(row) == ROW_KEYS
         task = example.task
         if task in (CAPTION, DETAILED_CAPTION, MORE_DETAILED_CAPTION):
@@ -229,7 +229,7 @@ def assert_round_trip(example: Example, rows_by_id: dict, width: int, height: in
             assert_close(row["box"], source["box"], width, height)
         if task in (REFERRING_EXPRESSION_SEGMENTATION, REGION_TO_SEGMENTATION):
             assert len(row["polygon"]) == len(source["polygon"])
-            for ring, original in zip(row["polygon"], source["polygon"]):
+            for ring, original in zip(row["polygon"], source["polygon"], strict=True):
                 assert_close(ring, original, width, height)
 
 

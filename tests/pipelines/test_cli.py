@@ -114,10 +114,19 @@ def test_the_engine_runs_headless_and_exports_what_other_tools_load(tiny_project
         cache_dir=str(tmp_path / "hf"),
     )["labels"]
     assert labels.num_rows == sum(hf["labels_by_task"].values()) <= exported.height
-    assert min(score for score, source in zip(labels["score"], labels["source"]) if score is not None) >= 0.5
+    assert (
+        min(
+            score
+            for score, source in zip(labels["score"], labels["source"], strict=True)
+            if score is not None
+        )
+        >= 0.5
+    )
     split_images = set(audited["image_id"])
     assert {
-        source for image, source in zip(labels["image_id"], labels["source"]) if image in split_images
+        source
+        for image, source in zip(labels["image_id"], labels["source"], strict=True)
+        if image in split_images
     } == {"human-audit@world-auditor"}
 
     # the DVC stage of the exports is committed: dvc status is clean for it
@@ -151,8 +160,9 @@ def test_a_failed_gate_is_named_with_what_it_measured_on_the_command_line_and_in
     filtering = relabel(root, "materialize", "filter", "--iteration", "0")
     assert filtering.returncode == 1
     assert filtering.stderr.strip().splitlines()[-1] == (
-        "relabel materialize: filter_shards failed for ['0|shard-01']: gate filtered_labels_keep_every_class failed:"
-        " class retention 0 < 0.5 (category kite) (see the run in the Dagster UI: relabel ui)"
+        "relabel materialize: filter_shards failed for ['0|shard-01']: "
+        "gate filtered_labels_keep_every_class failed: "
+        "class retention 0 < 0.5 (category kite) (see the run in the Dagster UI: relabel ui)"
     )
 
     (iteration,) = as_json(relabel(root, "--json", "status"))["iterations"]
@@ -166,6 +176,6 @@ def test_a_failed_gate_is_named_with_what_it_measured_on_the_command_line_and_in
     ]
     human = relabel(root, "status")
     assert (
-        "    failed gate: 0|shard-01 filter/filtered_labels:filtered_labels_keep_every_class: class retention 0 < 0.5 (category kite)\n"
-        in human.stdout
-    )
+        "    failed gate: 0|shard-01 filter/filtered_labels:filtered_labels_keep_every_class: "
+        "class retention 0 < 0.5 (category kite)\n"
+    ) in human.stdout

@@ -278,8 +278,8 @@ def test_shards_run_their_steps_on_a_celery_worker(tiny_project, tmp_path, redis
             and "in celery worker" in (event.message or "")
         }
         assert succeeded and set(delegated) == succeeded, (
-            f"{record.dagster_run.job_name}: steps {sorted(succeeded - set(delegated))} did not run on Celery; "
-            "does build_definitions pass executor=executor_for(params.executor)?"
+            f"{record.dagster_run.job_name}: steps {sorted(succeeded - set(delegated))} did not "
+            "run on Celery; does build_definitions pass executor=executor_for(params.executor)?"
         )
         assert set(delegated.values()) == {f"{name}@{socket.gethostname()}"}
         steps += len(delegated)

@@ -78,9 +78,9 @@ def test_a_failed_step_says_what_its_code_raised(instance):
 
 def test_a_dvc_error_is_marked_as_dvc_s_with_its_message(instance):
     run = materialize([committed], instance=instance, raise_on_error=False)
-    assert (
-        run_failure(instance, run.run_id)
-        == "step committed: DVC DvcException: failed to commit dvc.yaml:annotate: output 'data/annotate' does not exist"
+    assert run_failure(instance, run.run_id) == (
+        "step committed: DVC DvcException: failed to commit "
+        "dvc.yaml:annotate: output 'data/annotate' does not exist"
     )
 
 

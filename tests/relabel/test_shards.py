@@ -17,5 +17,5 @@ def test_every_image_lands_in_exactly_one_shard_and_shards_are_balanced():
     parts = [in_shard(images, key, 4) for key in shard_keys(4)]
     assert sum(len(p) for p in parts) == len(IMAGE_IDS)
     assert all(400 < len(p) < 600 for p in parts)
-    for key, part in zip(shard_keys(4), parts):
+    for key, part in zip(shard_keys(4), parts, strict=True):
         assert {shard_of(i, 4) for i in part["image_id"]} == {key}

@@ -76,7 +76,7 @@ def check_rows(specialist: Specialist, images: list[ImageRef], rows: list[list[d
     assert isinstance(specialist, Specialist)
     assert len(rows) == len(images)
     full = []
-    for image, image_rows in zip(images, rows):
+    for image, image_rows in zip(images, rows, strict=True):
         for k, row in enumerate(image_rows):
             assert row["annotation_type"] in specialist.annotation_types
             assert row["task"] in TASKS_BY_TYPE[row["annotation_type"]]
@@ -106,9 +106,9 @@ def one_by_one(specialist: Specialist, images: list[ImageRef]) -> list[list[dict
 
 def assert_same(batched: list[list[dict]], single: list[list[dict]], tol: float = 1e-4) -> None:
     assert len(batched) == len(single)
-    for rows_a, rows_b in zip(batched, single):
+    for rows_a, rows_b in zip(batched, single, strict=True):
         assert len(rows_a) == len(rows_b)
-        for a, b in zip(rows_a, rows_b):
+        for a, b in zip(rows_a, rows_b, strict=True):
             assert a.keys() == b.keys()
             for key in a:
                 if isinstance(a[key], float):
@@ -433,7 +433,7 @@ def build_florence2(folder: Path, train_steps: int = 250) -> Path:
         for t in tasks
     ]
     labels = torch.full((len(tasks), max(map(len, targets))), -100)
-    for row, target in zip(labels, targets):
+    for row, target in zip(labels, targets, strict=True):
         row[: len(target)] = torch.tensor(target)
     optimiser = torch.optim.AdamW(model.parameters(), lr=4e-3)
     model.train()
@@ -586,7 +586,7 @@ def test_florence2_parses_each_task(florence2_path: Path, images: list[ImageRef]
     assert florence.annotation_types == ("region_text", "text")
     rows = florence.annotate(images, empty("labels"))
     check_rows(florence, images, rows)
-    for image, image_rows in zip(images, rows):
+    for image, image_rows in zip(images, rows, strict=True):
         w, h = image.width, image.height
         by_task: dict[str, list[dict]] = {}
         for row in image_rows:

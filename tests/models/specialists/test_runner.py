@@ -63,7 +63,7 @@ def test_one_failing_image_is_quarantined_and_the_rest_of_the_shard_goes_on():
         batch_size=3,
         progress=False,
     )
-    reasons = dict(zip(run.quarantine["image_id"], run.quarantine["reason"]))
+    reasons = dict(zip(run.quarantine["image_id"], run.quarantine["reason"], strict=True))
     assert reasons == {bad: "specialist_failed", malformed: "malformed_output", outside: "box_outside_image"}
     assert "decoder exploded" in run.quarantine.filter(run.quarantine["image_id"] == bad)["detail"][0]
     # every image is accounted for: labelled, or quarantined with its reason
@@ -108,7 +108,7 @@ def test_known_labels_reach_only_their_own_images(batch_size):
     class Reader(Boxer):
         def annotate(self, images, known_for_batch):
             assert set(known_for_batch["image_id"]) == {i.image_id for i in images}
-            seen.update(dict(zip(known_for_batch["image_id"], known_for_batch["text"])))
+            seen.update(dict(zip(known_for_batch["image_id"], known_for_batch["text"], strict=True)))
             return [[] for _ in images]
 
     run_specialist(Reader(), IMAGES, known, batch_size=batch_size, progress=False)
