@@ -38,7 +38,6 @@ from dagster import (
 )
 
 from assets.model import MODEL_FOLDER, corpus_files, latest_model_metadata, model_source
-from relabel.audit_queue import apply_verdicts
 from relabel.files import path_of_uri
 from relabel.labels import empty
 from relabel.merge import folded_quarantine
@@ -52,6 +51,7 @@ from relabel.refine import (
     rare_classes,
     without_audited,
 )
+from relabel.review_queue import apply_verdicts
 from resources.io_manager import TABLE_METADATA_KEY
 from resources.layout import (
     CAPTION_SPECIALIST,
@@ -285,17 +285,17 @@ class _Audited:
 
 
 def _audited(project: ProjectResource, labels: pl.DataFrame, iteration: str) -> tuple[pl.DataFrame, _Audited]:
-    """A shard's labels of ``iteration`` with the verdicts of that iteration's audit queue in
+    """A shard's labels of ``iteration`` with the verdicts of that iteration's review queue in
     place of the labels they judged, and what the audit took out. A queue not yet judged stops
     the next iteration: it would train on what a person is about to correct."""
     queue_path, verdicts_path = (
         partition_path(project.data_dir, key, iteration) for key in (REVIEW_QUEUE, REVIEW_VERDICTS)
     )
     if not queue_path.is_file() or pl.read_parquet(queue_path).height == 0:
-        return labels, _Audited(empty("quarantine"), {"audit": f"no audit queue in iteration {iteration}"})
+        return labels, _Audited(empty("quarantine"), {"audit": f"no review queue in iteration {iteration}"})
     if not verdicts_path.is_file():
         raise FileNotFoundError(
-            f"iteration {iteration}'s audit queue has no verdicts yet ({verdicts_path}): "
+            f"iteration {iteration}'s review queue has no verdicts yet ({verdicts_path}): "
             f"judge it in Label Studio and materialize review/verdicts {iteration} (relabel "
             f"materialize review --iteration {iteration}), or set review.budget to 0"
         )
@@ -311,7 +311,7 @@ def _audited(project: ProjectResource, labels: pl.DataFrame, iteration: str) -> 
     return verdicts.labels, _Audited(
         pl.concat([quarantine, folded], how="vertical"),
         {
-            "audit": f"{decided.height} verdicts of iteration {iteration}'s audit queue",
+            "audit": f"{decided.height} verdicts of iteration {iteration}'s review queue",
             "folded_into_audited": verdicts.folded.height,
             **counts_by(decided.select(audit_decision="decision"), "audit_decision"),
         },
@@ -835,7 +835,7 @@ def _previous_per_class(data_dir: Path, k: int) -> pl.DataFrame | None:
 
 
 def _guarded_baseline(data_dir: Path, k: int, previous: pl.DataFrame) -> pl.DataFrame:
-    """Iteration k-1's per-class counts less what iteration k-1's audit queue took out."""
+    """Iteration k-1's per-class counts less what iteration k-1's review queue took out."""
     decisions = files_dir(REVIEW_VERDICTS, data_dir, k - 1) / DECISIONS_FILE
     before = _previous_filtered(data_dir, k)
     if not decisions.is_file() or before is None:

@@ -1,11 +1,11 @@
-"""The audit queue of each iteration: the labels most likely wrong go to a person, and the
+"""The review queue of each iteration: the labels most likely wrong go to a person, and the
 verdicts come back as labels the next iteration trusts.
 
 Two assets per iteration, after its model has re-annotated the training images:
 
 ``review/queue``
     Every auditable training label of the iteration scored by the signals of
-    ``relabel.audit_queue`` (specialist and model disagreement, the model's confidence, history,
+    ``relabel.review_queue`` (specialist and model disagreement, the model's confidence, history,
     filter margins, rarity), and the ``review.budget`` most suspicious, with places kept for
     rare classes and every annotation type, written as Label Studio tasks.
 ``review/verdicts``
@@ -36,7 +36,7 @@ from dagster import (
 from assets.audit import CONFIG_FILE, TASKS_FILE, image_url_for
 from assets.model import model_source
 from relabel import audit
-from relabel.audit_queue import Evidence, select_queue, suspicion_scores
+from relabel.review_queue import Evidence, select_queue, suspicion_scores
 from relabel.scoring import label_correctness
 from resources.io_manager import TABLE_METADATA_KEY
 from resources.layout import (
@@ -86,7 +86,7 @@ def build_review_assets(perception: list[str]) -> list:
         compute_kind="label-studio",
         automation_condition=FOLLOWS_INPUTS,
         description=(
-            "The iteration's audit queue: every auditable training label scored by how "
+            "The iteration's review queue: every auditable training label scored by how "
             "likely it is wrong (specialist and model disagreement, the model's confidence, "
             "history, filter margin, rarity), and the review.budget most suspicious (places "
             "kept for rare classes and every annotation type) as Label Studio tasks."
@@ -165,7 +165,7 @@ def build_review_assets(perception: list[str]) -> list:
                 "next_step": MetadataValue.md(
                     f"Import `{TASKS_FILE}` into a Label Studio project made with `{CONFIG_FILE}`, "
                     f"judge every task, export as JSON to `{export_path(project, iteration)}`, "
-                    "then materialize `review/verdicts` (README: *The audit queue*)."
+                    "then materialize `review/verdicts` (README: *The review queue*)."
                 ),
             },
         )
@@ -181,7 +181,7 @@ def build_review_assets(perception: list[str]) -> list:
         compute_kind="label-studio",
         metadata={TABLE_METADATA_KEY: "labels"},
         description=(
-            "The audit queue's verdicts, read from the completed Label Studio export: accepted, "
+            "The review queue's verdicts, read from the completed Label Studio export: accepted, "
             "corrected and added labels with source human-audit@<auditor>, which the next iteration's "
             "merge puts in place of the labels they judged; rejected ones in the audit quarantine."
         ),
@@ -202,11 +202,11 @@ def build_review_assets(perception: list[str]) -> list:
             # review.budget 0, or nothing left to audit: nobody has anything to judge
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("[]\n")
-        elif project.params.review.auditor == "world-truth":
+        elif project.params.review.reviewer == "world-truth":
             truth = _truth(project)
             if truth is None:
                 raise Failure(
-                    "review.auditor is world-truth but there is no "
+                    "review.reviewer is world-truth but there is no "
                     "ground truth: only the embedded world has one"
                 )
             correct = dict(
@@ -224,7 +224,7 @@ def build_review_assets(perception: list[str]) -> list:
         if not path.is_file():
             raise Failure(
                 f"no completed audit at {path}: judge {folder / TASKS_FILE} in Label Studio and "
-                "export it as JSON there (README: The audit queue), or set review.budget to 0"
+                "export it as JSON there (README: The review queue), or set review.budget to 0"
             )
         try:
             result = audit.import_audit(tasks, json.loads(path.read_text()), queued)

@@ -1,9 +1,9 @@
 """Ranking labels for a human audit: cleanlab's per-box label quality and the ranking metrics.
 
-An audit queue shows a reviewer the labels most likely to be wrong first; with a fixed review
+An review queue shows a reviewer the labels most likely to be wrong first; with a fixed review
 budget of ``k`` labels, the queue is only as good as the share of truly wrong labels among its
 first ``k`` (precision@k) and the share of all wrong labels it reaches (recall@k). The audit
-benchmark (``bench/audit_queue.py``) compares relabel's queue against two references built
+benchmark (``bench/review_queue.py``) compares relabel's queue against two references built
 here:
 
 * cleanlab's ObjectLab per-box scores (``cleanlab.object_detection.rank``), the established

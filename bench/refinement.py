@@ -139,7 +139,7 @@ def main() -> None:
     seeds = [int(seed) for seed in args.seeds.split(",")]
     budget = yaml.safe_load((ROOT / "params.yaml").read_text())["review"][
         "budget"
-    ]  # the audit queue as configured
+    ]  # the review queue as configured
     shutil.rmtree(args.workdir, ignore_errors=True)
     tables, first, last = [], [], []
     for seed in seeds:

@@ -36,7 +36,7 @@ class Automation:
 
 def next_iteration(instance: DagsterInstance, shards: list[str]) -> str | SkipReason:
     """The iteration to start: "0" when there is none; k+1 when iteration k (the newest) has
-    re-annotated every shard and its audit queue has its verdicts; otherwise why not."""
+    re-annotated every shard and its review queue has its verdicts; otherwise why not."""
     existing = sorted(int(key) for key in instance.get_dynamic_partitions(ITERATIONS.name) if key.isdigit())
     if not existing:
         return "0"
@@ -47,7 +47,7 @@ def next_iteration(instance: DagsterInstance, shards: list[str]) -> str | SkipRe
         return SkipReason(f"iteration {newest} has not re-annotated {missing} yet")
     if newest not in instance.get_materialized_partitions(REVIEW_VERDICTS):
         # the next iteration trusts the verdicts: it must not start before a person gave them
-        return SkipReason(f"iteration {newest}'s audit queue has no verdicts yet (review/verdicts {newest})")
+        return SkipReason(f"iteration {newest}'s review queue has no verdicts yet (review/verdicts {newest})")
     return str(existing[-1] + 1)
 
 
@@ -75,7 +75,7 @@ def build_automation(cron: str, shards: PartitionsDefinition) -> Automation:
         default_status=DefaultScheduleStatus.STOPPED,
         description=(
             "Start the next refinement iteration (refine.schedule), once the newest "
-            "one has re-annotated every shard and its audit queue has its verdicts."
+            "one has re-annotated every shard and its review queue has its verdicts."
         ),
     )
     def next_iteration_schedule(context: ScheduleEvaluationContext):

@@ -37,7 +37,7 @@ from pipelines.phases import (
     FILTER_SHARDS_JOB,
     INGEST_SHARDS_JOB,
     MERGE_SHARDS_JOB,
-    QUEUE_AUDIT_JOB,
+    QUEUE_REVIEW_JOB,
     READ_VERDICTS_JOB,
     REANNOTATE_SHARDS_JOB,
     REFINE_SPECIALISTS_JOB,
@@ -239,7 +239,7 @@ def build_definitions(root: str | None = None) -> Definitions:
             ),
         ),
         JobSpec(
-            name=QUEUE_AUDIT_JOB,
+            name=QUEUE_REVIEW_JOB,
             selection=AssetSelection.assets(REVIEW_QUEUE),
             partitions=ITERATIONS,
             stepwise=True,
@@ -254,7 +254,7 @@ def build_definitions(root: str | None = None) -> Definitions:
             partitions=ITERATIONS,
             stepwise=True,
             description=(
-                "Read the audit queue's verdicts back from the completed Label Studio export: human-audit "
+                "Read the review queue's verdicts back from the completed Label Studio export: human-audit "
                 "labels the next iteration trusts."
             ),
         ),

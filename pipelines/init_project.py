@@ -12,8 +12,8 @@ categories, else the 80 COCO names, and ``face``). What changes from the demo's 
   contour segmenter are off;
 - gates sized for partly labelled collections (not every photo gets a kept label);
 - the evaluation split is audited as the collection's own labels (``accept-all``) and no
-  audit queue waits for a person (``review.budget`` 0): raise it and use Label Studio to
-  audit (README: *The audit queue*); exports leave ``face`` out of the COCO category set.
+  review queue waits for a person (``review.budget`` 0): raise it and use Label Studio to
+  audit (README: *The review queue*); exports leave ``face`` out of the COCO category set.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def photo_params(
     gates["min_class_labels"] = 5
     gates["class_retention_min_score"] = 0.5
     params["review"]["budget"] = 0
-    params["review"]["auditor"] = "label-studio"
+    params["review"]["reviewer"] = "label-studio"
     params["refine"]["self_training"]["specialists"] = []
     return params
 

@@ -5,7 +5,7 @@ the definitions; a phase is also a DVC stage of the same name in ``dvc.yaml``. T
 ``ITERATION_PHASES`` run once per iteration: iteration k's labels (merged from iteration k-1's
 labels and its model's re-annotation; the initial annotations in iteration 0) are filtered and
 gated, written as a corpus, trained on, and re-annotated by the model for iteration k+1; the
-labels most likely wrong go to a person (the audit queue), whose verdicts iteration k+1 trusts.
+labels most likely wrong go to a person (the review queue), whose verdicts iteration k+1 trusts.
 """
 
 WORLD_JOB = "render_world"
@@ -23,8 +23,8 @@ TRAIN_MODEL_JOB = "train_model"
 SCORE_MODEL_JOB = "score_model"
 REFINE_SPECIALISTS_JOB = "train_refine_specialists"
 REANNOTATE_SHARDS_JOB = "reannotate_shards"
-QUEUE_AUDIT_JOB = "queue_audit"
-READ_VERDICTS_JOB = "read_audit_verdicts"
+QUEUE_REVIEW_JOB = "queue_review"
+READ_VERDICTS_JOB = "read_review_verdicts"
 
 PHASE_JOBS = {
     "world": (WORLD_JOB,),
@@ -36,7 +36,7 @@ PHASE_JOBS = {
     "corpus": (CORPUS_SHARDS_JOB,),
     "model": (TRAIN_MODEL_JOB, SCORE_MODEL_JOB),
     "refine": (REFINE_SPECIALISTS_JOB, REANNOTATE_SHARDS_JOB),
-    "review": (QUEUE_AUDIT_JOB, READ_VERDICTS_JOB),
+    "review": (QUEUE_REVIEW_JOB, READ_VERDICTS_JOB),
 }
 # the evaluation split is audited and frozen before anything is trained
 # `relabel export --format F` runs one of these, for one iteration (not a phase of the loop)

@@ -174,12 +174,12 @@ def _iteration(data: Path, k: str, gates: dict[str, dict[str, list]], shard_coun
         "model_trained": (files_dir(FLORENCE2_MODEL, data, k) / MODEL_FOLDER / "model.safetensors").is_file(),
         "frozen_split_scores": frozen_split_scores(data, k),
         "reannotated_shards": len(list(frames_dir(REANNOTATION, data, k).glob("*.parquet"))),
-        "audit_queue": _audit_queue(data, k),
+        "review_queue": _review_queue(data, k),
     }
 
 
-def _audit_queue(data: Path, k: str) -> dict[str, Any] | None:
-    """The iteration's audit queue: its size and the verdicts (None: not queued yet)."""
+def _review_queue(data: Path, k: str) -> dict[str, Any] | None:
+    """The iteration's review queue: its size and the verdicts (None: not queued yet)."""
     queue = partition_path(data, REVIEW_QUEUE, k)
     if not queue.is_file():
         return None
@@ -229,14 +229,14 @@ def status_lines(status: dict[str, Any]) -> list[str]:
             f"failed, model {'trained' if it['model_trained'] else 'not trained'}, "
             f"{it['reannotated_shards']} shards re-annotated; frozen split: {score_text}"
         )
-        queue = it["audit_queue"]
+        queue = it["review_queue"]
         if queue is not None:
             verdicts = (
                 ", ".join(f"{name} {n}" for name, n in sorted(queue["verdicts"].items()))
                 if queue["verdicts"] is not None
                 else "awaiting verdicts (relabel materialize review)"
             )
-            lines.append(f"    audit queue: {queue['queued']} labels; {verdicts}")
+            lines.append(f"    review queue: {queue['queued']} labels; {verdicts}")
         lines += [
             f"    failed gate: {gate['gate']}" + (f": {gate['why']}" if gate["why"] else "")
             for gate in it["gates_failed"]

@@ -353,7 +353,7 @@ def iteration_lines(data: Path) -> list[str]:
 
 
 def _review_lines(data: Path) -> list[str]:
-    """Each iteration's audit queue: its size, how many of it the world's truth calls wrong,
+    """Each iteration's review queue: its size, how many of it the world's truth calls wrong,
     and the verdicts."""
     lines = []
     for k in iterations_in(files_dir(REVIEW_QUEUE, data)):
@@ -368,7 +368,7 @@ def _review_lines(data: Path) -> list[str]:
             if decisions is not None
             else "no verdicts yet"
         )
-        lines.append(f"  audit queue of iteration-{k}: {queued.height} labels (review.budget) -> {verdicts}")
+        lines.append(f"  review queue of iteration-{k}: {queued.height} labels (review.budget) -> {verdicts}")
     return lines
 
 

@@ -21,7 +21,7 @@ step 3 and return an export in Label Studio's own format, so their audits are re
 same ``import_audit`` as a real one: ``accept_all`` submits every prediction as it is (a
 dataset's own human labels taken as audited), ``audit_from_truth`` is a careful auditor who
 knows the embedded world's ground truth and fixes every image to it (drawing what is
-missing), ``judge_from_truth`` one who only judges the regions shown (an audit queue): keeps
+missing), ``judge_from_truth`` one who only judges the regions shown (a review queue): keeps
 a right one, corrects a wrong one to the truth, deletes one that is about nothing.
 
 Geometry: Label Studio places regions in percent of the image's width and height (a rectangle
@@ -898,7 +898,7 @@ def judge_from_truth(
     tasks: list[dict], truth: pl.DataFrame, correct: Mapping[str, bool | None], auditor: str = "world-auditor"
 ) -> list[dict]:
     """A Label Studio JSON export in which ``auditor`` judged each shown region against the
-    ground truth and drew nothing: the auditor of an audit queue.
+    ground truth and drew nothing: the auditor of a review queue.
 
     ``correct`` maps a predicted label id to whether the label is right (True), wrong
     (False) or cannot be judged (None, or missing), as ``relabel.scoring.label_correctness``

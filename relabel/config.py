@@ -397,7 +397,7 @@ class RefineParams(_Strict):
 
 
 class SuspicionWeights(_Strict):
-    """How much each signal of ``relabel.audit_queue`` counts in a label's suspicion (a weighted
+    """How much each signal of ``relabel.review_queue`` counts in a label's suspicion (a weighted
     mean of the signals that apply to the label)."""
 
     category_votes: float = Field(1.0, ge=0)
@@ -411,11 +411,11 @@ class SuspicionWeights(_Strict):
 
 
 class ReviewParams(_Strict):
-    """The audit queue of each iteration (``relabel.audit_queue``): the ``budget`` labels most
+    """The review queue of each iteration (``relabel.review_queue``): the ``budget`` labels most
     likely wrong go to a person through Label Studio; the verdicts come back as
     ``human-audit`` labels the next iteration trusts.
 
-    ``auditor``: ``label-studio`` reads the export a person made at ``export`` (``{iteration}``
+    ``reviewer``: ``label-studio`` reads the export a person made at ``export`` (``{iteration}``
     is replaced by the iteration); ``world-truth`` lets the embedded world's ground truth judge
     the queued labels (a stand-in for a person in the demo).
     """
@@ -428,7 +428,7 @@ class ReviewParams(_Strict):
         0.3, gt=0, le=1
     )  # a score this far above its filter's threshold is no longer close
     weights: SuspicionWeights = SuspicionWeights()
-    auditor: Literal["label-studio", "world-truth"] = "label-studio"
+    reviewer: Literal["label-studio", "world-truth"] = "label-studio"
     export: str = "data/review/iteration-{iteration}/completed.json"
 
 

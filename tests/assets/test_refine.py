@@ -36,7 +36,7 @@ def test_iteration_one_is_iteration_zero_merged_with_the_models_labels_and_loses
         after = pl.read_parquet(data / "merge" / "labels" / "iteration-1" / f"{shard}.parquet")
         quarantined = pl.read_parquet(data / "merge" / "quarantine" / "iteration-1" / f"{shard}.parquet")
         decisions = pl.read_parquet(data / "merge" / "decisions" / "iteration-1" / f"{shard}.parquet")
-        # iteration 0's audit queue: its verdicts replace the labels they judged
+        # iteration 0's review queue: its verdicts replace the labels they judged
         verdicts = pl.read_parquet(data / "review" / "verdicts" / "0.parquet").filter(
             pl.col("image_id").is_in(before["image_id"].implode())
         )

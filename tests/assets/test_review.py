@@ -1,4 +1,4 @@
-"""The audit queue through Dagster: iteration 0's most suspicious labels go out as Label Studio
+"""The review queue through Dagster: iteration 0's most suspicious labels go out as Label Studio
 tasks, the verdicts come back as human-audit labels, and iteration 1 trusts them."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import json
 import polars as pl
 import pytest
 
-from pipelines.phases import QUEUE_AUDIT_JOB, READ_VERDICTS_JOB
-from relabel.audit_queue import QUEUE_SCHEMA, SIGNALS
+from pipelines.phases import QUEUE_REVIEW_JOB, READ_VERDICTS_JOB
 from relabel.config import load_params
+from relabel.review_queue import QUEUE_SCHEMA, SIGNALS
 from relabel.scoring import label_correctness
 
 
@@ -50,9 +50,9 @@ def test_the_queue_sends_the_most_suspicious_labels_and_the_next_iteration_trust
     tasks = json.loads((data / "review" / "iteration-0" / "tasks.json").read_text())
     shown = {result["meta"]["label_id"] for task in tasks for result in task["predictions"][0]["result"]}
     assert shown == set(queue["label_id"])
-    metadata = _metadata(results[(QUEUE_AUDIT_JOB, "0")], "review/queue")
+    metadata = _metadata(results[(QUEUE_REVIEW_JOB, "0")], "review/queue")
     assert metadata["queued"] == review.budget and metadata["truth/judged_labels"] > 0
-    # the world's truth judged them (review.auditor: world-truth); every queued label is decided once
+    # the world's truth judged them (review.reviewer: world-truth); every queued label is decided once
     decisions = pl.read_parquet(data / "review" / "iteration-0" / "decisions.parquet")
     assert sorted(decisions.filter(pl.col("label_id").is_not_null())["label_id"]) == sorted(queue["label_id"])
     assert "added" not in decisions["decision"].to_list()

@@ -43,7 +43,7 @@ def test_the_next_iteration_waits_for_the_newest_to_reannotate_every_shard_and_i
     assert isinstance(waiting, SkipReason) and "['shard-01']" in waiting.skip_message
     _materialized(instance, REANNOTATION, "0|shard-01")
     waiting = next_iteration(instance, SHARDS)
-    assert isinstance(waiting, SkipReason) and "audit queue has no verdicts" in waiting.skip_message
+    assert isinstance(waiting, SkipReason) and "review queue has no verdicts" in waiting.skip_message
     _materialized(instance, AUDIT_VERDICTS, "0")
     assert next_iteration(instance, SHARDS) == "1"
 

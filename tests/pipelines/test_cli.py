@@ -76,7 +76,7 @@ def test_the_engine_runs_headless_and_exports_what_other_tools_load(tiny_project
     assert (
         iteration["gates_passed"] > 0 and iteration["gates_failed"] == [] and not iteration["model_trained"]
     )
-    assert iteration["audit_queue"] is None  # queued after the model's re-annotation
+    assert iteration["review_queue"] is None  # queued after the model's re-annotation
     assert status["frozen_split"]["images"] == status["setup"]["eval_images"] > 0
     assert status["runs"]["SUCCESS"] >= 9 and status["runs"]["FAILURE"] == 0
     human = relabel(root, "status")

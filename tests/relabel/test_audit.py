@@ -494,7 +494,7 @@ def test_the_truth_auditor_turns_noisy_labels_into_the_truth():
 
 
 def queue_labels() -> pl.DataFrame:
-    """Labels of img-w an audit queue shows, one case each (their truth is truth_labels())."""
+    """Labels of img-w a review queue shows, one case each (their truth is truth_labels())."""
     caption = "a dog next to a cat"
     return frame(
         "labels",

@@ -1,4 +1,4 @@
-"""The audit queue: signals per label, suspicion, the stratified queue, verdicts applied."""
+"""The review queue: signals per label, suspicion, the stratified queue, verdicts applied."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import polars as pl
 import pytest
 
 from relabel import audit
-from relabel.audit_queue import (
+from relabel.config import RegionFilterParams, ReviewParams
+from relabel.labels import frame
+from relabel.review_queue import (
     Evidence,
     apply_verdicts,
     auditable,
     select_queue,
     suspicion_scores,
 )
-from relabel.config import RegionFilterParams, ReviewParams
-from relabel.labels import frame
 from relabel.scoring import label_correctness
 
 IMAGE = "img-a"
@@ -193,7 +193,7 @@ def test_only_labels_an_audit_can_show_and_nobody_audited_are_scored():
 
 def scored_frame(rows: list[tuple[str, str, str | None, float]]) -> pl.DataFrame:
     """A SCORED_SCHEMA frame of (label_id, annotation_type, category, suspicion) rows."""
-    from relabel.audit_queue import SCORED_SCHEMA
+    from relabel.review_queue import SCORED_SCHEMA
 
     return pl.DataFrame(
         [

@@ -1,4 +1,4 @@
-"""bench/audit_queue.py runs on a project the engine took through an audit queue, and prints the
+"""bench/review_queue.py runs on a project the engine took through a review queue, and prints the
 three rankings and its ratio line."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "audit_queue.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "review_queue.py"
 
 
 @pytest.mark.slow

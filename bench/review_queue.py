@@ -1,9 +1,9 @@
-"""Benchmark: relabel's audit queue against cleanlab's object-detection label-issue ranking and a
+"""Benchmark: relabel's review queue against cleanlab's object-detection label-issue ranking and a
 random queue, on the same labels and predictions of the embedded world (whose errors are known).
 
 Run from the repository root:
 
-    .venv/bin/python bench/audit_queue.py [--iteration 0] [--budgets 30,100]
+    .venv/bin/python bench/review_queue.py [--iteration 0] [--budgets 30,100]
 
 It reads what the engine wrote for iteration ``--iteration`` (``make demo`` writes iterations 0
 to 2; without them it runs ``relabel demo --iterations K+1`` first, about 15 minutes on 2
@@ -17,7 +17,7 @@ Three rankings of the same object labels (cleanlab's object detection scores onl
 class) are measured at each budget k: precision@k (the share of the first k labels that are
 wrong) and recall@k (the share of all wrong labels among them):
 
-* relabel: the labels by decreasing suspicion (``relabel.audit_queue.suspicion_scores``);
+* relabel: the labels by decreasing suspicion (``relabel.review_queue.suspicion_scores``);
 * cleanlab: ``cleanlab.object_detection.rank``'s per-box badly-located and swapped-class scores
   (``bench/audit_ranking.py``), lowest first, with cleanlab's default probability cut-offs
   (0.5 / 0.95); with the cut-offs at the same ranks of these detectors' scores (their median
@@ -76,7 +76,7 @@ def ensure_engine_ran(root: Path, data: Path, iteration: int) -> Path:
     if not scores.is_file():
         relabel = shutil.which("relabel", path=str(Path(sys.executable).parent)) or "relabel"
         print(
-            f"no audit queue at {scores}: running `relabel demo --iterations {iteration + 1}` first",
+            f"no review queue at {scores}: running `relabel demo --iterations {iteration + 1}` first",
             file=sys.stderr,
             flush=True,
         )

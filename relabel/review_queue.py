@@ -1,4 +1,4 @@
-"""The audit queue: which of an iteration's labels a person should look at, most likely wrong first.
+"""The review queue: which of an iteration's labels a person should look at, most likely wrong first.
 
 Human audit is the scarce resource of a data engine. Each iteration, every auditable label (the
 tasks ``relabel.audit.AUDITED_TASKS`` shows, not yet audited) gets **signals** in [0, 1], higher
