@@ -38,6 +38,8 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from resources.layout import LABEL_QUALITY, files_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = (["world"], ["ingest"], ["materialize", "audit"], ["materialize", "annotate"])
 COLUMNS = (
@@ -121,7 +123,7 @@ def relabel(project: Path, *command: str) -> None:
 
 def quality(project: Path, iterations: int) -> pl.DataFrame:
     rows = [
-        pl.read_parquet(project / "data" / "filter" / "quality" / f"iteration-{k}" / "summary.parquet")
+        pl.read_parquet(files_dir(LABEL_QUALITY, project / "data", k) / "summary.parquet")
         for k in range(iterations + 1)
     ]
     history = pl.concat(rows, how="diagonal_relaxed")

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from relabel.merge import box_iou  # noqa: E402
 from relabel.metrics import coco_results_map  # noqa: E402
 from relabel.scoring import greedy_pairs  # noqa: E402
+from resources.layout import EXPORTS, FILTERED_LABELS, IMAGES, files_dir, frames_dir, specialist  # noqa: E402
 
 DEFAULT_COCO = ROOT.parent / "shared" / "data" / "coco-mini"
 
@@ -183,13 +184,13 @@ def content_words(text: str) -> set[str]:
 
 
 def last_labels(project: Path, iteration: int) -> pl.DataFrame:
-    folder = project / "data" / "filter" / "filtered_labels" / f"iteration-{iteration}"
+    folder = frames_dir(FILTERED_LABELS, project / "data", iteration)
     return pl.concat([pl.read_parquet(path) for path in sorted(folder.glob("*.parquet"))], how="vertical")
 
 
 def specialist_seconds(project: Path) -> dict[str, float]:
     """Seconds per image of each annotate specialist, from its materializations' metadata."""
-    from dagster import AssetKey, DagsterInstance
+    from dagster import DagsterInstance
 
     from relabel.config import load_params
 
@@ -200,7 +201,7 @@ def specialist_seconds(project: Path) -> dict[str, float]:
         for spec in (*params.annotate.perception, *params.annotate.language):
             if not spec.enabled:
                 continue
-            records = instance.fetch_materializations(AssetKey(["annotate", spec.name]), limit=100).records
+            records = instance.fetch_materializations(specialist(spec.name), limit=100).records
             seconds = images = 0.0
             for record in records:
                 metadata = record.asset_materialization.metadata
@@ -237,9 +238,7 @@ def main() -> None:
         args.iterations,
     )
     last = args.iterations
-    export = json.loads(
-        (project / "data" / "export" / "coco" / f"iteration-{last}" / "instances.json").read_text()
-    )
+    export = json.loads((files_dir(EXPORTS["coco"], project / "data", last) / "instances.json").read_text())
     boxes = exported_boxes(export, truth)
     human = [{**a, "score": 1.0} for a in instances["annotations"]]
     partial_ap, partial_ap50 = coco_ap(truth, human)
@@ -324,7 +323,7 @@ def _file_ids(truth: dict, project: Path) -> dict[str, int]:
     from relabel.config import load_params
 
     data = project / load_params(project / "params.yaml").data_dir
-    images = pl.concat([pl.read_parquet(p) for p in sorted((data / "ingest" / "images").glob("*.parquet"))])
+    images = pl.concat([pl.read_parquet(p) for p in sorted(frames_dir(IMAGES, data).glob("*.parquet"))])
     by_name = {image["file_name"]: image["id"] for image in truth["images"]}
     return {
         image_id: by_name[Path(uri).name]

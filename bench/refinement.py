@@ -38,6 +38,8 @@ import polars as pl
 import yaml
 from audit_drift import SETUP, make_project, relabel
 
+from resources.layout import HELDOUT_SCORES, LABEL_QUALITY, files_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 QUALITY_COLUMNS = (
     "labels",
@@ -99,7 +101,7 @@ def parse_args() -> argparse.Namespace:
 def label_quality(project: Path, iterations: int) -> pl.DataFrame:
     """``filter/label_quality``'s summary of each iteration, one row each."""
     rows = [
-        pl.read_parquet(project / "data" / "filter" / "quality" / f"iteration-{k}" / "summary.parquet")
+        pl.read_parquet(files_dir(LABEL_QUALITY, project / "data", k) / "summary.parquet")
         for k in range(iterations + 1)
     ]
     history = pl.concat(rows, how="diagonal_relaxed")
@@ -113,7 +115,7 @@ def model_scores(project: Path, iterations: int) -> pl.DataFrame:
     """Each trained iteration's model and the trivial baseline on the frozen split."""
     rows = []
     for k in range(iterations):
-        path = project / "data" / "model" / f"iteration-{k}" / "heldout" / "summary.parquet"
+        path = files_dir(HELDOUT_SCORES, project / "data", k) / "summary.parquet"
         if path.is_file():
             scores = pl.read_parquet(path)
             for row in scores.iter_rows(named=True):

@@ -51,8 +51,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from audit_ranking import cleanlab_label_scores, expected_random_metrics, ranking_metrics  # noqa: E402
 
+from assets.review import SCORES_FILE  # noqa: E402
 from relabel.config import load_params, resolve  # noqa: E402
 from relabel.scoring import label_correctness  # noqa: E402
+from resources.layout import (  # noqa: E402
+    FILTERED_LABELS,
+    GROUND_TRUTH_LABELS,
+    REANNOTATION,
+    REVIEW_QUEUE,
+    files_dir,
+    frames_dir,
+    partition_path,
+    specialist,
+)
 
 # cleanlab's cut-offs tried for the upper bound: (low for badly located, high for swapped)
 CUTOFFS = [(low, high) for low in (0.1, 0.3, 0.5) for high in (0.3, 0.5, 0.7, 0.95)]
@@ -72,7 +83,7 @@ def parse_args() -> argparse.Namespace:
 
 def ensure_engine_ran(root: Path, data: Path, iteration: int) -> Path:
     """The iteration's scores file, running the engine first when it is missing."""
-    scores = data / "review" / f"iteration-{iteration}" / "scores.parquet"
+    scores = files_dir(REVIEW_QUEUE, data, iteration) / SCORES_FILE
     if not scores.is_file():
         relabel = shutil.which("relabel", path=str(Path(sys.executable).parent)) or "relabel"
         print(
@@ -95,7 +106,7 @@ def main() -> None:
     params = load_params(root / "params.yaml")
     data = resolve(root, params.data_dir)
     scored = pl.read_parquet(ensure_engine_ran(root, data, args.iteration))
-    truth_path = data / "ground_truth" / "labels.parquet"
+    truth_path = data / GROUND_TRUTH_LABELS
     if not truth_path.is_file():
         sys.exit(
             f"no ground truth at {truth_path}: the benchmark needs the embedded world, whose errors are known"
@@ -105,14 +116,14 @@ def main() -> None:
     ]
 
     k = str(args.iteration)
-    labels = read_shards(data / "filter" / "filtered_labels" / f"iteration-{k}").filter(
+    labels = read_shards(frames_dir(FILTERED_LABELS, data, k)).filter(
         pl.col("label_id").is_in(scored["label_id"].implode())
     )
     training = scored["image_id"].unique().implode()
     perception = [spec.name for spec in params.annotate.perception if spec.enabled]
     predictions = pl.concat(
-        [read_shards(data / "annotate" / name) for name in perception]
-        + [read_shards(data / "refine" / "reannotation" / f"iteration-{k}")],
+        [read_shards(frames_dir(specialist(name), data)) for name in perception]
+        + [read_shards(frames_dir(REANNOTATION, data, k))],
         how="vertical",
     ).filter(pl.col("image_id").is_in(training))
     judged = label_correctness(labels, pl.read_parquet(truth_path), categories=categories).filter(
@@ -204,9 +215,7 @@ def main() -> None:
                 ]
             )
         )
-        queue = pl.read_parquet(data / "review" / "queue" / f"{k}.parquet").join(
-            wrong, on="label_id", how="left"
-        )
+        queue = pl.read_parquet(partition_path(data, REVIEW_QUEUE, k)).join(wrong, on="label_id", how="left")
         print(
             f"\nthe queue the engine sent (review.budget {params.review.budget}, places kept for "
             f"rare classes and types): {queue.height} labels, {queue['wrong'].sum()} wrong of "
