@@ -13,7 +13,8 @@ manager writes for it under ``<data_dir>/<phase>/<name>``:
 What an asset writes beside its frames (reports, charts, model weights, Label Studio files)
 goes to its ``files_dir``, per iteration for an iteration's asset.
 
-This module imports nothing of the project: every layer can read it.
+It imports nothing of the project but Dagster's ``AssetKey``, so that the resources, the gates,
+the assets and the wiring can all read it (the core and the models know no asset).
 """
 
 from __future__ import annotations
