@@ -86,17 +86,6 @@ def test_every_default_is_the_shipped_value_or_is_named_with_its_reason(project_
     assert set(shipped.refine.tasks) == set(Params().refine.tasks)
 
 
-def test_the_model_train_params_are_the_training_loops_settings():
-    import dataclasses
-
-    from models.training import TrainSettings
-    from relabel.config import TrainParams
-
-    assert set(TrainParams.model_fields) == {field.name for field in dataclasses.fields(TrainSettings)}
-    settings = TrainSettings(**TrainParams(steps=7, task_weights={"<OD>": 2.0}).model_dump())
-    assert settings.steps == 7 and settings.task_weights == {"<OD>": 2.0}
-
-
 def test_task_weights_must_name_task_tokens():
     with pytest.raises(ValidationError, match="task_weights"):
         Params.model_validate({"model": {"train": {"task_weights": {"OD": 1.0}}}})
