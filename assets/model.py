@@ -84,7 +84,7 @@ def build_model_assets() -> list:
         mlflow_tracking: MlflowResource,
     ) -> MaterializeResult:
         from models.florence2 import count_parameters, initial_model, save_model
-        from models.training import TrainSettings, train
+        from models.training import train
 
         iteration, params = context.partition_key, project.params.model
         iteration_number(iteration)
@@ -106,7 +106,6 @@ def build_model_assets() -> list:
             init_from=init_from,
             seed=params.train.seed,
         )
-        settings = TrainSettings(**params.train.model_dump())
         run_params = {
             "iteration": iteration,
             "preset": started_from,
@@ -132,7 +131,7 @@ def build_model_assets() -> list:
                 model,
                 processor,
                 corpus,
-                settings,
+                params.train,
                 folder,
                 callback=record,
                 image_root=project.data_dir,
@@ -210,7 +209,6 @@ def build_model_assets() -> list:
 
         from models.evaluation import BASELINE, MODEL, evaluate_heldout
         from models.florence2 import load_model
-        from models.inference import GenerationSettings
         from relabel.report import write_report
 
         iteration, params = context.partition_key, project.params.model
@@ -239,7 +237,7 @@ def build_model_assets() -> list:
             labels,
             pl.read_parquet(split_dir / LABELS_FILE),
             list(params.evaluation_tasks),
-            GenerationSettings(**params.generation.model_dump()),
+            params.generation,
             source=model_source(iteration),
             iteration=iteration_number(iteration),
             progress=True,

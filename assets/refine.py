@@ -358,7 +358,7 @@ def _reannotation(iteration_shards: PartitionsDefinition):
         import torch
 
         from models.florence2 import load_model
-        from models.inference import GenerationSettings, generate_labels, reannotation_requests
+        from models.inference import generate_labels, reannotation_requests
 
         iteration, shard = split_key(context.partition_key)
         refine, device = project.params.refine, "cuda" if torch.cuda.is_available() else "cpu"
@@ -367,7 +367,6 @@ def _reannotation(iteration_shards: PartitionsDefinition):
                 lambda uri: str(path_of_uri(uri, project.data_dir)), return_dtype=pl.String
             )
         )
-        settings = GenerationSettings(**project.params.model.generation.model_dump())
         specialist = _specialist_folder(project.data_dir, iteration)
         by_model = {
             files_dir(FLORENCE2_MODEL, project.data_dir, iteration) / MODEL_FOLDER: [
@@ -384,7 +383,7 @@ def _reannotation(iteration_shards: PartitionsDefinition):
                 model,
                 processor,
                 asked,
-                settings,
+                project.params.model.generation,
                 source=model_source(iteration),
                 iteration=iteration_number(iteration),
                 progress=True,
@@ -610,7 +609,7 @@ def _caption_specialist():
         context: AssetExecutionContext, project: ProjectResource, dvc: DvcResource
     ) -> MaterializeResult:
         from models.florence2 import load_model, save_model
-        from models.training import TrainSettings, train
+        from models.training import train
 
         iteration, settings = context.partition_key, project.params.refine.caption_specialist
         corpus = corpus_files(context, project.data_dir, iteration)
@@ -630,15 +629,16 @@ def _caption_specialist():
                 }
             )
         model, processor = load_model(files_dir(FLORENCE2_MODEL, project.data_dir, iteration) / MODEL_FOLDER)
-        base = TrainSettings(**project.params.model.train.model_dump())
-        tuning = replace(
-            base,
-            steps=settings.steps,
-            learning_rate=settings.learning_rate,
-            warmup_steps=min(base.warmup_steps, settings.steps // 5),
-            checkpoint_every=settings.steps,
-            # every task of the corpus is named (an unnamed one would get weight 1)
-            task_weights={task: (1.0 if task in settings.tasks else 0.0) for task in per_task},
+        base = project.params.model.train
+        tuning = base.model_copy(
+            update=dict(
+                steps=settings.steps,
+                learning_rate=settings.learning_rate,
+                warmup_steps=min(base.warmup_steps, settings.steps // 5),
+                checkpoint_every=settings.steps,
+                # every task of the corpus is named (an unnamed one would get weight 1)
+                task_weights={task: (1.0 if task in settings.tasks else 0.0) for task in per_task},
+            )
         )
         result = train(model, processor, corpus, tuning, folder, image_root=project.data_dir, progress=True)
         save_model(model, processor, folder / MODEL_FOLDER)

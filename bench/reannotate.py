@@ -39,14 +39,15 @@ from PIL import Image  # noqa: E402
 from train_step import TOKENIZER_TEXTS, od_target  # noqa: E402
 
 from models.florence2 import build_model, build_processor, count_parameters  # noqa: E402
-from models.inference import PROMPT_FREE_TASKS, GenerationSettings, generate_labels, requests_for  # noqa: E402
+from models.inference import PROMPT_FREE_TASKS, generate_labels, requests_for  # noqa: E402
 from models.tokenizer import train_tokenizer  # noqa: E402
+from relabel.config import GenerationParams  # noqa: E402
 
 WIDTH, HEIGHT = 320, 240
 
 
 def timed_generation(
-    model, processor, requests: pl.DataFrame, settings: GenerationSettings, device: torch.device
+    model, processor, requests: pl.DataFrame, settings: GenerationParams, device: torch.device
 ) -> tuple[float, int, int]:
     """Seconds to label ``requests`` (after one warm-up batch), labels and problems written."""
     generate_labels(
@@ -89,8 +90,8 @@ def main() -> None:
                 {"image_id": f"{index:04d}", "image_path": str(path), "width": WIDTH, "height": HEIGHT}
             )
         requests = requests_for(pl.DataFrame(rows), list(PROMPT_FREE_TASKS)).sort("image_id", "task")
-        batched = GenerationSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
-        single = GenerationSettings(batch_size=1, max_new_tokens=args.max_new_tokens)
+        batched = GenerationParams(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+        single = GenerationParams(batch_size=1, max_new_tokens=args.max_new_tokens)
         few = requests.head(args.batch_size * 2)
         single_seconds, _, _ = timed_generation(model, processor, few, single, device)
         batched_seconds, labels, problems = timed_generation(model, processor, requests, batched, device)

@@ -56,11 +56,11 @@ from models.tokenizer import train_tokenizer  # noqa: E402
 from models.training import (  # noqa: E402
     IGNORE_INDEX,
     Collator,
-    TrainSettings,
     learning_rate_at,
     per_example_loss,
     teacher_forced_logits,
 )
+from relabel.config import TrainParams  # noqa: E402
 
 TARGET_TOKENS = 64
 WARMUP_STEPS = 2
@@ -102,7 +102,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def train_seconds(
-    model, optimizer, batches: list[dict], settings: TrainSettings, device: torch.device, steps: int
+    model, optimizer, batches: list[dict], settings: TrainParams, device: torch.device, steps: int
 ) -> float:
     """Seconds for ``steps`` passes over ``batches`` (one optimizer step per batch), after
     ``WARMUP_STEPS`` passes; the step is ``models.training.train``'s."""
@@ -206,7 +206,7 @@ def main() -> None:
         f"targets cut to {TARGET_TOKENS} tokens, generation {args.max_new_tokens} new tokens (greedy)"
     )
 
-    settings = TrainSettings(
+    settings = TrainParams(
         batch_size=args.batch_size,
         max_target_tokens=TARGET_TOKENS,
         steps=WARMUP_STEPS + args.steps,

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 import polars as pl
 
 from models.corpus import corpus_examples
-from models.inference import REQUESTS_SCHEMA, GenerationSettings, generate_labels, requests_for
+from models.inference import REQUESTS_SCHEMA, generate_labels, requests_for
 from models.tasks import CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION, REGION_TO_CATEGORY
 from relabel.annotate import score_against_truth
 from relabel.baseline import prior_labels, prior_region_names
+from relabel.config import GenerationParams
 from relabel.metrics import (
     BASELINE,
     MODEL,
@@ -88,7 +89,7 @@ def evaluate_heldout(
     training_labels: pl.DataFrame,
     truth: pl.DataFrame,
     tasks: list[str],
-    settings: GenerationSettings,
+    settings: GenerationParams,
     *,
     source: str,
     iteration: int,

@@ -31,6 +31,7 @@ from models.tasks import (
     TASK_TOKENS,
     parse,
 )
+from relabel.config import GenerationParams
 from relabel.labels import frame, label_id_for
 
 REQUESTS_SCHEMA = pl.Schema(
@@ -46,13 +47,6 @@ REQUESTS_SCHEMA = pl.Schema(
 PROBLEMS_SCHEMA = pl.Schema(
     {"image_id": pl.String, "task": pl.String, "generated": pl.String, "problem": pl.String}
 )
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    batch_size: int = 8
-    max_new_tokens: int = 256
-    num_beams: int = 1
 
 
 @dataclass(frozen=True)
@@ -126,13 +120,14 @@ def generate_labels(
     model,
     processor,
     requests: pl.DataFrame,
-    settings: GenerationSettings,
+    settings: GenerationParams,
     *,
     source: str,
     iteration: int,
     progress: bool = False,
 ) -> Generated:
-    """Label rows for every request, from batched generation."""
+    """Label rows for every request, from batched generation as ``settings`` (params.yaml
+    ``model.generation``) says."""
     from PIL import Image
     from tqdm import tqdm
 
@@ -194,7 +189,7 @@ def generate_labels(
     return Generated(labels=frame("labels", rows), problems=pl.DataFrame(problems, schema=PROBLEMS_SCHEMA))
 
 
-def _sequence_scores(model, output, settings: GenerationSettings) -> list[float]:
+def _sequence_scores(model, output, settings: GenerationParams) -> list[float]:
     """A confidence per generated sequence: exp(mean token log-probability)."""
     if settings.num_beams > 1:
         return [math.exp(float(s)) for s in output.sequences_scores]

@@ -13,9 +13,10 @@ The loop is plain PyTorch, in the order it runs:
    per GPU), a checkpoint every ``checkpoint_every`` steps that ``train`` resumes from, and
    reports every step's loss, learning rate, per-task loss and throughput to ``callback``.
 
-No Dagster or MLflow here: the caller decides what to do with the metrics. The Dagster asset
-trains in one process; on several GPUs, run this module under ``torchrun`` with the same
-settings (params.yaml ``model:``)::
+How to train is ``relabel.config.TrainParams``: params.yaml's ``model.train``, where its
+defaults live. No Dagster or MLflow here: the caller decides what to do with the metrics. The
+Dagster asset trains in one process; on several GPUs, run this module under ``torchrun`` with
+the same settings (params.yaml ``model:``)::
 
     torchrun --nproc_per_node=8 -m models.training --params params.yaml --out data/model/multi-gpu
 """
@@ -33,7 +34,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -41,29 +42,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from relabel.config import TrainParams, load_params, resolve
+
 CHECKPOINT = "checkpoint"
 IGNORE_INDEX = -100
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """How to train. ``steps`` counts optimizer steps; each sees
-    ``batch_size * grad_accumulation * world_size`` examples. A task missing from
-    ``task_weights`` has weight 1."""
-
-    steps: int = 200
-    batch_size: int = 8
-    grad_accumulation: int = 1
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    min_lr_ratio: float = 0.1
-    max_target_tokens: int = 256
-    checkpoint_every: int = 100
-    num_workers: int = 0
-    shuffle_buffer: int = 512
-    seed: int = 0
-    task_weights: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,7 +77,7 @@ class TrainResult:
     seconds: float
 
 
-def learning_rate_at(step: int, settings: TrainSettings) -> float:
+def learning_rate_at(step: int, settings: TrainParams) -> float:
     """Linear warm-up to ``learning_rate``, then cosine decay to ``min_lr_ratio`` of it."""
     peak = settings.learning_rate
     if step < settings.warmup_steps:
@@ -115,7 +97,7 @@ class CorpusStream(IterableDataset):
     def __init__(
         self,
         files: Sequence[str | Path],
-        settings: TrainSettings,
+        settings: TrainParams,
         *,
         rank: int = 0,
         world_size: int = 1,
@@ -236,7 +218,7 @@ def train(
     model: torch.nn.Module,
     processor,
     corpus_files: Sequence[str | Path],
-    settings: TrainSettings,
+    settings: TrainParams,
     out_dir: str | Path,
     callback: Callable[[StepMetrics], None] | None = None,
     image_root: str | Path | None = None,
@@ -405,7 +387,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Train the model of params.yaml ``model:`` on the corpus, in this process or in each of
     ``torchrun``'s; rank 0 writes the model folder ``--out/model`` and prints the result."""
     from models.florence2 import initial_model, save_model
-    from relabel.config import load_params, resolve
 
     parser = argparse.ArgumentParser(
         prog="python -m models.training", description=main.__doc__.splitlines()[0]
@@ -445,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         model,
         processor,
         files,
-        TrainSettings(**model_params.train.model_dump()),
+        model_params.train,
         args.out,
         image_root=data_dir,
         progress=True,

@@ -248,22 +248,46 @@ class TokenizerParams(_Strict):
 
 
 class TrainParams(_Strict):
-    """How the unified model trains: the fields of ``models.training.TrainSettings``, checked
-    here so that a wrong value fails when params.yaml is read, not an hour into training."""
+    """How the unified model trains (``models.training.train``), checked here so that a wrong
+    value fails when params.yaml is read, not an hour into training. ``steps`` counts
+    optimizer steps; each sees ``batch_size * grad_accumulation * world_size`` examples.
 
-    steps: int = Field(600, ge=1)
+    The defaults are params.yaml's ``model.train`` (tests/relabel/test_config.py holds them
+    equal): the demo's budget, micro on 2 CPU cores at about 0.45 s a step.
+    """
+
+    steps: int = Field(100, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accumulation: int = Field(1, ge=1)
+    # at 1e-3 the text encoder collapses (the same output for every input); 5e-4 with warm-up trains
     learning_rate: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(50, ge=0)
+    warmup_steps: int = Field(20, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     max_target_tokens: int = Field(256, ge=8, le=1024)
-    checkpoint_every: int = Field(100, ge=1)
-    num_workers: int = Field(0, ge=0)
+    checkpoint_every: int = Field(50, ge=1)  # a stopped run resumes from its last checkpoint
+    num_workers: int = Field(1, ge=0)  # data-loader processes decoding images beside the training
     shuffle_buffer: int = Field(512, ge=1)
     seed: int = 0
-    task_weights: dict[str, float] = {}
+    # task mixing: an example is kept with probability weight / max weight (a task not named
+    # here: 1). The scored tasks first; long polygon targets would otherwise take most of a
+    # short budget
+    task_weights: dict[str, float] = {
+        "<OD>": 1.0,
+        "<CAPTION>": 1.0,
+        "<OCR_WITH_REGION>": 0.5,
+        "<REGION_TO_CATEGORY>": 0.5,
+        "<DENSE_REGION_CAPTION>": 0.1,
+        "<OCR>": 0.1,
+        "<REGION_PROPOSAL>": 0.1,
+        "<DETAILED_CAPTION>": 0.05,
+        "<MORE_DETAILED_CAPTION>": 0.05,
+        "<CAPTION_TO_PHRASE_GROUNDING>": 0.05,
+        "<OPEN_VOCABULARY_DETECTION>": 0.05,
+        "<REGION_TO_DESCRIPTION>": 0.05,
+        "<REFERRING_EXPRESSION_SEGMENTATION>": 0.02,
+        "<REGION_TO_SEGMENTATION>": 0.02,
+    }
 
     @model_validator(mode="after")
     def _weights_name_tasks(self) -> TrainParams:
@@ -276,10 +300,11 @@ class TrainParams(_Strict):
 
 
 class GenerationParams(_Strict):
-    """Batched generation with the unified model (``models.inference.GenerationSettings``)."""
+    """Batched generation with the unified model (``models.inference.generate_labels``); the
+    defaults are params.yaml's ``model.generation``."""
 
     batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(128, ge=1, le=1024)
+    max_new_tokens: int = Field(48, ge=1, le=1024)
     num_beams: int = Field(1, ge=1)
 
 

@@ -13,9 +13,9 @@ import yaml
 
 from models.evaluation import evaluate_heldout
 from models.florence2 import build_model, build_processor
-from models.inference import GenerationSettings
 from models.tasks import CAPTION, CAPTION_TO_PHRASE_GROUNDING, OD, REFERRING_EXPRESSION_SEGMENTATION
 from models.tokenizer import train_tokenizer
+from relabel.config import GenerationParams
 from relabel.evaluation_split import frozen_manifest, read_freeze
 from relabel.files import path_of_uri
 from relabel.metrics import detection_map
@@ -90,7 +90,7 @@ def test_a_coco_set_is_audited_frozen_and_evaluated_like_the_world(coco_project,
         human,
         audited,
         [OD, CAPTION, CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION],
-        GenerationSettings(batch_size=16, max_new_tokens=4),
+        GenerationParams(batch_size=16, max_new_tokens=4),
         source="model",
         iteration=0,
     )

@@ -14,8 +14,8 @@ from models.corpus import CORPUS_SCHEMA, corpus_examples
 from models.florence2 import build_model, build_processor
 from models.tasks import CAPTION, OD
 from models.tokenizer import train_tokenizer
-from models.training import CorpusStream, TrainSettings, learning_rate_at, train
-from relabel.config import HumanNoiseParams, WorldParams
+from models.training import CorpusStream, learning_rate_at, train
+from relabel.config import GenerationParams, HumanNoiseParams, TrainParams, WorldParams
 from relabel.world import render_world
 
 # measured (micro, no dropout, lr 1e-3, batch 16): the loss is below 0.2% of its start from
@@ -58,7 +58,7 @@ def write_corpus(world, folder: Path, tasks) -> tuple[list[Path], pl.DataFrame]:
 
 
 def test_the_learning_rate_warms_up_then_decays_along_a_cosine():
-    settings = TrainSettings(steps=110, warmup_steps=10, learning_rate=1e-3, min_lr_ratio=0.1)
+    settings = TrainParams(steps=110, warmup_steps=10, learning_rate=1e-3, min_lr_ratio=0.1)
     assert learning_rate_at(0, settings) == pytest.approx(1e-4)
     assert learning_rate_at(9, settings) == pytest.approx(1e-3)
     assert learning_rate_at(60, settings) == pytest.approx(0.55e-3)
@@ -97,7 +97,7 @@ def test_teacher_forced_logits_are_the_models_own_and_the_loss_its_mean(world):
 def test_the_stream_splits_rows_over_consumers_and_follows_task_weights(world, tmp_path):
     files, examples = write_corpus(world, tmp_path, [OD, CAPTION])
     assert examples.schema == CORPUS_SCHEMA
-    settings = TrainSettings(shuffle_buffer=4, task_weights={OD: 1.0, CAPTION: 0.0})
+    settings = TrainParams(shuffle_buffer=4, task_weights={OD: 1.0, CAPTION: 0.0})
 
     stream = CorpusStream(files, settings)
     split = [
@@ -114,12 +114,20 @@ def test_training_resumes_from_its_checkpoint(world, tmp_path):
     tokenizer = train_tokenizer(examples["target"].to_list(), vocab_size=600)
     model, processor = build_model("micro", tokenizer), build_processor(tokenizer, "micro")
     first = train(
-        model, processor, files, TrainSettings(steps=2, batch_size=2, checkpoint_every=2), tmp_path / "run"
+        model,
+        processor,
+        files,
+        TrainParams(steps=2, batch_size=2, checkpoint_every=2, num_workers=0),
+        tmp_path / "run",
     )
     assert first.resumed_from == 0 and (tmp_path / "run" / "checkpoint" / "training_state.json").is_file()
     fresh = build_model("micro", tokenizer)
     loaded = train(
-        fresh, processor, files, TrainSettings(steps=2, batch_size=2, checkpoint_every=2), tmp_path / "run"
+        fresh,
+        processor,
+        files,
+        TrainParams(steps=2, batch_size=2, checkpoint_every=2, num_workers=0),
+        tmp_path / "run",
     )
     # a resumed model holds the checkpoint's weights, not its own initialisation
     assert loaded.resumed_from == 2
@@ -132,7 +140,7 @@ def test_training_resumes_from_its_checkpoint(world, tmp_path):
         fresh,
         processor,
         files,
-        TrainSettings(steps=3, batch_size=2, checkpoint_every=2),
+        TrainParams(steps=3, batch_size=2, checkpoint_every=2, num_workers=0),
         tmp_path / "run",
         callback=lambda m: steps.append(m.step),
     )
@@ -145,7 +153,7 @@ def test_images_are_decoded_in_spawned_worker_processes(world, tmp_path):
     tokenizer = train_tokenizer(examples["target"].to_list(), vocab_size=600)
     model, processor = build_model("micro", tokenizer), build_processor(tokenizer, "micro")
     steps = []
-    settings = TrainSettings(steps=2, batch_size=2, num_workers=2, checkpoint_every=10)
+    settings = TrainParams(steps=2, batch_size=2, num_workers=2, checkpoint_every=10)
     train(
         model,
         processor,
@@ -198,7 +206,7 @@ def test_torchrun_trains_with_distributed_data_parallel_over_two_processes(world
 
 
 def test_generation_turns_every_request_into_rows_or_a_stated_problem(world):
-    from models.inference import GenerationSettings, generate_labels, requests_for
+    from models.inference import generate_labels, requests_for
 
     images, truth = world
     tokenizer = train_tokenizer(truth["text"].drop_nulls().to_list(), vocab_size=600)
@@ -211,7 +219,7 @@ def test_generation_turns_every_request_into_rows_or_a_stated_problem(world):
             model,
             processor,
             requests,
-            GenerationSettings(batch_size=4, max_new_tokens=8, num_beams=beams),
+            GenerationParams(batch_size=4, max_new_tokens=8, num_beams=beams),
             source="model@iter0",
             iteration=0,
         )
@@ -233,7 +241,7 @@ def test_the_model_memorises_16_images_captions_exactly_and_boxes_within_quantis
     """Proof that the whole loop learns: the micro model, without dropout, trained on the 16
     images' <CAPTION> and <OD> examples, writes every caption back word for word and every box
     within a quantisation bin, through batched generation and parsing."""
-    from models.inference import GenerationSettings, generate_labels, requests_for
+    from models.inference import generate_labels, requests_for
     from models.tasks import LOC_BINS
     from models.tokenizer import corpus_texts
 
@@ -242,13 +250,15 @@ def test_the_model_memorises_16_images_captions_exactly_and_boxes_within_quantis
     tokenizer = train_tokenizer(corpus_texts(files), vocab_size=600)
     torch.manual_seed(0)
     model, processor = build_model("micro", tokenizer, dropout=0.0), build_processor(tokenizer, "micro")
-    settings = TrainSettings(
+    settings = TrainParams(
         steps=OVERFIT_STEPS,
         batch_size=16,
         learning_rate=1e-3,
         warmup_steps=10,
         checkpoint_every=10**6,
+        num_workers=0,
         shuffle_buffer=64,
+        task_weights={},  # both tasks at weight 1
     )
     losses = []
     train(model, processor, files, settings, tmp_path / "run", callback=lambda step: losses.append(step.loss))
@@ -259,7 +269,7 @@ def test_the_model_memorises_16_images_captions_exactly_and_boxes_within_quantis
         model,
         processor,
         requests,
-        GenerationSettings(batch_size=16, max_new_tokens=96),
+        GenerationParams(batch_size=16, max_new_tokens=96),
         source="model",
         iteration=0,
     )
@@ -290,7 +300,6 @@ def test_the_model_memorises_16_images_captions_exactly_and_boxes_within_quantis
 
 def test_heldout_evaluation_scores_a_silent_model_at_its_worst_and_the_baseline_beside_it(world):
     from models.evaluation import evaluate_heldout
-    from models.inference import GenerationSettings
 
     images, truth = world
     tokenizer = train_tokenizer(truth["text"].drop_nulls().to_list(), vocab_size=600)
@@ -309,7 +318,7 @@ def test_heldout_evaluation_scores_a_silent_model_at_its_worst_and_the_baseline_
         truth,
         truth,
         [OD, CAPTION],
-        GenerationSettings(batch_size=8, max_new_tokens=4),
+        GenerationParams(batch_size=8, max_new_tokens=4),
         source="model",
         iteration=0,
     )
@@ -338,7 +347,6 @@ def test_heldout_evaluation_scores_a_silent_model_at_its_worst_and_the_baseline_
 
 def test_prompted_evaluation_tasks_ask_the_audited_captions_and_expressions(world):
     from models.evaluation import evaluate_heldout, segmentation_queries
-    from models.inference import GenerationSettings
     from models.tasks import CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION
 
     images, truth = world
@@ -355,7 +363,7 @@ def test_prompted_evaluation_tasks_ask_the_audited_captions_and_expressions(worl
         truth.clear(),
         truth,
         tasks,
-        GenerationSettings(batch_size=8, max_new_tokens=4),
+        GenerationParams(batch_size=8, max_new_tokens=4),
         source="model",
         iteration=0,
     )
