@@ -15,17 +15,15 @@ The loop is plain PyTorch, in the order it runs:
 
 How to train is ``relabel.config.TrainParams``: params.yaml's ``model.train``, where its
 defaults live. No Dagster or MLflow here: the caller decides what to do with the metrics. The
-Dagster asset trains in one process; on several GPUs, run this module under ``torchrun`` with
-the same settings (params.yaml ``model:``)::
+Dagster asset trains in one process; on several GPUs, ``pipelines.train`` runs this loop under
+``torchrun`` with the same settings (params.yaml ``model:``)::
 
-    torchrun --nproc_per_node=8 -m models.training --params params.yaml --out data/model/multi-gpu
+    torchrun --nproc_per_node=8 -m pipelines.train --params params.yaml --out data/model/multi-gpu
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -42,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from relabel.config import TrainParams, load_params, resolve
+from relabel.config import TrainParams
 
 CHECKPOINT = "checkpoint"
 IGNORE_INDEX = -100
@@ -363,78 +361,3 @@ def _resume(model, optimizer, folder: Path, device: torch.device) -> int:
         )
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
     return int(json.loads(state.read_text())["step"])
-
-
-def corpus_folder(data_dir: Path, iteration: int | None = None) -> Path:
-    """Where the corpus asset wrote iteration ``iteration``'s shards (default: the newest
-    iteration's), as the IO manager lays them out: ``corpus/examples/iteration-<k>/``."""
-    examples = Path(data_dir) / "corpus" / "examples"
-    if iteration is None:
-        found = [
-            int(p.name.removeprefix("iteration-"))
-            for p in examples.glob("iteration-*")
-            if p.name.removeprefix("iteration-").isdigit()
-        ]
-        if not found:
-            raise SystemExit(
-                f"no corpus in {examples}: materialize the corpus phase first (relabel materialize corpus)"
-            )
-        iteration = max(found)
-    return examples / f"iteration-{iteration}"
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Train the model of params.yaml ``model:`` on the corpus, in this process or in each of
-    ``torchrun``'s; rank 0 writes the model folder ``--out/model`` and prints the result."""
-    from models.florence2 import initial_model, save_model
-
-    parser = argparse.ArgumentParser(
-        prog="python -m models.training", description=main.__doc__.splitlines()[0]
-    )
-    parser.add_argument(
-        "--params", default="params.yaml", help="the project's params.yaml (its folder is the project root)"
-    )
-    parser.add_argument(
-        "--corpus",
-        help=(
-            "folder of corpus parquet files (default: the "
-            "iteration's, <data_dir>/corpus/examples/iteration-<k>)"
-        ),
-    )
-    parser.add_argument(
-        "--iteration", type=int, help="the iteration whose corpus to train on (default: the newest)"
-    )
-    parser.add_argument("--out", required=True, help="folder for checkpoints (resumed from) and the model")
-    args = parser.parse_args(argv)
-    root = Path(args.params).resolve().parent
-    params = load_params(args.params)
-    data_dir = resolve(root, params.data_dir)
-    folder = Path(args.corpus) if args.corpus else corpus_folder(data_dir, args.iteration)
-    files = sorted(folder.glob("*.parquet"))
-    if not files:
-        raise SystemExit(f"no corpus parquet files in {folder}")
-    model_params = params.model
-    model, processor = initial_model(
-        model_params.preset,
-        files,
-        vocab_size=model_params.tokenizer.vocab_size,
-        min_frequency=model_params.tokenizer.min_frequency,
-        init_from=resolve(root, model_params.init_from) if model_params.init_from else None,
-        seed=model_params.train.seed,
-    )
-    result = train(
-        model,
-        processor,
-        files,
-        model_params.train,
-        args.out,
-        image_root=data_dir,
-        progress=True,
-    )
-    if int(os.environ.get("RANK", "0")) == 0:
-        save_model(model, processor, Path(args.out) / "model")
-        print(json.dumps(dataclasses.asdict(result)))
-
-
-if __name__ == "__main__":
-    main()

@@ -187,7 +187,7 @@ def test_torchrun_trains_with_distributed_data_parallel_over_two_processes(world
         "torch.distributed.run",
         "--nproc_per_node=2",
         "-m",
-        "models.training",
+        "pipelines.train",
         "--params",
         str(tmp_path / "params.yaml"),
         "--corpus",
@@ -378,15 +378,3 @@ def test_prompted_evaluation_tasks_ask_the_audited_captions_and_expressions(worl
     assert (
         model_row["grounding_recall_at_1"] == 0.0 and model_row["res_miou"] == 0.0
     )  # a silent model misses all
-
-
-def test_the_entry_point_finds_the_newest_iterations_corpus_where_the_corpus_asset_writes_it(tmp_path):
-    from models.training import corpus_folder
-
-    examples = tmp_path / "corpus" / "examples"
-    for iteration in (0, 2, 10):
-        (examples / f"iteration-{iteration}").mkdir(parents=True)
-    assert corpus_folder(tmp_path) == examples / "iteration-10"
-    assert corpus_folder(tmp_path, 2) == examples / "iteration-2"
-    with pytest.raises(SystemExit, match="no corpus in"):
-        corpus_folder(tmp_path / "elsewhere")
