@@ -199,10 +199,9 @@ def _model_lines(data: Path) -> list[str]:
         curve = pl.read_parquet(curve_path)
         lines += [
             "",
-            f"Model iteration-{k}: {curve.height} steps in {curve['seconds'].sum():.0f} s "(
-                f"({curve['examples'].sum() / curve['seconds'].sum():.1f} examples/s), loss "
-                f"{curve['loss'][0]:.2f} -> {curve['loss'].tail(10).mean():.2f}"
-            ),
+            f"Model iteration-{k}: {curve.height} steps in {curve['seconds'].sum():.0f} s "
+            f"({curve['examples'].sum() / curve['seconds'].sum():.1f} examples/s), loss "
+            f"{curve['loss'][0]:.2f} -> {curve['loss'].tail(10).mean():.2f}",
         ]
         if summary_path.is_file():
             lines += ["  on the frozen audited split:", *_score_lines(summary_path, width=9)]
