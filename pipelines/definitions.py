@@ -20,6 +20,7 @@ from assets.corpus import build_corpus_assets
 from assets.export import build_export_assets
 from assets.filter import build_filter_assets
 from assets.ingest import build_ingest_assets
+from assets.label_quality import build_label_quality_assets
 from assets.model import build_model_assets
 from assets.refine import build_refine_assets
 from assets.review import build_review_assets
@@ -88,6 +89,7 @@ def build_definitions(root: str | None = None) -> Definitions:
     catalog = AssetSelection.assets(SOURCE_CATALOG).required_multi_asset_neighbors()
     annotate = build_annotate_assets(shards, params.annotate)
     refine = build_refine_assets(by_iteration_and_shard)
+    label_quality, rare_class_guard = build_label_quality_assets()
     filters = build_filter_assets(
         by_iteration_and_shard,
         [CATALOG_QUARANTINE, INGEST_QUARANTINE, *annotate.quarantines],
@@ -178,7 +180,7 @@ def build_definitions(root: str | None = None) -> Definitions:
         ),
         JobSpec(
             name=FILTER_REPORT_JOB,
-            selection=AssetSelection.assets(filters.report, filters.quarantine_index, refine.label_quality),
+            selection=AssetSelection.assets(filters.report, filters.quarantine_index, label_quality),
             partitions=ITERATIONS,
             stepwise=True,
             description=(
@@ -295,7 +297,7 @@ def build_definitions(root: str | None = None) -> Definitions:
             *filters.per_shard,
             filters.report,
             filters.quarantine_index,
-            refine.label_quality,
+            label_quality,
             *corpus,
             *build_model_assets(),
             refine.caption_specialist,
@@ -306,7 +308,7 @@ def build_definitions(root: str | None = None) -> Definitions:
         ],
         asset_checks=[
             *build_shard_checks(shards, by_iteration_and_shard, params.filter.gates, project.ontology()),
-            refine.rare_class_guard,
+            rare_class_guard,
             *audit_checks,
             *corpus_checks,
         ],
