@@ -401,7 +401,8 @@ def _run_iterations(args: argparse.Namespace, root: Path, pool: ProcessPoolExecu
         # the product: the last iteration's labels released as COCO, with their dataset card
         timings["export"] = _timed(run_export, root, "coco", last, {}, pool)
     data = resolve(root, load_params(root / "params.yaml").data_dir)
-    stages = [*ITERATION_PHASES, *(["export"] if (data / "export").is_dir() else [])]
+    exported = any(files_dir(key, data).is_dir() for key in EXPORTS.values())
+    stages = [*ITERATION_PHASES, *(["export"] if exported else [])]
     commit_iterations(root, stages, push=load_params(root / "params.yaml").dvc.push)
     return timings
 
