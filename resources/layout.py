@@ -51,7 +51,9 @@ def files_dir(key: AssetKey, data_dir: Path, iteration: str | int | None = None)
     """The folder of the files ``key`` writes beside its frames, of ``iteration`` when it is
     an iteration's asset."""
     files = _FILES.get(key, "/".join(key.path))
-    if iteration is not None and "{iteration}" in files:
+    if "{iteration}" in files:
+        if iteration is None:
+            raise ValueError(f"{key.to_user_string()} keeps its files per iteration: name one")
         return Path(data_dir, *files.format(iteration=iteration).split("/"))
     folder = Path(data_dir, *files.split("/"))
     return folder if iteration is None else folder / ITERATION_FOLDER.format(iteration)
@@ -68,13 +70,12 @@ def partition_path(data_dir: Path, key: AssetKey, partition: str | None) -> Path
     """Where the IO manager keeps ``key``'s ``partition`` (see the module's layout); also how
     an iteration reads the previous iteration's files, which no asset dependency can name (a
     dynamic partition cannot depend on an earlier one of itself)."""
-    base = Path(data_dir, *key.path)
     if partition is None:
-        return base.with_suffix(".parquet")
+        return frames_dir(key, data_dir).with_suffix(".parquet")
     if "|" in str(partition):
         iteration, shard = str(partition).split("|")
-        return base / ITERATION_FOLDER.format(iteration) / f"{shard}.parquet"
-    return base / f"{partition}.parquet"
+        return frames_dir(key, data_dir, iteration) / f"{shard}.parquet"
+    return frames_dir(key, data_dir) / f"{partition}.parquet"
 
 
 def iterations_in(folder: Path) -> list[str]:
