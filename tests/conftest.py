@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -15,6 +19,7 @@ from resources.layout import FROZEN_SPLIT, files_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+RELABEL = str(Path(sys.executable).parent / "relabel")
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +40,6 @@ def coco_mini_dir() -> Path:
 def write_tiny_project(root: Path, **world: object) -> Path:
     """A project folder with this checkout's dvc.yaml and a params.yaml for a tiny world
     (16 images, 2 shards), so end-to-end tests run in seconds and never touch ./data."""
-    import shutil
-
     import yaml
 
     root.mkdir(parents=True, exist_ok=True)
@@ -125,23 +128,81 @@ def materialize_all(instance):
     return lambda root, **options: materialize_project(root, instance, **options)
 
 
+def relabel(root: Path, *arguments: str) -> subprocess.CompletedProcess:
+    """``relabel --root ROOT ARGUMENTS`` as a script runs it, with the project's own Dagster
+    home (``data/dagster_home``)."""
+    env = {**os.environ, "RELABEL_ROOT": str(root), "DAGSTER_HOME": str(root / "data" / "dagster_home")}
+    return subprocess.run([RELABEL, "--root", str(root), *arguments], env=env, capture_output=True, text=True)
+
+
+# what `headless_project` runs, in order: every setup phase, then iteration 0's merge and its
+# filter, first for one shard (the steps over every shard wait), then for the whole phase
+HEADLESS_COMMANDS = (
+    ("world",),
+    ("ingest",),
+    ("materialize", "audit"),
+    ("materialize", "annotate"),
+    ("materialize", "merge", "--iteration", "0"),
+    ("materialize", "filter", "--iteration", "0", "--shards", "shard-00"),
+    ("materialize", "filter", "--iteration", "0"),
+)
+
+
 @pytest.fixture(scope="session")
-def annotated_project(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny project materialized through initial annotation and filtering, once per test
-    session: ``(root, results, materialize_more)``, the results as ``materialize_project``
-    returns them; ``materialize_more(phases=...)`` runs later phases into the same instance
-    (they write only those phases' outputs)."""
+def headless_project(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny project taken through the setup phases and iteration 0's labels (merged and
+    filtered) by the ``relabel`` command line (``--json``), headless as a script drives it,
+    once per test session: ``(root, done, copy)``, ``done`` each command's completed process
+    by its arguments (``HEADLESS_COMMANDS``), ``copy`` a copy of the project (its data, DVC
+    cache and Dagster home) as these commands left it. ``annotated_project`` reads the runs
+    at ``root`` and takes the project on; the command line test goes on in ``copy``."""
+    root = write_tiny_project(tmp_path_factory.mktemp("headless") / "project")
+    done = {}
+    for arguments in HEADLESS_COMMANDS:
+        done[arguments] = relabel(root, "--json", *arguments)
+        assert done[arguments].returncode == 0, (arguments, done[arguments].stderr[-2000:])
+    copy = root.parent / "copy"
+    shutil.copytree(root, copy, symlinks=True)
+    return root, done, copy
+
+
+def recorded_results(root: Path, instance) -> dict:
+    """The latest run of each job in ``instance`` (a command line's), as ``materialize_project``
+    returns them: by ``(job name, partition)`` or job name, each with the events the run
+    recorded in the instance's event log."""
+    from dagster import ExecuteInProcessResult
+
+    from pipelines.definitions import build_definitions
+
+    defs = build_definitions(str(root))
+    results = {}
+    for record in sorted(instance.get_run_records(), key=lambda record: record.create_timestamp):
+        run = record.dagster_run
+        events = [entry.dagster_event for entry in instance.all_logs(run.run_id) if entry.is_dagster_event]
+        partition = run.tags.get("dagster/partition")
+        results[(run.job_name, partition) if partition else run.job_name] = ExecuteInProcessResult(
+            events, run, None, defs.resolve_job_def(run.job_name)
+        )
+    return results
+
+
+@pytest.fixture(scope="session")
+def annotated_project(headless_project):
+    """``headless_project``'s project, materialized through initial annotation and filtering:
+    ``(root, results, materialize_more)``, the results of its runs as ``materialize_project``
+    returns them (read back from its Dagster instance); ``materialize_more(phases=...)`` runs
+    later phases into the same instance with ``dagster.materialize`` (they write only those
+    phases' outputs)."""
     from dagster import DagsterInstance
 
-    root = write_tiny_project(tmp_path_factory.mktemp("annotated") / "project")
+    root, _, _ = headless_project
     with (
         pytest.MonkeyPatch.context() as patch,
-        DagsterInstance.ephemeral(tempdir=str(root.parent / "dh")) as instance,
+        DagsterInstance.from_config(str(root / "data" / "dagster_home")) as instance,
     ):
         patch.setenv("RELABEL_ROOT", str(root))
-        results = materialize_project(
-            root, instance, phases=("world", "ingest", "audit", "annotate", "merge", "filter")
-        )
+        results = recorded_results(root, instance)
+        assert all(result.success for result in results.values())
         yield root, results, functools.partial(materialize_project, root, instance)
 
 
