@@ -31,6 +31,13 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _default_sigint() -> None:
+    # dagster dev stops on SIGTERM by treating it as SIGINT; a process a shell started in the
+    # background (CI, nohup, `make test &`) inherits SIGINT ignored, and so would dagster dev,
+    # which then ignores SIGTERM too and is only killed a minute later: SIGINT is restored
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _graphql(url, query, variables):
     response = requests.post(url, json={"query": query, "variables": variables}, timeout=30)
     response.raise_for_status()
@@ -66,6 +73,7 @@ def test_a_shard_launched_from_the_dagster_ui_api_succeeds(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=_default_sigint,
     )
     url = f"http://127.0.0.1:{port}/graphql"
     try:
@@ -110,8 +118,8 @@ def test_a_shard_launched_from_the_dagster_ui_api_succeeds(
         assert (tiny_project / "data" / "ingest" / "human_labels" / "shard-01.parquet").is_file()
         assert not (tiny_project / "data" / "ingest" / "human_labels" / "shard-00.parquet").exists()
     finally:
-        # dagster dev stops its webserver, daemon and code server on SIGTERM; on a loaded
-        # machine that can take longer than a minute, after which the whole group is killed
+        # dagster dev stops its webserver, daemon and code server on SIGTERM (in seconds); if
+        # it has not within a minute, the whole group is killed
         server.terminate()
         try:
             server.wait(timeout=60)
