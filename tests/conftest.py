@@ -154,8 +154,9 @@ def headless_project(tmp_path_factory: pytest.TempPathFactory):
     filtered) by the ``relabel`` command line (``--json``), headless as a script drives it,
     once per test session: ``(root, done, copy)``, ``done`` each command's completed process
     by its arguments (``HEADLESS_COMMANDS``), ``copy`` a copy of the project (its data, DVC
-    cache and Dagster home) as these commands left it. ``annotated_project`` reads the runs
-    at ``root`` and takes the project on; the command line test goes on in ``copy``."""
+    cache and Dagster home) as these commands left it. In a session that asks for both,
+    ``annotated_project`` reads the runs at ``root`` and takes the project on; the command
+    line test goes on in ``copy``."""
     root = write_tiny_project(tmp_path_factory.mktemp("headless") / "project")
     done = {}
     for arguments in HEADLESS_COMMANDS:
@@ -187,22 +188,33 @@ def recorded_results(root: Path, instance) -> dict:
 
 
 @pytest.fixture(scope="session")
-def annotated_project(headless_project):
-    """``headless_project``'s project, materialized through initial annotation and filtering:
-    ``(root, results, materialize_more)``, the results of its runs as ``materialize_project``
-    returns them (read back from its Dagster instance); ``materialize_more(phases=...)`` runs
-    later phases into the same instance with ``dagster.materialize`` (they write only those
-    phases' outputs)."""
+def annotated_project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny project materialized through initial annotation and filtering, once per test
+    session: ``(root, results, materialize_more)``, the results as ``materialize_project``
+    returns them; ``materialize_more(phases=...)`` runs later phases into the same instance
+    with ``dagster.materialize`` (they write only those phases' outputs).
+
+    Where the session runs the command line test too, this is ``headless_project``'s project,
+    its runs read back from its Dagster instance (the same jobs are not run twice); else the
+    phases are materialized here, in-process (faster than the command line)."""
     from dagster import DagsterInstance
 
-    root, _, _ = headless_project
-    with (
-        pytest.MonkeyPatch.context() as patch,
-        DagsterInstance.from_config(str(root / "data" / "dagster_home")) as instance,
-    ):
+    headless = any("headless_project" in item.fixturenames for item in request.session.items)
+    if headless:
+        root, _, _ = request.getfixturevalue("headless_project")
+        instance = DagsterInstance.from_config(str(root / "data" / "dagster_home"))
+    else:
+        root = write_tiny_project(tmp_path_factory.mktemp("annotated") / "project")
+        instance = DagsterInstance.ephemeral(tempdir=str(root.parent / "dh"))
+    with pytest.MonkeyPatch.context() as patch, instance:
         patch.setenv("RELABEL_ROOT", str(root))
-        results = recorded_results(root, instance)
-        assert all(result.success for result in results.values())
+        if headless:
+            results = recorded_results(root, instance)
+            assert all(result.success for result in results.values())
+        else:
+            results = materialize_project(
+                root, instance, phases=("world", "ingest", "audit", "annotate", "merge", "filter")
+            )
         yield root, results, functools.partial(materialize_project, root, instance)
 
 
