@@ -5,13 +5,30 @@ import json
 from contextlib import chdir
 
 import polars as pl
+import pytest
 import yaml
 from dvc.repo import Repo
 
 from relabel.labels import check_schema
 from relabel.versioning import file_md5
+from tests.conftest import materialize_project, write_tiny_project
 
 SHARD_OUTPUTS = ("images", "human_labels", "ingest_quarantine")
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory):
+    """A tiny project's world and every shard materialized once, for the tests that only
+    read them: ``(root, results)``."""
+    from dagster import DagsterInstance
+
+    root = write_tiny_project(tmp_path_factory.mktemp("ingested") / "project")
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        DagsterInstance.ephemeral(tempdir=str(root.parent / "dagster_home")) as instance,
+    ):
+        patch.setenv("RELABEL_ROOT", str(root))
+        yield root, materialize_project(root, instance)
 
 
 def _read_all(root, name):
@@ -20,8 +37,8 @@ def _read_all(root, name):
     )
 
 
-def test_every_shard_materializes_with_its_tables_checks_and_dvc_version(tiny_project, materialize_all):
-    results = materialize_all(tiny_project)
+def test_every_shard_materializes_with_its_tables_checks_and_dvc_version(ingested):
+    tiny_project, results = ingested
     for key in ("shard-00", "shard-01"):
         result = results[("ingest_shards", key)]
         for name in SHARD_OUTPUTS:
@@ -49,8 +66,8 @@ def test_every_shard_materializes_with_its_tables_checks_and_dvc_version(tiny_pr
         assert repo.status(targets=stages, cloud=True) == {}, "a materialization was not pushed to the remote"
 
 
-def test_no_human_label_is_lost_between_the_world_and_the_label_store(tiny_project, materialize_all):
-    materialize_all(tiny_project)
+def test_no_human_label_is_lost_between_the_world_and_the_label_store(ingested):
+    tiny_project, _ = ingested
     human = tiny_project / "data" / "world" / "human"
     instances = json.loads((human / "instances.json").read_text())
     captions = json.loads((human / "captions.json").read_text())
