@@ -51,6 +51,8 @@ def write_tiny_project(root: Path, **world: object) -> Path:
             spec["settings"] = {**spec.get("settings", {}), "epochs": 3}
     # self-training on, at a test budget, so the iterations exercise it
     params["refine"]["self_training"].update(specialists=["tinydet"], settings={"epochs": 2})
+    # the caption specialist fine-tuned for a few steps too (the model trains for 4)
+    params["refine"]["caption_specialist"]["steps"] = 2
     # the model phase: the micro preset for a few steps, short answers
     params["model"].update(preset="micro", tokenizer={"vocab_size": 600, "min_frequency": 2})
     params["model"]["train"].update(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=2, num_workers=0)
