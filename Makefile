@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/data/dagster_home
+# the tests run in two pytest-xdist workers, one per core of the CI machine (more cores:
+# `make test TEST_WORKERS=4`); the tests of the session's shared projects stay in one worker
+TEST_WORKERS ?= 2
+PYTEST_WORKERS := -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: demo test test-fast ui mlflow install lock clean detector-weights
 
@@ -25,12 +29,12 @@ demo: install
 test: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_WORKERS)
 
 test-fast: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_WORKERS) -m "not slow"
 
 ui: install
 	mkdir -p $(DAGSTER_HOME)

@@ -20,6 +20,16 @@ from resources.layout import FROZEN_SPLIT, files_dir
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 RELABEL = str(Path(sys.executable).parent / "relabel")
+# the session's materialized projects: `make test` runs its tests in two pytest-xdist workers,
+# and every test that reads one of these runs in the same worker (one xdist group), so each
+# project is materialized once per run, not once per worker
+SESSION_PROJECTS = frozenset({"headless_project", "annotated_project", "iterated_project"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SESSION_PROJECTS.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("session-projects"))
 
 
 @pytest.fixture(scope="session")
