@@ -48,7 +48,7 @@ from resources.partitions import (
     SAME_ITERATION,
     iteration_number,
 )
-from resources.services import DvcResource, MlflowResource, ProjectResource
+from resources.services import DvcResource, Experiment, MlflowResource, ProjectResource
 
 MERGE_STAGE, REFINE_STAGE = ITERATION_LABELS.path[0], REANNOTATION.path[0]
 
@@ -131,7 +131,8 @@ def build_label_quality_assets():
             else None
         )
         run_url = mlflow_tracking.log_report(
-            run_name=f"labels-iteration-{iteration}",
+            experiment=Experiment.LABEL_QUALITY,
+            run_name=f"iteration-{iteration}",
             tags={"phase": "label_quality", "iteration": iteration, "dagster_run_id": context.run_id},
             params={
                 "iteration": iteration,
