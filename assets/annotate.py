@@ -397,10 +397,17 @@ def _scores_asset(specialists: list[str]):
             run_name="initial-annotations",
             tags={"phase": "initial_annotation", "dagster_run_id": context.run_id},
             params={"specialists": ",".join(specialists), **project.params.annotate.consensus.model_dump()},
+            # the initial annotations' F1 first: MLflow's Compare plots the first metric by default
             metrics={
                 f"{metric}.{row['output']}": row.get(metric)
-                for row in scores.summary.iter_rows(named=True)
-                for metric in ("precision", "recall", "f1", "ocr_cer", "caption_object_recall")
+                for metric in ("f1", "precision", "recall", "ocr_cer", "caption_object_recall")
+                for row in sorted(
+                    scores.summary.iter_rows(named=True),
+                    key=lambda row: (
+                        row["output"] != "initial_annotations",
+                        row["output"] != "consensus_regions",
+                    ),
+                )
             },
             report_dir=report_dir,
             artifact_path="scores",

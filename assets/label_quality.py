@@ -139,8 +139,15 @@ def build_label_quality_assets():
                 "rare_classes": ", ".join(rare) or "none",
                 **{f"merge.{k_}": v for k_, v in params.merge.model_dump().items()},
             },
+            # box F1 first (MLflow's Compare plots the first metric by default); the number of
+            # rare classes is fixed by iteration 0 (a parameter here): no metric
             metrics={
-                **{key: value for key, value in quality.summary.items() if isinstance(value, (int, float))},
+                **{key: quality.summary.get(key) for key in ("box_f1", "box_f1_rare")},
+                **{
+                    key: value
+                    for key, value in quality.summary.items()
+                    if isinstance(value, (int, float)) and key != "rare_classes"
+                },
                 **{
                     f"labels.{row['category']}": row["labels"]
                     for row in quality.per_class.iter_rows(named=True)

@@ -117,6 +117,7 @@ def test_every_iteration_is_evaluated_on_the_frozen_split_in_an_mlflow_run_with_
     assert run.data.tags["training_run_id"] == training_run  # in the training experiment
     assert metadata["training_run"].endswith(f"/runs/{training_run}?workflowType=machine_learning")
     assert run.data.metrics["map.model"] == pytest.approx(model["map"])
+    assert next(iter(run.data.metrics)) == "map.model"  # what MLflow's Compare plots first
     assert run.data.metrics["caption_cider.baseline"] == pytest.approx(baseline["caption_cider"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/report")}
     plots = ("metrics_by_iteration", "per_class_recall", "labels_by_source_status", "quarantine_by_reason")

@@ -75,7 +75,7 @@ def test_a_report_is_a_finished_run_of_its_experiment_named_by_iteration_and_lin
         run_name="iteration-2",
         tags={"phase": "label_quality", "iteration": "2"},
         params={"iteration": "2", "rare_classes": "kite, umbrella"},
-        metrics={"box_f1": 0.75, "ocr_cer": math.nan, "caption_object_recall": None},
+        metrics={"box_f1": 0.75, "ocr_cer": math.nan, "caption_object_recall": None, "added_precision": 0.0},
         report_dir=_report(tmp_path),
         artifact_path="label_quality",
     )
@@ -88,7 +88,10 @@ def test_a_report_is_a_finished_run_of_its_experiment_named_by_iteration_and_lin
     assert experiment.name == "relabel/label-quality" == client.get_experiment(run.info.experiment_id).name
     assert run.info.run_name == "iteration-2" and run.info.status == "FINISHED"
     assert run.data.tags["iteration"] == "2" and run.data.params["rare_classes"] == "kite, umbrella"
-    assert run.data.metrics == {"box_f1": 0.75}  # NaN and None: nothing was measured
+    assert run.data.metrics == {"box_f1": 0.75, "added_precision": 0.0}  # NaN, None: nothing measured
+    # in the order logged, which the MLflow UI keeps: Compare's parallel-coordinates plot shows
+    # the first metric the runs share by default, so the important one goes first
+    assert list(run.data.metrics) == ["box_f1", "added_precision"]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "label_quality")] == [
         "label_quality/summary.md"
     ]
