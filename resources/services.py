@@ -203,10 +203,15 @@ class MlflowResource(ConfigurableResource):
     def run_url(self, run_id: str) -> str:
         """Where the run shows in `relabel ui` (the MLflow UI on 127.0.0.1:5000), in the
         machine-learning view of its experiment (also for runs of the single experiment of
-        earlier versions)."""
+        earlier versions). A run the store no longer has gets MLflow's route by run alone."""
         from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
 
-        return self._url(MlflowClient(self.tracking_uri).get_run(run_id).info.experiment_id, run_id)
+        try:
+            experiment_id = MlflowClient(self.tracking_uri).get_run(run_id).info.experiment_id
+        except MlflowException:
+            return f"http://127.0.0.1:5000/#/runs/{run_id}?{MACHINE_LEARNING_VIEW}"
+        return self._url(experiment_id, run_id)
 
     @staticmethod
     def _url(experiment_id: str, run_id: str) -> str:

@@ -143,6 +143,11 @@ def test_a_project_with_the_single_experiment_of_earlier_versions_keeps_it_and_l
     # a link to an old run (e.g. an earlier model's training run) opens it where it is
     old_url = URL.match(mlflow_tracking.run_url(old_run.info.run_id))
     assert (old_url["experiment"], old_url["run"]) == (old_experiment, old_run.info.run_id)
+    # one the store lost (data/mlflow deleted, the Dagster metadata kept): MLflow's route by run
+    assert (
+        mlflow_tracking.run_url("0" * 32)
+        == f"http://127.0.0.1:5000/#/runs/{'0' * 32}?workflowType=machine_learning"
+    )
 
 
 def test_an_experiment_made_without_the_kind_tag_gets_it(tmp_path):
