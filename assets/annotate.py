@@ -53,7 +53,7 @@ from resources.layout import (
     specialist_quarantine,
 )
 from resources.metadata import counts_by, figure_image, markdown_table, png_markdown
-from resources.services import DvcResource, MlflowResource, ProjectResource
+from resources.services import DvcResource, Experiment, MlflowResource, ProjectResource
 
 ANNOTATE_STAGE = INITIAL_ANNOTATIONS.path[0]
 # written into a trained specialist's folder in place of weights when it was not trained
@@ -393,13 +393,21 @@ def _scores_asset(specialists: list[str]):
         else:
             chart_path.unlink(missing_ok=True)
         run_url = mlflow_tracking.log_report(
-            run_name=f"initial-annotation-{context.run_id[:8]}",
+            experiment=Experiment.ANNOTATION_SCORES,
+            run_name="initial-annotations",
             tags={"phase": "initial_annotation", "dagster_run_id": context.run_id},
             params={"specialists": ",".join(specialists), **project.params.annotate.consensus.model_dump()},
+            # the initial annotations' F1 first: MLflow's Compare plots the first metric by default
             metrics={
                 f"{metric}.{row['output']}": row.get(metric)
-                for row in scores.summary.iter_rows(named=True)
-                for metric in ("precision", "recall", "f1", "ocr_cer", "caption_object_recall")
+                for metric in ("f1", "precision", "recall", "ocr_cer", "caption_object_recall")
+                for row in sorted(
+                    scores.summary.iter_rows(named=True),
+                    key=lambda row: (
+                        row["output"] != "initial_annotations",
+                        row["output"] != "consensus_regions",
+                    ),
+                )
             },
             report_dir=report_dir,
             artifact_path="scores",

@@ -46,7 +46,7 @@ from resources.layout import (
 )
 from resources.metadata import bar_chart, counts_by, markdown_table, png_markdown
 from resources.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION, SAME_SHARD
-from resources.services import DvcResource, MlflowResource, ProjectResource
+from resources.services import DvcResource, Experiment, MlflowResource, ProjectResource
 
 FILTER_STAGE = FILTERED_LABELS.path[0]
 
@@ -260,7 +260,8 @@ def _filter_report():
                 }
             )
         run_url = mlflow_tracking.log_report(
-            run_name=f"filter-iteration-{iteration}-{context.run_id[:8]}",
+            experiment=Experiment.FILTER,
+            run_name=f"iteration-{iteration}",
             tags={"phase": "filter", "dagster_run_id": context.run_id, "iteration": iteration},
             params={
                 "shards_blocked": metadata["shards_blocked"],

@@ -48,7 +48,7 @@ from resources.partitions import (
     SAME_ITERATION,
     iteration_number,
 )
-from resources.services import DvcResource, MlflowResource, ProjectResource
+from resources.services import DvcResource, Experiment, MlflowResource, ProjectResource
 
 MERGE_STAGE, REFINE_STAGE = ITERATION_LABELS.path[0], REANNOTATION.path[0]
 
@@ -131,15 +131,23 @@ def build_label_quality_assets():
             else None
         )
         run_url = mlflow_tracking.log_report(
-            run_name=f"labels-iteration-{iteration}",
+            experiment=Experiment.LABEL_QUALITY,
+            run_name=f"iteration-{iteration}",
             tags={"phase": "label_quality", "iteration": iteration, "dagster_run_id": context.run_id},
             params={
                 "iteration": iteration,
                 "rare_classes": ", ".join(rare) or "none",
                 **{f"merge.{k_}": v for k_, v in params.merge.model_dump().items()},
             },
+            # box F1 first (MLflow's Compare plots the first metric by default); the number of
+            # rare classes is fixed by iteration 0 (a parameter here): no metric
             metrics={
-                **{key: value for key, value in quality.summary.items() if isinstance(value, (int, float))},
+                **{key: quality.summary.get(key) for key in ("box_f1", "box_f1_rare")},
+                **{
+                    key: value
+                    for key, value in quality.summary.items()
+                    if isinstance(value, (int, float)) and key != "rare_classes"
+                },
                 **{
                     f"labels.{row['category']}": row["labels"]
                     for row in quality.per_class.iter_rows(named=True)

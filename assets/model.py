@@ -1,12 +1,12 @@
 """Phase 3: the unified Florence-2 model of each iteration, and its scores on held-out images.
 
 Iterations are a dynamic partition (``ITERATIONS``): iteration k's model trains on the corpus
-and is scored on the evaluation split, which no corpus ever contains. Each model is an MLflow
-run (parameters, per-step loss and learning rate, per-task loss, the model folder, a
-registered model version aliased ``iteration-<k>``) whose URL is in the materialization's
-metadata; the held-out scores are logged to the same run, so that one row of the MLflow UI
-holds an iteration's training and its scores. Bodies only load, call ``models`` and
-``relabel`` functions and record metadata.
+and is scored on the evaluation split, which no corpus ever contains. Each model is a run
+``iteration-<k>`` of the MLflow experiment ``<prefix>/training`` (parameters, per-step loss and
+learning rate, per-task loss, the model folder, a registered model version aliased
+``iteration-<k>``) whose URL is in the materialization's metadata; its held-out scores are the
+run ``iteration-<k>`` of ``<prefix>/evaluation``, one row per model beside the other
+iterations'. Bodies only load, call ``models`` and ``relabel`` functions and record metadata.
 """
 
 import shutil
@@ -47,7 +47,7 @@ from resources.layout import (
 )
 from resources.metadata import figure_image, markdown_table, png_markdown
 from resources.partitions import FOLLOWS_INPUTS, ITERATIONS, SAME_ITERATION, iteration_number
-from resources.services import DvcResource, MlflowResource, ProjectResource
+from resources.services import DvcResource, Experiment, MlflowResource, ProjectResource
 
 MODEL_STAGE = FLORENCE2_MODEL.path[0]
 # the weights and processor inside the model's folder of an iteration (files_dir)
@@ -117,7 +117,7 @@ def build_model_assets() -> list:
         }
         curve = TrainingCurve()
         with mlflow_tracking.training_run(
-            run_name=f"florence2-iteration-{iteration}",
+            run_name=f"iteration-{iteration}",
             tags={"phase": "training", "iteration": iteration, "dagster_run_id": context.run_id},
             params=run_params,
         ) as run:
@@ -192,8 +192,8 @@ def build_model_assets() -> list:
         description=(
             "The iteration's model on the frozen, human-audited evaluation split (never in a corpus), "
             "beside a trivial baseline: COCO mAP and mAP@0.5 (per class too), caption CIDEr, "
-            "phrase-grounding recall@1, referring-segmentation mIoU, OCR CER. An MLflow run nested "
-            "under the training run, with the iteration report (plots and summary) as artifacts."
+            "phrase-grounding recall@1, referring-segmentation mIoU, OCR CER. An MLflow run of the "
+            "evaluation experiment, with the iteration report (plots and summary) as artifacts."
         ),
     )
     def heldout_scores(
@@ -250,11 +250,13 @@ def build_model_assets() -> list:
         evaluation.generated.write_parquet(report_dir / "generated_labels.parquet")
         evaluation.problems.write_parquet(report_dir / "generation_problems.parquet")
         scores = {row["output"]: row for row in evaluation.summary.iter_rows(named=True)}
+        # the standard metrics first, the model's before the baseline's: MLflow's Compare plots
+        # the first metric a run logged by default
         measured = (
+            *STANDARD_METRICS,
+            "f1",
             "precision",
             "recall",
-            "f1",
-            *STANDARD_METRICS,
             "caption_object_recall",
             "region_naming_accuracy",
         )
@@ -283,13 +285,13 @@ def build_model_assets() -> list:
             },
         )
         run_url = mlflow_tracking.log_report(
-            run_name=f"evaluation-iteration-{iteration}",
-            # nested under the training run in the MLflow UI; the evaluation runs of all
-            # iterations compare side by side (tags.phase = 'evaluation')
+            # the evaluation experiment: one run per iteration's model, compared side by side;
+            # the training run is in the training experiment (MLflow nests runs only within one)
+            experiment=Experiment.EVALUATION,
+            run_name=f"iteration-{iteration}",
             tags={
                 "phase": "evaluation",
                 "iteration": iteration,
-                "mlflow.parentRunId": training_run,
                 "training_run_id": training_run,
                 "split_digest": split["digest"],
                 "dagster_run_id": context.run_id,

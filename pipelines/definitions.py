@@ -215,7 +215,7 @@ def build_definitions(root: str | None = None) -> Definitions:
             stepwise=True,
             description=(
                 "Score the iteration's model on the frozen audited split against a trivial baseline, and "
-                "write the iteration report (an MLflow run nested under the training run)."
+                "write the iteration report (an MLflow run of the evaluation experiment)."
             ),
         ),
         JobSpec(

@@ -473,6 +473,10 @@ class ExecutorParams(_Strict):
 
 
 class MlflowParams(_Strict):
+    """Where MLflow keeps runs and artifacts, and the prefix of the experiments, one per kind
+    of run (``<experiment>/training``, ``/evaluation``, ``/label-quality``, ``/filter``,
+    ``/annotation-scores``: ``resources.services.EXPERIMENTS``)."""
+
     tracking_uri: str = "sqlite:///data/mlflow/mlflow.db"
     artifact_root: str = "data/mlflow/artifacts"
     experiment: str = "relabel"

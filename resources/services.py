@@ -1,4 +1,4 @@
-"""Typed Dagster resources: the project (its root and params.yaml) and DVC.
+"""Typed Dagster resources: the project (its root and params.yaml), DVC and MLflow.
 
 Every setting comes from ``params.yaml`` through ``ProjectResource``; the DVC resource reads
 its remote from there too, so the file stays the one home of configuration.
@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 
@@ -75,9 +76,54 @@ class DvcResource(ConfigurableResource):
         return versioning.restore_file(Path(self.project.root), md5, destination)
 
 
+# The MLflow experiments relabel logs to, one per kind of run, each named
+# ``<params.yaml mlflow.experiment>/<kind>``: runs of one kind have the same metrics, so the
+# chart view and Compare of an experiment show only what its runs share.
+class Experiment(StrEnum):
+    TRAINING = "training"
+    EVALUATION = "evaluation"
+    LABEL_QUALITY = "label-quality"
+    FILTER = "filter"
+    ANNOTATION_SCORES = "annotation-scores"
+
+
+EXPERIMENTS: dict[Experiment, str] = {
+    Experiment.TRAINING: (
+        "The Florence-2 model of each iteration as it trains (model/florence2): one run per "
+        "iteration, iteration-<k>, with the loss and learning rate per step, the loss per task, "
+        "its settings and a registered model version."
+    ),
+    Experiment.EVALUATION: (
+        "Each iteration's model on the frozen, human-audited evaluation split "
+        "(model/heldout_scores): one run per iteration, iteration-<k>, the model's scores beside "
+        "the trivial baseline's (baseline.*), with the iteration report as artifacts."
+    ),
+    Experiment.LABEL_QUALITY: (
+        "How good each iteration's training labels are against the world's ground truth "
+        "(filter/label_quality): one run per iteration, iteration-<k>."
+    ),
+    Experiment.FILTER: (
+        "What the filters of each iteration kept and dropped (filter/filter_report): one run per "
+        "iteration, iteration-<k>."
+    ),
+    Experiment.ANNOTATION_SCORES: (
+        "The specialists and their consensus against the world's ground truth "
+        "(annotate/annotation_scores): one run per materialization, initial-annotations."
+    ),
+}
+# The MLflow UI (3.x) shows an experiment either as "GenAI apps & agents" (traces,
+# evaluations) or as "Machine learning" (runs, charts, Compare). The experiment tag records
+# the kind; the UI of MLflow 3.17 follows its own switch (stored in the browser, GenAI by
+# default) unless the page's URL names the view, so every run URL relabel writes names it.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MACHINE_LEARNING_KIND = "custom_model_development"
+MACHINE_LEARNING_VIEW = "workflowType=machine_learning"
+
+
 class MlflowResource(ConfigurableResource):
     """MLflow tracking for training and evaluation runs: a sqlite store and local artifacts
-    by default (params.yaml ``mlflow``), so runs compare side by side in the MLflow UI."""
+    by default (params.yaml ``mlflow``), one experiment per kind of run (``EXPERIMENTS``), so
+    the runs of one kind compare side by side in the MLflow UI."""
 
     project: ProjectResource
 
@@ -92,20 +138,41 @@ class MlflowResource(ConfigurableResource):
             return prefix + str(database)
         return uri
 
-    def experiment_id(self) -> str:
-        import mlflow
+    def experiment_name(self, kind: Experiment) -> str:
+        """``<mlflow.experiment>/<kind>``, e.g. ``relabel/training``."""
+        if kind not in EXPERIMENTS:
+            raise ValueError(
+                f"no MLflow experiment of kind {kind!r}; the kinds: {list(map(str, Experiment))}"
+            )
+        return f"{self.project.params.mlflow.experiment}/{kind}"
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        settings = self.project.params.mlflow
-        existing = mlflow.get_experiment_by_name(settings.experiment)
+    def experiment_id(self, kind: Experiment) -> str:
+        """The experiment of ``kind``'s runs, created on first use (with its description and
+        the machine-learning kind; a project with the single experiment of earlier versions
+        keeps it, and new runs go to these)."""
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        client = MlflowClient(self.tracking_uri)
+        name = self.experiment_name(kind)
+        existing = client.get_experiment_by_name(name)
         if existing is not None:
+            if existing.tags.get(EXPERIMENT_KIND_TAG) != MACHINE_LEARNING_KIND:
+                client.set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG, MACHINE_LEARNING_KIND)
             return existing.experiment_id
-        artifacts = self.project.path(settings.artifact_root)
+        artifacts = self.project.path(self.project.params.mlflow.artifact_root) / kind
         artifacts.mkdir(parents=True, exist_ok=True)
-        return mlflow.create_experiment(settings.experiment, artifact_location=artifacts.as_uri())
+        tags = {EXPERIMENT_KIND_TAG: MACHINE_LEARNING_KIND, "mlflow.note.content": EXPERIMENTS[kind]}
+        try:
+            return client.create_experiment(name, artifact_location=artifacts.as_uri(), tags=tags)
+        except MlflowException as error:  # another step process created it first
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return client.get_experiment_by_name(name).experiment_id
 
     def log_report(
         self,
+        experiment: Experiment,
         run_name: str,
         tags: dict[str, str],
         params: dict[str, object],
@@ -113,54 +180,64 @@ class MlflowResource(ConfigurableResource):
         report_dir: Path,
         artifact_path: str,
     ) -> str:
-        """One MLflow run holding a phase's report: its tags, parameters, metrics (NaN and
-        None left out: nothing was there to measure) and the report folder as artifacts.
-        Returns the run's URL in the MLflow UI."""
-        import mlflow
+        """One MLflow run in the experiment of kind ``experiment`` holding a phase's report:
+        its tags, parameters, metrics (NaN and None left out: nothing was there to measure)
+        and the report folder as artifacts. Returns the run's URL in the MLflow UI."""
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
 
-        with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as run:
-            mlflow.set_tags(tags)
-            mlflow.log_params({key: str(value)[:250] for key, value in params.items()})
-            mlflow.log_metrics(_measured(metrics))
-            mlflow.log_artifacts(str(report_dir), artifact_path=artifact_path)
-        return self.run_url(run.info.run_id)
+        client = MlflowClient(self.tracking_uri)
+        run = client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
+        try:
+            client.log_batch(
+                run.info.run_id, params=[Param(key, str(value)[:250]) for key, value in params.items()]
+            )
+            _log_metrics(client, run.info.run_id, metrics, step=0)
+            client.log_artifacts(run.info.run_id, str(report_dir), artifact_path=artifact_path)
+        except BaseException:
+            client.set_terminated(run.info.run_id, "FAILED")
+            raise
+        client.set_terminated(run.info.run_id, "FINISHED")
+        return self._url(run.info.experiment_id, run.info.run_id)
 
     def run_url(self, run_id: str) -> str:
-        """Where the run shows in `make mlflow` (the MLflow UI on 127.0.0.1:5000)."""
-        return f"http://127.0.0.1:5000/#/experiments/{self.experiment_id()}/runs/{run_id}"
+        """Where the run shows in `relabel ui` (the MLflow UI on 127.0.0.1:5000), in the
+        machine-learning view of its experiment (also for runs of the single experiment of
+        earlier versions). A run the store no longer has gets MLflow's route by run alone."""
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        try:
+            experiment_id = MlflowClient(self.tracking_uri).get_run(run_id).info.experiment_id
+        except MlflowException:
+            return f"http://127.0.0.1:5000/#/runs/{run_id}?{MACHINE_LEARNING_VIEW}"
+        return self._url(experiment_id, run_id)
+
+    @staticmethod
+    def _url(experiment_id: str, run_id: str) -> str:
+        return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}?{MACHINE_LEARNING_VIEW}"
 
     @contextmanager
     def training_run(
         self, run_name: str, tags: dict[str, str], params: Mapping[str, object]
     ) -> Iterator[TrainingRun]:
-        """An MLflow run open while a model trains: FINISHED when the block ends, FAILED (and
-        the error re-raised) when it raises."""
+        """An MLflow run of the training experiment open while a model trains: FINISHED when
+        the block ends, FAILED (and the error re-raised) when it raises."""
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
         client = MlflowClient(self.tracking_uri)
-        run = client.create_run(self.experiment_id(), run_name=run_name, tags=tags)
+        run = client.create_run(self.experiment_id(Experiment.TRAINING), run_name=run_name, tags=tags)
         client.log_batch(
             run.info.run_id, params=[Param(key, str(value)[:6000]) for key, value in params.items()]
         )
+        url = self._url(run.info.experiment_id, run.info.run_id)
         try:
-            yield TrainingRun(client, run.info.run_id, run.info.artifact_uri, self.run_url(run.info.run_id))
+            yield TrainingRun(client, run.info.run_id, run.info.artifact_uri, url)
         except BaseException:
             client.set_terminated(run.info.run_id, "FAILED")
             raise
         client.set_terminated(run.info.run_id, "FINISHED")
-
-    def add_to_run(
-        self, run_id: str, metrics: Mapping[str, float | None], report_dir: Path, artifact_path: str
-    ) -> str:
-        """Log more metrics (NaN and None left out) and a report folder to a finished run, e.g.
-        a model's held-out scores to its training run, so one row of the MLflow UI holds both."""
-        from mlflow import MlflowClient
-
-        client = MlflowClient(self.tracking_uri)
-        _log_metrics(client, run_id, metrics, step=0)
-        client.log_artifacts(run_id, str(report_dir), artifact_path=artifact_path)
-        return self.run_url(run_id)
 
 
 def _measured(metrics: Mapping[str, float | None]) -> dict[str, float]:

@@ -125,10 +125,15 @@ def test_scores_are_an_mlflow_run_and_in_the_asset_metadata(annotated):
     metadata = event.materialization.metadata
     assert "consensus_regions" in metadata["summary"].value
     assert metadata["f1_by_class"].value.startswith("![")
-    run_id = metadata["mlflow_run"].value.rsplit("/", 1)[-1]
+    url = metadata["mlflow_run"].value
+    assert url.endswith("?workflowType=machine_learning")  # the machine-learning view of the run
+    experiment_id, run_id = url.split("#/experiments/")[1].split("?")[0].split("/runs/")
     mlflow.set_tracking_uri(f"sqlite:///{root / 'data' / 'mlflow' / 'mlflow.db'}")
     run = mlflow.get_run(run_id)
+    assert run.info.experiment_id == experiment_id and run.info.run_name == "initial-annotations"
+    assert mlflow.get_experiment(experiment_id).name == "relabel/annotation-scores"
     assert "f1.consensus_regions" in run.data.metrics
+    assert next(iter(run.data.metrics)) == "f1.initial_annotations"  # what MLflow's Compare plots first
     assert 0 <= run.data.metrics["f1.consensus_regions"] <= 1
 
 

@@ -140,7 +140,12 @@ def test_filtering_the_tiny_world_loses_nothing_and_reports_table_3_and_filter_p
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'data' / 'mlflow' / 'mlflow.db'}")
-    run = mlflow.get_run(metadata["mlflow_run"].value.rsplit("/", 1)[-1])
+    experiment_id, run_id = (
+        metadata["mlflow_run"].value.split("#/experiments/")[1].split("?")[0].split("/runs/")
+    )
+    run = mlflow.get_run(run_id)
+    assert run.info.experiment_id == experiment_id and run.info.run_name == "iteration-0"
+    assert mlflow.get_experiment(experiment_id).name == "relabel/filter"
     assert run.data.tags["phase"] == "filter" and run.data.params["shards_blocked"] == "none"
     assert 0 <= run.data.metrics["all.keep_precision"] <= 1 and run.data.metrics["corpus_labels"] > 0
     quality = pl.read_parquet(data / "filter" / "report" / "iteration-0" / "filter_quality.parquet")

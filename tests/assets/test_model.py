@@ -30,7 +30,9 @@ def test_the_iteration_model_is_an_mlflow_run_with_its_curve_and_a_registered_ve
     metadata = _metadata(results[("train_model", "0")], "florence2")
     client = MlflowClient(f"sqlite:///{root / 'data' / 'mlflow' / 'mlflow.db'}")
     run = client.get_run(metadata["mlflow_run_id"])
-    assert metadata["mlflow_run"].endswith(f"/runs/{run.info.run_id}") and run.info.status == "FINISHED"
+    assert metadata["mlflow_run"].endswith(f"/runs/{run.info.run_id}?workflowType=machine_learning")
+    assert run.info.status == "FINISHED" and run.info.run_name == "iteration-0"
+    assert client.get_experiment(run.info.experiment_id).name == "relabel/training"
     assert run.data.params["preset"] == "micro" and run.data.params["iteration"] == "0"
     corpus_files = sorted((root / "data" / "corpus" / "examples" / "iteration-0").glob("*.parquet"))
     assert {f"corpus.{path.stem}.md5" for path in corpus_files} <= set(run.data.params)  # the data version
@@ -50,7 +52,7 @@ def test_the_iteration_model_is_an_mlflow_run_with_its_curve_and_a_registered_ve
     assert pl.read_parquet(folder / "training_curve.parquet")["step"].to_list() == list(range(1, steps + 1))
 
 
-def test_every_iteration_is_evaluated_on_the_frozen_split_in_a_nested_mlflow_run_with_its_report(trained):
+def test_every_iteration_is_evaluated_on_the_frozen_split_in_an_mlflow_run_with_its_report(trained):
     from mlflow import MlflowClient
     from PIL import Image
 
@@ -109,10 +111,13 @@ def test_every_iteration_is_evaluated_on_the_frozen_split_in_a_nested_mlflow_run
 
     client = MlflowClient(f"sqlite:///{data / 'mlflow' / 'mlflow.db'}")
     training_run = _metadata(results[("train_model", "0")], "florence2")["mlflow_run_id"]
-    run = client.get_run(metadata["mlflow_run"].rsplit("/", 1)[1])
-    assert run.info.run_name == "evaluation-iteration-0" and run.data.tags["phase"] == "evaluation"
-    assert run.data.tags["mlflow.parentRunId"] == training_run  # nested under its training run
+    run = client.get_run(metadata["mlflow_run"].split("/runs/")[1].split("?")[0])
+    assert run.info.run_name == "iteration-0" and run.data.tags["phase"] == "evaluation"
+    assert client.get_experiment(run.info.experiment_id).name == "relabel/evaluation"
+    assert run.data.tags["training_run_id"] == training_run  # in the training experiment
+    assert metadata["training_run"].endswith(f"/runs/{training_run}?workflowType=machine_learning")
     assert run.data.metrics["map.model"] == pytest.approx(model["map"])
+    assert next(iter(run.data.metrics)) == "map.model"  # what MLflow's Compare plots first
     assert run.data.metrics["caption_cider.baseline"] == pytest.approx(baseline["caption_cider"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/report")}
     plots = ("metrics_by_iteration", "per_class_recall", "labels_by_source_status", "quarantine_by_reason")

@@ -103,10 +103,11 @@ def test_each_iteration_has_its_label_quality_in_mlflow_and_the_guard_compares_t
     root, results = iterated_project
     data = root / "data"
     client = MlflowClient(f"sqlite:///{data / 'mlflow' / 'mlflow.db'}")
-    runs = client.search_runs(
-        client.get_experiment_by_name("relabel").experiment_id, "tags.phase = 'label_quality'"
-    )
+    runs = client.search_runs(client.get_experiment_by_name("relabel/label-quality").experiment_id)
     assert sorted(run.data.tags["iteration"] for run in runs) == ["0", "1"]
+    assert sorted(run.info.run_name for run in runs) == ["iteration-0", "iteration-1"]
+    for run in runs:  # box F1 first, what MLflow's Compare plots first; no constant count of rare classes
+        assert next(iter(run.data.metrics)) == "box_f1" and "rare_classes" not in run.data.metrics
     for iteration in ("0", "1"):
         summary = pl.read_parquet(
             data / "filter" / "quality" / f"iteration-{iteration}" / "summary.parquet"
