@@ -123,7 +123,7 @@ def build_audit_assets() -> tuple[list, list]:
         folder = files_dir(AUDIT_TASKS, project.data_dir)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / TASKS_FILE).write_text(json.dumps(written, indent=1, sort_keys=True) + "\n")
-        (folder / CONFIG_FILE).write_text(audit.label_config(project.ontology()) + "\n")
+        (folder / CONFIG_FILE).write_text(audit.label_config(project.ontology(), written) + "\n")
         committed = dvc.commit(stage=AUDIT_STAGE, written=folder / TASKS_FILE)
         context.log.info(
             f"{len(written)} audit tasks with {to_audit.height} predicted labels in {folder / TASKS_FILE}"

@@ -133,7 +133,7 @@ def build_review_assets(perception: list[str]) -> list:
             image_url_for(project),
         )
         (folder / TASKS_FILE).write_text(json.dumps(tasks, indent=1, sort_keys=True) + "\n")
-        (folder / CONFIG_FILE).write_text(audit.label_config(project.ontology()) + "\n")
+        (folder / CONFIG_FILE).write_text(audit.label_config(project.ontology(), tasks) + "\n")
         truth = _truth(project)
         found = _found(scored, queued, labels, truth, project.ontology()) if truth is not None else {}
         chart = _queue_chart(scored, queued)
