@@ -8,7 +8,9 @@ Three unpartitioned assets, run once before anything is trained:
     as Label Studio tasks (predictions with scores and sources) and the labeling config.
 ``audit/audited_labels``
     The completed Label Studio export read back: accepted, corrected and rejected labels with
-    source ``human-audit@<auditor>``. Refuses a split that is not fully audited.
+    source ``human-audit@<auditor>`` (named by ``audit.auditors``, else the export's email).
+    Refuses a split that is not fully audited, and an export with a result that cannot be
+    read (naming its Label Studio task).
 ``audit/frozen_split``
     The freeze: a manifest of every split image's file hash and its audited labels' hash,
     DVC-tracked, with a freeze record. Once frozen it stays so (``relabel unfreeze`` is the
@@ -91,6 +93,22 @@ def labels_to_audit(images: pl.DataFrame, human_labels: pl.DataFrame) -> pl.Data
     held = split_images(images)["image_id"].implode()
     return human_labels.filter(
         pl.col("image_id").is_in(held), pl.col("task").cast(pl.String).is_in(list(audit.AUDITED_TASKS))
+    )
+
+
+def refuse_unreadable(result: audit.AuditImport, export_path: Path) -> None:
+    """Fail unless every result of the export was read: an edit or a drawing that cannot
+    become a label is an auditor's verdict that would be lost, and the label it is about would
+    stand unjudged. The failure names each Label Studio task to fix before exporting again."""
+    if not result.problems:
+        return
+    raise Failure(
+        f"{len(result.problems)} result(s) in {export_path} could not be read: fix them in Label "
+        f"Studio and export again. {result.problems[0]}",
+        metadata={
+            "problems": MetadataValue.md("\n".join(f"- {problem}" for problem in result.problems)),
+            "unjudged_labels": result.unaudited.height,
+        },
     )
 
 
@@ -184,9 +202,12 @@ def build_audit_assets() -> tuple[list, list]:
             )
         try:
             export = json.loads(export_path.read_text())
-            result = audit.import_audit(written, export, labels_to_audit(images, human_labels))
+            result = audit.import_audit(
+                written, export, labels_to_audit(images, human_labels), params.auditors
+            )
         except ValueError as error:  # json's decode error is one too
             raise Failure(f"{export_path} is not a Label Studio JSON export: {error}") from error
+        refuse_unreadable(result, export_path)
         if result.unaudited_images:
             raise Failure(
                 f"the split is frozen only after audit: {len(result.unaudited_images)} "
@@ -207,7 +228,6 @@ def build_audit_assets() -> tuple[list, list]:
                 **counts_by(result.decisions, "decision"),
                 **counts_by(result.decisions, "auditor"),
                 **counts_by(result.quarantine, "reason"),
-                "problems": MetadataValue.md("\n".join(f"- {p}" for p in result.problems) or "none"),
                 "export": MetadataValue.path(str(export_path)),
             },
         )

@@ -12,6 +12,7 @@ Two assets per iteration, after its model has re-annotated the training images:
     The completed Label Studio export of those tasks read back (``relabel.audit.import_audit``):
     accepted, corrected and added labels with source ``human-audit@<auditor>``. Iteration k+1's
     merge puts them in place of the labels they judged; the filters and the merge protect them.
+    An export with a result that cannot be read is refused, naming its Label Studio task.
 
 Files per iteration in ``data/review/iteration-<k>/``: ``scores.parquet`` (every label's
 signals), ``tasks.json`` and ``label_config.xml`` (for Label Studio), ``completed.json`` (the
@@ -33,7 +34,7 @@ from dagster import (
     asset,
 )
 
-from assets.audit import CONFIG_FILE, TASKS_FILE, image_url_for
+from assets.audit import CONFIG_FILE, TASKS_FILE, image_url_for, refuse_unreadable
 from assets.model import model_source
 from relabel import audit
 from relabel.review_queue import Evidence, select_queue, suspicion_scores
@@ -227,11 +228,14 @@ def build_review_assets(perception: list[str]) -> list:
                 "export it as JSON there (README: The review queue), or set review.budget to 0"
             )
         try:
-            result = audit.import_audit(tasks, json.loads(path.read_text()), queued)
+            result = audit.import_audit(
+                tasks, json.loads(path.read_text()), queued, project.params.audit.auditors
+            )
         except ValueError as error:
             raise Failure(
                 f"{path} is not a Label Studio JSON export of the queue's tasks: {error}"
             ) from error
+        refuse_unreadable(result, path)
         if result.unaudited_images:
             raise Failure(
                 f"{len(result.unaudited_images)} of {len(tasks)} queued tasks have "
@@ -247,7 +251,7 @@ def build_review_assets(perception: list[str]) -> list:
                 "audited_labels": result.labels.height,
                 **counts_by(result.decisions, "decision"),
                 **counts_by(result.quarantine, "reason"),
-                "problems": MetadataValue.md("\n".join(f"- {p}" for p in result.problems) or "none"),
+                **counts_by(result.decisions, "auditor"),
                 "export": MetadataValue.path(str(path)),
             },
         )
