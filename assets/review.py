@@ -7,7 +7,8 @@ Two assets per iteration, after its model has re-annotated the training images:
     Every auditable training label of the iteration scored by the signals of
     ``relabel.review_queue`` (specialist and model disagreement, the model's confidence, history,
     filter margins, rarity), and the ``review.budget`` most suspicious, with places kept for
-    rare classes and every annotation type, written as Label Studio tasks.
+    rare classes and every annotation type, written as Label Studio tasks that show each label
+    with why it was queued (its strongest signals in words, ``queue_reasons``).
 ``review/verdicts``
     The completed Label Studio export of those tasks read back (``relabel.audit.import_audit``):
     accepted, corrected and added labels with source ``human-audit@<auditor>``. Iteration k+1's
@@ -37,7 +38,7 @@ from dagster import (
 from assets.audit import CONFIG_FILE, TASKS_FILE, image_url_for, refuse_unreadable
 from assets.model import model_source
 from relabel import audit
-from relabel.review_queue import Evidence, select_queue, suspicion_scores
+from relabel.review_queue import Evidence, queue_reasons, select_queue, suspicion_scores
 from relabel.scoring import label_correctness
 from resources.io_manager import TABLE_METADATA_KEY
 from resources.layout import (
@@ -132,6 +133,7 @@ def build_review_assets(perception: list[str]) -> list:
             training.filter(pl.col("image_id").is_in(shown["image_id"].implode())),
             shown,
             image_url_for(project),
+            queue_reasons(queued, params.review.weights),
         )
         (folder / TASKS_FILE).write_text(json.dumps(tasks, indent=1, sort_keys=True) + "\n")
         (folder / CONFIG_FILE).write_text(audit.label_config(project.ontology(), tasks) + "\n")
