@@ -85,6 +85,13 @@ SECTIONS = {
 }
 """The header of each region task's section of the config: what a region of it is."""
 
+REGION_TEXTS = {
+    "ocr": "What the selected text region reads",
+    "region_caption": "What the selected region's caption says",
+    "phrase_grounding": "The phrase the selected grounding shows, as its caption has it",
+}
+"""The header of each per-region text box: what the text of the selected region is."""
+
 ANNOTATION_TYPE_OF = {task: kind for kind, tasks in TASKS_BY_TYPE.items() for task in tasks}
 DECISIONS = ("accepted", "corrected", "rejected", "added")
 DECISIONS_SCHEMA = pl.Schema(
@@ -277,6 +284,8 @@ def label_config(categories: Sequence[str], tasks: Iterable[Mapping[str, Any]]) 
     if not all(isinstance(name, str) and name.strip() for name in names):
         raise ValueError(f"categories must be non-empty strings, got {names!r}")
     view = ET.Element("View")
+    # Label Studio trims a Text's whitespace unless told not to: the summary is one label a line
+    ET.SubElement(view, "Style").text = ".htx-text { white-space: pre-wrap; }"
     ET.SubElement(view, "Image", name="image", value="$image", zoom="true")
     ET.SubElement(view, "Header", value="The labels shown: task, source and score", size="5")
     ET.SubElement(view, "Text", name="summary", value="$summary")
@@ -290,7 +299,7 @@ def label_config(categories: Sequence[str], tasks: Iterable[Mapping[str, Any]]) 
             ET.SubElement(view, "Text", name="grounding_captions", value="$grounding_captions")
         # a region's text box is shown only while one of this control's regions is selected
         shown = ET.SubElement(view, "View", visibleWhen="region-selected", whenTagName=task)
-        ET.SubElement(shown, "Header", value=f"{_words(task)}: text of the selected region", size="6")
+        ET.SubElement(shown, "Header", value=REGION_TEXTS[task], size="6")
         ET.SubElement(
             shown,
             "TextArea",

@@ -274,9 +274,11 @@ def check_accounting(result, labels: pl.DataFrame) -> None:
 
 
 # the tags and attributes of Label Studio's labeling config language that the audit config uses
-# (labelstud.io/tags: View, Image, Header, Text, RectangleLabels, PolygonLabels, Label, TextArea)
+# (labelstud.io/tags: View, Style, Image, Header, Text, RectangleLabels, PolygonLabels, Label,
+# TextArea)
 LABEL_STUDIO_TAGS = {
     "View": {"visibleWhen", "whenTagName"},
+    "Style": set(),
     "Image": {"name", "value", "zoom"},
     "Header": {"value", "size"},
     "Text": {"name", "value"},
