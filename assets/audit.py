@@ -112,6 +112,21 @@ def refuse_unreadable(result: audit.AuditImport, export_path: Path) -> None:
     )
 
 
+def auditors_metadata(context: AssetExecutionContext, result: audit.AuditImport) -> dict:
+    """Who audited, by name, and a warning for each auditor the export names by id only: the
+    label sources and the freeze log would carry ``label-studio-user-<id>`` for them."""
+    unnamed = sorted({a for a in result.decisions["auditor"] if a.startswith(audit.UNNAMED_AUDITOR)})
+    if unnamed:
+        context.log.warning(
+            f"Label Studio names {', '.join(unnamed)} by id only: map the ids to names in "
+            "params.yaml, e.g. audit.auditors: {1: alice@example.com}"
+        )
+    return {
+        **counts_by(result.decisions, "auditor"),
+        **({"unnamed_auditors": ", ".join(unnamed)} if unnamed else {}),
+    }
+
+
 def build_audit_assets() -> tuple[list, list]:
     """The audit tasks, the audited labels and the frozen split; the split's blocking check."""
 
@@ -226,7 +241,7 @@ def build_audit_assets() -> tuple[list, list]:
                 "audited_images": len(written),
                 "audited_labels": result.labels.height,
                 **counts_by(result.decisions, "decision"),
-                **counts_by(result.decisions, "auditor"),
+                **auditors_metadata(context, result),
                 **counts_by(result.quarantine, "reason"),
                 "export": MetadataValue.path(str(export_path)),
             },

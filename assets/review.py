@@ -35,7 +35,7 @@ from dagster import (
     asset,
 )
 
-from assets.audit import CONFIG_FILE, TASKS_FILE, image_url_for, refuse_unreadable
+from assets.audit import CONFIG_FILE, TASKS_FILE, auditors_metadata, image_url_for, refuse_unreadable
 from assets.model import model_source
 from relabel import audit
 from relabel.review_queue import Evidence, queue_reasons, select_queue, suspicion_scores
@@ -253,7 +253,7 @@ def build_review_assets(perception: list[str]) -> list:
                 "audited_labels": result.labels.height,
                 **counts_by(result.decisions, "decision"),
                 **counts_by(result.quarantine, "reason"),
-                **counts_by(result.decisions, "auditor"),
+                **auditors_metadata(context, result),
                 "export": MetadataValue.path(str(path)),
             },
         )

@@ -52,6 +52,7 @@ from relabel.merge import box_iou
 PHASE = "audit"
 MODEL_VERSION = "relabel"
 SOURCE_PREFIX = "human-audit@"
+UNNAMED_AUDITOR = "label-studio-user-"  # + the user id: an auditor the export names by id only
 CAPTION_TASKS = ("brief_caption", "detailed_caption", "more_detailed_caption")
 REGION_TASKS = ("object", "ocr", "region_caption", "phrase_grounding")
 AUDITED_TASKS = REGION_TASKS + CAPTION_TASKS
@@ -860,12 +861,13 @@ def _check_export(export: Any, auditors: Mapping[str, str]) -> None:
 def _auditor(annotation: Mapping[str, Any], auditors: Mapping[str, str]) -> str:
     """Who submitted an annotation, by name.
 
-    Label Studio's JSON export names the user by id in ``completed_by`` (a user object with
-    ``id``, ``email``, ``first_name`` and ``last_name`` in some exports) and in words in
-    ``created_username`` (``"<first> <last> <email>, <id>"``). In order: the name ``auditors``
-    gives the id; the user object's email, else full name; ``created_username``'s email, else
-    name; a ``completed_by`` that is already a name (an email, the simulated auditors); else
-    ``label-studio-user-<id>``, never a bare number.
+    Label Studio's JSON export names the user by id only (``"completed_by": 1``); expanded
+    (``completed_by`` a user object with ``id``, ``email``, ``first_name``, ``last_name``) and
+    in its tasks API (``created_username``: ``"<first> <last> <email>, <id>"``) also in words.
+    In order: the name ``auditors`` gives the id (``audit.auditors``); the user object's email,
+    else full name; ``created_username``'s email, else name; a ``completed_by`` that is already
+    a name (an email, the simulated auditors); else ``label-studio-user-<id>``, never a bare
+    number.
     """
     completed_by = annotation.get("completed_by")
     user = completed_by if isinstance(completed_by, dict) else {"id": completed_by}
@@ -882,7 +884,7 @@ def _auditor(annotation: Mapping[str, Any], auditors: Mapping[str, str]) -> str:
         return user_id.strip()
     if user_id is None:
         raise ValueError(f"an annotation's completed_by names no auditor: {completed_by!r}")
-    return f"label-studio-user-{user_id}"
+    return f"{UNNAMED_AUDITOR}{user_id}"
 
 
 def _created_username(value: Any) -> str | None:

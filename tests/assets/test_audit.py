@@ -195,7 +195,8 @@ def test_an_export_with_an_unreadable_edit_fails_naming_the_task_and_auditors_ar
     ]
     audited = pl.read_parquet(data / "audit" / "audited_labels.parquet")
     assert set(audited["source"]) == {"human-audit@alice@example.com"}
-    assert "auditor/alice@example.com" in materialization.materialization.metadata
+    metadata = materialization.materialization.metadata
+    assert "auditor/alice@example.com" in metadata and "unnamed_auditors" not in metadata
 
 
 def test_a_resized_recompressed_copy_of_a_split_image_is_caught(frozen_project, instance):

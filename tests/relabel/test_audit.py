@@ -476,7 +476,8 @@ def test_a_real_export_is_read_region_by_region():
     labels = fixture_labels()
     tasks = audit_tasks(images("img-a", "img-b"), labels, url)
     export = json.loads((FIXTURES / "audit_export.json").read_text())
-    result = import_audit(tasks, export, labels)
+    # the export names users by id only; params.yaml's audit.auditors names them
+    result = import_audit(tasks, export, labels, {1: "alice@example.com"})
     check_accounting(result, labels)
     # the latest submitted annotation (58, by user 1, alice) is read; 57 is older, 61 and 62 cancelled
     assert counts(result) == {"accepted": 2, "corrected": 2, "rejected": 1, "added": 1}
@@ -890,7 +891,7 @@ def test_clearing_a_regions_text_rejects_it():
 @pytest.mark.parametrize(
     ("annotation", "auditors", "name"),
     [
-        # Label Studio 1.x: an id, and the user in words beside it
+        # Label Studio's JSON export: a user id (its tasks API adds the user in words beside it)
         ({"completed_by": 1, "created_username": " alice@example.com, 1"}, {}, "alice@example.com"),
         (
             {"completed_by": 1, "created_username": "Alice Smith alice@example.com, 1"},
@@ -898,7 +899,7 @@ def test_clearing_a_regions_text_rejects_it():
             "alice@example.com",
         ),
         ({"completed_by": 1, "created_username": "Alice Smith , 1"}, {}, "Alice Smith"),
-        # an export with user objects
+        # an export with the users expanded (completed_by: id, email, first_name, last_name)
         ({"completed_by": {"id": 3, "email": "bob@example.com", "first_name": "Bob"}}, {}, "bob@example.com"),
         ({"completed_by": {"id": 3, "email": "", "first_name": "Bob", "last_name": "Lee"}}, {}, "Bob Lee"),
         # a configured name wins (audit.auditors), by id in whatever form
