@@ -8,7 +8,9 @@ Three unpartitioned assets, run once before anything is trained:
     as Label Studio tasks (predictions with scores and sources) and the labeling config.
 ``audit/audited_labels``
     The completed Label Studio export read back: accepted, corrected and rejected labels with
-    source ``human-audit@<auditor>``. Refuses a split that is not fully audited.
+    source ``human-audit@<auditor>`` (named by ``audit.auditors``, else the export's email).
+    Refuses a split that is not fully audited, and an export with a result that cannot be
+    read (naming its Label Studio task).
 ``audit/frozen_split``
     The freeze: a manifest of every split image's file hash and its audited labels' hash,
     DVC-tracked, with a freeze record. Once frozen it stays so (``relabel unfreeze`` is the
@@ -94,6 +96,37 @@ def labels_to_audit(images: pl.DataFrame, human_labels: pl.DataFrame) -> pl.Data
     )
 
 
+def refuse_unreadable(result: audit.AuditImport, export_path: Path) -> None:
+    """Fail unless every result of the export was read: an edit or a drawing that cannot
+    become a label is an auditor's verdict that would be lost, and the label it is about would
+    stand unjudged. The failure names each Label Studio task to fix before exporting again."""
+    if not result.problems:
+        return
+    raise Failure(
+        f"{len(result.problems)} result(s) in {export_path} could not be read: fix them in Label "
+        f"Studio and export again. {result.problems[0]}",
+        metadata={
+            "problems": MetadataValue.md("\n".join(f"- {problem}" for problem in result.problems)),
+            "unjudged_labels": result.unaudited.height,
+        },
+    )
+
+
+def auditors_metadata(context: AssetExecutionContext, result: audit.AuditImport) -> dict:
+    """Who audited, by name, and a warning for each auditor the export names by id only: the
+    label sources and the freeze log would carry ``label-studio-user-<id>`` for them."""
+    unnamed = sorted({a for a in result.decisions["auditor"] if a.startswith(audit.UNNAMED_AUDITOR)})
+    if unnamed:
+        context.log.warning(
+            f"Label Studio names {', '.join(unnamed)} by id only: map the ids to names in "
+            "params.yaml, e.g. audit.auditors: {1: alice@example.com}"
+        )
+    return {
+        **counts_by(result.decisions, "auditor"),
+        **({"unnamed_auditors": ", ".join(unnamed)} if unnamed else {}),
+    }
+
+
 def build_audit_assets() -> tuple[list, list]:
     """The audit tasks, the audited labels and the frozen split; the split's blocking check."""
 
@@ -123,7 +156,7 @@ def build_audit_assets() -> tuple[list, list]:
         folder = files_dir(AUDIT_TASKS, project.data_dir)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / TASKS_FILE).write_text(json.dumps(written, indent=1, sort_keys=True) + "\n")
-        (folder / CONFIG_FILE).write_text(audit.label_config(project.ontology()) + "\n")
+        (folder / CONFIG_FILE).write_text(audit.label_config(project.ontology(), written) + "\n")
         committed = dvc.commit(stage=AUDIT_STAGE, written=folder / TASKS_FILE)
         context.log.info(
             f"{len(written)} audit tasks with {to_audit.height} predicted labels in {folder / TASKS_FILE}"
@@ -184,9 +217,12 @@ def build_audit_assets() -> tuple[list, list]:
             )
         try:
             export = json.loads(export_path.read_text())
-            result = audit.import_audit(written, export, labels_to_audit(images, human_labels))
+            result = audit.import_audit(
+                written, export, labels_to_audit(images, human_labels), params.auditors
+            )
         except ValueError as error:  # json's decode error is one too
             raise Failure(f"{export_path} is not a Label Studio JSON export: {error}") from error
+        refuse_unreadable(result, export_path)
         if result.unaudited_images:
             raise Failure(
                 f"the split is frozen only after audit: {len(result.unaudited_images)} "
@@ -205,9 +241,8 @@ def build_audit_assets() -> tuple[list, list]:
                 "audited_images": len(written),
                 "audited_labels": result.labels.height,
                 **counts_by(result.decisions, "decision"),
-                **counts_by(result.decisions, "auditor"),
+                **auditors_metadata(context, result),
                 **counts_by(result.quarantine, "reason"),
-                "problems": MetadataValue.md("\n".join(f"- {p}" for p in result.problems) or "none"),
                 "export": MetadataValue.path(str(export_path)),
             },
         )

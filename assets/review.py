@@ -7,11 +7,13 @@ Two assets per iteration, after its model has re-annotated the training images:
     Every auditable training label of the iteration scored by the signals of
     ``relabel.review_queue`` (specialist and model disagreement, the model's confidence, history,
     filter margins, rarity), and the ``review.budget`` most suspicious, with places kept for
-    rare classes and every annotation type, written as Label Studio tasks.
+    rare classes and every annotation type, written as Label Studio tasks that show each label
+    with why it was queued (its strongest signals in words, ``queue_reasons``).
 ``review/verdicts``
     The completed Label Studio export of those tasks read back (``relabel.audit.import_audit``):
     accepted, corrected and added labels with source ``human-audit@<auditor>``. Iteration k+1's
     merge puts them in place of the labels they judged; the filters and the merge protect them.
+    An export with a result that cannot be read is refused, naming its Label Studio task.
 
 Files per iteration in ``data/review/iteration-<k>/``: ``scores.parquet`` (every label's
 signals), ``tasks.json`` and ``label_config.xml`` (for Label Studio), ``completed.json`` (the
@@ -33,10 +35,10 @@ from dagster import (
     asset,
 )
 
-from assets.audit import CONFIG_FILE, TASKS_FILE, image_url_for
+from assets.audit import CONFIG_FILE, TASKS_FILE, auditors_metadata, image_url_for, refuse_unreadable
 from assets.model import model_source
 from relabel import audit
-from relabel.review_queue import Evidence, select_queue, suspicion_scores
+from relabel.review_queue import Evidence, queue_reasons, select_queue, suspicion_scores
 from relabel.scoring import label_correctness
 from resources.io_manager import TABLE_METADATA_KEY
 from resources.layout import (
@@ -131,9 +133,10 @@ def build_review_assets(perception: list[str]) -> list:
             training.filter(pl.col("image_id").is_in(shown["image_id"].implode())),
             shown,
             image_url_for(project),
+            queue_reasons(queued, params.review.weights),
         )
         (folder / TASKS_FILE).write_text(json.dumps(tasks, indent=1, sort_keys=True) + "\n")
-        (folder / CONFIG_FILE).write_text(audit.label_config(project.ontology()) + "\n")
+        (folder / CONFIG_FILE).write_text(audit.label_config(project.ontology(), tasks) + "\n")
         truth = _truth(project)
         found = _found(scored, queued, labels, truth, project.ontology()) if truth is not None else {}
         chart = _queue_chart(scored, queued)
@@ -227,11 +230,14 @@ def build_review_assets(perception: list[str]) -> list:
                 "export it as JSON there (README: The review queue), or set review.budget to 0"
             )
         try:
-            result = audit.import_audit(tasks, json.loads(path.read_text()), queued)
+            result = audit.import_audit(
+                tasks, json.loads(path.read_text()), queued, project.params.audit.auditors
+            )
         except ValueError as error:
             raise Failure(
                 f"{path} is not a Label Studio JSON export of the queue's tasks: {error}"
             ) from error
+        refuse_unreadable(result, path)
         if result.unaudited_images:
             raise Failure(
                 f"{len(result.unaudited_images)} of {len(tasks)} queued tasks have "
@@ -247,7 +253,7 @@ def build_review_assets(perception: list[str]) -> list:
                 "audited_labels": result.labels.height,
                 **counts_by(result.decisions, "decision"),
                 **counts_by(result.quarantine, "reason"),
-                "problems": MetadataValue.md("\n".join(f"- {p}" for p in result.problems) or "none"),
+                **auditors_metadata(context, result),
                 "export": MetadataValue.path(str(path)),
             },
         )

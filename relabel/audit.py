@@ -2,19 +2,22 @@
 
 The round trip uses only the files Label Studio imports and exports (no server, no SDK):
 
-1. ``label_config(categories)`` is the labeling config (XML) of the audit project: a
-   rectangle control per region task, a polygon control for objects, a per-region text box
-   for the regions that carry text, and a text box per image-level caption;
-2. ``audit_tasks(images, labels, image_url)`` writes one Label Studio task per image with the
-   image's labels as a *prediction* (pre-annotations). Each region's id is the start of its
-   label's id, so every region that comes back can be traced to the label it shows;
+1. ``audit_tasks(images, labels, image_url, reasons)`` writes one Label Studio task per image
+   with the image's labels as a *prediction* (pre-annotations). Each region's id is the start
+   of its label's id, so every region that comes back can be traced to the label it shows;
+   each says where its label came from (source, score and, in a review, why it was queued);
+2. ``label_config(categories, tasks)`` is the labeling config (XML) of the project those
+   tasks go to: a headed section per annotation type, one region per label (an object is its
+   polygon where it has one, else its rectangle), a per-region text box for the regions that
+   carry text, and a text box of its own for every image-level caption a task shows;
 3. the auditors accept, move, relabel, retype, delete and draw regions and submit, and the
    project is exported with Label Studio's "JSON" export;
-4. ``import_audit(tasks, export, labels)`` compares each image's latest submitted annotation
-   with what was predicted, region by region: an untouched region is *accepted* (the label is
-   kept), an edited one *corrected* (a new label replaces it), a deleted one *rejected*, a new
-   one *added*. It returns the audited labels, one decision per label, and a quarantine row
-   for every label that left and every result that could not be read.
+4. ``import_audit(tasks, export, labels, auditors)`` compares each image's latest submitted
+   annotation with what was predicted, region by region: an untouched region is *accepted*
+   (the label is kept), an edited one *corrected* (a new label replaces it), a deleted one
+   (or one whose text was cleared) *rejected*, a new one *added*. An edit that cannot be read
+   judges nothing: its label stays *unaudited* and a problem names the Label Studio task, for
+   the caller to refuse the export until it is fixed.
 
 ``accept_all``, ``audit_from_truth`` and ``judge_from_truth`` stand in for the humans of
 step 3 and return an export in Label Studio's own format, so their audits are read by the
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
@@ -48,6 +52,7 @@ from relabel.merge import box_iou
 PHASE = "audit"
 MODEL_VERSION = "relabel"
 SOURCE_PREFIX = "human-audit@"
+UNNAMED_AUDITOR = "label-studio-user-"  # + the user id: an auditor the export names by id only
 CAPTION_TASKS = ("brief_caption", "detailed_caption", "more_detailed_caption")
 REGION_TASKS = ("object", "ocr", "region_caption", "phrase_grounding")
 AUDITED_TASKS = REGION_TASKS + CAPTION_TASKS
@@ -55,7 +60,6 @@ AUDITED_TASKS = REGION_TASKS + CAPTION_TASKS
 
 OCR_LABEL = "text"  # the one label of the OCR rectangles: a text region has no category
 REGION_ID_LENGTH = 12
-POLYGON_SUFFIX = "_p"  # an object's polygon is its own region: the rectangle's id + this
 TOLERANCE = 0.5  # percentage points of the image's side (and degrees of rotation)
 MATCH_IOU = 0.5  # audit_from_truth, judge_from_truth: a prediction and a truth region this overlapping match
 PIXEL_DECIMALS = 2
@@ -64,12 +68,30 @@ CONTROLS: dict[str, tuple[str, str]] = {
     **{task: (task, "rectangle") for task in REGION_TASKS},
     "object_polygon": ("object", "polygon"),
     **{f"{task}_text": (task, "text") for task in REGION_TASKS if task != "object"},
-    **{task: (task, "text") for task in CAPTION_TASKS},
 }
-"""Each control (``from_name``) of the config: the label task and the part of a label it holds."""
+"""Each region control (``from_name``) of the config: the label task and the part of a label it
+holds. Captions have numbered controls besides these (``caption_control``)."""
+
+# a caption's text box: the caption task and the box's number, from 1
+_CAPTION_CONTROL = re.compile(rf"({'|'.join(CAPTION_TASKS)})_([1-9][0-9]*)")
 
 # a part's result type; it is also the key of the labels in a result's value
 RESULT_TYPES = {"rectangle": "rectanglelabels", "polygon": "polygonlabels", "text": "textarea"}
+
+SECTIONS = {
+    "object": "Objects: a polygon where the object has one, else a box",
+    "ocr": "Text in the image (OCR): a box, and what it reads",
+    "region_caption": "Region captions: a box, and what it says of the region",
+    "phrase_grounding": "Phrase groundings: a box, and the phrase of a caption below it shows",
+}
+"""The header of each region task's section of the config: what a region of it is."""
+
+REGION_TEXTS = {
+    "ocr": "What the selected text region reads",
+    "region_caption": "What the selected region's caption says",
+    "phrase_grounding": "The phrase the selected grounding shows, as its caption has it",
+}
+"""The header of each per-region text box: what the text of the selected region is."""
 
 ANNOTATION_TYPE_OF = {task: kind for kind, tasks in TASKS_BY_TYPE.items() for task in tasks}
 DECISIONS = ("accepted", "corrected", "rejected", "added")
@@ -96,11 +118,11 @@ class AuditImport:
     ``labels``: the audited images' labels (LABELS_SCHEMA): accepted, corrected and added rows,
     all ``status="audited"``, ``source="human-audit@<auditor>"``, ``score=1``;
     ``decisions``: DECISIONS_SCHEMA; ``quarantine``: QUARANTINE_SCHEMA, phase "audit", one row
-    per rejected label (``rejected_in_audit``), per label a correction replaced
-    (``corrected_in_audit``) and per result that could not be read
-    (``unreadable_audit_result``); ``unaudited``: the labels of ``unaudited_images``, the
-    images with no submitted annotation, untouched; ``problems``: the unreadable results, in
-    words.
+    per rejected label (``rejected_in_audit``) and per label a correction replaced
+    (``corrected_in_audit``); ``unaudited``: the labels nobody judged, untouched: those of
+    ``unaudited_images`` (no submitted annotation) and those whose edit could not be read;
+    ``problems``: every result that could not be read, in words, with its Label Studio task
+    (an auditor's edit or drawing that is lost unless the export is fixed).
 
     Every predicted label is accepted, corrected, rejected or unaudited, exactly once.
     """
@@ -113,70 +135,47 @@ class AuditImport:
     problems: list[str]
 
 
+def caption_control(task: str, number: int) -> str:
+    """The ``from_name`` of a task's ``number``-th caption text box (from 1)."""
+    return f"{task}_{number}"
+
+
+def _control(name: Any) -> tuple[str, str] | None:
+    """The label task and part a control holds, or None for a name not of the audit config."""
+    if not isinstance(name, str):
+        return None
+    if name in CONTROLS:
+        return CONTROLS[name]
+    caption = _CAPTION_CONTROL.fullmatch(name)
+    return (caption.group(1), "text") if caption else None
+
+
 # --------------------------------------------------------------------------------------
-# export: config and tasks
+# export: tasks and config
 
 
-def label_config(categories: Sequence[str]) -> str:
-    """The Label Studio labeling config (XML) of an audit over these object categories.
-
-    Controls (``from_name``): ``object`` and ``object_polygon`` (rectangles and polygons
-    labelled with the categories), ``ocr`` (rectangles labelled ``text``) with its per-region
-    ``ocr_text``, ``region_caption`` and ``phrase_grounding`` (rectangles labelled with the
-    categories) with their per-region ``region_caption_text`` and ``phrase_grounding_text``
-    (the grounded phrase), and one text box per image-level caption task. The captions the
-    grounded phrases come from are shown from the task's ``grounding_captions``.
-    """
-    names = list(dict.fromkeys(categories))
-    if not all(isinstance(name, str) and name.strip() for name in names):
-        raise ValueError(f"categories must be non-empty strings, got {names!r}")
-    view = ET.Element("View")
-    ET.SubElement(view, "Image", name="image", value="$image", zoom="true")
-    for task in REGION_TASKS:
-        _labels_control(view, "RectangleLabels", task, [OCR_LABEL] if task == "ocr" else names)
-        if task == "object":
-            _labels_control(view, "PolygonLabels", "object_polygon", names)
-            continue
-        # a region's text box is shown only while one of this control's regions is selected
-        shown = ET.SubElement(view, "View", visibleWhen="region-selected", whenTagName=task)
-        ET.SubElement(shown, "Header", value=f"{task.replace('_', ' ')} text")
-        ET.SubElement(
-            shown,
-            "TextArea",
-            name=f"{task}_text",
-            toName="image",
-            perRegion="true",
-            editable="true",
-            maxSubmissions="1",
-        )
-    ET.SubElement(view, "Header", value="Captions the grounded phrases come from")
-    ET.SubElement(view, "Text", name="grounding_captions", value="$grounding_captions")
-    for task in CAPTION_TASKS:
-        ET.SubElement(view, "Header", value=task.replace("_", " "))
-        ET.SubElement(view, "TextArea", name=task, toName="image", editable="true", maxSubmissions="1")
-    ET.indent(view)
-    # ElementTree escapes the attribute values, so any category name is safe
-    return ET.tostring(view, encoding="unicode")
-
-
-def _labels_control(view: ET.Element, tag: str, name: str, values: Sequence[str]) -> None:
-    control = ET.SubElement(view, tag, name=name, toName="image")
-    for value in values:
-        ET.SubElement(control, "Label", value=value)
-
-
-def audit_tasks(images: pl.DataFrame, labels: pl.DataFrame, image_url: Callable[[str], str]) -> list[dict]:
+def audit_tasks(
+    images: pl.DataFrame,
+    labels: pl.DataFrame,
+    image_url: Callable[[str], str],
+    reasons: Mapping[str, str] | None = None,
+) -> list[dict]:
     """One Label Studio task per image of ``images``, its ``labels`` as the prediction.
 
     ``images`` has ``image_id, uri, width, height``; ``labels`` (LABELS_SCHEMA) are labels of
     those images, of ``AUDITED_TASKS`` only (ValueError otherwise: the caller decides what
-    happens to the others). ``image_url`` turns an image's uri into the URL Label Studio loads.
+    happens to the others). ``image_url`` turns an image's uri into the URL Label Studio loads;
+    ``reasons`` (a review queue) says in words why each label is shown.
 
-    A task is ``{"data": {"image", "image_id", "width", "height", "phrase_grounding_texts",
-    "grounding_captions"}, "predictions": [{"model_version", "score", "result"}]}``, where
-    ``phrase_grounding_texts`` maps a grounding region's id to the whole caption its phrase
-    is in. Tasks are ordered by image id and results by label id, so the same input gives
-    byte-identical JSON.
+    A task is ``{"data": {...}, "predictions": [{"model_version", "score", "result"}]}``. Its
+    data: ``image``, ``image_id``, ``width``, ``height``; ``summary``, one line per label (what
+    it is, its source and score, and its reason); ``phrase_grounding_texts``, a grounding
+    region's id -> the whole caption its phrase is in, and ``grounding_captions``, those
+    captions; and for every caption text box the config has (``caption_boxes``) its header
+    ``<task>_<n>_about``: the source and score of the caption in it, or that it is empty.
+    Every result's ``meta`` holds its label's ``source`` and ``label_id`` and, as ``text``
+    (shown with the region in Label Studio), the summary's line. Tasks are ordered by image
+    id and results by label id, so the same input gives byte-identical JSON.
     """
     check_schema(labels, "labels")
     other = labels.filter(~pl.col("task").cast(pl.String).is_in(AUDITED_TASKS))["task"].value_counts(
@@ -194,7 +193,14 @@ def audit_tasks(images: pl.DataFrame, labels: pl.DataFrame, image_url: Callable[
         raise ValueError(
             f"{len(unknown)} image(s) of the labels are not in images, e.g. {sorted(unknown)[:3]}"
         )
+    reasons = reasons or {}
     rows_by_image = _rows_by_image(labels)
+    # every task has a header for each caption box of the config, filled or not: Label Studio
+    # refuses a task without a field the config names
+    boxes = {
+        task: max([1, *(sum(row["task"] == task for row in rows) for rows in rows_by_image.values())])
+        for task in CAPTION_TASKS
+    }
     tasks = []
     for image in images.sort("image_id").iter_rows(named=True):
         width, height = image["width"], image["height"]
@@ -203,12 +209,27 @@ def audit_tasks(images: pl.DataFrame, labels: pl.DataFrame, image_url: Callable[
         rows = rows_by_image.get(image["image_id"], [])
         results: list[dict] = []
         grounding: dict[str, str] = {}
+        lines: list[tuple[int, str]] = []  # in the config's order of sections
+        about = {
+            f"{caption_control(task, number)}_about": f"{_words(task)} {number}: empty (type one to add it)"
+            for task, count in boxes.items()
+            for number in range(1, count + 1)
+        }
+        filled: Counter[str] = Counter()
         for row, region_id in zip(rows, _region_ids([row["label_id"] for row in rows]), strict=True):
+            control = None
+            if row["task"] in CAPTION_TASKS:
+                filled[row["task"]] += 1
+                control = caption_control(row["task"], filled[row["task"]])
+            line = _summary_line(row, control, reasons.get(row["label_id"]))
+            lines.append((AUDITED_TASKS.index(row["task"]), line))
+            if control is not None:
+                about[f"{control}_about"] = line
             extra = {
                 "score": _finite(row["score"]),
-                "meta": {"source": row["source"], "label_id": row["label_id"]},
+                "meta": {"source": row["source"], "label_id": row["label_id"], "text": [line]},
             }
-            results += _results(row, region_id, width, height, extra)
+            results += _results(row, region_id, width, height, extra, control)
             if row["task"] == "phrase_grounding":
                 grounding[region_id] = row["text"]
         scores = [score for row in rows if (score := _finite(row["score"])) is not None]
@@ -217,8 +238,12 @@ def audit_tasks(images: pl.DataFrame, labels: pl.DataFrame, image_url: Callable[
             "image_id": image["image_id"],
             "width": width,
             "height": height,
+            "summary": "\n".join(line for _, line in sorted(lines, key=lambda item: item[0]))
+            or "no labels: draw what the image shows",
             "phrase_grounding_texts": grounding,
-            "grounding_captions": "\n".join(dict.fromkeys(text for text in grounding.values() if text)),
+            "grounding_captions": "\n".join(dict.fromkeys(text for text in grounding.values() if text))
+            or "none",
+            **about,
         }
         prediction = {
             "model_version": MODEL_VERSION,
@@ -227,6 +252,97 @@ def audit_tasks(images: pl.DataFrame, labels: pl.DataFrame, image_url: Callable[
         }
         tasks.append({"data": data, "predictions": [prediction]})
     return tasks
+
+
+def caption_boxes(tasks: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many text boxes each caption task needs for ``tasks`` (as ``audit_tasks`` wrote
+    them): as many as the task with the most captions of it shows, at least one."""
+    boxes = dict.fromkeys(CAPTION_TASKS, 1)
+    for task in tasks:
+        for key in task["data"]:
+            caption = _CAPTION_CONTROL.fullmatch(key.removesuffix("_about"))
+            if key.endswith("_about") and caption:
+                boxes[caption.group(1)] = max(boxes[caption.group(1)], int(caption.group(2)))
+    return boxes
+
+
+def label_config(categories: Sequence[str], tasks: Iterable[Mapping[str, Any]]) -> str:
+    """The Label Studio labeling config (XML) of an audit over these object categories, for
+    these tasks (as ``audit_tasks`` wrote them).
+
+    From the top: the image; a summary of the labels shown (``$summary``); a headed section
+    per region task, each with its region control: ``object`` (rectangles) and
+    ``object_polygon`` (polygons) labelled with the categories, ``ocr`` (rectangles labelled
+    ``text``), ``region_caption`` and ``phrase_grounding`` (rectangles labelled with the
+    categories), and for the last three a per-region text box (``ocr_text``,
+    ``region_caption_text``, ``phrase_grounding_text``: the reading, the caption, the grounded
+    phrase) shown while one of their regions is selected; the captions the phrases come from
+    (``$grounding_captions``); then a section per caption task with one text box per caption
+    (``caption_control``: ``brief_caption_1``, ``brief_caption_2``, ...), each headed by its
+    caption's source and score, so that every caption a task shows has a box of its own.
+    """
+    names = list(dict.fromkeys(categories))
+    if not all(isinstance(name, str) and name.strip() for name in names):
+        raise ValueError(f"categories must be non-empty strings, got {names!r}")
+    view = ET.Element("View")
+    # Label Studio trims a Text's whitespace unless told not to: the summary is one label a line
+    ET.SubElement(view, "Style").text = ".htx-text { white-space: pre-wrap; }"
+    ET.SubElement(view, "Image", name="image", value="$image", zoom="true")
+    ET.SubElement(view, "Header", value="The labels shown: task, source and score", size="5")
+    ET.SubElement(view, "Text", name="summary", value="$summary")
+    for task in REGION_TASKS:
+        ET.SubElement(view, "Header", value=SECTIONS[task], size="5")
+        _labels_control(view, "RectangleLabels", task, [OCR_LABEL] if task == "ocr" else names)
+        if task == "object":
+            _labels_control(view, "PolygonLabels", "object_polygon", names)
+            continue
+        if task == "phrase_grounding":
+            ET.SubElement(view, "Text", name="grounding_captions", value="$grounding_captions")
+        # a region's text box is shown only while one of this control's regions is selected
+        shown = ET.SubElement(view, "View", visibleWhen="region-selected", whenTagName=task)
+        ET.SubElement(shown, "Header", value=REGION_TEXTS[task], size="6")
+        ET.SubElement(
+            shown,
+            "TextArea",
+            name=f"{task}_text",
+            toName="image",
+            perRegion="true",
+            editable="true",
+            maxSubmissions="1",
+        )
+    for task, count in caption_boxes(tasks).items():
+        ET.SubElement(view, "Header", value=f"{_words(task)}s: clear a box to reject its caption", size="5")
+        for number in range(1, count + 1):
+            name = caption_control(task, number)
+            ET.SubElement(view, "Header", value=f"${name}_about", size="6")
+            ET.SubElement(view, "TextArea", name=name, toName="image", editable="true", maxSubmissions="1")
+    ET.indent(view)
+    # ElementTree escapes the attribute values, so any category name is safe
+    return ET.tostring(view, encoding="unicode")
+
+
+def _labels_control(view: ET.Element, tag: str, name: str, values: Sequence[str]) -> None:
+    control = ET.SubElement(view, tag, name=name, toName="image")
+    for value in values:
+        ET.SubElement(control, "Label", value=value)
+
+
+def _words(task: str) -> str:
+    return task.replace("_", " ")
+
+
+def _summary_line(row: Mapping[str, Any], control: str | None, reason: str | None) -> str:
+    """One label in words: what it shows, where it came from and, in a review, why it is shown."""
+    task, score = row["task"], _finite(row["score"])
+    what = _words(control or task)
+    if task == "object":
+        what += f" {row['category']!r}" + (" (polygon)" if _ring_of(row) else "")
+    elif task == "phrase_grounding":
+        what += f" {_shown_text(row)!r} of {row['category']!r}"
+    elif task in ("ocr", "region_caption"):
+        what += f" {row['text']!r}"
+    line = f"{what}: from {row['source']}, score {'none' if score is None else f'{score:.2f}'}"
+    return f"{line}; queued because {reason}" if reason else line
 
 
 def _rows_by_image(labels: pl.DataFrame) -> dict[str, list[dict]]:
@@ -251,17 +367,31 @@ def _finite(score: float | None) -> float | None:
     return score if score is not None and math.isfinite(score) else None
 
 
-def _results(
-    row: Mapping[str, Any], region_id: str, width: int, height: int, extra: Mapping[str, Any]
-) -> list[dict]:
-    """The Label Studio results that show one label row as region ``region_id``."""
+def _ring_of(row: Mapping[str, Any]) -> list[float] | None:
+    """The ring an object is shown as: its polygon's first (Label Studio polygons have one
+    ring), when it has three points or more."""
+    ring = row["polygon"][0] if row["task"] == "object" and row["polygon"] else None
+    return ring if ring is not None and len(ring) >= 6 else None
 
-    def result(result_id: str, from_name: str, value: dict) -> dict:
+
+def _results(
+    row: Mapping[str, Any],
+    region_id: str,
+    width: int,
+    height: int,
+    extra: Mapping[str, Any],
+    control: str | None = None,
+) -> list[dict]:
+    """The Label Studio results that show one label row as region ``region_id``; a caption in
+    the text box ``control``."""
+
+    def result(from_name: str, value: dict) -> dict:
+        part = "text" if from_name == control else CONTROLS[from_name][1]
         return {
-            "id": result_id,
+            "id": region_id,
             "from_name": from_name,
             "to_name": "image",
-            "type": RESULT_TYPES[CONTROLS[from_name][1]],
+            "type": RESULT_TYPES[part],
             "original_width": width,
             "original_height": height,
             "image_rotation": 0,
@@ -271,9 +401,16 @@ def _results(
 
     task = row["task"]
     if task in CAPTION_TASKS:
-        return [result(region_id, task, {"text": [] if row["text"] is None else [row["text"]]})]
-    x0, y0, x1, y1 = _region_box(row)
+        if control is None:
+            raise ValueError(f"caption label {row['label_id']} has no text box to be shown in")
+        return [result(control, {"text": [] if row["text"] is None else [row["text"]]})]
     labels = [OCR_LABEL] if task == "ocr" else [row["category"]] if row["category"] else []
+    # one region per label: an object with a polygon is its polygon, its box follows from it
+    ring = _ring_of(row)
+    if ring is not None:
+        points = [[100 * x / width, 100 * y / height] for x, y in zip(ring[0::2], ring[1::2], strict=True)]
+        return [result("object_polygon", {"points": points, "closed": True, "polygonlabels": labels})]
+    x0, y0, x1, y1 = _region_box(row)
     rectangle = {
         "x": 100 * x0 / width,
         "y": 100 * y0 / height,
@@ -282,16 +419,10 @@ def _results(
         "rotation": 0,
         "rectanglelabels": labels,
     }
-    results = [result(region_id, task, rectangle)]
-    # Label Studio polygons have one ring: only the first of a multi-part polygon is shown
-    ring = row["polygon"][0] if task == "object" and row["polygon"] else None
-    if ring is not None and len(ring) >= 6:
-        points = [[100 * x / width, 100 * y / height] for x, y in zip(ring[0::2], ring[1::2], strict=True)]
-        polygon = {"points": points, "closed": True, "polygonlabels": labels}
-        results.append(result(region_id + POLYGON_SUFFIX, "object_polygon", polygon))
+    results = [result(task, rectangle)]
     shown = _shown_text(row)
     if task != "object" and shown is not None:
-        results.append(result(region_id, f"{task}_text", {"text": [shown]}))
+        results.append(result(f"{task}_text", {"text": [shown]}))
     return results
 
 
@@ -362,21 +493,13 @@ def _group(results: Iterable[Any]) -> tuple[dict[str, dict[str, dict]], list[tup
     unreadable = []
     for result in results:
         why = _why_unreadable(result)
-        if why is None and result["from_name"] in regions.get(_region_key(result), {}):
+        if why is None and result["from_name"] in regions.get(result["id"], {}):
             why = f"a second {result['from_name']!r} result for region {result['id']!r}"
         if why is None:
-            regions.setdefault(_region_key(result), {})[result["from_name"]] = result
+            regions.setdefault(result["id"], {})[result["from_name"]] = result
         else:
             unreadable.append((result, why))
     return regions, unreadable
-
-
-def _region_key(result: Mapping[str, Any]) -> str:
-    """The region a result belongs to: an object's polygon belongs to its rectangle's."""
-    result_id = result["id"]
-    if result["from_name"] == "object_polygon" and result_id.endswith(POLYGON_SUFFIX):
-        return result_id[: -len(POLYGON_SUFFIX)]
-    return result_id
 
 
 def _why_unreadable(result: Any) -> str | None:
@@ -386,9 +509,10 @@ def _why_unreadable(result: Any) -> str | None:
     if not isinstance(result.get("id"), str) or not result["id"]:
         return f"a {result.get('type')!r} result with no region id"
     name = result.get("from_name")
-    if name not in CONTROLS:
+    control = _control(name)
+    if control is None:
         return f"from_name {name!r} is not a control of the audit config"
-    part = CONTROLS[name][1]
+    part = control[1]
     if result.get("type") != RESULT_TYPES[part]:
         return f"type {result.get('type')!r} for from_name {name!r} (expected {RESULT_TYPES[part]!r})"
     value = result.get("value")
@@ -423,9 +547,18 @@ def _is_point(value: Any) -> bool:
 
 
 def _text(result: Mapping[str, Any]) -> str | None:
-    # a text box's submissions are lines (maxSubmissions="1" makes it one)
-    lines = result["value"]["text"]
-    return "\n".join(lines) if lines else None
+    # a text box's submissions are lines (maxSubmissions="1" makes it one); blank is no text
+    text = "\n".join(result["value"]["text"])
+    return text if text.strip() else None
+
+
+def _same_text(name: str, a: str | None, b: str | None) -> bool:
+    """Whether two texts of control ``name`` say the same to a person: spacing never counts,
+    and a grounded phrase is the same in any case (it is found in its caption so)."""
+    if a is None or b is None:
+        return a is b
+    a, b = " ".join(a.split()), " ".join(b.split())
+    return a.casefold() == b.casefold() if name == "phrase_grounding_text" else a == b
 
 
 def _corners(value: Mapping[str, Any], width: int, height: int) -> list[tuple[float, float]]:
@@ -461,23 +594,46 @@ def _same_geometry(part: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> boo
     )
 
 
+def _known(name: str) -> tuple[str, str]:
+    """The task and part of a control ``_group`` let through (only the config's are)."""
+    control = _control(name)
+    assert control is not None, name
+    return control
+
+
+def _part(name: str) -> str:
+    return _known(name)[1]
+
+
 def _unchanged(predicted: Mapping[str, dict], annotated: Mapping[str, dict]) -> bool:
     """Whether an annotation shows a predicted region as it was predicted."""
     if predicted.keys() != annotated.keys():
         return False
     for name, result in predicted.items():
-        part = CONTROLS[name][1]
+        part = _part(name)
         a, b = result["value"], annotated[name]["value"]
         if part == "text":
-            if _text(result) != _text(annotated[name]):
+            if not _same_text(name, _text(result), _text(annotated[name])):
                 return False
         elif a[RESULT_TYPES[part]] != b[RESULT_TYPES[part]] or not _same_geometry(part, a, b):
             return False
     return True
 
 
+def _cleared(predicted: Mapping[str, dict], annotated: Mapping[str, dict]) -> list[str]:
+    """The text boxes of a region whose predicted text the auditor deleted: its text is what a
+    caption, reading or phrase *is*, so emptying it rejects the label like deleting it."""
+    return [
+        name
+        for name, result in predicted.items()
+        if _part(name) == "text"
+        and _text(result) is not None
+        and (name not in annotated or _text(annotated[name]) is None)
+    ]
+
+
 def _task_of(parts: Mapping[str, dict]) -> str:
-    tasks = {CONTROLS[name][0] for name in parts}
+    tasks = {_known(name)[0] for name in parts}
     if len(tasks) != 1:
         raise _Unreadable(f"results of several tasks share a region id: {sorted(parts)}")
     return tasks.pop()
@@ -489,40 +645,53 @@ def _category(labels: list[str]) -> str | None:
     return labels[0] if labels else None
 
 
+def _find_phrase(caption: str, phrase: str) -> re.Match[str] | None:
+    """The first occurrence of ``phrase`` in ``caption`` as a person would find it: in any case,
+    with any spacing between its words, and not inside a longer word."""
+    words = phrase.split()
+    if not words:
+        return None
+    pattern = r"\s+".join(map(re.escape, words))
+    return re.search(rf"(?<!\w){pattern}(?!\w)", caption, re.IGNORECASE)
+
+
 def _phrase(caption: str | None, phrase: str | None) -> dict[str, int]:
-    """The span of ``phrase`` in ``caption`` (its first occurrence)."""
-    if not phrase:
+    """The span of ``phrase`` in ``caption`` (its first occurrence, ``_find_phrase``)."""
+    if not phrase or not phrase.strip():
         raise _Unreadable("a phrase grounding with no phrase")
     if caption is None:
         raise _Unreadable(f"the grounded phrase {phrase!r} is in no caption of the image")
-    start = caption.find(phrase)
-    if start < 0:
+    found = _find_phrase(caption, phrase)
+    if found is None:
         raise _Unreadable(f"the grounded phrase {phrase!r} is not in the caption {caption!r}")
-    return {"phrase_start": start, "phrase_end": start + len(phrase)}
+    return {"phrase_start": found.start(), "phrase_end": found.end()}
 
 
-def _geometry(
-    task: str, parts: Mapping[str, dict], width: int, height: int
-) -> tuple[dict[str, Any], list[str]]:
-    """The box (and an OCR region's quad) an annotation gives a region, and its labels.
-
-    The rectangle wins over the polygon; a region drawn only as a polygon is boxed by it.
-    """
+def _shape(task: str, parts: Mapping[str, dict]) -> str:
+    """The control of a region's geometry: an object's polygon, else its task's rectangle."""
+    if task == "object" and "object_polygon" in parts:
+        return "object_polygon"
     if task in parts:
-        value = parts[task]["value"]
-        corners = _corners(value, width, height)
-        # a rotated text rectangle is a quad; any other rotated region keeps only its bounds
-        rotated = task == "ocr" and value.get("rotation", 0) % 360 != 0
-        geometry = {
-            "box": [_pixel(c) for c in _bounds(corners)],
-            "quad": [_pixel(c) for corner in corners for c in corner] if rotated else None,
-        }
-        return geometry, value["rectanglelabels"]
-    if "object_polygon" in parts:
-        ring = _ring(parts["object_polygon"]["value"], width, height)
-        box = _bounds(zip(ring[0::2], ring[1::2], strict=True))
-        return {"box": box, "quad": None}, parts["object_polygon"]["value"]["polygonlabels"]
-    raise _Unreadable(f"a {task} region with no rectangle")
+        return task
+    raise _Unreadable(f"a {task} region with no rectangle or polygon: {sorted(parts)}")
+
+
+def _geometry(shape: str, value: Mapping[str, Any], width: int, height: int) -> dict[str, Any]:
+    """The box, quad and polygon a rectangle or polygon value gives a region.
+
+    A polygon is the object's outline and its box their bounds; a rotated text rectangle is a
+    quad, any other rotated rectangle keeps only its bounds.
+    """
+    if shape == "object_polygon":
+        ring = _ring(value, width, height)
+        return {"box": _bounds(zip(ring[0::2], ring[1::2], strict=True)), "quad": None, "polygon": [ring]}
+    corners = _corners(value, width, height)
+    rotated = shape == "ocr" and value.get("rotation", 0) % 360 != 0
+    return {
+        "box": [_pixel(c) for c in _bounds(corners)],
+        "quad": [_pixel(c) for corner in corners for c in corner] if rotated else None,
+        "polygon": None,
+    }
 
 
 def _corrected(
@@ -534,40 +703,26 @@ def _corrected(
         raise _Unreadable(f"a {task} region edited with the controls of another task: {sorted(annotated)}")
     new = dict(row)
     if task in CAPTION_TASKS:
-        new["text"] = _text(annotated[task])
-        if not new["text"]:
-            raise _Unreadable(f"a {task} with no text")
+        (result,) = annotated.values()
+        new["text"] = _text(result)
         return new
-    width, height = task_info.width, task_info.height
-    geometry, labels = _geometry(task, annotated, width, height)
-    moved = task not in annotated or not _same_geometry(
-        "rectangle", predicted[task]["value"], annotated[task]["value"]
-    )
-    if moved:
-        new.update(geometry)
-    if task != "ocr" and _category(labels) != row["category"]:
-        new["category"] = _category(labels)
-        if task == "object":
-            new["text"] = new["category"]  # an object's text is its category phrase
-    polygon = "object_polygon"
-    if polygon in annotated and not (
-        polygon in predicted
-        and _same_geometry("polygon", predicted[polygon]["value"], annotated[polygon]["value"])
-    ):
-        new["polygon"] = [_ring(annotated[polygon]["value"], width, height)]
-        moved = True
-    elif polygon in predicted and polygon not in annotated:
-        new["polygon"] = None
-    if moved:
-        # geometry the auditor could not see no longer agrees with what they drew
+    shape = _shape(task, annotated)
+    value = annotated[shape]["value"]
+    part = _part(shape)
+    if shape not in predicted or not _same_geometry(part, predicted[shape]["value"], value):
+        new.update(_geometry(shape, value, task_info.width, task_info.height))
+        # a mask the auditor could not see no longer agrees with what they drew
         new["mask_rle"] = None
-        if task != "object":
-            new["polygon"] = None
-    text_name = f"{task}_text"
+    category = _category(value[RESULT_TYPES[part]])
+    if task != "ocr" and category != row["category"]:
+        new["category"] = category
+        if task == "object":
+            new["text"] = category  # an object's text is its category phrase
+    name = f"{task}_text"
     if task != "object":
-        before = _text(predicted[text_name]) if text_name in predicted else None
-        after = _text(annotated[text_name]) if text_name in annotated else None
-        if after != before:
+        before = _text(predicted[name]) if name in predicted else None
+        after = _text(annotated[name]) if name in annotated else None
+        if not _same_text(name, before, after):
             if task == "phrase_grounding":
                 new.update(_phrase(row["text"], after))
             else:
@@ -578,37 +733,39 @@ def _corrected(
 def _added(parts: Mapping[str, dict], task_info: _Task, captions: Sequence[str]) -> dict[str, Any]:
     """A new label row (without image, source and id) from a region the auditor drew.
 
-    A new phrase grounding's phrase is looked up in the image's captions: first those the
-    auditor submitted, then those of the predicted groundings; the first caption that holds
-    it is the grounding's text.
+    A new phrase grounding's phrase is looked up (``_find_phrase``) in the image's captions:
+    first those the auditor submitted, then those of the predicted groundings; the first
+    caption that holds it is the grounding's text.
     """
     task = _task_of(parts)
     row: dict[str, Any] = {"annotation_type": ANNOTATION_TYPE_OF[task], "task": task}
     if task in CAPTION_TASKS:
-        row["text"] = _text(parts[task])
+        (result,) = parts.values()
+        row["text"] = _text(result)
         if not row["text"]:
             raise _Unreadable(f"a new {task} with no text")
         return row
-    geometry, labels = _geometry(task, parts, task_info.width, task_info.height)
+    shape = _shape(task, parts)
+    value = parts[shape]["value"]
     text = _text(parts[f"{task}_text"]) if f"{task}_text" in parts else None
-    category = None if task == "ocr" else _category(labels)
+    category = None if task == "ocr" else _category(value[RESULT_TYPES[_part(shape)]])
     if task == "object":
         if category is None:
             raise _Unreadable("a new object with no category")
         text = category
     elif task == "phrase_grounding":
-        caption = next((caption for caption in dict.fromkeys(captions) if text and text in caption), None)
+        caption = next(
+            (caption for caption in dict.fromkeys(captions) if text and _find_phrase(caption, text)), None
+        )
         row.update(_phrase(caption, text))
         text = caption
     elif not text:
         raise _Unreadable(f"a new {task} region with no text")
-    polygon = parts.get("object_polygon")
     return {
         **row,
-        **geometry,
+        **_geometry(shape, value, task_info.width, task_info.height),
         "text": text,
         "region_kind": "text" if task == "ocr" else "object",
-        "polygon": None if polygon is None else [_ring(polygon["value"], task_info.width, task_info.height)],
         "category": category,
         "is_crowd": False,
     }
@@ -618,20 +775,28 @@ def _added(parts: Mapping[str, dict], task_info: _Task, captions: Sequence[str])
 # import
 
 
-def import_audit(tasks: list[dict], export: list[dict], labels: pl.DataFrame) -> AuditImport:
+def import_audit(
+    tasks: list[dict],
+    export: list[dict],
+    labels: pl.DataFrame,
+    auditors: Mapping[int | str, str] | None = None,
+) -> AuditImport:
     """Read a Label Studio JSON export of an audit of ``tasks`` (as ``audit_tasks`` wrote
     them from ``labels``).
 
     For each image the latest submitted annotation is read (``was_cancelled`` ones, skipped
     tasks, are ignored; latest by ``updated_at``, else ``created_at``, else order in the
     file). Each predicted region is then accepted (present, same labels and text, geometry
-    within TOLERANCE percentage points), corrected, or rejected (deleted); regions with new
-    ids are added. The auditor is the annotation's ``completed_by``: an id as a string, a
-    user's email (else id). Raises ValueError for a file that is not a Label Studio JSON
-    export of these tasks.
+    within TOLERANCE percentage points), corrected, or rejected (deleted, or its text
+    cleared); regions with new ids are added. A region with a result that cannot be read,
+    or an edit that cannot become a label, is not judged: its label is unaudited and
+    ``problems`` says why, naming the Label Studio task. The auditor is named as
+    ``_auditor`` says (``auditors`` maps Label Studio user ids to names). Raises ValueError
+    for a file that is not a Label Studio JSON export of these tasks.
     """
     check_schema(labels, "labels")
-    _check_export(export)
+    names = {str(user_id): name for user_id, name in (auditors or {}).items()}
+    _check_export(export, names)
     audited_tasks = [_read_task(task) for task in tasks]
     by_image = {task.image_id: task for task in audited_tasks}
     if len(by_image) != len(audited_tasks):
@@ -648,7 +813,7 @@ def import_audit(tasks: list[dict], export: list[dict], labels: pl.DataFrame) ->
     unaudited = []
     for task in audited_tasks:
         if task.image_id in latest:
-            ledger.audit(task, latest[task.image_id])
+            ledger.audit(task, *latest[task.image_id], names)
         else:
             unaudited.append(task.image_id)
     return AuditImport(
@@ -658,13 +823,15 @@ def import_audit(tasks: list[dict], export: list[dict], labels: pl.DataFrame) ->
             schema=DECISIONS_SCHEMA,
         ),
         quarantine=check_schema(frame("quarantine", ledger.quarantine), "quarantine"),
-        unaudited=labels.filter(pl.col("image_id").is_in(unaudited)),
+        unaudited=labels.filter(
+            pl.col("image_id").is_in(unaudited) | pl.col("label_id").is_in(ledger.unjudged)
+        ),
         unaudited_images=unaudited,
         problems=ledger.problems,
     )
 
 
-def _check_export(export: Any) -> None:
+def _check_export(export: Any, auditors: Mapping[str, str]) -> None:
     """Raise ValueError unless ``export`` has the shape of Label Studio's JSON export."""
     if not isinstance(export, list):
         raise ValueError(
@@ -688,21 +855,51 @@ def _check_export(export: Any) -> None:
                 raise ValueError(
                     f"item {position} has an annotation with no result list: {annotation!r:.200}"
                 )
-            _auditor(annotation.get("completed_by"))
+            _auditor(annotation, auditors)
 
 
-def _auditor(completed_by: Any) -> str:
-    """Who submitted an annotation: a user id (as a string), or a user object's email or id."""
-    who = completed_by
-    if isinstance(completed_by, dict):
-        who = completed_by.get("email") or completed_by.get("id")
-    if isinstance(who, bool) or not isinstance(who, (int, str)) or who == "":
+def _auditor(annotation: Mapping[str, Any], auditors: Mapping[str, str]) -> str:
+    """Who submitted an annotation, by name.
+
+    Label Studio's JSON export names the user by id only (``"completed_by": 1``); expanded
+    (``completed_by`` a user object with ``id``, ``email``, ``first_name``, ``last_name``) and
+    in its tasks API (``created_username``: ``"<first> <last> <email>, <id>"``) also in words.
+    In order: the name ``auditors`` gives the id (``audit.auditors``); the user object's email,
+    else full name; ``created_username``'s email, else name; a ``completed_by`` that is already
+    a name (an email, the simulated auditors); else ``label-studio-user-<id>``, never a bare
+    number.
+    """
+    completed_by = annotation.get("completed_by")
+    user = completed_by if isinstance(completed_by, dict) else {"id": completed_by}
+    user_id = user.get("id")
+    if isinstance(user_id, bool) or not isinstance(user_id, (int, str)) or str(user_id).strip() == "":
+        user_id = None
+    if user_id is not None and str(user_id) in auditors:
+        return auditors[str(user_id)]
+    full_name = " ".join(str(user.get(key) or "").strip() for key in ("first_name", "last_name")).strip()
+    named = user.get("email") or full_name or _created_username(annotation.get("created_username"))
+    if isinstance(named, str) and named.strip():
+        return named.strip()
+    if isinstance(user_id, str) and not user_id.strip().isdigit():
+        return user_id.strip()
+    if user_id is None:
         raise ValueError(f"an annotation's completed_by names no auditor: {completed_by!r}")
-    return str(who)
+    return f"{UNNAMED_AUDITOR}{user_id}"
 
 
-def _latest_annotations(export: list[dict], tasks: Mapping[str, _Task]) -> dict[str, dict]:
-    latest: dict[str, tuple[tuple[str, int, int], dict]] = {}
+def _created_username(value: Any) -> str | None:
+    """The email (else the name) in Label Studio's ``created_username``: ``"<first> <last>
+    <email>, <id>"``, blanks where the user left them empty."""
+    if not isinstance(value, str):
+        return None
+    words = value.rsplit(",", 1)[0].split()
+    email = next((word for word in reversed(words) if "@" in word), None)
+    return email or " ".join(words) or None
+
+
+def _latest_annotations(export: list[dict], tasks: Mapping[str, _Task]) -> dict[str, tuple[Any, dict]]:
+    """Each image's latest submitted annotation, with its Label Studio task id."""
+    latest: dict[str, tuple[tuple[str, int, int], Any, dict]] = {}
     for position, item in enumerate(export):
         image_id = item["data"]["image_id"]
         if image_id not in tasks:
@@ -713,8 +910,8 @@ def _latest_annotations(export: list[dict], tasks: Mapping[str, _Task]) -> dict[
             # Label Studio writes ISO 8601 times of one format, which sort as strings
             key = (str(annotation.get("updated_at") or annotation.get("created_at") or ""), position, index)
             if image_id not in latest or key > latest[image_id][0]:
-                latest[image_id] = (key, annotation)
-    return {image_id: annotation for image_id, (_, annotation) in latest.items()}
+                latest[image_id] = (key, item.get("id"), annotation)
+    return {image_id: (task_id, annotation) for image_id, (_, task_id, annotation) in latest.items()}
 
 
 class _Submission(NamedTuple):
@@ -722,7 +919,7 @@ class _Submission(NamedTuple):
 
     task: _Task
     auditor: str
-    where: str  # "Label Studio annotation <id> by <auditor>"
+    where: str  # "Label Studio task <id>, annotation <id> by <auditor>"
 
     def audited(self) -> dict[str, Any]:
         """The columns every label this auditor stands for gets."""
@@ -741,25 +938,41 @@ class _Ledger:
     labels: list[dict] = field(default_factory=list)
     decisions: list[dict] = field(default_factory=list)
     quarantine: list[dict] = field(default_factory=list)
+    unjudged: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     seen: Counter[str] = field(default_factory=Counter)
 
-    def audit(self, task: _Task, annotation: Mapping[str, Any]) -> None:
+    def audit(
+        self, task: _Task, task_id: Any, annotation: Mapping[str, Any], auditors: Mapping[str, str]
+    ) -> None:
         """Decide every predicted region of one image and add the regions the auditor drew."""
-        auditor = _auditor(annotation["completed_by"])
-        by = _Submission(task, auditor, f"Label Studio annotation {annotation.get('id')} by {auditor}")
+        auditor = _auditor(annotation, auditors)
+        where = f"Label Studio task {task_id}, annotation {annotation.get('id')} by {auditor}"
+        by = _Submission(task, auditor, where)
         regions, unreadable = _group(annotation["result"])
+        # a predicted region with a result that cannot be read is not judged on the others:
+        # without it, it could look deleted
+        garbled = set()
         for result, why in unreadable:
-            self._unreadable(by, why, result)
+            region_id = result.get("id") if isinstance(result, dict) else None
+            if region_id in task.regions:
+                garbled.add(region_id)
+                why += f"; label {task.label_ids[region_id]} is left unjudged"
+            self._unreadable(by, why, region_id)
         # the captions the auditor submitted, in caption-task order
         captions = [
             text
-            for name in CAPTION_TASKS
+            for caption_task in CAPTION_TASKS
             for parts in regions.values()
-            if name in parts and (text := _text(parts[name])) is not None
+            for name, result in parts.items()
+            if _control(name) == (caption_task, "text") and (text := _text(result)) is not None
         ]
         for region_id in sorted(task.regions):
-            self._judge(by, region_id, regions.pop(region_id, None))
+            parts = regions.pop(region_id, None)
+            if region_id in garbled:
+                self._unjudged(region_id, task)
+            else:
+                self._judge(by, region_id, parts)
         for region_id in sorted(regions):
             self._add(by, region_id, regions[region_id], captions + list(task.grounding.values()))
 
@@ -768,8 +981,10 @@ class _Ledger:
         row = self.rows_by_id[by.task.label_ids[region_id]]
         predicted = by.task.regions[region_id]
         decision = by.decision(row["label_id"], region_id, row["task"])
-        if parts is None:
-            self._leave(by, row, "rejected_in_audit", f"deleted in {by.where}")
+        cleared = _cleared(predicted, parts or {})
+        if parts is None or cleared:
+            how = "deleted" if parts is None else f"its text ({', '.join(cleared)}) cleared"
+            self._leave(by, row, "rejected_in_audit", f"{how} in {by.where}")
             self._decide(by, decision, "rejected", None)
             return
         if _unchanged(predicted, parts):
@@ -779,9 +994,8 @@ class _Ledger:
         try:
             edited = _corrected(row, predicted, parts, by.task)
         except _Unreadable as error:
-            self._unreadable(by, str(error), list(parts.values()), row["label_id"])
-            self._leave(by, row, "rejected_in_audit", f"the edit in {by.where} could not be read: {error}")
-            self._decide(by, decision, "rejected", None)
+            self._unreadable(by, f"{error}; label {row['label_id']} is left unjudged", region_id)
+            self._unjudged(region_id, by.task)
             return
         # a correction is a new label: the consensus that backed the old one is not its
         replacing = {
@@ -798,7 +1012,7 @@ class _Ledger:
         try:
             drawn = _added(parts, by.task, captions)
         except _Unreadable as error:
-            self._unreadable(by, f"new region {region_id!r}: {error}", list(parts.values()))
+            self._unreadable(by, f"new region: {error}", region_id)
             return
         new = self._identified(
             {**drawn, "image_id": by.task.image_id, "iteration": self.iteration, **by.audited()}
@@ -833,20 +1047,14 @@ class _Ledger:
             )
         )
 
-    def _unreadable(self, by: _Submission, why: str, record: Any, label_id: str | None = None) -> None:
-        self.problems.append(f"image {by.task.image_id}, {by.where}: {why}")
-        self.quarantine.append(
-            quarantine_row(
-                record_kind="label",
-                phase=PHASE,
-                reason="unreadable_audit_result",
-                detail=why,
-                record=record,
-                origin=by.where,
-                image_id=by.task.image_id,
-                label_id=label_id,
-            )
-        )
+    def _unjudged(self, region_id: str, task: _Task) -> None:
+        label_id = task.label_ids[region_id]
+        if label_id not in self.unjudged:
+            self.unjudged.append(label_id)
+
+    def _unreadable(self, by: _Submission, why: str, region_id: Any) -> None:
+        region = f"region {region_id!r}" if isinstance(region_id, str) else "a result"
+        self.problems.append(f"{by.where} (image {by.task.image_id}), {region}: {why}")
 
 
 # --------------------------------------------------------------------------------------
@@ -884,12 +1092,19 @@ def audit_from_truth(tasks: list[dict], truth: pl.DataFrame, auditor: str = "wor
     for position, task in enumerate(tasks):
         info = _read_task(task)
         result: list[dict] = []
-        for wanted, pairs in _truth_pairs(info, truth_by_image.get(info.image_id, []), set(info.regions)):
+        matches = _truth_pairs(info, truth_by_image.get(info.image_id, []), set(info.regions))
+        for name, (wanted, pairs) in zip(AUDITED_TASKS, matches, strict=True):
             result += _fixed(info, wanted, pairs)
             matched = {index for _, index in pairs}
+            # a missing caption is typed into the first empty text box of its task
+            boxes = sum(_task_of(parts) == name for parts in info.regions.values())
             for index, row in enumerate(wanted):
                 if index not in matched:
-                    result += _results(row, row["label_id"], info.width, info.height, {})
+                    control = None
+                    if row["task"] in CAPTION_TASKS:
+                        boxes += 1
+                        control = caption_control(row["task"], boxes)
+                    result += _results(row, row["label_id"], info.width, info.height, {}, control)
         export.append(_export_item(position, task, auditor, result))
     return export
 
@@ -921,7 +1136,7 @@ def judge_from_truth(
             for region_id, label_id in info.label_ids.items()
             if (verdict := correct.get(label_id)) is not None and not verdict
         }
-        kept = [result for result in _predicted_results(task) if _region_key(result) not in wrong]
+        kept = [result for result in _predicted_results(task) if result["id"] not in wrong]
         result = copy.deepcopy(kept)
         for wanted, pairs in _truth_pairs(info, truth_by_image.get(info.image_id, []), wrong):
             result += _fixed(info, wanted, pairs)
@@ -955,11 +1170,13 @@ def _truth_pairs(
 
 def _fixed(info: _Task, wanted: list[dict], pairs: list[tuple[str, int]]) -> list[dict]:
     """The results that show each paired region as its truth row, under the region's id."""
-    return [
-        result
-        for region_id, index in pairs
-        for result in _results(wanted[index], region_id, info.width, info.height, {})
-    ]
+    results = []
+    for region_id, index in pairs:
+        parts = info.regions[region_id]
+        # a caption stays in the text box it was shown in
+        control = next(iter(parts)) if _task_of(parts) in CAPTION_TASKS else None
+        results += _results(wanted[index], region_id, info.width, info.height, {}, control)
+    return results
 
 
 def _pairs(task: str, predicted: list[str], wanted: list[dict], info: _Task) -> list[tuple[str, int]]:
@@ -968,7 +1185,9 @@ def _pairs(task: str, predicted: list[str], wanted: list[dict], info: _Task) -> 
         return list(zip(predicted, range(len(wanted)), strict=False))
     candidates = []
     for i, region_id in enumerate(predicted):
-        box = _bounds(_corners(info.regions[region_id][task]["value"], info.width, info.height))
+        parts = info.regions[region_id]
+        shape = _shape(task, parts)
+        box = _geometry(shape, parts[shape]["value"], info.width, info.height)["box"]
         for j, row in enumerate(wanted):
             if task == "phrase_grounding" and info.grounding.get(region_id) != row["text"]:
                 continue

@@ -128,6 +128,9 @@ class AuditParams(_Strict):
     image_url_prefix: str = "/data/local-files/?d="
     # who a freeze is recorded as made by
     frozen_by: str = "relabel"
+    # Label Studio user id -> the auditor's name, for the audit and the review queue; an id
+    # not here is named from the export (email), else label-studio-user-<id>
+    auditors: dict[int, str] = {}
 
 
 class SpecialistParams(_Strict):

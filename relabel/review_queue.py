@@ -37,7 +37,8 @@ meaning more likely wrong, from what the engine already knows about it:
 A label's **suspicion** is the weighted mean (``review.weights``) of the signals that apply to it.
 The **queue** (``select_queue``) takes the ``budget`` most suspicious labels, with a few places
 kept for every rare class and every annotation type first, so that they are all looked at.
-The queued labels go to Label Studio (``relabel.audit.audit_tasks``) and the verdicts come back
+The queued labels go to Label Studio (``relabel.audit.audit_tasks``), each with why it is there
+(``queue_reasons``: its strongest signals in words), and the verdicts come back
 (``relabel.audit.import_audit``) as ``human-audit`` labels; ``apply_verdicts`` puts them in
 place of the labels they judged, and from then on the filters and the merge protect them.
 """
@@ -352,6 +353,45 @@ def select_queue(
     ).select(*QUEUE_SCHEMA)
 
 
+SIGNAL_WORDS = {
+    "category_votes": "the predictions about its region vote against it",
+    "support": "few of the sources saw it",
+    "box_fit": "its box fits the predictions of its class loosely",
+    "model_confidence": "the model does not believe it",
+    "caption_regions": "the image's regions do not show what it names",
+    "history": "it replaced another label in a merge",
+    "filter_margin": "its score is close to its filter's threshold",
+    "rarity": "its class is rare",
+}
+"""Each signal in words, as an auditor reads why a label is in front of them."""
+
+STRONGEST = 3  # signals named per label: more is a paragraph nobody reads
+
+
+def queue_reasons(queued: pl.DataFrame, weights: SuspicionWeights) -> dict[str, str]:
+    """Why each queued label (``QUEUE_SCHEMA``) is in the queue, in words, for the auditor:
+    its suspicion and rank, the ``STRONGEST`` signals that weigh most in it (weight x value,
+    with their values), and the place it took (``why``)."""
+    reasons = {}
+    for row in queued.iter_rows(named=True):
+        # heaviest first; ties in the order of SIGNALS (sorted is stable)
+        weighed = sorted(
+            (
+                (getattr(weights, name) * row[name], name)
+                for name in SIGNALS
+                if row[name] is not None and row[name] > 0 and getattr(weights, name) > 0
+            ),
+            key=lambda item: -item[0],
+        )
+        strongest = ", ".join(f"{SIGNAL_WORDS[name]} ({row[name]:.2f})" for _, name in weighed[:STRONGEST])
+        suspicion = "none" if row["suspicion"] is None else f"{row['suspicion']:.2f}"
+        place = "" if row["why"] == "suspicion" else f"; a place kept for {row['why']}"
+        reasons[row["label_id"]] = (
+            f"suspicion {suspicion} (rank {row['rank']}): {strongest or 'no signal against it'}{place}"
+        )
+    return reasons
+
+
 @dataclass(frozen=True)
 class Verdicts:
     """What ``apply_verdicts`` returns: the ``labels`` after the audit, and the labels ``folded``
@@ -404,6 +444,7 @@ __all__ = [
     "Verdicts",
     "apply_verdicts",
     "auditable",
+    "queue_reasons",
     "select_queue",
     "suspicion_scores",
 ]

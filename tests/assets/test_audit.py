@@ -8,6 +8,7 @@ import json
 
 import polars as pl
 import pytest
+import yaml
 from dagster import AssetCheckKey, materialize
 from PIL import Image
 
@@ -16,7 +17,7 @@ from pipelines.definitions import build_definitions
 from pipelines.phases import AUDIT_SPLIT_JOB, CATALOG_JOB, CORPUS_SHARDS_JOB, INGEST_SHARDS_JOB
 from relabel.evaluation_split import freeze_history, read_freeze
 from relabel.labels import frame
-from resources.layout import CORPUS_EXAMPLES, FROZEN_SPLIT, files_dir
+from resources.layout import AUDITED_LABELS, CORPUS_EXAMPLES, FROZEN_SPLIT, files_dir
 
 SPLIT_UNCHANGED = AssetCheckKey(FROZEN_SPLIT, "split_unchanged")
 
@@ -150,6 +151,52 @@ def test_any_changed_byte_fails_the_check_until_an_explicit_logged_unfreeze(froz
         ("freeze", "relabel-demo"),
     ]
     assert history[1]["reason"] == "a caption typo"
+
+
+def test_an_export_with_an_unreadable_edit_fails_naming_the_task_and_auditors_are_named(
+    frozen_project, instance
+):
+    root, _ = frozen_project
+    data = root / "data"
+    # a person's export: Label Studio user 7, whom params.yaml names
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["audit"] |= {"auditor": "label-studio", "auditors": {7: "alice@example.com"}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    export_path = data / "audit" / "label_studio" / "completed.json"
+    export = json.loads(export_path.read_text())
+    for position, item in enumerate(export):
+        item["id"] = 900 + position  # Label Studio's task ids
+        for annotation in item["annotations"]:
+            annotation["completed_by"] = 7
+    readable = json.dumps(export)
+    # one predicted region's result garbled: its label must not read as deleted
+    (garbled, *_) = [
+        (position, result)
+        for position, item in enumerate(export)
+        for result in item["annotations"][0]["result"]
+        if result["from_name"] in ("object", "object_polygon")
+    ]
+    garbled[1]["type"] = "choices"
+    export_path.write_text(json.dumps(export))
+
+    result = rerun(root, instance, AUDIT_SPLIT_JOB)
+    assert not result.success
+    (failure,) = [event for event in result.all_events if event.is_step_failure]
+    message = failure.step_failure_data.user_failure_data.description
+    assert (
+        f"Label Studio task {900 + garbled[0]}, annotation" in message and "by alice@example.com" in message
+    )
+    assert "could not be read: fix them in Label Studio and export again" in message
+
+    export_path.write_text(readable)
+    result = rerun(root, instance, AUDIT_SPLIT_JOB)
+    (materialization,) = [
+        m for m in result.get_asset_materialization_events() if m.asset_key == AUDITED_LABELS
+    ]
+    audited = pl.read_parquet(data / "audit" / "audited_labels.parquet")
+    assert set(audited["source"]) == {"human-audit@alice@example.com"}
+    metadata = materialization.materialization.metadata
+    assert "auditor/alice@example.com" in metadata and "unnamed_auditors" not in metadata
 
 
 def test_a_resized_recompressed_copy_of_a_split_image_is_caught(frozen_project, instance):

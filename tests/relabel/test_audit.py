@@ -266,14 +266,49 @@ def check_accounting(result, labels: pl.DataFrame) -> None:
     assert result.labels.schema == LABELS_SCHEMA and result.unaudited.schema == LABELS_SCHEMA
     assert result.quarantine.schema == QUARANTINE_SCHEMA and result.decisions.schema == DECISIONS_SCHEMA
     assert result.labels["status"].unique().to_list() in ([], ["audited"])
-    assert set(result.unaudited["image_id"]) <= set(result.unaudited_images)
+    # a label is unaudited only where nobody submitted its image, or a problem says why
+    for row in result.unaudited.iter_rows(named=True):
+        assert row["image_id"] in result.unaudited_images or any(
+            row["label_id"] in p for p in result.problems
+        )
+
+
+# the tags and attributes of Label Studio's labeling config language that the audit config uses
+# (labelstud.io/tags: View, Style, Image, Header, Text, RectangleLabels, PolygonLabels, Label,
+# TextArea)
+LABEL_STUDIO_TAGS = {
+    "View": {"visibleWhen", "whenTagName"},
+    "Style": set(),
+    "Image": {"name", "value", "zoom"},
+    "Header": {"value", "size"},
+    "Text": {"name", "value"},
+    "RectangleLabels": {"name", "toName"},
+    "PolygonLabels": {"name", "toName"},
+    "Label": {"value"},
+    "TextArea": {"name", "toName", "perRegion", "editable", "maxSubmissions"},
+}
+
+
+def two_captions() -> pl.DataFrame:
+    """Two human brief captions of one image, as in the trial that hid the second."""
+    return frame(
+        "labels",
+        [
+            label("img-a", "brief_caption", label_id="cap-first-0001", text="a dog on grass", source="human"),
+            label("img-a", "brief_caption", label_id="cap-second-002", text="a brown dog", source="human"),
+            label("img-a", "object", label_id="obj-dog-000001", box=[1.0, 2.0, 30.0, 40.0], category="dog"),
+        ],
+    )
 
 
 def test_label_config_parses_and_names_every_control_and_category():
     categories = ["dog", "cat & mouse", 'a "quoted" <thing>', "dog"]
-    root = ET.fromstring(label_config(categories))
+    tasks = audit_tasks(images("img-a", "img-b"), two_captions(), url)
+    root = ET.fromstring(label_config(categories, tasks))
     controls = {element.get("name"): element for element in root.iter() if element.get("toName") == "image"}
-    assert set(controls) == set(CONTROLS)
+    # every caption a task shows has a text box of its own: img-a has two brief captions
+    caption_boxes = {"brief_caption_1", "brief_caption_2", "detailed_caption_1", "more_detailed_caption_1"}
+    assert set(controls) == set(CONTROLS) | caption_boxes
     expected = ["dog", "cat & mouse", 'a "quoted" <thing>']  # escaped, deduplicated, in order
     for name in ("object", "object_polygon", "region_caption", "phrase_grounding"):
         assert [label.get("value") for label in controls[name]] == expected
@@ -281,11 +316,32 @@ def test_label_config_parses_and_names_every_control_and_category():
     assert [label.get("value") for label in controls["ocr"]] == ["text"]
     for name in ("ocr_text", "region_caption_text", "phrase_grounding_text"):
         assert (controls[name].tag, controls[name].get("perRegion")) == ("TextArea", "true")
-    for name in ("brief_caption", "detailed_caption", "more_detailed_caption"):
+    for name in caption_boxes:
         assert controls[name].tag == "TextArea" and controls[name].get("perRegion") is None
     assert root.find("Image").attrib == {"name": "image", "value": "$image", "zoom": "true"}
+    # only Label Studio's own tags and attributes
+    for element in root.iter():
+        assert element.tag in LABEL_STUDIO_TAGS and set(element.attrib) <= LABEL_STUDIO_TAGS[element.tag]
+    # every section is headed, and each caption box by what is in it: every task has its text
+    headers = [element.get("value") for element in root.iter("Header")]
+    assert {"Objects: a polygon where the object has one, else a box", "$brief_caption_2_about"} <= set(
+        headers
+    )
+    fields = {
+        element.get("value")[1:] for element in root.iter() if (element.get("value") or "").startswith("$")
+    }
+    for task in tasks:
+        assert fields <= set(task["data"])
+    assert tasks[0]["data"]["brief_caption_2_about"] == "brief caption 2: from human, score 0.50"
+    assert tasks[1]["data"]["brief_caption_1_about"] == "brief caption 1: empty (type one to add it)"
+    # the text of the selected region's task only
+    (ocr_view,) = [view for view in root.iter("View") if view.get("whenTagName") == "ocr"]
+    assert (
+        ocr_view.get("visibleWhen") == "region-selected"
+        and ocr_view.find("TextArea").get("name") == "ocr_text"
+    )
     with pytest.raises(ValueError, match="non-empty strings"):
-        label_config(["dog", ""])
+        label_config(["dog", ""], tasks)
 
 
 def test_tasks_show_labels_as_percent_regions_named_after_their_labels():
@@ -298,12 +354,12 @@ def test_tasks_show_labels_as_percent_regions_named_after_their_labels():
     assert prediction["model_version"] == "relabel"
     assert prediction["score"] == pytest.approx((0.9 + 0.8 + 0.4 + 0.7 + 0.6) / 5)
     by_id = {(result["id"], result["from_name"]): result for result in prediction["result"]}
+    # one region per label: the dog is its polygon only; the caption is in its own text box
     assert sorted(by_id) == [
-        ("lbl-cap-0004", "brief_caption"),
+        ("lbl-cap-0004", "brief_caption_1"),
         ("lbl-car-0003", "object"),
         ("lbl-cat-0002", "object"),
-        ("lbl-dog-0001", "object"),
-        ("lbl-dog-0001_p", "object_polygon"),
+        ("lbl-dog-0001", "object_polygon"),
         ("lbl-ocr-0005", "ocr"),
         ("lbl-ocr-0005", "ocr_text"),
     ]
@@ -318,15 +374,27 @@ def test_tasks_show_labels_as_percent_regions_named_after_their_labels():
     }
     assert (cat["type"], cat["to_name"], cat["image_rotation"]) == ("rectanglelabels", "image", 0)
     assert (cat["original_width"], cat["original_height"]) == (640, 480)
-    assert cat["score"] == 0.8 and cat["meta"] == {"source": "noisy@1", "label_id": "lbl-cat-0002-aaaa"}
-    assert by_id["lbl-dog-0001_p", "object_polygon"]["value"]["points"] == [
+    # the region says where its label came from
+    assert cat["score"] == 0.8 and cat["meta"] == {
+        "source": "noisy@1",
+        "label_id": "lbl-cat-0002-aaaa",
+        "text": ["object 'cat': from noisy@1, score 0.80"],
+    }
+    assert first["data"]["summary"].splitlines() == [
+        "object 'car': from noisy@1, score 0.40",
+        "object 'cat': from noisy@1, score 0.80",
+        "object 'dog' (polygon): from noisy@1, score 0.90",
+        "ocr 'STOP': from noisy@1, score 0.60",
+        "brief caption 1: from noisy@1, score 0.70",
+    ]
+    assert by_id["lbl-dog-0001", "object_polygon"]["value"]["points"] == [
         [10.0, 10.0],
         [30.0, 10.0],
         [20.0, 30.0],
     ]
     assert by_id["lbl-ocr-0005", "ocr"]["value"]["rectanglelabels"] == ["text"]
     assert by_id["lbl-ocr-0005", "ocr_text"]["value"] == {"text": ["STOP"]}
-    assert by_id["lbl-cap-0004", "brief_caption"]["value"] == {"text": ["a dog and a cat"]}
+    assert by_id["lbl-cap-0004", "brief_caption_1"]["value"] == {"text": ["a dog and a cat"]}
     # the hand-written export was made from exactly these tasks
     exported = json.loads((FIXTURES / "audit_export.json").read_text())
     assert [item["data"] for item in exported] == [task["data"] for task in tasks]
@@ -408,11 +476,12 @@ def test_a_real_export_is_read_region_by_region():
     labels = fixture_labels()
     tasks = audit_tasks(images("img-a", "img-b"), labels, url)
     export = json.loads((FIXTURES / "audit_export.json").read_text())
-    result = import_audit(tasks, export, labels)
+    # the export names users by id only; params.yaml's audit.auditors names them
+    result = import_audit(tasks, export, labels, {1: "alice@example.com"})
     check_accounting(result, labels)
-    # the latest submitted annotation (58, by user 1) is read; 57 is older, 61 and 62 cancelled
+    # the latest submitted annotation (58, by user 1, alice) is read; 57 is older, 61 and 62 cancelled
     assert counts(result) == {"accepted": 2, "corrected": 2, "rejected": 1, "added": 1}
-    assert set(result.decisions["auditor"]) == {"1"}
+    assert set(result.decisions["auditor"]) == {"alice@example.com"}
     assert result.unaudited_images == ["img-b"] and result.unaudited["label_id"].to_list() == [
         "lbl-bus-0006-aaaa"
     ]
@@ -429,14 +498,14 @@ def test_a_real_export_is_read_region_by_region():
     original = {row["label_id"]: row for row in labels.iter_rows(named=True)}
     dog = out["lbl-dog-0001-aaaa"]
     assert {**dog, "status": "raw", "source": "noisy@1", "score": 0.9} == original["lbl-dog-0001-aaaa"]
-    assert (dog["status"], dog["source"], dog["score"]) == ("audited", "human-audit@1", 1.0)
+    assert (dog["status"], dog["source"], dog["score"]) == ("audited", "human-audit@alice@example.com", 1.0)
 
     (cat,) = [row for row in out.values() if row["replaces"] == "lbl-cat-0002-aaaa"]
     assert cat["box"] == [353.0, 239.0, 513.0, 359.0]  # x 55.15625 % of 640, y 49.7916.. % of 480
     assert (cat["category"], cat["text"], cat["source"], cat["status"]) == (
         "cat",
         "cat",
-        "human-audit@1",
+        "human-audit@alice@example.com",
         "audited",
     )
     assert cat["label_id"] == label_id_for(cat)
@@ -455,18 +524,19 @@ def test_a_real_export_is_read_region_by_region():
     assert added["label_id"] is None and added["new_label_id"] == bird["label_id"]
 
     reasons = dict(result.quarantine.group_by("reason").len().iter_rows())
-    assert reasons == {"rejected_in_audit": 1, "corrected_in_audit": 2, "unreadable_audit_result": 1}
+    assert reasons == {"rejected_in_audit": 1, "corrected_in_audit": 2}
     rejected = result.quarantine.filter(pl.col("reason") == "rejected_in_audit").row(0, named=True)
     assert (rejected["label_id"], rejected["phase"], rejected["record_kind"]) == (
         "lbl-car-0003-aaaa",
         "audit",
         "label",
     )
-    assert json.loads(rejected["record"])["category"] == "car" and "by 1" in rejected["detail"]
+    assert json.loads(rejected["record"])["category"] == "car"
+    assert rejected["detail"] == "deleted in Label Studio task 101, annotation 58 by alice@example.com"
+    # a result of a control the audit config does not have is a problem, with its task, not a label
     (problem,) = result.problems
-    assert "image_quality" in problem and "img-a" in problem
-    unreadable = result.quarantine.filter(pl.col("reason") == "unreadable_audit_result").row(0, named=True)
-    assert json.loads(unreadable["record"])["id"] == "Qw8-Hn2pLc"
+    assert problem.startswith("Label Studio task 101, annotation 58 by alice@example.com (image img-a)")
+    assert "'Qw8-Hn2pLc'" in problem and "image_quality" in problem
 
 
 def test_the_truth_auditor_turns_noisy_labels_into_the_truth():
@@ -625,29 +695,238 @@ def test_the_truth_judge_accepts_every_label_it_is_not_told_is_wrong():
     assert set(result.labels["source"]) == {"human-audit@world-auditor"}
 
 
-def test_unreadable_edits_reject_the_label_and_say_why():
+def results_of(item: dict) -> dict[tuple[str, str], dict]:
+    """An export item's submitted results by (region id, control)."""
+    return {(result["id"], result["from_name"]): result for result in item["annotations"][0]["result"]}
+
+
+def test_an_edit_that_cannot_be_read_leaves_its_label_unjudged_and_names_the_task():
     labels = truth_labels().filter(pl.col("image_id") == "img-w")
     tasks = audit_tasks(images("img-w"), labels, url)
     export = accept_all(tasks)
+    export[0]["id"] = 4711  # Label Studio's task id
     annotation = export[0]["annotations"][0]
     annotation["completed_by"] = {"id": 4, "email": "ann@example.org", "first_name": "", "last_name": ""}
+    grounding = None
     for result in annotation["result"]:
         if result["from_name"] == "phrase_grounding_text" and result["value"]["text"] == ["a dog"]:
             result["value"]["text"] = ["a zebra"]  # not in the caption
+            grounding = result["meta"]["label_id"]
         if result["from_name"] == "ocr":
             result["value"]["rotation"] = 90
     result = import_audit(tasks, export, labels)
     check_accounting(result, labels)
-    assert counts(result) == {"accepted": labels.height - 2, "rejected": 1, "corrected": 1}
+    # not a rejection: the grounding is unjudged, and the problem says which task to fix
+    assert counts(result) == {"accepted": labels.height - 2, "corrected": 1}
+    assert result.unaudited["label_id"].to_list() == [grounding] and result.unaudited_images == []
     (problem,) = result.problems
+    assert problem.startswith("Label Studio task 4711, annotation 1 by ann@example.org (image img-w)")
     assert "'a zebra' is not in the caption 'a dog next to a cat'" in problem
+    assert f"label {grounding} is left unjudged" in problem
     assert set(result.decisions["auditor"]) == {"ann@example.org"}
-    reasons = sorted(result.quarantine["reason"])
-    assert reasons == ["corrected_in_audit", "rejected_in_audit", "unreadable_audit_result"]
+    assert sorted(result.quarantine["reason"]) == ["corrected_in_audit"]
     # a text rectangle turned by 90 degrees about its top-left corner becomes a quad
     (ocr,) = result.labels.filter(pl.col("task") == "ocr").iter_rows(named=True)
     assert ocr["quad"] == [60.0, 60.0, 60.0, 90.0, 45.0, 90.0, 45.0, 60.0]
     assert ocr["box"] == [45.0, 60.0, 60.0, 90.0] and ocr["text"] == "EXIT"
+
+
+def test_a_region_with_a_garbled_result_is_unjudged_not_deleted():
+    labels = fixture_labels().filter(pl.col("image_id") == "img-a")
+    tasks = audit_tasks(images("img-a"), labels, url)
+    export = accept_all(tasks)
+    for result in export[0]["annotations"][0]["result"]:
+        if result["id"] == "lbl-cat-0002":
+            result["type"] = "polygonlabels"  # its only result cannot be read: it must not look deleted
+    result = import_audit(tasks, export, labels)
+    check_accounting(result, labels)
+    assert result.unaudited["label_id"].to_list() == ["lbl-cat-0002-aaaa"]
+    assert "rejected" not in counts(result) and result.quarantine.height == 0
+    (problem,) = result.problems
+    assert "Label Studio task 1," in problem and "'lbl-cat-0002'" in problem and "unjudged" in problem
+
+
+def test_every_caption_has_its_own_box_and_only_a_cleared_one_is_rejected():
+    labels = two_captions()
+    tasks = audit_tasks(images("img-a"), labels, url)
+    predicted = {(r["id"], r["from_name"]) for r in tasks[0]["predictions"][0]["result"]}
+    assert {("cap-first-00", "brief_caption_1"), ("cap-second-0", "brief_caption_2")} <= predicted
+    # the plain Submit of the trial: both captions come back, both are accepted
+    result = import_audit(tasks, accept_all(tasks, "alice"), labels)
+    assert counts(result) == {"accepted": 3}
+    # the auditor empties the second box and edits the first (Label Studio drops an emptied text box)
+    export = accept_all(tasks, "alice")
+    annotation = export[0]["annotations"][0]
+    annotation["result"] = [r for r in annotation["result"] if r["from_name"] != "brief_caption_2"]
+    results_of(export[0])["cap-first-00", "brief_caption_1"]["value"]["text"] = ["a dog on green grass"]
+    result = import_audit(tasks, export, labels)
+    check_accounting(result, labels)
+    decision = dict(zip(result.decisions["label_id"], result.decisions["decision"], strict=True))
+    assert decision == {
+        "cap-first-0001": "corrected",
+        "cap-second-002": "rejected",
+        "obj-dog-000001": "accepted",
+    }
+    assert "a dog on green grass" in result.labels["text"].to_list()
+    # a box emptied but kept (blank text) is cleared too; spacing alone changes nothing
+    export = accept_all(tasks, "alice")
+    results_of(export[0])["cap-second-0", "brief_caption_2"]["value"]["text"] = ["  "]
+    results_of(export[0])["cap-first-00", "brief_caption_1"]["value"]["text"] = [" a dog  on grass\n"]
+    decision = dict(import_audit(tasks, export, labels).decisions.select("label_id", "decision").iter_rows())
+    assert (decision["cap-first-0001"], decision["cap-second-002"]) == ("accepted", "rejected")
+
+
+def test_a_caption_typed_into_an_empty_box_is_added():
+    labels = two_captions().filter(pl.col("task") == "object")
+    tasks = audit_tasks(images("img-a"), labels, url)
+    export = accept_all(tasks, "alice")
+    export[0]["annotations"][0]["result"].append(
+        {
+            "id": "Zx81kLmq0a",
+            "from_name": "detailed_caption_1",
+            "to_name": "image",
+            "type": "textarea",
+            "value": {"text": ["a brown dog lying on short grass"]},
+            "origin": "manual",
+        }
+    )
+    result = import_audit(tasks, export, labels)
+    check_accounting(result, labels)
+    assert counts(result) == {"accepted": 1, "added": 1}
+    (added,) = result.labels.filter(pl.col("task") == "detailed_caption").iter_rows(named=True)
+    assert added["text"] == "a brown dog lying on short grass" and added["source"] == "human-audit@alice"
+
+
+def grounded_dog() -> pl.DataFrame:
+    caption = "A black dog next to a black umbrella."
+    return frame(
+        "labels",
+        [
+            label(
+                "img-w",
+                "phrase_grounding",
+                label_id="pg-umbrella-01",
+                box=[10.0, 10.0, 50.0, 50.0],
+                category="umbrella",
+                text=caption,
+                span=(20, 36),
+            )
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("phrase", "span"),
+    [
+        ("a black dog", (0, 11)),  # the trial's relabelling: the caption starts with "A"
+        ("A  BLACK\ndog", (0, 11)),
+        ("black umbrella", (22, 36)),
+    ],
+)
+def test_a_grounded_phrase_is_found_in_any_case_and_spacing(phrase, span):
+    labels = grounded_dog()
+    tasks = audit_tasks(images("img-w"), labels, url)
+    export = accept_all(tasks)
+    results_of(export[0])["pg-umbrella-", "phrase_grounding_text"]["value"]["text"] = [phrase]
+    result = import_audit(tasks, export, labels)
+    check_accounting(result, labels)
+    assert result.problems == [] and counts(result) == {"corrected": 1}
+    (row,) = result.labels.iter_rows(named=True)
+    assert (row["phrase_start"], row["phrase_end"]) == span
+
+
+def test_a_phrase_in_another_case_is_the_same_phrase_and_a_partial_word_is_none():
+    labels = grounded_dog()
+    tasks = audit_tasks(images("img-w"), labels, url)
+    export = accept_all(tasks)
+    results_of(export[0])["pg-umbrella-", "phrase_grounding_text"]["value"]["text"] = ["a Black  Umbrella"]
+    assert counts(import_audit(tasks, export, labels)) == {"accepted": 1}
+    results_of(export[0])["pg-umbrella-", "phrase_grounding_text"]["value"]["text"] = ["black umbrel"]
+    result = import_audit(tasks, export, labels)
+    assert result.unaudited.height == 1 and "not in the caption" in result.problems[0]
+
+
+def test_an_object_is_one_region_and_deleting_it_rejects_it():
+    labels = fixture_labels().filter(pl.col("image_id") == "img-a", pl.col("task") == "object")
+    tasks = audit_tasks(images("img-a"), labels, url)
+    shown = [(r["id"], r["from_name"]) for r in tasks[0]["predictions"][0]["result"]]
+    # the dog has a polygon: it is shown as that alone; the others as their boxes
+    assert shown == [
+        ("lbl-car-0003", "object"),
+        ("lbl-cat-0002", "object"),
+        ("lbl-dog-0001", "object_polygon"),
+    ]
+    export = accept_all(tasks)
+    annotation = export[0]["annotations"][0]
+    annotation["result"] = [r for r in annotation["result"] if r["id"] != "lbl-dog-0001"]
+    result = import_audit(tasks, export, labels)
+    check_accounting(result, labels)
+    decision = dict(zip(result.decisions["label_id"], result.decisions["decision"], strict=True))
+    assert decision["lbl-dog-0001-aaaa"] == "rejected"
+    # a moved polygon is the object's new outline, and its box their bounds
+    export = accept_all(tasks)
+    results_of(export[0])["lbl-dog-0001", "object_polygon"]["value"]["points"] = [
+        [10, 10],
+        [40, 10],
+        [20, 50],
+    ]
+    result = import_audit(tasks, export, labels)
+    (dog,) = result.labels.filter(pl.col("replaces") == "lbl-dog-0001-aaaa").iter_rows(named=True)
+    assert dog["polygon"] == [[64.0, 48.0, 256.0, 48.0, 128.0, 240.0]]
+    assert dog["box"] == [64.0, 48.0, 256.0, 240.0] and dog["mask_rle"] is None
+
+
+def test_clearing_a_regions_text_rejects_it():
+    labels = fixture_labels().filter(pl.col("label_id") == "lbl-ocr-0005-aaaa")
+    tasks = audit_tasks(images("img-a"), labels, url)
+    export = accept_all(tasks)
+    annotation = export[0]["annotations"][0]
+    annotation["result"] = [r for r in annotation["result"] if r["from_name"] != "ocr_text"]
+    result = import_audit(tasks, export, labels)
+    check_accounting(result, labels)
+    assert counts(result) == {"rejected": 1}
+    assert "its text (ocr_text) cleared in Label Studio task 1" in result.quarantine["detail"][0]
+
+
+@pytest.mark.parametrize(
+    ("annotation", "auditors", "name"),
+    [
+        # Label Studio's JSON export: a user id (its tasks API adds the user in words beside it)
+        ({"completed_by": 1, "created_username": " alice@example.com, 1"}, {}, "alice@example.com"),
+        (
+            {"completed_by": 1, "created_username": "Alice Smith alice@example.com, 1"},
+            {},
+            "alice@example.com",
+        ),
+        ({"completed_by": 1, "created_username": "Alice Smith , 1"}, {}, "Alice Smith"),
+        # an export with the users expanded (completed_by: id, email, first_name, last_name)
+        ({"completed_by": {"id": 3, "email": "bob@example.com", "first_name": "Bob"}}, {}, "bob@example.com"),
+        ({"completed_by": {"id": 3, "email": "", "first_name": "Bob", "last_name": "Lee"}}, {}, "Bob Lee"),
+        # a configured name wins (audit.auditors), by id in whatever form
+        ({"completed_by": 1, "created_username": " a@x.org, 1"}, {1: "alice"}, "alice"),
+        ({"completed_by": {"id": 1, "email": "a@x.org"}}, {"1": "alice"}, "alice"),
+        # an id and nothing else: never a bare number
+        ({"completed_by": 7}, {}, "label-studio-user-7"),
+        ({"completed_by": "carol@example.com"}, {}, "carol@example.com"),
+    ],
+)
+def test_auditors_are_named(annotation, auditors, name):
+    labels = fixture_labels().filter(pl.col("image_id") == "img-b")
+    tasks = audit_tasks(images("img-b"), labels, url)
+    export = accept_all(tasks)
+    export[0]["annotations"][0].update(annotation)
+    result = import_audit(tasks, export, labels, auditors)
+    assert result.decisions["auditor"].to_list() == [name]
+    assert result.labels["source"].to_list() == [f"human-audit@{name}"]
+
+
+def test_a_review_task_says_why_each_label_is_queued():
+    labels = fixture_labels().filter(pl.col("image_id") == "img-a")
+    why = {"lbl-cat-0002-aaaa": "the model does not believe it (0.90)"}
+    (task,) = audit_tasks(images("img-a"), labels, url, why)
+    cat = [r for r in task["predictions"][0]["result"] if r["id"] == "lbl-cat-0002"][0]
+    line = "object 'cat': from noisy@1, score 0.80; queued because the model does not believe it (0.90)"
+    assert cat["meta"]["text"] == [line] and line in task["data"]["summary"].splitlines()
 
 
 def test_an_image_without_a_submitted_annotation_is_unaudited():

@@ -12,6 +12,7 @@ from relabel.review_queue import (
     Evidence,
     apply_verdicts,
     auditable,
+    queue_reasons,
     select_queue,
     suspicion_scores,
 )
@@ -238,6 +239,36 @@ def test_the_queue_keeps_places_for_rare_classes_and_every_type_within_the_budge
     plain = select_queue(scored, 3, min_per_type=0, min_per_rare_class=0, rare=["kite"])
     assert plain["label_id"].to_list() == ["obj0", "obj1", "obj2"]
     assert select_queue(scored, 0, min_per_type=1, min_per_rare_class=1, rare=["kite"]).height == 0
+
+
+def test_a_queued_label_says_why_in_its_strongest_signals():
+    labels = frame(
+        "labels",
+        [
+            region("wrong-dog", "cat", DOG_BOX),
+            region("kite", "kite", EMPTY_BOX, "consensus@1", 0.25),
+        ],
+    )
+    scored = suspicion_scores(labels, evidence(), PARAMS)
+    queued = select_queue(scored, 2, min_per_type=0, min_per_rare_class=1, rare=["kite"])
+    reasons = queue_reasons(queued, PARAMS.weights)
+    dog = queued.filter(pl.col("label_id") == "wrong-dog").row(0, named=True)
+    # every source sees a dog where it says cat: the votes and the support come first, in words
+    assert reasons["wrong-dog"] == (
+        f"suspicion {dog['suspicion']:.2f} (rank {dog['rank']}): "
+        "the predictions about its region vote against it (1.00), few of the sources saw it (1.00), "
+        "the model does not believe it (1.00)"
+    )
+    assert reasons["kite"].endswith("; a place kept for rare class 'kite'")
+    # nothing saw the kite and its score is near its filter's: those outweigh its rarity
+    assert "few of the sources saw it (1.00)" in reasons["kite"] and "rare (" not in reasons["kite"]
+    # the auditor reads them with each label of the review task
+    images = pl.DataFrame({"image_id": [IMAGE], "uri": ["a.png"], "width": [120], "height": [100]})
+    (task,) = audit.audit_tasks(images, labels, lambda uri: uri, reasons)
+    assert all(
+        f"queued because {reasons[result['meta']['label_id']]}" in result["meta"]["text"][0]
+        for result in task["predictions"][0]["result"]
+    )
 
 
 def test_verdicts_replace_the_labels_they_judged_and_account_for_every_row():
