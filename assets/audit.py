@@ -39,6 +39,8 @@ from dagster import (
 )
 
 from relabel import audit
+from relabel.audit_simulated import accept_all, audit_from_truth
+from relabel.audit_tasks import audit_tasks, label_config
 from relabel.evaluation_split import (
     EVAL,
     LABELS_FILE,
@@ -152,11 +154,11 @@ def build_audit_assets() -> tuple[list, list]:
     ) -> MaterializeResult:
         params = project.params.audit
         held, to_audit = split_images(images), labels_to_audit(images, human_labels)
-        written = audit.audit_tasks(held, to_audit, image_url_for(project))
+        written = audit_tasks(held, to_audit, image_url_for(project))
         folder = files_dir(AUDIT_TASKS, project.data_dir)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / TASKS_FILE).write_text(json.dumps(written, indent=1, sort_keys=True) + "\n")
-        (folder / CONFIG_FILE).write_text(audit.label_config(project.ontology(), written) + "\n")
+        (folder / CONFIG_FILE).write_text(label_config(project.ontology(), written) + "\n")
         committed = dvc.commit(stage=AUDIT_STAGE, written=folder / TASKS_FILE)
         context.log.info(
             f"{len(written)} audit tasks with {to_audit.height} predicted labels in {folder / TASKS_FILE}"
@@ -373,11 +375,11 @@ def build_audit_assets() -> tuple[list, list]:
 def _simulated_audit(project: ProjectResource, auditor: str, written: list[dict]) -> list[dict]:
     """A completed Label Studio export made without a person (``audit.auditor``)."""
     if auditor == "accept-all":
-        return audit.accept_all(written)
+        return accept_all(written)
     truth_path = project.data_dir / GROUND_TRUTH_LABELS
     if not truth_path.is_file():
         raise Failure(
             "audit.auditor is world-truth but there is no ground "
             f"truth at {truth_path}: only the embedded world has one"
         )
-    return audit.audit_from_truth(written, pl.read_parquet(truth_path))
+    return audit_from_truth(written, pl.read_parquet(truth_path))

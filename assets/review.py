@@ -38,6 +38,8 @@ from dagster import (
 from assets.audit import CONFIG_FILE, TASKS_FILE, auditors_metadata, image_url_for, refuse_unreadable
 from assets.model import model_source
 from relabel import audit
+from relabel.audit_simulated import judge_from_truth
+from relabel.audit_tasks import audit_tasks, label_config
 from relabel.review_queue import Evidence, queue_reasons, select_queue, suspicion_scores
 from relabel.scoring import label_correctness
 from resources.io_manager import TABLE_METADATA_KEY
@@ -129,14 +131,14 @@ def build_review_assets(perception: list[str]) -> list:
         folder.mkdir(parents=True, exist_ok=True)
         scored.write_parquet(folder / SCORES_FILE)
         shown = labels.filter(pl.col("label_id").is_in(queued["label_id"].implode()))
-        tasks = audit.audit_tasks(
+        tasks = audit_tasks(
             training.filter(pl.col("image_id").is_in(shown["image_id"].implode())),
             shown,
             image_url_for(project),
             queue_reasons(queued, params.review.weights),
         )
         (folder / TASKS_FILE).write_text(json.dumps(tasks, indent=1, sort_keys=True) + "\n")
-        (folder / CONFIG_FILE).write_text(audit.label_config(project.ontology(), tasks) + "\n")
+        (folder / CONFIG_FILE).write_text(label_config(project.ontology(), tasks) + "\n")
         truth = _truth(project)
         found = _found(scored, queued, labels, truth, project.ontology()) if truth is not None else {}
         chart = _queue_chart(scored, queued)
@@ -219,9 +221,7 @@ def build_review_assets(perception: list[str]) -> list:
             )
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(
-                json.dumps(
-                    audit.judge_from_truth(tasks, truth, correct, EXPORT_AUDITOR), indent=1, sort_keys=True
-                )
+                json.dumps(judge_from_truth(tasks, truth, correct, EXPORT_AUDITOR), indent=1, sort_keys=True)
                 + "\n"
             )
         if not path.is_file():

@@ -1,15 +1,17 @@
-"""Human audit of an evaluation split through Label Studio's file formats.
+"""Human audit of an evaluation split through Label Studio's file formats: the vocabulary both
+directions of the round trip share, and the reading of a completed export back into verdicts.
 
 The round trip uses only the files Label Studio imports and exports (no server, no SDK):
 
-1. ``audit_tasks(images, labels, image_url, reasons)`` writes one Label Studio task per image
-   with the image's labels as a *prediction* (pre-annotations). Each region's id is the start
-   of its label's id, so every region that comes back can be traced to the label it shows;
-   each says where its label came from (source, score and, in a review, why it was queued);
-2. ``label_config(categories, tasks)`` is the labeling config (XML) of the project those
-   tasks go to: a headed section per annotation type, one region per label (an object is its
-   polygon where it has one, else its rectangle), a per-region text box for the regions that
-   carry text, and a text box of its own for every image-level caption a task shows;
+1. ``relabel.audit_tasks.audit_tasks(images, labels, image_url, reasons)`` writes one Label
+   Studio task per image with the image's labels as a *prediction* (pre-annotations). Each
+   region's id is the start of its label's id, so every region that comes back can be traced to
+   the label it shows; each says where its label came from (source, score and, in a review, why
+   it was queued);
+2. ``relabel.audit_tasks.label_config(categories, tasks)`` is the labeling config (XML) of the
+   project those tasks go to: a headed section per annotation type, one region per label (an
+   object is its polygon where it has one, else its rectangle), a per-region text box for the
+   regions that carry text, and a text box of its own for every image-level caption a task shows;
 3. the auditors accept, move, relabel, retype, delete and draw regions and submit, and the
    project is exported with Label Studio's "JSON" export;
 4. ``import_audit(tasks, export, labels, auditors)`` compares each image's latest submitted
@@ -19,13 +21,14 @@ The round trip uses only the files Label Studio imports and exports (no server, 
    judges nothing: its label stays *unaudited* and a problem names the Label Studio task, for
    the caller to refuse the export until it is fixed.
 
-``accept_all``, ``audit_from_truth`` and ``judge_from_truth`` stand in for the humans of
-step 3 and return an export in Label Studio's own format, so their audits are read by the
-same ``import_audit`` as a real one: ``accept_all`` submits every prediction as it is (a
-dataset's own human labels taken as audited), ``audit_from_truth`` is a careful auditor who
-knows the embedded world's ground truth and fixes every image to it (drawing what is
-missing), ``judge_from_truth`` one who only judges the regions shown (a review queue): keeps
-a right one, corrects a wrong one to the truth, deletes one that is about nothing.
+The auditors of ``relabel.audit_simulated`` stand in for the humans of step 3 and return an
+export in Label Studio's own format, so their audits are read by the same ``import_audit`` as a
+real one.
+
+What the writing, the reading and the simulated auditors share is here: the label tasks an
+audit shows (``AUDITED_TASKS``), the config's controls (``CONTROLS``, ``caption_control``) and
+result types (``RESULT_TYPES``), and a task read back as ``audit_tasks`` wrote it
+(``read_task``), with the geometry of its regions (``geometry_control``, ``region_geometry``).
 
 Geometry: Label Studio places regions in percent of the image's width and height (a rectangle
 by its top-left corner, size and rotation in degrees about that corner); the label store in
@@ -35,22 +38,18 @@ pixels. Percentages are converted back with the image size written into the task
 
 from __future__ import annotations
 
-import copy
 import math
 import re
-import xml.etree.ElementTree as ET
-from collections import Counter, defaultdict
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import polars as pl
 
-from relabel.labels import TASKS, TASKS_BY_TYPE, check_schema, frame, label_id_for, quarantine_row, region_box
-from relabel.merge import box_iou
+from relabel.labels import TASKS, TASKS_BY_TYPE, check_schema, frame, label_id_for, quarantine_row
 
 PHASE = "audit"
-MODEL_VERSION = "relabel"
 SOURCE_PREFIX = "human-audit@"
 UNNAMED_AUDITOR = "label-studio-user-"  # + the user id: an auditor the export names by id only
 CAPTION_TASKS = ("brief_caption", "detailed_caption", "more_detailed_caption")
@@ -58,10 +57,7 @@ REGION_TASKS = ("object", "ocr", "region_caption", "phrase_grounding")
 AUDITED_TASKS = REGION_TASKS + CAPTION_TASKS
 """The label tasks an audit shows; labels of other tasks (``alt_text``) must be left out."""
 
-OCR_LABEL = "text"  # the one label of the OCR rectangles: a text region has no category
-REGION_ID_LENGTH = 12
 TOLERANCE = 0.5  # percentage points of the image's side (and degrees of rotation)
-MATCH_IOU = 0.5  # audit_from_truth, judge_from_truth: a prediction and a truth region this overlapping match
 PIXEL_DECIMALS = 2
 
 CONTROLS: dict[str, tuple[str, str]] = {
@@ -73,25 +69,10 @@ CONTROLS: dict[str, tuple[str, str]] = {
 holds. Captions have numbered controls besides these (``caption_control``)."""
 
 # a caption's text box: the caption task and the box's number, from 1
-_CAPTION_CONTROL = re.compile(rf"({'|'.join(CAPTION_TASKS)})_([1-9][0-9]*)")
+CAPTION_CONTROL = re.compile(rf"({'|'.join(CAPTION_TASKS)})_([1-9][0-9]*)")
 
 # a part's result type; it is also the key of the labels in a result's value
 RESULT_TYPES = {"rectangle": "rectanglelabels", "polygon": "polygonlabels", "text": "textarea"}
-
-SECTIONS = {
-    "object": "Objects: a polygon where the object has one, else a box",
-    "ocr": "Text in the image (OCR): a box, and what it reads",
-    "region_caption": "Region captions: a box, and what it says of the region",
-    "phrase_grounding": "Phrase groundings: a box, and the phrase of a caption below it shows",
-}
-"""The header of each region task's section of the config: what a region of it is."""
-
-REGION_TEXTS = {
-    "ocr": "What the selected text region reads",
-    "region_caption": "What the selected region's caption says",
-    "phrase_grounding": "The phrase the selected grounding shows, as its caption has it",
-}
-"""The header of each per-region text box: what the text of the selected region is."""
 
 ANNOTATION_TYPE_OF = {task: kind for kind, tasks in TASKS_BY_TYPE.items() for task in tasks}
 DECISIONS = ("accepted", "corrected", "rejected", "added")
@@ -146,307 +127,8 @@ def _control(name: Any) -> tuple[str, str] | None:
         return None
     if name in CONTROLS:
         return CONTROLS[name]
-    caption = _CAPTION_CONTROL.fullmatch(name)
+    caption = CAPTION_CONTROL.fullmatch(name)
     return (caption.group(1), "text") if caption else None
-
-
-# --------------------------------------------------------------------------------------
-# export: tasks and config
-
-
-def audit_tasks(
-    images: pl.DataFrame,
-    labels: pl.DataFrame,
-    image_url: Callable[[str], str],
-    reasons: Mapping[str, str] | None = None,
-) -> list[dict]:
-    """One Label Studio task per image of ``images``, its ``labels`` as the prediction.
-
-    ``images`` has ``image_id, uri, width, height``; ``labels`` (LABELS_SCHEMA) are labels of
-    those images, of ``AUDITED_TASKS`` only (ValueError otherwise: the caller decides what
-    happens to the others). ``image_url`` turns an image's uri into the URL Label Studio loads;
-    ``reasons`` (a review queue) says in words why each label is shown.
-
-    A task is ``{"data": {...}, "predictions": [{"model_version", "score", "result"}]}``. Its
-    data: ``image``, ``image_id``, ``width``, ``height``; ``summary``, one line per label (what
-    it is, its source and score, and its reason); ``phrase_grounding_texts``, a grounding
-    region's id -> the whole caption its phrase is in, and ``grounding_captions``, those
-    captions; and for every caption text box the config has (``caption_boxes``) its header
-    ``<task>_<n>_about``: the source and score of the caption in it, or that it is empty.
-    Every result's ``meta`` holds its label's ``source`` and ``label_id`` and, as ``text``
-    (shown with the region in Label Studio), the summary's line. Tasks are ordered by image
-    id and results by label id, so the same input gives byte-identical JSON.
-    """
-    check_schema(labels, "labels")
-    other = labels.filter(~pl.col("task").cast(pl.String).is_in(AUDITED_TASKS))["task"].value_counts(
-        sort=True
-    )
-    if other.height:
-        raise ValueError(f"labels of tasks an audit does not show (filter them out first): {other.rows()}")
-    if not labels["label_id"].is_unique().all():
-        raise ValueError("label ids are not unique: regions could not be told apart")
-    images = images.select("image_id", "uri", "width", "height")
-    if not images["image_id"].is_unique().all():
-        raise ValueError("images lists an image id twice")
-    unknown = set(labels["image_id"]) - set(images["image_id"])
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} image(s) of the labels are not in images, e.g. {sorted(unknown)[:3]}"
-        )
-    reasons = reasons or {}
-    rows_by_image = _rows_by_image(labels)
-    # every task has a header for each caption box of the config, filled or not: Label Studio
-    # refuses a task without a field the config names
-    boxes = {
-        task: max([1, *(sum(row["task"] == task for row in rows) for rows in rows_by_image.values())])
-        for task in CAPTION_TASKS
-    }
-    tasks = []
-    for image in images.sort("image_id").iter_rows(named=True):
-        width, height = image["width"], image["height"]
-        if not (width and height and width > 0 and height > 0):
-            raise ValueError(f"image {image['image_id']} has no size ({width} x {height})")
-        rows = rows_by_image.get(image["image_id"], [])
-        results: list[dict] = []
-        grounding: dict[str, str] = {}
-        lines: list[tuple[int, str]] = []  # in the config's order of sections
-        about = {
-            f"{caption_control(task, number)}_about": f"{_words(task)} {number}: empty (type one to add it)"
-            for task, count in boxes.items()
-            for number in range(1, count + 1)
-        }
-        filled: Counter[str] = Counter()
-        for row, region_id in zip(rows, _region_ids([row["label_id"] for row in rows]), strict=True):
-            control = None
-            if row["task"] in CAPTION_TASKS:
-                filled[row["task"]] += 1
-                control = caption_control(row["task"], filled[row["task"]])
-            line = _summary_line(row, control, reasons.get(row["label_id"]))
-            lines.append((AUDITED_TASKS.index(row["task"]), line))
-            if control is not None:
-                about[f"{control}_about"] = line
-            extra = {
-                "score": _finite(row["score"]),
-                "meta": {"source": row["source"], "label_id": row["label_id"], "text": [line]},
-            }
-            results += _results(row, region_id, width, height, extra, control)
-            if row["task"] == "phrase_grounding":
-                grounding[region_id] = row["text"]
-        scores = [score for row in rows if (score := _finite(row["score"])) is not None]
-        data = {
-            "image": image_url(image["uri"]),
-            "image_id": image["image_id"],
-            "width": width,
-            "height": height,
-            "summary": "\n".join(line for _, line in sorted(lines, key=lambda item: item[0]))
-            or "no labels: draw what the image shows",
-            "phrase_grounding_texts": grounding,
-            "grounding_captions": "\n".join(dict.fromkeys(text for text in grounding.values() if text))
-            or "none",
-            **about,
-        }
-        prediction = {
-            "model_version": MODEL_VERSION,
-            "score": sum(scores) / len(scores) if scores else None,
-            "result": results,
-        }
-        tasks.append({"data": data, "predictions": [prediction]})
-    return tasks
-
-
-def caption_boxes(tasks: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """How many text boxes each caption task needs for ``tasks`` (as ``audit_tasks`` wrote
-    them): as many as the task with the most captions of it shows, at least one."""
-    boxes = dict.fromkeys(CAPTION_TASKS, 1)
-    for task in tasks:
-        for key in task["data"]:
-            caption = _CAPTION_CONTROL.fullmatch(key.removesuffix("_about"))
-            if key.endswith("_about") and caption:
-                boxes[caption.group(1)] = max(boxes[caption.group(1)], int(caption.group(2)))
-    return boxes
-
-
-def label_config(categories: Sequence[str], tasks: Iterable[Mapping[str, Any]]) -> str:
-    """The Label Studio labeling config (XML) of an audit over these object categories, for
-    these tasks (as ``audit_tasks`` wrote them).
-
-    From the top: the image; a summary of the labels shown (``$summary``); a headed section
-    per region task, each with its region control: ``object`` (rectangles) and
-    ``object_polygon`` (polygons) labelled with the categories, ``ocr`` (rectangles labelled
-    ``text``), ``region_caption`` and ``phrase_grounding`` (rectangles labelled with the
-    categories), and for the last three a per-region text box (``ocr_text``,
-    ``region_caption_text``, ``phrase_grounding_text``: the reading, the caption, the grounded
-    phrase) shown while one of their regions is selected; the captions the phrases come from
-    (``$grounding_captions``); then a section per caption task with one text box per caption
-    (``caption_control``: ``brief_caption_1``, ``brief_caption_2``, ...), each headed by its
-    caption's source and score, so that every caption a task shows has a box of its own.
-    """
-    names = list(dict.fromkeys(categories))
-    if not all(isinstance(name, str) and name.strip() for name in names):
-        raise ValueError(f"categories must be non-empty strings, got {names!r}")
-    view = ET.Element("View")
-    # Label Studio trims a Text's whitespace unless told not to: the summary is one label a line
-    ET.SubElement(view, "Style").text = ".htx-text { white-space: pre-wrap; }"
-    ET.SubElement(view, "Image", name="image", value="$image", zoom="true")
-    ET.SubElement(view, "Header", value="The labels shown: task, source and score", size="5")
-    ET.SubElement(view, "Text", name="summary", value="$summary")
-    for task in REGION_TASKS:
-        ET.SubElement(view, "Header", value=SECTIONS[task], size="5")
-        _labels_control(view, "RectangleLabels", task, [OCR_LABEL] if task == "ocr" else names)
-        if task == "object":
-            _labels_control(view, "PolygonLabels", "object_polygon", names)
-            continue
-        if task == "phrase_grounding":
-            ET.SubElement(view, "Text", name="grounding_captions", value="$grounding_captions")
-        # a region's text box is shown only while one of this control's regions is selected
-        shown = ET.SubElement(view, "View", visibleWhen="region-selected", whenTagName=task)
-        ET.SubElement(shown, "Header", value=REGION_TEXTS[task], size="6")
-        ET.SubElement(
-            shown,
-            "TextArea",
-            name=f"{task}_text",
-            toName="image",
-            perRegion="true",
-            editable="true",
-            maxSubmissions="1",
-        )
-    for task, count in caption_boxes(tasks).items():
-        ET.SubElement(view, "Header", value=f"{_words(task)}s: clear a box to reject its caption", size="5")
-        for number in range(1, count + 1):
-            name = caption_control(task, number)
-            ET.SubElement(view, "Header", value=f"${name}_about", size="6")
-            ET.SubElement(view, "TextArea", name=name, toName="image", editable="true", maxSubmissions="1")
-    ET.indent(view)
-    # ElementTree escapes the attribute values, so any category name is safe
-    return ET.tostring(view, encoding="unicode")
-
-
-def _labels_control(view: ET.Element, tag: str, name: str, values: Sequence[str]) -> None:
-    control = ET.SubElement(view, tag, name=name, toName="image")
-    for value in values:
-        ET.SubElement(control, "Label", value=value)
-
-
-def _words(task: str) -> str:
-    return task.replace("_", " ")
-
-
-def _summary_line(row: Mapping[str, Any], control: str | None, reason: str | None) -> str:
-    """One label in words: what it shows, where it came from and, in a review, why it is shown."""
-    task, score = row["task"], _finite(row["score"])
-    what = _words(control or task)
-    if task == "object":
-        what += f" {row['category']!r}" + (" (polygon)" if _ring_of(row) else "")
-    elif task == "phrase_grounding":
-        what += f" {_shown_text(row)!r} of {row['category']!r}"
-    elif task in ("ocr", "region_caption"):
-        what += f" {row['text']!r}"
-    line = f"{what}: from {row['source']}, score {'none' if score is None else f'{score:.2f}'}"
-    return f"{line}; queued because {reason}" if reason else line
-
-
-def _rows_by_image(labels: pl.DataFrame) -> dict[str, list[dict]]:
-    by_image: dict[str, list[dict]] = defaultdict(list)
-    for row in labels.sort("label_id").iter_rows(named=True):
-        by_image[row["image_id"]].append(row)
-    return by_image
-
-
-def _region_ids(label_ids: list[str]) -> list[str]:
-    """Region ids of one image's labels: the shortest prefixes of at least REGION_ID_LENGTH
-    characters that still tell them apart."""
-    for length in range(REGION_ID_LENGTH, max(map(len, label_ids), default=0) + 1):
-        prefixes = [label_id[:length] for label_id in label_ids]
-        if len(set(prefixes)) == len(prefixes):
-            return prefixes
-    return label_ids  # ids shorter than REGION_ID_LENGTH (or none): used whole
-
-
-def _finite(score: float | None) -> float | None:
-    # NaN is not JSON
-    return score if score is not None and math.isfinite(score) else None
-
-
-def _ring_of(row: Mapping[str, Any]) -> list[float] | None:
-    """The ring an object is shown as: its polygon's first (Label Studio polygons have one
-    ring), when it has three points or more."""
-    ring = row["polygon"][0] if row["task"] == "object" and row["polygon"] else None
-    return ring if ring is not None and len(ring) >= 6 else None
-
-
-def _results(
-    row: Mapping[str, Any],
-    region_id: str,
-    width: int,
-    height: int,
-    extra: Mapping[str, Any],
-    control: str | None = None,
-) -> list[dict]:
-    """The Label Studio results that show one label row as region ``region_id``; a caption in
-    the text box ``control``."""
-
-    def result(from_name: str, value: dict) -> dict:
-        part = "text" if from_name == control else CONTROLS[from_name][1]
-        return {
-            "id": region_id,
-            "from_name": from_name,
-            "to_name": "image",
-            "type": RESULT_TYPES[part],
-            "original_width": width,
-            "original_height": height,
-            "image_rotation": 0,
-            "value": value,
-            **extra,
-        }
-
-    task = row["task"]
-    if task in CAPTION_TASKS:
-        if control is None:
-            raise ValueError(f"caption label {row['label_id']} has no text box to be shown in")
-        return [result(control, {"text": [] if row["text"] is None else [row["text"]]})]
-    labels = [OCR_LABEL] if task == "ocr" else [row["category"]] if row["category"] else []
-    # one region per label: an object with a polygon is its polygon, its box follows from it
-    ring = _ring_of(row)
-    if ring is not None:
-        points = [[100 * x / width, 100 * y / height] for x, y in zip(ring[0::2], ring[1::2], strict=True)]
-        return [result("object_polygon", {"points": points, "closed": True, "polygonlabels": labels})]
-    x0, y0, x1, y1 = _region_box(row)
-    rectangle = {
-        "x": 100 * x0 / width,
-        "y": 100 * y0 / height,
-        "width": 100 * (x1 - x0) / width,
-        "height": 100 * (y1 - y0) / height,
-        "rotation": 0,
-        "rectanglelabels": labels,
-    }
-    results = [result(task, rectangle)]
-    shown = _shown_text(row)
-    if task != "object" and shown is not None:
-        results.append(result(f"{task}_text", {"text": [shown]}))
-    return results
-
-
-def _region_box(row: Mapping[str, Any]) -> list[float]:
-    """A region's ``[x0, y0, x1, y1]``: its box, else the bounds of its quad or polygon."""
-    box = region_box(row)
-    if box is None:
-        raise ValueError(
-            f"label {row['label_id']} of task {row['task']} has no region (no box, quad or polygon)"
-        )
-    return box
-
-
-def _shown_text(row: Mapping[str, Any]) -> str | None:
-    """The text a region shows: the phrase of a grounding, else the row's text."""
-    text, start, end = row["text"], row["phrase_start"], row["phrase_end"]
-    if row["task"] == "phrase_grounding" and text is not None and start is not None and end is not None:
-        return text[start:end]
-    return text
-
-
-def _bounds(points: Iterable[tuple[float, float]]) -> list[float]:
-    xs, ys = zip(*points, strict=True)
-    return [min(xs), min(ys), max(xs), max(ys)]
 
 
 # --------------------------------------------------------------------------------------
@@ -457,8 +139,8 @@ class _Unreadable(Exception):
     """A result or region that cannot become a label; the message says why."""
 
 
-class _Task(NamedTuple):
-    """What import_audit needs of one task it wrote."""
+class AuditTask(NamedTuple):
+    """What import_audit and the simulated auditors need of one task ``audit_tasks`` wrote."""
 
     image_id: str
     width: int
@@ -468,22 +150,24 @@ class _Task(NamedTuple):
     label_ids: dict[str, str]  # region id -> label id
 
 
-def _read_task(task: Mapping[str, Any]) -> _Task:
+def read_task(task: Mapping[str, Any]) -> AuditTask:
+    """A task as ``audit_tasks`` wrote it; ValueError for anything else."""
     try:
         data = task["data"]
-        regions, unreadable = _group(_predicted_results(task))
+        regions, unreadable = _group(predicted_results(task))
         if unreadable:
             raise _Unreadable(unreadable[0][1])
         label_ids = {
             region_id: next(iter(parts.values()))["meta"]["label_id"] for region_id, parts in regions.items()
         }
         grounding = data["phrase_grounding_texts"]
-        return _Task(data["image_id"], data["width"], data["height"], grounding, regions, label_ids)
+        return AuditTask(data["image_id"], data["width"], data["height"], grounding, regions, label_ids)
     except (KeyError, IndexError, TypeError, _Unreadable) as error:
         raise ValueError(f"not a task written by audit_tasks: {error!r}") from error
 
 
-def _predicted_results(task: Mapping[str, Any]) -> list[dict]:
+def predicted_results(task: Mapping[str, Any]) -> list[dict]:
+    """The results of a task's prediction (none where it has no prediction)."""
     return task["predictions"][0]["result"] if task["predictions"] else []
 
 
@@ -580,6 +264,11 @@ def _pixel(value: float) -> float:
     return round(value, PIXEL_DECIMALS) + 0.0  # + 0.0: no negative zero
 
 
+def _bounds(points: Iterable[tuple[float, float]]) -> list[float]:
+    xs, ys = zip(*points, strict=True)
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
 def _same_geometry(part: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two rectangle or polygon values place a region within TOLERANCE of each other."""
     if part == "rectangle":
@@ -632,7 +321,7 @@ def _cleared(predicted: Mapping[str, dict], annotated: Mapping[str, dict]) -> li
     ]
 
 
-def _task_of(parts: Mapping[str, dict]) -> str:
+def task_of(parts: Mapping[str, dict]) -> str:
     tasks = {_known(name)[0] for name in parts}
     if len(tasks) != 1:
         raise _Unreadable(f"results of several tasks share a region id: {sorted(parts)}")
@@ -667,7 +356,7 @@ def _phrase(caption: str | None, phrase: str | None) -> dict[str, int]:
     return {"phrase_start": found.start(), "phrase_end": found.end()}
 
 
-def _shape(task: str, parts: Mapping[str, dict]) -> str:
+def geometry_control(task: str, parts: Mapping[str, dict]) -> str:
     """The control of a region's geometry: an object's polygon, else its task's rectangle."""
     if task == "object" and "object_polygon" in parts:
         return "object_polygon"
@@ -676,7 +365,7 @@ def _shape(task: str, parts: Mapping[str, dict]) -> str:
     raise _Unreadable(f"a {task} region with no rectangle or polygon: {sorted(parts)}")
 
 
-def _geometry(shape: str, value: Mapping[str, Any], width: int, height: int) -> dict[str, Any]:
+def region_geometry(shape: str, value: Mapping[str, Any], width: int, height: int) -> dict[str, Any]:
     """The box, quad and polygon a rectangle or polygon value gives a region.
 
     A polygon is the object's outline and its box their bounds; a rotated text rectangle is a
@@ -695,22 +384,22 @@ def _geometry(shape: str, value: Mapping[str, Any], width: int, height: int) -> 
 
 
 def _corrected(
-    row: Mapping[str, Any], predicted: Mapping[str, dict], annotated: Mapping[str, dict], task_info: _Task
+    row: Mapping[str, Any], predicted: Mapping[str, dict], annotated: Mapping[str, dict], task_info: AuditTask
 ) -> dict[str, Any]:
     """The label row as the auditor edited it: only the parts they changed are replaced."""
     task = row["task"]
-    if _task_of(annotated) != task:
+    if task_of(annotated) != task:
         raise _Unreadable(f"a {task} region edited with the controls of another task: {sorted(annotated)}")
     new = dict(row)
     if task in CAPTION_TASKS:
         (result,) = annotated.values()
         new["text"] = _text(result)
         return new
-    shape = _shape(task, annotated)
+    shape = geometry_control(task, annotated)
     value = annotated[shape]["value"]
     part = _part(shape)
     if shape not in predicted or not _same_geometry(part, predicted[shape]["value"], value):
-        new.update(_geometry(shape, value, task_info.width, task_info.height))
+        new.update(region_geometry(shape, value, task_info.width, task_info.height))
         # a mask the auditor could not see no longer agrees with what they drew
         new["mask_rle"] = None
     category = _category(value[RESULT_TYPES[part]])
@@ -730,14 +419,14 @@ def _corrected(
     return new
 
 
-def _added(parts: Mapping[str, dict], task_info: _Task, captions: Sequence[str]) -> dict[str, Any]:
+def _added(parts: Mapping[str, dict], task_info: AuditTask, captions: Sequence[str]) -> dict[str, Any]:
     """A new label row (without image, source and id) from a region the auditor drew.
 
     A new phrase grounding's phrase is looked up (``_find_phrase``) in the image's captions:
     first those the auditor submitted, then those of the predicted groundings; the first
     caption that holds it is the grounding's text.
     """
-    task = _task_of(parts)
+    task = task_of(parts)
     row: dict[str, Any] = {"annotation_type": ANNOTATION_TYPE_OF[task], "task": task}
     if task in CAPTION_TASKS:
         (result,) = parts.values()
@@ -745,7 +434,7 @@ def _added(parts: Mapping[str, dict], task_info: _Task, captions: Sequence[str])
         if not row["text"]:
             raise _Unreadable(f"a new {task} with no text")
         return row
-    shape = _shape(task, parts)
+    shape = geometry_control(task, parts)
     value = parts[shape]["value"]
     text = _text(parts[f"{task}_text"]) if f"{task}_text" in parts else None
     category = None if task == "ocr" else _category(value[RESULT_TYPES[_part(shape)]])
@@ -763,7 +452,7 @@ def _added(parts: Mapping[str, dict], task_info: _Task, captions: Sequence[str])
         raise _Unreadable(f"a new {task} region with no text")
     return {
         **row,
-        **_geometry(shape, value, task_info.width, task_info.height),
+        **region_geometry(shape, value, task_info.width, task_info.height),
         "text": text,
         "region_kind": "text" if task == "ocr" else "object",
         "category": category,
@@ -797,7 +486,7 @@ def import_audit(
     check_schema(labels, "labels")
     names = {str(user_id): name for user_id, name in (auditors or {}).items()}
     _check_export(export, names)
-    audited_tasks = [_read_task(task) for task in tasks]
+    audited_tasks = [read_task(task) for task in tasks]
     by_image = {task.image_id: task for task in audited_tasks}
     if len(by_image) != len(audited_tasks):
         raise ValueError("two tasks are of the same image")
@@ -897,7 +586,7 @@ def _created_username(value: Any) -> str | None:
     return email or " ".join(words) or None
 
 
-def _latest_annotations(export: list[dict], tasks: Mapping[str, _Task]) -> dict[str, tuple[Any, dict]]:
+def _latest_annotations(export: list[dict], tasks: Mapping[str, AuditTask]) -> dict[str, tuple[Any, dict]]:
     """Each image's latest submitted annotation, with its Label Studio task id."""
     latest: dict[str, tuple[tuple[str, int, int], Any, dict]] = {}
     for position, item in enumerate(export):
@@ -917,7 +606,7 @@ def _latest_annotations(export: list[dict], tasks: Mapping[str, _Task]) -> dict[
 class _Submission(NamedTuple):
     """One image's annotation being read: its task, who submitted it and how to name it."""
 
-    task: _Task
+    task: AuditTask
     auditor: str
     where: str  # "Label Studio task <id>, annotation <id> by <auditor>"
 
@@ -943,7 +632,7 @@ class _Ledger:
     seen: Counter[str] = field(default_factory=Counter)
 
     def audit(
-        self, task: _Task, task_id: Any, annotation: Mapping[str, Any], auditors: Mapping[str, str]
+        self, task: AuditTask, task_id: Any, annotation: Mapping[str, Any], auditors: Mapping[str, str]
     ) -> None:
         """Decide every predicted region of one image and add the regions the auditor drew."""
         auditor = _auditor(annotation, auditors)
@@ -1047,7 +736,7 @@ class _Ledger:
             )
         )
 
-    def _unjudged(self, region_id: str, task: _Task) -> None:
+    def _unjudged(self, region_id: str, task: AuditTask) -> None:
         label_id = task.label_ids[region_id]
         if label_id not in self.unjudged:
             self.unjudged.append(label_id)
@@ -1055,171 +744,3 @@ class _Ledger:
     def _unreadable(self, by: _Submission, why: str, region_id: Any) -> None:
         region = f"region {region_id!r}" if isinstance(region_id, str) else "a result"
         self.problems.append(f"{by.where} (image {by.task.image_id}), {region}: {why}")
-
-
-# --------------------------------------------------------------------------------------
-# simulated auditors
-
-
-def accept_all(tasks: list[dict], auditor: str = "accept-all") -> list[dict]:
-    """A Label Studio JSON export in which ``auditor`` submitted every task's prediction
-    unchanged: imported, every label is accepted (a dataset's own human labels taken as
-    audited)."""
-    return [
-        _export_item(position, task, auditor, copy.deepcopy(_predicted_results(task)))
-        for position, task in enumerate(tasks)
-    ]
-
-
-def audit_from_truth(tasks: list[dict], truth: pl.DataFrame, auditor: str = "world-auditor") -> list[dict]:
-    """A Label Studio JSON export in which ``auditor`` fixed every task to the ground truth.
-
-    ``truth`` (LABELS_SCHEMA) holds the ground-truth labels of the tasks' images (rows of
-    tasks an audit does not show are ignored). For each image and task, predicted regions are
-    matched one-to-one to truth rows (``_truth_pairs``): regions greedily by box IoU >=
-    MATCH_IOU (a phrase grounding only to a truth row of the same caption: the auditor cannot
-    change the caption, only the phrase), captions in label-id order. A matched region keeps
-    its id and takes the truth's geometry, category and text, so it imports as accepted where
-    they agree and as corrected where not; an unmatched prediction is deleted (rejected); an
-    unmatched truth row is drawn as a new region whose id is its label id (added).
-
-    What Label Studio cannot carry does not come back: a polygon's rings after the first, an
-    OCR quad (the box is kept), and a new grounding's phrase span when the phrase occurs
-    earlier in the caption (or in an earlier caption) too.
-    """
-    truth_by_image = _truth_by_image(truth)
-    export = []
-    for position, task in enumerate(tasks):
-        info = _read_task(task)
-        result: list[dict] = []
-        matches = _truth_pairs(info, truth_by_image.get(info.image_id, []), set(info.regions))
-        for name, (wanted, pairs) in zip(AUDITED_TASKS, matches, strict=True):
-            result += _fixed(info, wanted, pairs)
-            matched = {index for _, index in pairs}
-            # a missing caption is typed into the first empty text box of its task
-            boxes = sum(_task_of(parts) == name for parts in info.regions.values())
-            for index, row in enumerate(wanted):
-                if index not in matched:
-                    control = None
-                    if row["task"] in CAPTION_TASKS:
-                        boxes += 1
-                        control = caption_control(row["task"], boxes)
-                    result += _results(row, row["label_id"], info.width, info.height, {}, control)
-        export.append(_export_item(position, task, auditor, result))
-    return export
-
-
-def judge_from_truth(
-    tasks: list[dict], truth: pl.DataFrame, correct: Mapping[str, bool | None], auditor: str = "world-auditor"
-) -> list[dict]:
-    """A Label Studio JSON export in which ``auditor`` judged each shown region against the
-    ground truth and drew nothing: the auditor of a review queue.
-
-    ``correct`` maps a predicted label id to whether the label is right (True), wrong
-    (False) or cannot be judged (None, or missing), as ``relabel.scoring.label_correctness``
-    says; ``truth`` (LABELS_SCHEMA) holds the ground truth of the tasks' images. A right or
-    unjudgeable region is submitted exactly as predicted (its results copied: imported as
-    accepted). The wrong regions of each image and task are matched one-to-one to its truth
-    rows as ``audit_from_truth`` matches (``_truth_pairs``: regions by box IoU >= MATCH_IOU
-    with any category, a phrase grounding only to a truth row of its caption, captions to
-    the truth captions in order); the right and unjudgeable regions take no part. A matched
-    wrong region keeps its id and takes the truth row's geometry, category and text
-    (imported as corrected, or accepted where the truth says the same); an unmatched one is
-    deleted (rejected). A truth row no wrong region matched is not drawn: nothing is added.
-    """
-    truth_by_image = _truth_by_image(truth)
-    export = []
-    for position, task in enumerate(tasks):
-        info = _read_task(task)
-        wrong = {
-            region_id
-            for region_id, label_id in info.label_ids.items()
-            if (verdict := correct.get(label_id)) is not None and not verdict
-        }
-        kept = [result for result in _predicted_results(task) if result["id"] not in wrong]
-        result = copy.deepcopy(kept)
-        for wanted, pairs in _truth_pairs(info, truth_by_image.get(info.image_id, []), wrong):
-            result += _fixed(info, wanted, pairs)
-        export.append(_export_item(position, task, auditor, result))
-    return export
-
-
-def _truth_by_image(truth: pl.DataFrame) -> dict[str, list[dict]]:
-    """The truth rows of the tasks an audit shows, by image."""
-    check_schema(truth, "labels")
-    return _rows_by_image(truth.filter(pl.col("task").cast(pl.String).is_in(AUDITED_TASKS)))
-
-
-def _truth_pairs(
-    info: _Task, rows: list[dict], region_ids: Container[str]
-) -> list[tuple[list[dict], list[tuple[str, int]]]]:
-    """For each audited task (in AUDITED_TASKS order): the image's truth ``rows`` of that
-    task, and the one-to-one (region id, truth index) pairs of the predicted regions among
-    ``region_ids`` with them (``_pairs``)."""
-    matches = []
-    for name in AUDITED_TASKS:
-        predicted = [
-            region_id
-            for region_id in sorted(info.regions)
-            if region_id in region_ids and _task_of(info.regions[region_id]) == name
-        ]
-        wanted = [row for row in rows if row["task"] == name]
-        matches.append((wanted, _pairs(name, predicted, wanted, info)))
-    return matches
-
-
-def _fixed(info: _Task, wanted: list[dict], pairs: list[tuple[str, int]]) -> list[dict]:
-    """The results that show each paired region as its truth row, under the region's id."""
-    results = []
-    for region_id, index in pairs:
-        parts = info.regions[region_id]
-        # a caption stays in the text box it was shown in
-        control = next(iter(parts)) if _task_of(parts) in CAPTION_TASKS else None
-        results += _results(wanted[index], region_id, info.width, info.height, {}, control)
-    return results
-
-
-def _pairs(task: str, predicted: list[str], wanted: list[dict], info: _Task) -> list[tuple[str, int]]:
-    """One-to-one (region id, truth index) pairs, in the predicted regions' order."""
-    if task in CAPTION_TASKS:
-        return list(zip(predicted, range(len(wanted)), strict=False))
-    candidates = []
-    for i, region_id in enumerate(predicted):
-        parts = info.regions[region_id]
-        shape = _shape(task, parts)
-        box = _geometry(shape, parts[shape]["value"], info.width, info.height)["box"]
-        for j, row in enumerate(wanted):
-            if task == "phrase_grounding" and info.grounding.get(region_id) != row["text"]:
-                continue
-            overlap = float(box_iou([box], [_region_box(row)])[0])
-            if overlap >= MATCH_IOU:
-                candidates.append((-overlap, i, j))
-    taken_predicted: set[int] = set()
-    taken_truth: set[int] = set()
-    pairs = []
-    for _, i, j in sorted(candidates):
-        if i not in taken_predicted and j not in taken_truth:
-            taken_predicted.add(i)
-            taken_truth.add(j)
-            pairs.append((i, j))
-    return [(predicted[i], j) for i, j in sorted(pairs)]
-
-
-def _export_item(position: int, task: Mapping[str, Any], auditor: str, result: list[dict]) -> dict:
-    """One item of a Label Studio JSON export: the task with one submitted annotation."""
-    number = position + 1
-    annotation = {
-        "id": number,
-        "completed_by": auditor,
-        "result": result,
-        "was_cancelled": False,
-        "ground_truth": False,
-        "lead_time": 0.0,
-        "task": number,
-    }
-    return {
-        "id": number,
-        "annotations": [annotation],
-        "predictions": copy.deepcopy(task["predictions"]),
-        "data": copy.deepcopy(task["data"]),
-    }

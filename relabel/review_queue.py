@@ -37,7 +37,7 @@ meaning more likely wrong, from what the engine already knows about it:
 A label's **suspicion** is the weighted mean (``review.weights``) of the signals that apply to it.
 The **queue** (``select_queue``) takes the ``budget`` most suspicious labels, with a few places
 kept for every rare class and every annotation type first, so that they are all looked at.
-The queued labels go to Label Studio (``relabel.audit.audit_tasks``), each with why it is there
+The queued labels go to Label Studio (``relabel.audit_tasks.audit_tasks``), each with why it is there
 (``queue_reasons``: its strongest signals in words), and the verdicts come back
 (``relabel.audit.import_audit``) as ``human-audit`` labels; ``apply_verdicts`` puts them in
 place of the labels they judged, and from then on the filters and the merge protect them.

@@ -6,6 +6,8 @@ import polars as pl
 import pytest
 
 from relabel import audit
+from relabel.audit_simulated import judge_from_truth
+from relabel.audit_tasks import audit_tasks
 from relabel.config import RegionFilterParams, ReviewParams
 from relabel.labels import frame
 from relabel.review_queue import (
@@ -264,7 +266,7 @@ def test_a_queued_label_says_why_in_its_strongest_signals():
     assert "few of the sources saw it (1.00)" in reasons["kite"] and "rare (" not in reasons["kite"]
     # the auditor reads them with each label of the review task
     images = pl.DataFrame({"image_id": [IMAGE], "uri": ["a.png"], "width": [120], "height": [100]})
-    (task,) = audit.audit_tasks(images, labels, lambda uri: uri, reasons)
+    (task,) = audit_tasks(images, labels, lambda uri: uri, reasons)
     assert all(
         f"queued because {reasons[result['meta']['label_id']]}" in result["meta"]["text"][0]
         for result in task["predictions"][0]["result"]
@@ -287,9 +289,9 @@ def test_verdicts_replace_the_labels_they_judged_and_account_for_every_row():
     )
     queued = labels.filter(pl.col("label_id").is_in(["right-cat", "wrong-dog", "nothing-there"]))
     images = pl.DataFrame({"image_id": [IMAGE], "uri": ["a.png"], "width": [120], "height": [100]})
-    tasks = audit.audit_tasks(images, queued, lambda uri: uri)
+    tasks = audit_tasks(images, queued, lambda uri: uri)
     correct = dict(label_correctness(queued, truth).select("label_id", "correct").iter_rows())
-    verdicts = audit.import_audit(tasks, audit.judge_from_truth(tasks, truth, correct), queued)
+    verdicts = audit.import_audit(tasks, judge_from_truth(tasks, truth, correct), queued)
     assert dict(verdicts.decisions.select("label_id", "decision").iter_rows()) == {
         "right-cat": "accepted",
         "wrong-dog": "corrected",
