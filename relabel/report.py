@@ -177,7 +177,8 @@ def metric_by_iteration(metrics: pl.DataFrame, path: Path) -> Path:
             # NaN, not None, so matplotlib leaves a gap where a value is missing
             values = [math.nan if v is None else v for v in series["value"].to_list()]
             axis.plot(series["iteration"].to_list(), values, marker="o", label=name)
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # min_n_ticks=1: one iteration gets the tick "0", not fractions crowding the axis
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         if len(iterations):
             # every panel spans all iterations, so a missing latest value shows as missing
             axis.set_xlim(iterations.min() - 0.25, iterations.max() + 0.25)
