@@ -1,9 +1,9 @@
 """The Dagster UI in a real browser: `relabel ui` on a tiny project taken through iteration 0's
 model, opened in headless Chromium (Debian's, driven by Playwright). The pages a person reads
 have no dead ends: the asset lineage, a gate's check with its Data Docs link (http, and it
-loads), the held-out report with its plots, the runs; no broken image, no ``file://`` link, no
-GraphQL error and no error in the browser's console on any of them. ``relabel ui
---automation`` has switched on the sensor that makes an iteration's assets follow."""
+loads), the held-out report with its plots, the training curve, the runs; no broken image, no
+``file://`` link, no GraphQL error and no error in the browser's console on any of them.
+``relabel ui --automation`` has switched on the sensor that makes an iteration's assets follow."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ query { workspaceOrError { ... on Workspace { locationEntries { name loadStatus 
 LINEAGE = "/asset-groups"
 GATE = "/assets/audit/frozen_split?view=checks"
 HELDOUT = "/assets/model/heldout_scores"
+MODEL = "/assets/model/florence2"
 RUNS = "/runs"
 
 
@@ -74,7 +75,17 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def ui_project(tmp_path_factory: pytest.TempPathFactory):
+def browser() -> tuple:
+    """Playwright's sync API and the path of Chromium; the test is skipped, saying why, before
+    anything is materialized where either is missing."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip: playwright)"
+    )
+    return sync_api, _chromium()
+
+
+@pytest.fixture(scope="module")
+def ui_project(browser, tmp_path_factory: pytest.TempPathFactory):
     """A tiny project with a persistent Dagster instance, materialized in-process through
     iteration 0's model (setup phases, labels, corpus, model and its held-out report):
     ``(root, home, seconds it took)``. Its params put the UI and the Data Docs on free ports."""
@@ -168,6 +179,22 @@ class _Problems:
         ]
 
 
+def _show_markdown(page, key: str):
+    """The dialog in which the asset page shows its Markdown metadata entry ``key``."""
+    row = page.locator("tr").filter(has=page.get_by_text(key, exact=True)).first
+    row.get_by_text("[Show Markdown]").click()
+    return page.get_by_role("dialog")
+
+
+def _expect_pictures(sync_api, dialog, count: int) -> None:
+    """``count`` pictures in ``dialog``, each decoded (a broken image has no natural width)."""
+    pictures = dialog.locator("img")
+    sync_api.expect(pictures).to_have_count(count)
+    for picture in pictures.all():
+        picture.scroll_into_view_if_needed()
+        assert picture.evaluate("image => image.complete && image.naturalWidth > 0"), picture
+
+
 def _open(page, url: str) -> None:
     response = page.goto(url, wait_until="networkidle")
     assert response is not None and response.ok, url
@@ -177,11 +204,8 @@ def _open(page, url: str) -> None:
         skip.click()
 
 
-def test_the_ui_pages_that_matter_have_no_dead_ends(ui_project, tmp_path):
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed (pip: playwright)"
-    )
-    chromium = _chromium()
+def test_the_ui_pages_that_matter_have_no_dead_ends(browser, ui_project, tmp_path):
+    sync_api, chromium = browser
     root, home, materialized = ui_project
     ui = _ui_params(root)
     base = f"http://{ui.host}:{ui.dagster_port}"
@@ -209,8 +233,8 @@ def test_the_ui_pages_that_matter_have_no_dead_ends(ui_project, tmp_path):
         assert sensor["sensorState"]["status"] == "RUNNING", sensor  # iterations follow by themselves
 
         with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            chrome = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = chrome.new_page(viewport={"width": 1600, "height": 1000})
             problems.watch(page)
 
             _open(page, base + LINEAGE)
@@ -230,29 +254,28 @@ def test_the_ui_pages_that_matter_have_no_dead_ends(ui_project, tmp_path):
             for url in sorted(set(docs)):
                 assert requests.get(url, timeout=10).status_code == 200, url
                 # the link opens in the browser too (the docs' own CDN styles are not checked)
-                docs_page = browser.new_page()
+                docs_page = chrome.new_page()
                 response = docs_page.goto(url)
                 assert response is not None and response.status == 200, url
                 assert docs_page.title() == "Data Docs created by Great Expectations", url
                 docs_page.close()
 
             _open(page, base + HELDOUT)
-            report = page.locator("tr").filter(has=page.get_by_text("report", exact=True)).first
-            report.get_by_text("[Show Markdown]").click()
-            dialog = page.get_by_role("dialog")
+            dialog = _show_markdown(page, "report")
             sync_api.expect(dialog.get_by_text("Iteration 0 on the frozen split")).to_be_visible()
-            plots = dialog.locator("img")
-            sync_api.expect(plots).to_have_count(4)
-            for plot in plots.all():
-                plot.scroll_into_view_if_needed()
-                assert plot.evaluate("image => image.complete && image.naturalWidth > 0"), plot
+            _expect_pictures(sync_api, dialog, 4)  # the report's four plots
+            problems.check_page(page)
+            page.keyboard.press("Escape")
+
+            _open(page, base + MODEL)
+            _expect_pictures(sync_api, _show_markdown(page, "training_curve"), 1)
             problems.check_page(page)
             page.keyboard.press("Escape")
 
             _open(page, base + RUNS)
             sync_api.expect(page.get_by_text("Success").first).to_be_visible()
             problems.check_page(page)
-            browser.close()
+            chrome.close()
         print(
             f"materialized in {materialized:.0f} s; relabel ui up in {up:.0f} s; "
             f"pages in {time.monotonic() - started - up:.0f} s",
