@@ -36,9 +36,10 @@ test-fast: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_WORKERS) -m "not slow"
 
+# the Dagster UI (params.yaml ui.dagster_port) and the gates' Data Docs (ui.docs_port)
 ui: install
 	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/relabel ui --no-mlflow
 
 # re-pin every dependency from a fresh resolve (commit the result)
 lock:

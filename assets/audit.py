@@ -328,7 +328,7 @@ def build_audit_assets() -> tuple[list, list]:
         images: pl.DataFrame,
     ) -> AssetCheckResult:
         from data_checks import suites
-        from data_checks.gates import validate, verdict_metadata
+        from data_checks.gates import data_docs_metadata, validate, verdict_metadata
 
         folder = files_dir(FROZEN_SPLIT, project.data_dir)
         frozen = frozen_manifest(folder)
@@ -361,11 +361,7 @@ def build_audit_assets() -> tuple[list, list]:
                 "frozen_images": frozen.height,
                 "changes": changes.height,
                 **({"changed": MetadataValue.md(markdown_table(changes.head(50)))} if changes.height else {}),
-                **(
-                    {"data_docs": MetadataValue.url(Path(result.docs).resolve().as_uri())}
-                    if result.docs is not None
-                    else {}
-                ),
+                **data_docs_metadata(result, project),
             },
         )
 

@@ -8,8 +8,6 @@ of the frozen split or a near-duplicate of one (content hash, then perceptual ha
 only load, call ``models.corpus`` and record metadata.
 """
 
-from pathlib import Path
-
 import polars as pl
 from dagster import (
     AssetCheckExecutionContext,
@@ -107,7 +105,7 @@ def build_corpus_assets(iteration_shards: PartitionsDefinition) -> tuple[list, l
         catalog: pl.DataFrame,
     ) -> AssetCheckResult:
         from data_checks import suites
-        from data_checks.gates import validate, verdict_metadata
+        from data_checks.gates import data_docs_metadata, validate, verdict_metadata
 
         frozen = frozen_manifest(files_dir(FROZEN_SPLIT, project.data_dir))
         if frozen is None:
@@ -136,11 +134,7 @@ def build_corpus_assets(iteration_shards: PartitionsDefinition) -> tuple[list, l
                 "same_content": found.filter(pl.col("kind") == "same_content").height,
                 "near_duplicates": found.filter(pl.col("kind") == "near_duplicate").height,
                 **({"leaks": MetadataValue.md(markdown_table(found.head(50)))} if found.height else {}),
-                **(
-                    {"data_docs": MetadataValue.url(Path(result.docs).resolve().as_uri())}
-                    if result.docs is not None
-                    else {}
-                ),
+                **data_docs_metadata(result, project),
             },
         )
 

@@ -195,7 +195,7 @@ def build_label_quality_assets():
         context: AssetCheckExecutionContext, project: ProjectResource, label_quality: pl.DataFrame
     ) -> AssetCheckResult:
         from data_checks import suites
-        from data_checks.gates import validate, verdict_metadata
+        from data_checks.gates import data_docs_metadata, validate, verdict_metadata
 
         iteration = context.partition_key
         k = iteration_number(iteration)
@@ -221,11 +221,7 @@ def build_label_quality_assets():
                 "rare_classes": changes.height,
                 "failed_expectations": len(result.failed),
                 "changes": MetadataValue.md(markdown_table(changes)),
-                **(
-                    {"data_docs": MetadataValue.url(Path(result.docs).resolve().as_uri())}
-                    if result.docs is not None
-                    else {}
-                ),
+                **data_docs_metadata(result, project),
             },
         )
 

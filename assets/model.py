@@ -24,7 +24,6 @@ from dagster import (
     MetadataValue,
     asset,
 )
-from PIL import Image
 
 from relabel.evaluation_split import LABELS_FILE, frozen_manifest, read_freeze
 from relabel.files import path_of_uri
@@ -209,7 +208,7 @@ def build_model_assets() -> list:
 
         from models.evaluation import BASELINE, MODEL, evaluate_heldout
         from models.florence2 import load_model
-        from relabel.report import write_report
+        from relabel.report import embedded_summary, write_report
 
         iteration, params = context.partition_key, project.params.model
         split_dir = files_dir(FROZEN_SPLIT, project.data_dir)
@@ -309,7 +308,6 @@ def build_model_assets() -> list:
         )
         committed = dvc.commit(stage=MODEL_STAGE, written=report_dir / "summary.parquet")
         context.log.info(f"iteration {iteration} on {heldout.height} frozen-split images: {scores[MODEL]}")
-        pictures = "\n\n".join(png_markdown(Image.open(path), path.stem) for path in report.plots.values())
         return MaterializeResult(
             metadata={
                 "heldout_images": heldout.height,
@@ -327,7 +325,8 @@ def build_model_assets() -> list:
                 "per_class": MetadataValue.md(
                     markdown_table(evaluation.per_class.filter(pl.col("output") == MODEL).drop("output"))
                 ),
-                "report": MetadataValue.md(report.summary + "\n\n" + pictures),
+                # the plots inline: the UI cannot follow the summary's relative file names
+                "report": MetadataValue.md(embedded_summary(report)),
                 "report_dir": MetadataValue.path(str(report.folder)),
                 "mlflow_run": MetadataValue.url(run_url),
                 "training_run": MetadataValue.url(mlflow_tracking.run_url(training_run)),
@@ -452,29 +451,45 @@ class TrainingCurve:
             self.task_losses, schema={"step": pl.Int64, "task": pl.String, "loss": pl.Float64}
         ).write_parquet(folder / "task_losses.parquet")
 
-    def chart(self):
-        """Loss (all tasks, and each task smoothed) and learning rate against the step."""
+    def figure(self):
+        """Learning rate and loss (all tasks, and each task smoothed) against the step, the
+        loss's legend right of its panel, where it covers no line."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         steps = pl.DataFrame(self.steps)
-        figure, (loss_axis, lr_axis) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=90)
+        # the loss panel on the right, next to its legend
+        figure, (lr_axis, loss_axis) = plt.subplots(
+            1, 2, figsize=(12, 4), dpi=90, layout="constrained", width_ratios=(2, 3)
+        )
         loss_axis.plot(steps["step"], steps["loss"], color="black", linewidth=1.4, label="all tasks")
         if self.task_losses:
             per_task = pl.DataFrame(self.task_losses).sort("step")
-            for (task,), rows in per_task.group_by("task", maintain_order=True):
+            # 20 distinct colours: the default cycle's 10 repeat over Florence-2's 14 tasks
+            colours = plt.get_cmap("tab20").colors
+            for i, ((task,), rows) in enumerate(per_task.group_by("task", maintain_order=True)):
                 window = max(1, rows.height // 20)
                 loss_axis.plot(
-                    rows["step"], rows["loss"].rolling_mean(window, min_samples=1), linewidth=0.8, label=task
+                    rows["step"],
+                    rows["loss"].rolling_mean(window, min_samples=1),
+                    linewidth=0.9,
+                    color=colours[i % len(colours)],
+                    label=task,
                 )
         loss_axis.set_xlabel("step")
         loss_axis.set_ylabel("cross-entropy")
         loss_axis.set_yscale("log")
-        loss_axis.legend(fontsize=6, ncols=2)
+        loss_axis.set_title("loss per step (tasks smoothed)", fontsize=10)
+        # outside the axes: inside, a legend of a dozen tasks hid half the lines
+        figure.legend(loc="outside right upper", fontsize=7, title="loss", title_fontsize=8)
         lr_axis.plot(steps["step"], steps["learning_rate"])
         lr_axis.set_xlabel("step")
         lr_axis.set_ylabel("learning rate")
-        figure.tight_layout()
-        return figure_image(figure)
+        lr_axis.set_title("learning rate", fontsize=10)
+        return figure
+
+    def chart(self):
+        """``figure`` as a picture, for the metadata and MLflow."""
+        return figure_image(self.figure())

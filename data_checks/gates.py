@@ -10,16 +10,21 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 import great_expectations as gx
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+from dagster import MetadataValue
 from great_expectations.core import ExpectationValidationResult
 from great_expectations.data_context import AbstractDataContext
 from great_expectations.data_context.types.base import ProgressBarsConfig
+
+from resources.layout import gate_docs_root
+from resources.services import ProjectResource
 
 DOCS_SITE = "gate"
 
@@ -130,6 +135,23 @@ def verdict_metadata(result: GateResult) -> dict[str, Any]:
         else {}
     )
     return {"why": why, **measured}
+
+
+def docs_url(docs: Path, docs_root: Path, base_url: str) -> str:
+    """The http URL at which ``docs`` (a Data Docs page under ``docs_root``) is served when
+    ``docs_root`` is served at ``base_url`` (``relabel ui`` serves the gates' docs folder)."""
+    relative = Path(docs).resolve().relative_to(Path(docs_root).resolve())
+    return f"{base_url.rstrip('/')}/{quote(str(PurePosixPath(*relative.parts)))}"
+
+
+def data_docs_metadata(result: GateResult, project: ProjectResource) -> dict[str, Any]:
+    """A gate's Data Docs page as check metadata: ``data_docs``, its http URL where ``relabel
+    ui`` serves the gates' docs folder (params.yaml ``ui``; a browser refuses a ``file://`` link
+    in a web page), and ``data_docs_path``, the file. Empty when the gate wrote no docs."""
+    if result.docs is None:
+        return {}
+    url = docs_url(result.docs, gate_docs_root(project.data_dir), project.params.ui.docs_url)
+    return {"data_docs": MetadataValue.url(url), "data_docs_path": MetadataValue.path(str(result.docs))}
 
 
 def pandas_frame(frame: pl.DataFrame) -> pd.DataFrame:

@@ -15,7 +15,6 @@ GX is imported inside the checks: it costs seconds to import, and loading the de
 
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import polars as pl
 from dagster import (
@@ -185,7 +184,7 @@ def _gate(
         context: AssetCheckExecutionContext, project: ProjectResource, *frames: pl.DataFrame
     ) -> AssetCheckResult:
         from data_checks import suites
-        from data_checks.gates import validate
+        from data_checks.gates import data_docs_metadata, validate
 
         if gate_frame is None:
             validated = frames[0]
@@ -196,7 +195,9 @@ def _gate(
         result = validate(
             getattr(suites, builder)(*arguments), validated, index_column=index_column, docs_dir=docs_dir
         )
-        return AssetCheckResult(passed=result.passed, metadata=_metadata(result))
+        return AssetCheckResult(
+            passed=result.passed, metadata={**_metadata(result), **data_docs_metadata(result, project)}
+        )
 
     options = dict(
         asset=asset,
@@ -244,7 +245,4 @@ def _metadata(result) -> dict:
         metadata["unexpected"] = MetadataValue.md(
             markdown_table(result.unexpected.head(UNEXPECTED_ROWS_SHOWN))
         )
-    if result.docs is not None:
-        metadata["data_docs"] = MetadataValue.url(Path(result.docs).resolve().as_uri())
-        metadata["data_docs_path"] = MetadataValue.path(str(result.docs))
     return metadata

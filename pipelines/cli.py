@@ -8,18 +8,23 @@ project on your own photos, where ``demo`` then runs without the world; ``relabe
 iterations; ``relabel status`` shows the iterations, their gates and counts; ``relabel export
 --format F`` writes an iteration's labels with a dataset card; ``relabel unfreeze`` lifts the
 freeze of the evaluation split, recording who and why; ``relabel resume`` re-executes
-interrupted runs; ``relabel ui`` starts the Dagster and MLflow UIs. ``--json`` prints any
-result as JSON; a failure exits non-zero with a one-line reason (``pipelines.runs``). Runs go
-to the persistent instance in ``$DAGSTER_HOME`` (``data/dagster_home`` by default).
+interrupted runs; ``relabel ui`` starts the Dagster and MLflow UIs and serves the gates' Data
+Docs over HTTP. ``--json`` prints any result as JSON; a failure exits non-zero with a one-line
+reason (``pipelines.runs``). Runs go to the persistent instance in ``$DAGSTER_HOME``
+(``data/dagster_home`` by default).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import http.server
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -45,10 +50,12 @@ from pipelines.summary import demo_summary, iteration_lines, timing_lines
 from relabel.config import load_params, resolve
 from relabel.evaluation_split import unfreeze
 from relabel.versioning import commit_iterations
-from resources.layout import EXPORTS, FROZEN_SPLIT, files_dir
+from resources.layout import EXPORTS, FROZEN_SPLIT, files_dir, gate_docs_root
 from resources.services import point_dagster_at
 
 PHASES = tuple(PHASE_JOBS)
+# Dagster's sensor that evaluates the iteration assets' eager automation conditions
+AUTOMATION_SENSOR = "default_automation_condition_sensor"
 DEMO_ITERATIONS = 2
 EXPORT_FORMATS = tuple(EXPORTS)
 
@@ -146,10 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
     unfreeze.add_argument("--by", required=True, help="who unfreezes it")
     unfreeze.add_argument("--reason", required=True, help="why")
     ui = commands.add_parser(
-        "ui", help="start the Dagster UI and the MLflow UI on this project (Ctrl-C stops both)"
+        "ui",
+        help=(
+            "start the Dagster UI, the MLflow UI and a server of the gates' Data Docs on this "
+            "project (params.yaml ui; Ctrl-C stops them)"
+        ),
     )
-    ui.add_argument("--dagster-port", type=int, default=3000)
+    ui.add_argument("--dagster-port", type=int, help="default: params.yaml ui.dagster_port")
     ui.add_argument("--mlflow-port", type=int, default=5000)
+    ui.add_argument(
+        "--no-mlflow", action="store_true", help="leave the MLflow UI out (make mlflow starts it)"
+    )
+    ui.add_argument(
+        "--automation",
+        action="store_true",
+        help=(
+            f"switch on {AUTOMATION_SENSOR} first, so an iteration started in the UI follows by "
+            "itself (it stays on; do not run relabel iterate or materialize beside it)"
+        ),
+    )
     return parser
 
 
@@ -280,41 +302,98 @@ def _unfreeze(args: argparse.Namespace, root: Path) -> Outcome:
     )
 
 
+class _QuietDocsHandler(http.server.SimpleHTTPRequestHandler):
+    # the UI's terminal is for Dagster's and MLflow's logs, not one line per page of docs
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def serve_folder(folder: Path, host: str, port: int) -> http.server.ThreadingHTTPServer:
+    """Serve ``folder``'s files over plain HTTP on ``host:port`` from a daemon thread (until
+    ``shutdown``): how ``relabel ui`` serves the gates' Data Docs, which a browser does not
+    open from the Dagster UI as ``file://`` links."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = functools.partial(_QuietDocsHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer((host, port), handler)
+    threading.Thread(target=server.serve_forever, name="data-docs", daemon=True).start()
+    return server
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM (a service manager, a test) stops the UIs as Ctrl-C does, children included
+    raise KeyboardInterrupt
+
+
 def _ui(args: argparse.Namespace, root: Path) -> Outcome:
-    """The two UIs as child processes, until Ctrl-C."""
+    """The Dagster UI (and its daemon), the MLflow UI and the gates' Data Docs, until Ctrl-C."""
     point_dagster_at(root)
     params = load_params(root / "params.yaml")
+    ui = params.ui
     binaries = Path(sys.executable).parent
-    database = resolve(root, params.data_dir) / "mlflow" / "mlflow.db"
+    data_dir = resolve(root, params.data_dir)
+    dagster_port = args.dagster_port or ui.dagster_port
     commands = {
-        f"Dagster UI  http://127.0.0.1:{args.dagster_port}": [
+        f"Dagster UI  http://{ui.host}:{dagster_port}": [
             str(binaries / "dagster"),
             "dev",
             "-w",
             str(root / "workspace.yaml"),
             "-h",
-            "127.0.0.1",
+            ui.host,
             "-p",
-            str(args.dagster_port),
+            str(dagster_port),
         ],
-        f"MLflow UI   http://127.0.0.1:{args.mlflow_port}": [
+    }
+    if not args.no_mlflow:
+        commands[f"MLflow UI   http://{ui.host}:{args.mlflow_port}"] = [
             str(binaries / "mlflow"),
             "ui",
             "--backend-store-uri",
-            f"sqlite:///{database}",
+            f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
             "-h",
-            "127.0.0.1",
+            ui.host,
             "-p",
             str(args.mlflow_port),
-        ],
-    }
+        ]
+    if args.automation:
+        # the instance keeps it on (the UI's Automation page switches it off again); off by
+        # default, because the daemon would start, beside a command line running a phase, the
+        # very steps that command is about to run
+        started = subprocess.run(
+            [
+                str(binaries / "dagster"),
+                "sensor",
+                "start",
+                AUTOMATION_SENSOR,
+                "-w",
+                str(root / "workspace.yaml"),
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+        if started.returncode != 0:
+            last = next(iter(started.stderr.strip().splitlines()[-1:]), f"exit code {started.returncode}")
+            raise CommandError(f"could not switch on {AUTOMATION_SENSOR}: {last}")
+        print(f"{AUTOMATION_SENSOR} is on: an iteration's assets follow by themselves", file=sys.stderr)
+    # the checks' data_docs links point here (params.yaml ui: one home for the port)
+    docs = serve_folder(gate_docs_root(data_dir), ui.host, ui.docs_port)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     processes = [subprocess.Popen(command, cwd=root) for command in commands.values()]
-    print("\n".join(commands) + "\n(Ctrl-C stops both)", file=sys.stderr, flush=True)
+    lines = [*commands, f"Data Docs   {ui.docs_url}/ (the gates' Great Expectations pages)"]
+    print("\n".join(lines) + "\n(Ctrl-C stops them)", file=sys.stderr, flush=True)
     try:
         codes = [process.wait() for process in processes]
     finally:
         for process in processes:
             process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        docs.shutdown()
+        docs.server_close()
     return Outcome({"exit_codes": codes}, code=max(codes))
 
 

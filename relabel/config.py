@@ -491,6 +491,22 @@ class DvcParams(_Strict):
     push: bool = True
 
 
+class UiParams(_Strict):
+    """Where ``relabel ui`` serves, on loopback. The Great Expectations Data Docs a gate writes
+    under ``<data_dir>/gx_docs`` are served over plain HTTP on ``docs_port`` (a browser refuses
+    the ``file://`` links of a web page), and the gates' ``data_docs`` metadata links point
+    there: a link is written when its check runs, with the port of that time."""
+
+    host: str = "127.0.0.1"
+    dagster_port: int = Field(3000, ge=1, le=65535)
+    docs_port: int = Field(3003, ge=1, le=65535)
+
+    @property
+    def docs_url(self) -> str:
+        """The base URL of the served Data Docs folder (no trailing slash)."""
+        return f"http://{self.host}:{self.docs_port}"
+
+
 class Params(_Strict):
     data_dir: str = "data"
     shards: ShardParams = ShardParams()
@@ -507,6 +523,7 @@ class Params(_Strict):
     executor: ExecutorParams = ExecutorParams()
     mlflow: MlflowParams = MlflowParams()
     dvc: DvcParams = DvcParams()
+    ui: UiParams = UiParams()
 
     @model_validator(mode="after")
     def _self_trained_specialists_exist(self) -> Params:

@@ -7,7 +7,9 @@ written by a pipeline asset, a notebook or a test:
 * recall@0.5 per class of this iteration, rare classes marked,
 * label counts per origin (the ``source`` before ``@``) stacked by status,
 * quarantined rows per (phase, reason),
-* a short ``summary.md`` that links the plots by relative file name.
+* a short ``summary.md`` that links the plots by relative file name (``embedded_summary``:
+  the same with the plots inline, for a page that cannot follow relative links, like
+  Dagster's Markdown metadata).
 
 Output is deterministic: fixed width and dpi, heights that depend only on the number of bars,
 categories in a fixed order and PNGs saved without the ``Software`` text chunk, so writing the
@@ -16,6 +18,7 @@ same inputs twice gives byte-identical files.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -174,7 +177,8 @@ def metric_by_iteration(metrics: pl.DataFrame, path: Path) -> Path:
             # NaN, not None, so matplotlib leaves a gap where a value is missing
             values = [math.nan if v is None else v for v in series["value"].to_list()]
             axis.plot(series["iteration"].to_list(), values, marker="o", label=name)
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # min_n_ticks=1: one iteration gets the tick "0", not fractions crowding the axis
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         if len(iterations):
             # every panel spans all iterations, so a missing latest value shows as missing
             axis.set_xlim(iterations.min() - 0.25, iterations.max() + 0.25)
@@ -183,7 +187,8 @@ def metric_by_iteration(metrics: pl.DataFrame, path: Path) -> Path:
         if len(groups) > 1:
             axis.set_title(group[0], fontsize=10)
         elif group:
-            axis.legend(loc="best", fontsize=9)
+            # right of the axes: inside, "best" still sat on a line's points
+            axis.legend(**LEGEND_OUTSIDE)
         else:
             axis.text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=axis.transAxes)
     figure.suptitle(METRICS_TITLE)
@@ -450,3 +455,14 @@ def write_report(
     )
     (folder / SUMMARY_FILE).write_text(summary, encoding="utf-8")
     return IterationReport(folder=folder, plots=paths, summary=summary)
+
+
+def embedded_summary(report: IterationReport) -> str:
+    """``report``'s summary with each plot inline (a ``data:image/png;base64`` URI) instead of
+    its relative file name, which a page served from elsewhere (the Dagster UI's Markdown
+    metadata, an MLflow view) shows as a broken image."""
+    summary = report.summary
+    for path in report.plots.values():
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        summary = summary.replace(f"]({path.name})", f"](data:image/png;base64,{data})")
+    return summary

@@ -169,7 +169,12 @@ EXPORTS = {
 }
 
 
+def gate_docs_root(data_dir: Path) -> Path:
+    """The folder of every gate's Great Expectations Data Docs (``relabel ui`` serves it)."""
+    return Path(data_dir, "gx_docs")
+
+
 def gate_docs_dir(data_dir: Path, check: str, partition: str | None = None) -> Path:
     """Where a gate writes its Great Expectations Data Docs for ``partition``."""
-    folder = Path(data_dir, "gx_docs", check)
+    folder = gate_docs_root(data_dir) / check
     return folder if partition is None else folder.joinpath(*str(partition).split("|"))

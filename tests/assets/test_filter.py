@@ -63,6 +63,10 @@ def test_a_shard_whose_rare_class_collapses_is_blocked_in_its_run_and_in_later_o
         and "ball" not in collapse.metadata["unexpected"].value
     )
     docs = Path(collapse.metadata["data_docs_path"].value)
+    # served over http by `relabel ui` (params.yaml ui.docs_port), not a file:// link
+    assert collapse.metadata["data_docs"].value == (
+        "http://127.0.0.1:3003/" + docs.relative_to(docs.parents[3]).as_posix()
+    )
     assert docs.is_file() and "class_retention" in "".join(p.read_text() for p in docs.parent.rglob("*.html"))
     assert all(e.passed for name, e in evaluations.items() if name != "filtered_labels_keep_every_class")
 

@@ -132,6 +132,6 @@ def test_every_iteration_is_evaluated_on_the_frozen_split_in_an_mlflow_run_with_
         or "Iteration 0 on the frozen split" in summary_md
     )
     assert f"{model['map50']:.3f}" in summary_md
-    assert (
-        "![" in metadata["report"] and "data:image/png;base64," in metadata["report"]
-    )  # plots in the Dagster UI
+    # the plots in the Dagster UI: inline, each once, no relative file name it cannot follow
+    assert metadata["report"].count("](data:image/png;base64,") == len(plots)
+    assert ".png)" not in metadata["report"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from data_checks.gates import GateResult, validate, verdict_metadata
+from data_checks.gates import GateResult, docs_url, validate, verdict_metadata
 from data_checks.suites import (
     class_counts_frame,
     class_retention_suite,
@@ -460,6 +460,16 @@ def test_data_docs_show_the_validation(tmp_path: Path):
     assert "Expectation Suite: labels" in page
     assert "values must be greater than or equal to 0.0 and less than or equal to 1.0" in page
     assert "Unexpected Value Count label_id 1.5 1 over" in page
+
+
+def test_a_data_docs_link_is_http_under_the_served_docs_folder(tmp_path: Path):
+    """The Dagster UI is a web page: a browser refuses its file:// links, so a gate links its
+    Data Docs page where `relabel ui` serves the docs folder."""
+    docs = tmp_path / "gx_docs" / "filtered_labels_keep_every_class" / "0" / "shard 01" / "index.html"
+    url = docs_url(docs, tmp_path / "gx_docs", "http://127.0.0.1:3003/")
+    assert url == "http://127.0.0.1:3003/filtered_labels_keep_every_class/0/shard%2001/index.html"
+    with pytest.raises(ValueError):
+        docs_url(tmp_path / "elsewhere" / "index.html", tmp_path / "gx_docs", "http://127.0.0.1:3003")
 
 
 def visible_text(page: str) -> str:

@@ -12,6 +12,7 @@ from relabel.report import (
     PLOT_FILES,
     SUMMARY_FILE,
     WIDTH,
+    embedded_summary,
     labels_by_source_and_status,
     metric_by_iteration,
     per_class_recall,
@@ -120,6 +121,20 @@ def test_write_report_writes_decodable_pngs_of_the_expected_size(tmp_path):
     assert _size(report.plots["labels_by_source_status"]) == (width, 300)
     assert _size(report.plots["quarantine_by_reason"]) == (width, 300)
     assert (report.folder / SUMMARY_FILE).read_text(encoding="utf-8") == report.summary
+
+
+def test_the_embedded_summary_carries_each_plot_inline(tmp_path):
+    """The summary links its plots by relative file name, which a page served elsewhere (the
+    Dagster UI) cannot follow: the embedded summary carries each plot's bytes instead."""
+    import base64
+
+    report = _report(tmp_path / "report")
+    embedded = embedded_summary(report)
+    for path in report.plots.values():
+        assert f"]({path.name})" in report.summary
+        assert f"](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})" in embedded
+    assert ".png)" not in embedded
+    assert embedded.split("## Plots")[0] == report.summary.split("## Plots")[0]
 
 
 def test_writing_twice_gives_identical_bytes(tmp_path):
