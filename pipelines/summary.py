@@ -85,9 +85,12 @@ def demo_summary(root: Path, seconds: float, timings: dict[str, float]) -> str:
         *timing_lines(timings),
         "",
         "Look at it:",
-        "  .venv/bin/relabel ui             Dagster UI on http://127.0.0.1:3000 (runs, assets, metadata) and",
         (
-            "                                   MLflow UI on http://127.0.0.1:5000"
+            f"  .venv/bin/relabel ui             Dagster UI on http://{params.ui.host}:{params.ui.dagster_port}"
+            " (runs, assets, metadata) and"
+        ),
+        (
+            f"                                   MLflow UI on {params.ui.mlflow_url}"
             " (scores, training runs, registered models)"
         ),
         "  .venv/bin/relabel status         iterations, gates, counts (--json for scripts)",

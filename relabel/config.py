@@ -500,11 +500,18 @@ class UiParams(_Strict):
     host: str = "127.0.0.1"
     dagster_port: int = Field(3000, ge=1, le=65535)
     docs_port: int = Field(3003, ge=1, le=65535)
+    # the MLflow UI; the run links in the assets' metadata point there
+    mlflow_port: int = Field(5000, ge=1, le=65535)
 
     @property
     def docs_url(self) -> str:
         """The base URL of the served Data Docs folder (no trailing slash)."""
         return f"http://{self.host}:{self.docs_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        """The base URL of the MLflow UI (no trailing slash)."""
+        return f"http://{self.host}:{self.mlflow_port}"
 
 
 class Params(_Strict):

@@ -201,7 +201,7 @@ class MlflowResource(ConfigurableResource):
         return self._url(run.info.experiment_id, run.info.run_id)
 
     def run_url(self, run_id: str) -> str:
-        """Where the run shows in `relabel ui` (the MLflow UI on 127.0.0.1:5000), in the
+        """Where the run shows in `relabel ui` (the MLflow UI at params.yaml ui), in the
         machine-learning view of its experiment (also for runs of the single experiment of
         earlier versions). A run the store no longer has gets MLflow's route by run alone."""
         from mlflow import MlflowClient
@@ -210,12 +210,12 @@ class MlflowResource(ConfigurableResource):
         try:
             experiment_id = MlflowClient(self.tracking_uri).get_run(run_id).info.experiment_id
         except MlflowException:
-            return f"http://127.0.0.1:5000/#/runs/{run_id}?{MACHINE_LEARNING_VIEW}"
+            return f"{self.project.params.ui.mlflow_url}/#/runs/{run_id}?{MACHINE_LEARNING_VIEW}"
         return self._url(experiment_id, run_id)
 
-    @staticmethod
-    def _url(experiment_id: str, run_id: str) -> str:
-        return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}?{MACHINE_LEARNING_VIEW}"
+    def _url(self, experiment_id: str, run_id: str) -> str:
+        base = self.project.params.ui.mlflow_url
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{MACHINE_LEARNING_VIEW}"
 
     @contextmanager
     def training_run(
