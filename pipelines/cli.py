@@ -324,6 +324,30 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def switch_on_automation(root: Path) -> None:
+    """Start the sensor that makes an iteration's assets follow by themselves in the project's
+    Dagster instance, which keeps it on (the UI's Automation page switches it off again). Off by
+    default, because the daemon would start, beside a command line running a phase, the very
+    steps that command is about to run."""
+    point_dagster_at(root)
+    started = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "sensor",
+            "start",
+            AUTOMATION_SENSOR,
+            "-w",
+            str(root / "workspace.yaml"),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    if started.returncode != 0:
+        last = next(iter(started.stderr.strip().splitlines()[-1:]), f"exit code {started.returncode}")
+        raise CommandError(f"could not switch on {AUTOMATION_SENSOR}: {last}")
+
+
 def _ui(args: argparse.Namespace, root: Path) -> Outcome:
     """The Dagster UI (and its daemon), the MLflow UI and the gates' Data Docs, until Ctrl-C."""
     point_dagster_at(root)
@@ -357,25 +381,7 @@ def _ui(args: argparse.Namespace, root: Path) -> Outcome:
             str(mlflow_port),
         ]
     if args.automation:
-        # the instance keeps it on (the UI's Automation page switches it off again); off by
-        # default, because the daemon would start, beside a command line running a phase, the
-        # very steps that command is about to run
-        started = subprocess.run(
-            [
-                str(binaries / "dagster"),
-                "sensor",
-                "start",
-                AUTOMATION_SENSOR,
-                "-w",
-                str(root / "workspace.yaml"),
-            ],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        )
-        if started.returncode != 0:
-            last = next(iter(started.stderr.strip().splitlines()[-1:]), f"exit code {started.returncode}")
-            raise CommandError(f"could not switch on {AUTOMATION_SENSOR}: {last}")
+        switch_on_automation(root)
         print(f"{AUTOMATION_SENSOR} is on: an iteration's assets follow by themselves", file=sys.stderr)
     # the checks' data_docs links point here (params.yaml ui: one home for the port)
     docs = serve_folder(gate_docs_root(data_dir), ui.host, ui.docs_port)

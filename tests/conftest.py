@@ -6,6 +6,8 @@ import functools
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -47,9 +49,35 @@ def coco_mini_dir() -> Path:
     return path
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a server a test starts: a process a shell starts in the background
+    (CI, nohup, `make test &`) inherits SIGINT ignored, and so would ``dagster dev``, which
+    stops on SIGTERM by treating it as SIGINT; it would then be killed only after the wait."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    """The data of a GraphQL query to a Dagster UI at ``url``; the test fails on any error."""
+    import requests
+
+    response = requests.post(url, json={"query": query, "variables": variables or {}}, timeout=30)
+    response.raise_for_status()
+    body = response.json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
 def write_tiny_project(root: Path, **world: object) -> Path:
     """A project folder with this checkout's dvc.yaml and a params.yaml for a tiny world
-    (16 images, 2 shards), so end-to-end tests run in seconds and never touch ./data."""
+    (16 images, 2 shards), so end-to-end tests run in seconds and never touch ./data. Its UIs
+    (``relabel ui``) are on free ports, so tests in parallel workers never share one."""
     import yaml
 
     root.mkdir(parents=True, exist_ok=True)
@@ -67,8 +95,10 @@ def write_tiny_project(root: Path, **world: object) -> Path:
     params["model"].update(preset="micro", tokenizer={"vocab_size": 600, "min_frequency": 2})
     params["model"]["train"].update(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=2, num_workers=0)
     params["model"]["generation"].update(batch_size=8, max_new_tokens=16)
+    params["ui"].update(dagster_port=free_port(), docs_port=free_port(), mlflow_port=free_port())
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copy(PROJECT_ROOT / "dvc.yaml", root / "dvc.yaml")
+    for name in ("dvc.yaml", "workspace.yaml"):
+        shutil.copy(PROJECT_ROOT / name, root / name)
     return root
 
 

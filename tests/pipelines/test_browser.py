@@ -1,16 +1,15 @@
-"""The Dagster UI in a real browser: `relabel ui` on a tiny project taken through iteration 0's
-model, opened in headless Chromium (Debian's, driven by Playwright). The pages a person reads
-have no dead ends: the asset lineage, a gate's check with its Data Docs link (http, and it
-loads), the held-out report with its plots, the training curve, the runs; no broken image, no
-``file://`` link, no GraphQL error and no error in the browser's console on any of them.
-``relabel ui --automation`` has switched on the sensor that makes an iteration's assets follow."""
+"""The Dagster UI in a real browser: `relabel ui` on the session's tiny project taken through
+iteration 0's model, opened in headless Chromium (Debian's, driven by Playwright). The pages a
+person reads have no dead ends: the asset lineage, a gate's check with its Data Docs link
+(http, and it loads), the held-out report with its plots, the training curve, the runs; no
+broken image, no ``file://`` link, no GraphQL error and no error in the browser's console on
+any of them."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,11 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
-from tests.conftest import PROJECT_ROOT, RELABEL, materialize_project, write_tiny_project
+from tests.conftest import RELABEL, default_sigint, graphql
 
 pytestmark = pytest.mark.slow
 
-SENSOR = "default_automation_condition_sensor"
-SENSOR_STATUS = """
-query Sensor($selector: SensorSelector!) {
-  sensorOrError(sensorSelector: $selector) { __typename ... on Sensor { sensorState { status } } }
-}"""
 LOCATION_STATUS = """
 query { workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }
 """
@@ -38,18 +31,6 @@ GATE = "/assets/audit/frozen_split?view=checks"
 HELDOUT = "/assets/model/heldout_scores"
 MODEL = "/assets/model/florence2"
 RUNS = "/runs"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _default_sigint() -> None:
-    # see test_dagster_dev: a backgrounded pytest passes SIGINT on ignored, and dagster dev
-    # then ignores SIGTERM too
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _chromium() -> str:
@@ -85,30 +66,15 @@ def browser() -> tuple:
 
 
 @pytest.fixture(scope="module")
-def ui_project(browser, tmp_path_factory: pytest.TempPathFactory):
-    """A tiny project with a persistent Dagster instance, materialized in-process through
-    iteration 0's model (setup phases, labels, corpus, model and its held-out report):
-    ``(root, home, seconds it took)``. Its params put the UI and the Data Docs on free ports."""
-    from dagster import DagsterInstance
-
-    base = tmp_path_factory.mktemp("browser")
-    root = write_tiny_project(base / "project")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["ui"].update(dagster_port=_free_port(), docs_port=_free_port())
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copy(PROJECT_ROOT / "workspace.yaml", root / "workspace.yaml")
-    home = base / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    started = time.monotonic()
-    with pytest.MonkeyPatch.context() as patch, DagsterInstance.from_config(str(home)) as instance:
-        patch.setenv("RELABEL_ROOT", str(root))
-        materialize_project(
-            root,
-            instance,
-            phases=("world", "ingest", "audit", "annotate", "merge", "filter", "corpus", "model"),
-        )
-    return root, home, time.monotonic() - started
+def ui_project(browser, headless_project, iterated_project):
+    """The session's project taken through iteration 0's model and into iteration 1
+    (``iterated_project``), its runs in its own Dagster instance (asking for
+    ``headless_project`` makes the session's project the command line's, whose instance is
+    persistent, so that ``dagster dev`` reads it): ``(root, Dagster home)``."""
+    root, _ = iterated_project
+    home = root / "data" / "dagster_home"
+    assert (home / "dagster.yaml").is_file(), home
+    return root, home
 
 
 def _ui_params(root: Path):
@@ -117,20 +83,12 @@ def _ui_params(root: Path):
     return load_params(root / "params.yaml").ui
 
 
-def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    response = requests.post(url, json={"query": query, "variables": variables or {}}, timeout=30)
-    response.raise_for_status()
-    body = response.json()
-    assert "errors" not in body, body
-    return body["data"]
-
-
 def _wait_for_ui(server: subprocess.Popen, base: str) -> None:
     deadline = time.monotonic() + 180
     while True:
         try:
             if requests.get(f"{base}/server_info", timeout=2).ok:
-                entries = _graphql(f"{base}/graphql", LOCATION_STATUS)["workspaceOrError"]["locationEntries"]
+                entries = graphql(f"{base}/graphql", LOCATION_STATUS)["workspaceOrError"]["locationEntries"]
                 if entries and all(entry["loadStatus"] == "LOADED" for entry in entries):
                     return
         except requests.ConnectionError:
@@ -206,32 +164,24 @@ def _open(page, url: str) -> None:
 
 def test_the_ui_pages_that_matter_have_no_dead_ends(browser, ui_project, tmp_path):
     sync_api, chromium = browser
-    root, home, materialized = ui_project
+    root, home = ui_project
     ui = _ui_params(root)
     base = f"http://{ui.host}:{ui.dagster_port}"
     env = {**os.environ, "RELABEL_ROOT": str(root), "DAGSTER_HOME": str(home)}
     started = time.monotonic()
     server = subprocess.Popen(
-        [RELABEL, "--root", str(root), "ui", "--no-mlflow", "--automation"],
+        [RELABEL, "--root", str(root), "ui", "--no-mlflow"],
         cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "ui.log").open("w"),
         start_new_session=True,
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
     )
     problems = _Problems()
     try:
         _wait_for_ui(server, base)
         up = time.monotonic() - started
-        selector = {
-            "repositoryLocationName": "relabel",
-            "repositoryName": "__repository__",
-            "sensorName": SENSOR,
-        }
-        sensor = _graphql(f"{base}/graphql", SENSOR_STATUS, {"selector": selector})["sensorOrError"]
-        assert sensor["sensorState"]["status"] == "RUNNING", sensor  # iterations follow by themselves
-
         with sync_api.sync_playwright() as playwright:
             chrome = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = chrome.new_page(viewport={"width": 1600, "height": 1000})
@@ -277,8 +227,7 @@ def test_the_ui_pages_that_matter_have_no_dead_ends(browser, ui_project, tmp_pat
             problems.check_page(page)
             chrome.close()
         print(
-            f"materialized in {materialized:.0f} s; relabel ui up in {up:.0f} s; "
-            f"pages in {time.monotonic() - started - up:.0f} s",
+            f"relabel ui up in {up:.0f} s; pages in {time.monotonic() - started - up:.0f} s",
             file=sys.stderr,
         )
     finally:

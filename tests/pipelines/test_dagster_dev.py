@@ -3,7 +3,6 @@ through its GraphQL API (the mutation the UI's Materialize button sends) succeed
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from tests.conftest import default_sigint, free_port, graphql
 
 LAUNCH = """
 mutation Launch($params: ExecutionParams!) {
@@ -25,34 +26,13 @@ mutation Launch($params: ExecutionParams!) {
 RUN_STATUS = "query Status($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _default_sigint() -> None:
-    # dagster dev stops on SIGTERM by treating it as SIGINT; a process a shell started in the
-    # background (CI, nohup, `make test &`) inherits SIGINT ignored, and so would dagster dev,
-    # which then ignores SIGTERM too and is only killed a minute later: SIGINT is restored
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _graphql(url, query, variables):
-    response = requests.post(url, json={"query": query, "variables": variables}, timeout=30)
-    response.raise_for_status()
-    body = response.json()
-    assert "errors" not in body, body
-    return body["data"]
-
-
 @pytest.mark.slow
 def test_a_shard_launched_from_the_dagster_ui_api_succeeds(
     project_root, tiny_project, tmp_path, materialize_all
 ):
     # the shard reads the catalog; materialize the unpartitioned assets first, in-process
     materialize_all(tiny_project, shards=())
-    port = _free_port()
+    port = free_port()
     home = tmp_path / "dagster_home_dev"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -73,7 +53,7 @@ def test_a_shard_launched_from_the_dagster_ui_api_succeeds(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
     )
     url = f"http://127.0.0.1:{port}/graphql"
     try:
@@ -103,7 +83,7 @@ def test_a_shard_launched_from_the_dagster_ui_api_succeeds(
         launched = None
         while launched is None:
             # the code location may still be loading right after the server answers
-            result = _graphql(url, LAUNCH, {"params": params})["launchRun"]
+            result = graphql(url, LAUNCH, {"params": params})["launchRun"]
             if result["__typename"] == "LaunchRunSuccess":
                 launched = result["run"]["runId"]
             else:
@@ -113,7 +93,7 @@ def test_a_shard_launched_from_the_dagster_ui_api_succeeds(
         while status not in ("SUCCESS", "FAILURE", "CANCELED"):
             assert time.monotonic() < deadline + 120, f"run {launched} still {status}"
             time.sleep(2)
-            status = _graphql(url, RUN_STATUS, {"id": launched})["runOrError"]["status"]
+            status = graphql(url, RUN_STATUS, {"id": launched})["runOrError"]["status"]
         assert status == "SUCCESS"
         assert (tiny_project / "data" / "ingest" / "human_labels" / "shard-01.parquet").is_file()
         assert not (tiny_project / "data" / "ingest" / "human_labels" / "shard-00.parquet").exists()

