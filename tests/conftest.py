@@ -28,6 +28,7 @@ RELABEL = str(Path(sys.executable).parent / "relabel")
 SESSION_PROJECTS = frozenset({"headless_project", "annotated_project", "iterated_project"})
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups off the items
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SESSION_PROJECTS.intersection(getattr(item, "fixturenames", ())):
