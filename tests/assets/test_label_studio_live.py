@@ -376,8 +376,23 @@ def drawn(region_id: str, category: str, width: int, height: int) -> dict:
     }
 
 
-def edited(action: str, parts: list[dict], category: str | None) -> list[dict]:
+def is_grounding(parts: list[dict]) -> bool:
+    return any(part["from_name"] == "phrase_grounding_text" for part in parts)
+
+
+def with_phrase(parts: list[dict], phrase: str) -> list[dict]:
+    """A phrase grounding whose phrase the auditor typed anew."""
+    parts = copy.deepcopy(parts)
+    for part in parts:
+        if part["from_name"] == "phrase_grounding_text":
+            part["value"]["text"] = [phrase]
+    return parts
+
+
+def edited(action: str, parts: list[dict], category: str | None, phrase: str | None) -> list[dict]:
     """The results a region's ``parts`` become when the auditor does ``action``."""
+    if action == "rephrased":
+        return with_phrase(parts, phrase)
     if action == "deleted":
         return with_box_deleted(parts)
     if action == "moved":
@@ -400,21 +415,27 @@ def audit_in_label_studio(client: LabelStudio, project: int, categories: list[st
     for the drawn object): ``{"action", "parts": the results sent, ...}``."""
     done: dict[str, dict] = {}
     objects = iter(OBJECT_ACTIONS)
-    rewrote = drew = False
+    rewrote = rephrased = drew = False
     for task in sorted(client.tasks(project), key=lambda task: task["data"]["image_id"]):
         result: list[dict] = []
-        for _, parts in sorted(regions(task["predictions"][0]["result"]).items()):
+        for region_id, parts in sorted(regions(task["predictions"][0]["result"]).items()):
             label_id = parts[0]["meta"]["label_id"]
             action = "accepted"
             if is_object(parts):
                 action = next(objects, "accepted")
             elif is_caption(parts) and not rewrote:
                 action, rewrote = "rewritten", True
+            elif is_grounding(parts) and not rephrased:
+                action, rephrased = "rephrased", True
             category = None
             if is_object(parts):  # a class other than its own, for a relabel
                 category = next(name for name in categories if name != parts[0]["value"][parts[0]["type"]][0])
-            sent = edited(action, parts, category)
-            done[label_id] = {"action": action, "parts": sent, "category": category}
+            phrase = None
+            if action == "rephrased":  # another phrase of its caption, typed in another case
+                words = task["data"]["phrase_grounding_texts"][region_id].rstrip(".").split()
+                phrase = " ".join(words[-2:]).swapcase()
+            sent = edited(action, parts, category, phrase)
+            done[label_id] = {"action": action, "parts": sent, "category": category, "phrase": phrase}
             result += sent
         if not drew:
             width, height = task["data"]["width"], task["data"]["height"]
@@ -448,7 +469,7 @@ def failures(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def live(iterated_project, label_studio_command, tmp_path_factory):
+def live(label_studio_command, iterated_project, tmp_path_factory):
     """A copy of the iterated tiny project whose audit and review wait for a person
     (``audit.auditor`` and ``review.reviewer``: label-studio), Label Studio serving its files,
     and a client signed in with a personal access token: ``(root, instance, client)``."""
@@ -506,7 +527,7 @@ def check_verdicts(
         "relabelled": "corrected",
         "rewritten": "corrected",
     }
-    kept = [label_id for label_id, action in actions.items() if action != "deleted"]
+    kept = [label_id for label_id, action in actions.items() if action not in ("deleted", "rephrased")]
     assert {label_id: by_label[label_id]["decision"] for label_id in kept} == {
         label_id: verdict[actions[label_id]] for label_id in kept
     }
@@ -531,9 +552,11 @@ def check_verdicts(
         assert new["replaces"] == label_id and label_id not in labels
         assert reasons(label_id) == ["corrected_in_audit"]
         if action == "moved":
-            shift = new["box"][0] - old["box"][0]
-            assert abs(abs(shift) - MOVE / 100 * width_of(done[label_id])) < 0.5, (old["box"], new["box"])
-            assert new["box"][1] == pytest.approx(old["box"][1], abs=0.5)
+            # the box the auditor left: the rectangle, else the bounds of the polygon
+            assert new["box"] == pytest.approx(box_of(done[label_id]["parts"]), abs=0.01), old["box"]
+            assert (
+                abs(new["box"][0] - old["box"][0]) > MOVE / 200 * done[label_id]["parts"][0]["original_width"]
+            )
             assert new["category"] == old["category"]
         elif action == "relabelled":
             assert new["category"] == done[label_id]["category"] != old["category"]
@@ -547,6 +570,15 @@ def check_verdicts(
     assert (new["task"], new["category"]) == ("object", drew["parts"][0]["value"]["rectanglelabels"][0])
     assert new["box"] == pytest.approx([0.1 * width, 0.125 * height, 0.35 * width, 0.325 * height], abs=0.01)
 
+    # a phrase typed in another case than its caption's is found in the caption
+    for label_id in [label_id for label_id, action in actions.items() if action == "rephrased"]:
+        assert by_label[label_id]["decision"] == "corrected", by_label[label_id]
+        new, old = labels[by_label[label_id]["new_label_id"]], before[label_id]
+        assert new["text"] == old["text"] and new["replaces"] == label_id
+        assert (
+            new["text"][new["phrase_start"] : new["phrase_end"]].lower() == done[label_id]["phrase"].lower()
+        )
+
     # an object deleted is rejected, also one whose box the auditor deleted and whose polygon
     # (a region of its own in Label Studio) is left
     deleted = [label_id for label_id, action in actions.items() if action == "deleted"]
@@ -558,8 +590,16 @@ def check_verdicts(
         assert reasons(label_id) == ["rejected_in_audit"]
 
 
-def width_of(what: dict) -> float:
-    return what["parts"][0]["original_width"]
+def box_of(parts: list[dict]) -> list[float]:
+    """``[x0, y0, x1, y1]`` in pixels of a region's rectangle, else of its polygon's bounds."""
+    width, height = parts[0]["original_width"], parts[0]["original_height"]
+    for part in parts:
+        if part["type"] == "rectanglelabels":
+            value = part["value"]
+            x, y, w, h = (value[key] for key in ("x", "y", "width", "height"))
+            return [x * width / 100, y * height / 100, (x + w) * width / 100, (y + h) * height / 100]
+    xs, ys = zip(*parts[0]["value"]["points"], strict=True)
+    return [min(xs) * width / 100, min(ys) * height / 100, max(xs) * width / 100, max(ys) * height / 100]
 
 
 # --------------------------------------------------------------------------------------
@@ -635,6 +675,7 @@ def test_a_person_judges_the_review_queue_in_label_studio(live):
         "moved",
         "relabelled",
         "rewritten",
+        "rephrased",
         "added",
     }
     (folder / "completed.json").write_text(json.dumps(client.export(project), indent=1) + "\n")
