@@ -95,7 +95,9 @@ def install_label_studio(venv: Path) -> Path:
         )
         for step in steps:
             try:
-                subprocess.run(step, check=True, capture_output=True, text=True, timeout=1800)
+                subprocess.run(
+                    step, env=own_environment(), check=True, capture_output=True, text=True, timeout=1800
+                )
             except (OSError, subprocess.SubprocessError) as error:
                 shutil.rmtree(venv, ignore_errors=True)
                 output = (getattr(error, "stderr", None) or getattr(error, "stdout", None) or "").strip()
@@ -103,6 +105,17 @@ def install_label_studio(venv: Path) -> Path:
         done.write_text(f"label-studio=={LABEL_STUDIO_VERSION} in {time.monotonic() - started:.0f} s\n")
         print(f"installed Label Studio {LABEL_STUDIO_VERSION} in {venv} ({done.read_text().strip()})")
     return command
+
+
+def own_environment() -> dict[str, str]:
+    """This process's environment without what belongs to the project's Python: its path would
+    shadow Label Studio's apps (``projects``, ``tasks``, ``users``) with this repository's
+    modules."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV") and not name.startswith("DJANGO")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -129,13 +142,7 @@ def label_studio_server(command: Path, document_root: Path, home: Path) -> Itera
     always stopped: SIGTERM to its process group, SIGKILL where that did not end it."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    # the project's environment is not Label Studio's: its Python path would shadow Label
-    # Studio's apps (``projects``, ``tasks``, ``users``) with modules of this repository
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV") and not name.startswith("DJANGO")
-    }
+    env = own_environment()
     env.update(
         LOCAL_FILES_SERVING_ENABLED="true",
         LOCAL_FILES_DOCUMENT_ROOT=str(document_root),
