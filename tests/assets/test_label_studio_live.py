@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,13 +40,14 @@ from dagster import AssetCheckKey, DagsterInstance, materialize
 from pipelines.cli import main
 from pipelines.definitions import build_definitions
 from pipelines.phases import AUDIT_SPLIT_JOB, QUEUE_REVIEW_JOB, READ_VERDICTS_JOB
+from relabel.audit import CAPTION_TASKS
 from relabel.evaluation_split import read_freeze
 from resources.layout import AUDITED_LABELS, FROZEN_SPLIT, REVIEW_VERDICTS, files_dir
+from tests.conftest import free_port
 
 LABEL_STUDIO_VERSION = "1.23.2"
 EMAIL, PASSWORD = "auditor@relabel.example", "relabel-audit-1"
 AUDITOR_SOURCE = f"human-audit@{EMAIL}"
-CAPTION_TASKS = ("brief_caption", "detailed_caption", "more_detailed_caption")
 STARTUP_SECONDS = 600  # the first start migrates a new database: a minute or two on 2 busy cores
 MOVE = 5.0  # percentage points of the image's width a moved box goes right (or left)
 NEW_CAPTION = "A person wrote this caption in Label Studio."
@@ -127,12 +127,6 @@ def label_studio_command() -> Path:
         return install_label_studio(venv)
     except RuntimeError as error:
         pytest.skip(f"Label Studio {LABEL_STUDIO_VERSION} could not be installed in {venv}: {error}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager
