@@ -12,6 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    # `make test`'s workers share the cores: each gets its share of threads (torch's OpenMP,
+    # BLAS, polars), set before those libraries start (their subprocesses inherit it);
+    # otherwise each worker starts a thread per core and the spinning threads of two workers
+    # slow torch-bound tests three- to four-fold
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "POLARS_MAX_THREADS"):
+        os.environ.setdefault(_variable, _threads)
+
 import polars as pl
 import pytest
 

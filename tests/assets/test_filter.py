@@ -11,6 +11,7 @@ from dagster import AssetIn, AssetKey, AssetSelection, asset, materialize, mem_i
 
 from pipelines.definitions import build_definitions
 from pipelines.phases import FILTER_REPORT_JOB, FILTER_SHARDS_JOB, MERGE_SHARDS_JOB
+from relabel.config import load_params
 from resources.io_manager import blocked_shards
 from resources.layout import FILTERED_LABELS, GATES
 
@@ -64,8 +65,9 @@ def test_a_shard_whose_rare_class_collapses_is_blocked_in_its_run_and_in_later_o
     )
     docs = Path(collapse.metadata["data_docs_path"].value)
     # served over http by `relabel ui` (params.yaml ui.docs_port), not a file:// link
+    served = load_params(hand_made_shards / "params.yaml").ui.docs_url
     assert collapse.metadata["data_docs"].value == (
-        "http://127.0.0.1:3003/" + docs.relative_to(docs.parents[3]).as_posix()
+        f"{served}/" + docs.relative_to(docs.parents[3]).as_posix()
     )
     assert docs.is_file() and "class_retention" in "".join(p.read_text() for p in docs.parent.rglob("*.html"))
     assert all(e.passed for name, e in evaluations.items() if name != "filtered_labels_keep_every_class")

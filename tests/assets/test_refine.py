@@ -11,6 +11,7 @@ from dagster import materialize
 from models.inference import PROMPT_FREE_TASKS
 from pipelines.definitions import build_definitions
 from pipelines.phases import FILTER_REPORT_JOB, FILTER_SHARDS_JOB, MERGE_SHARDS_JOB, TRAIN_MODEL_JOB
+from relabel.config import load_params
 from relabel.labels import frame, label_id_for
 from resources.layout import LABEL_QUALITY
 
@@ -72,7 +73,7 @@ def test_iteration_one_is_iteration_zero_merged_with_the_models_labels_and_loses
             "refine/reannotation 0|" in metadata["made_from"]
             and "florence2@iteration-0" in metadata["made_from"]
         )
-        assert metadata["model_run"].startswith("http://127.0.0.1:5000/")
+        assert metadata["model_run"].startswith(load_params(root / "params.yaml").ui.mlflow_url + "/#/")
         images = pl.read_parquet(data / "ingest" / "images" / f"{shard}.parquet").filter(
             pl.col("split") == "train"
         )
