@@ -180,6 +180,25 @@ def materialize_all(instance):
     return lambda root, **options: materialize_project(root, instance, **options)
 
 
+def run_job(root: Path, instance, job_name: str, partition: str | None = None):
+    """Run the project's job ``job_name`` (its own asset selection) for ``partition`` with
+    ``dagster.materialize`` into ``instance``, a failure returned, not raised."""
+    from dagster import materialize
+
+    from pipelines.definitions import build_definitions
+
+    defs = build_definitions(str(root))
+    job = next(job for job in defs.jobs if job.name == job_name)
+    return materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=job.selection,
+        partition_key=partition,
+        resources=defs.resources,
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
 def relabel(root: Path, *arguments: str) -> subprocess.CompletedProcess:
     """``relabel --root ROOT ARGUMENTS`` as a script runs it, with the project's own Dagster
     home (``data/dagster_home``)."""

@@ -9,15 +9,15 @@ import json
 import polars as pl
 import pytest
 import yaml
-from dagster import AssetCheckKey, materialize
+from dagster import AssetCheckKey
 from PIL import Image
 
 from pipelines.cli import main
-from pipelines.definitions import build_definitions
 from pipelines.phases import AUDIT_SPLIT_JOB, CATALOG_JOB, CORPUS_SHARDS_JOB, INGEST_SHARDS_JOB
 from relabel.evaluation_split import freeze_history, read_freeze
 from relabel.labels import frame
 from resources.layout import AUDITED_LABELS, CORPUS_EXAMPLES, FROZEN_SPLIT, files_dir
+from tests.conftest import run_job
 
 SPLIT_UNCHANGED = AssetCheckKey(FROZEN_SPLIT, "split_unchanged")
 
@@ -100,24 +100,11 @@ def frozen_project(tiny_project, materialize_all):
     return tiny_project, results
 
 
-def rerun(root, instance, job_name: str, partition: str | None = None):
-    defs = build_definitions(str(root))
-    job = next(job for job in defs.jobs if job.name == job_name)
-    return materialize(
-        [*defs.assets, *defs.asset_checks],
-        selection=job.selection,
-        partition_key=partition,
-        resources=defs.resources,
-        instance=instance,
-        raise_on_error=False,
-    )
-
-
 def test_any_changed_byte_fails_the_check_until_an_explicit_logged_unfreeze(frozen_project, instance, capsys):
     root, _ = frozen_project
     data = root / "data"
     frozen = read_freeze(files_dir(FROZEN_SPLIT, data))
-    assert rerun(root, instance, AUDIT_SPLIT_JOB).success  # re-running the phase changes nothing
+    assert run_job(root, instance, AUDIT_SPLIT_JOB).success  # re-running the phase changes nothing
 
     held = pl.read_parquet(data / "ingest" / "images" / "*.parquet").filter(pl.col("split") == "eval")
     path = data / held["uri"][0]
@@ -125,24 +112,24 @@ def test_any_changed_byte_fails_the_check_until_an_explicit_logged_unfreeze(froz
     changed = bytearray(original)
     changed[-30] ^= 0x01
     path.write_bytes(bytes(changed))
-    result = rerun(root, instance, AUDIT_SPLIT_JOB)
+    result = run_job(root, instance, AUDIT_SPLIT_JOB)
     assert not check_passed(result, SPLIT_UNCHANGED)
     assert read_freeze(files_dir(FROZEN_SPLIT, data)) == frozen  # the freeze did not move
     path.write_bytes(original)
-    assert check_passed(rerun(root, instance, AUDIT_SPLIT_JOB), SPLIT_UNCHANGED)
+    assert check_passed(run_job(root, instance, AUDIT_SPLIT_JOB), SPLIT_UNCHANGED)
 
     # an audit that reads differently now: one audited label's text edited in the stored copy
     stored = pl.read_parquet(files_dir(FROZEN_SPLIT, data) / "labels.parquet")
     stored.with_columns(
         text=pl.when(pl.int_range(pl.len()) == 0).then(pl.col("text") + ".").otherwise(pl.col("text"))
     ).write_parquet(files_dir(FROZEN_SPLIT, data) / "labels.parquet")
-    assert not check_passed(rerun(root, instance, AUDIT_SPLIT_JOB), SPLIT_UNCHANGED)
+    assert not check_passed(run_job(root, instance, AUDIT_SPLIT_JOB), SPLIT_UNCHANGED)
 
     assert main(["--root", str(root), "unfreeze", "--by", "maria", "--reason", "a caption typo"]) == 0
     assert "unfroze the evaluation split" in capsys.readouterr().out
     assert main(["--root", str(root), "unfreeze", "--by", "maria", "--reason", "again"]) == 1
     assert "not frozen" in capsys.readouterr().err
-    refrozen = rerun(root, instance, AUDIT_SPLIT_JOB)
+    refrozen = run_job(root, instance, AUDIT_SPLIT_JOB)
     assert check_passed(refrozen, SPLIT_UNCHANGED)
     history = freeze_history(files_dir(FROZEN_SPLIT, data))
     assert [(h["action"], h.get("by") or h.get("frozen_by")) for h in history] == [
@@ -179,7 +166,7 @@ def test_an_export_with_an_unreadable_edit_fails_naming_the_task_and_auditors_ar
     garbled[1]["type"] = "choices"
     export_path.write_text(json.dumps(export))
 
-    result = rerun(root, instance, AUDIT_SPLIT_JOB)
+    result = run_job(root, instance, AUDIT_SPLIT_JOB)
     assert not result.success
     (failure,) = [event for event in result.all_events if event.is_step_failure]
     message = failure.step_failure_data.user_failure_data.description
@@ -189,7 +176,7 @@ def test_an_export_with_an_unreadable_edit_fails_naming_the_task_and_auditors_ar
     assert "could not be read: fix them in Label Studio and export again" in message
 
     export_path.write_text(readable)
-    result = rerun(root, instance, AUDIT_SPLIT_JOB)
+    result = run_job(root, instance, AUDIT_SPLIT_JOB)
     (materialization,) = [
         m for m in result.get_asset_materialization_events() if m.asset_key == AUDITED_LABELS
     ]
@@ -210,7 +197,7 @@ def test_a_resized_recompressed_copy_of_a_split_image_is_caught(frozen_project, 
     copy.write_bytes(buffer.getvalue())
 
     # new data arrives: the catalog keeps the copy with its original, in the frozen split
-    assert rerun(root, instance, CATALOG_JOB).success
+    assert run_job(root, instance, CATALOG_JOB).success
     catalog = pl.read_parquet(data / "ingest" / "source_catalog.parquet")
     row = catalog.filter(pl.col("path").str.ends_with("copy-of-a-split-image.jpg")).row(0, named=True)
     assert row["split"] == "eval"
@@ -219,7 +206,7 @@ def test_a_resized_recompressed_copy_of_a_split_image_is_caught(frozen_project, 
     # a training shard that holds it anyway (written before the split was frozen, say) gives
     # a corpus that fails the blocking leakage check, which names the copy and its original
     shard = row["shard"]
-    assert rerun(root, instance, INGEST_SHARDS_JOB, shard).success
+    assert run_job(root, instance, INGEST_SHARDS_JOB, shard).success
     images_path = data / "ingest" / "images" / f"{shard}.parquet"
     stale = pl.read_parquet(images_path)
     stale.with_columns(
@@ -248,7 +235,7 @@ def test_a_resized_recompressed_copy_of_a_split_image_is_caught(frozen_project, 
     filtered.parent.mkdir(parents=True, exist_ok=True)
     caption.write_parquet(filtered)
     instance.add_dynamic_partitions("iteration", ["0"])
-    result = rerun(root, instance, CORPUS_SHARDS_JOB, f"0|{shard}")
+    result = run_job(root, instance, CORPUS_SHARDS_JOB, f"0|{shard}")
     assert not result.success  # blocking: nothing downstream of the shard runs
     (evaluation,) = [
         e

@@ -35,15 +35,14 @@ import polars as pl
 import pytest
 import requests
 import yaml
-from dagster import AssetCheckKey, DagsterInstance, materialize
+from dagster import AssetCheckKey, DagsterInstance
 
 from pipelines.cli import main
-from pipelines.definitions import build_definitions
 from pipelines.phases import AUDIT_SPLIT_JOB, QUEUE_REVIEW_JOB, READ_VERDICTS_JOB
 from relabel.audit import CAPTION_TASKS
 from relabel.evaluation_split import read_freeze
 from resources.layout import AUDITED_LABELS, FROZEN_SPLIT, REVIEW_VERDICTS, files_dir
-from tests.conftest import free_port
+from tests.conftest import free_port, run_job
 
 LABEL_STUDIO_VERSION = "1.23.2"
 EMAIL, PASSWORD = "auditor@relabel.example", "relabel-audit-1"
@@ -450,19 +449,6 @@ def audit_in_label_studio(client: LabelStudio, project: int, categories: list[st
 
 # --------------------------------------------------------------------------------------
 # the project, the phases
-
-
-def run_job(root: Path, instance: DagsterInstance, job_name: str, partition: str | None = None):
-    defs = build_definitions(str(root))
-    job = next(job for job in defs.jobs if job.name == job_name)
-    return materialize(
-        [*defs.assets, *defs.asset_checks],
-        selection=job.selection,
-        partition_key=partition,
-        resources=defs.resources,
-        instance=instance,
-        raise_on_error=False,
-    )
 
 
 def failures(result) -> str:
