@@ -53,8 +53,7 @@ clean:
 	rm -rf $(VENV) data
 
 mlflow: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/data/mlflow/mlflow.db -h 127.0.0.1 \
-		-p $$($(BIN)/python -c "from relabel.config import load_params; print(load_params('params.yaml').ui.mlflow_port)")
+	$(BIN)/relabel ui --no-dagster
 
 # Label Studio, for a person's audit (README: Auditing the evaluation split), in its own
 # environment outside the repository; tests/assets/test_label_studio_live.py installs and uses

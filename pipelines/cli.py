@@ -51,7 +51,7 @@ from relabel.config import load_params, resolve
 from relabel.evaluation_split import unfreeze
 from relabel.versioning import commit_iterations
 from resources.layout import EXPORTS, FROZEN_SPLIT, files_dir, gate_docs_root
-from resources.services import point_dagster_at
+from resources.services import MlflowResource, ProjectResource, point_dagster_at
 
 PHASES = tuple(PHASE_JOBS)
 # Dagster's sensor that evaluates the iteration assets' eager automation conditions
@@ -161,8 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ui.add_argument("--dagster-port", type=int, help="default: params.yaml ui.dagster_port")
     ui.add_argument("--mlflow-port", type=int, help="default: params.yaml ui.mlflow_port")
-    ui.add_argument(
+    only = ui.add_mutually_exclusive_group()
+    only.add_argument(
         "--no-mlflow", action="store_true", help="leave the MLflow UI out (make mlflow starts it)"
+    )
+    only.add_argument(
+        "--no-dagster", action="store_true", help="leave the Dagster UI out (make ui starts it)"
     )
     ui.add_argument(
         "--automation",
@@ -357,8 +361,9 @@ def _ui(args: argparse.Namespace, root: Path) -> Outcome:
     data_dir = resolve(root, params.data_dir)
     dagster_port = args.dagster_port or ui.dagster_port
     mlflow_port = args.mlflow_port or ui.mlflow_port
-    commands = {
-        f"Dagster UI  http://{ui.host}:{dagster_port}": [
+    commands = {}
+    if not args.no_dagster:
+        commands[f"Dagster UI  http://{ui.host}:{dagster_port}"] = [
             str(binaries / "dagster"),
             "dev",
             "-w",
@@ -367,14 +372,14 @@ def _ui(args: argparse.Namespace, root: Path) -> Outcome:
             ui.host,
             "-p",
             str(dagster_port),
-        ],
-    }
+        ]
     if not args.no_mlflow:
         commands[f"MLflow UI   http://{ui.host}:{mlflow_port}"] = [
             str(binaries / "mlflow"),
             "ui",
             "--backend-store-uri",
-            f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
+            # the store the runs are logged to (params.yaml mlflow.tracking_uri)
+            MlflowResource(project=ProjectResource(root=str(root))).tracking_uri,
             "-h",
             ui.host,
             "-p",

@@ -40,6 +40,12 @@ def test_the_dagster_port_defaults_to_params_and_automation_is_opt_in():
     assert not args.automation and not args.no_mlflow
 
 
+def test_the_ui_leaves_out_one_of_the_two_uis_at_most():
+    assert build_parser().parse_args(["ui", "--no-dagster"]).no_dagster
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ui", "--no-dagster", "--no-mlflow"])
+
+
 @pytest.mark.slow
 def test_relabel_ui_automation_switches_the_sensor_on_in_the_projects_instance(tiny_project, monkeypatch):
     from dagster import DagsterInstance
