@@ -363,6 +363,10 @@ class MergePolicyParams(_Strict):
     # ... or at this score for the labels of a source (its name before "@"): each model's
     # scores mean something of their own (a detector's centre x class score runs lower)
     fill_min_score_by_source: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+    # ... and, for a region, where no label of its task overlaps it by this much (None:
+    # match_iou): a box half on an existing object is more often a second, wrong look at that
+    # object than an object of its own
+    fill_max_overlap: float | None = Field(None, gt=0, le=1)
     # a model label that disagrees with its counterpart replaces it at this score or more, when
     # at least repair_min_support other labels (of any source) say what the model says
     repair_min_score: float = Field(0.8, ge=0, le=1)

@@ -18,8 +18,9 @@ it by ``match_iou``) and is, in this order of rules:
   labels support it: it replaces the counterpart (whose row goes to quarantine);
 * **refit** when it agrees on the class but the counterpart's box is loose: its box replaces
   the counterpart's;
-* **filled** when nothing of its task is there yet and its score is high enough (tasks with no
-  specialist, objects every source missed).
+* **filled** when nothing of its task is there yet (for a region: no label of its task
+  overlaps it by ``fill_max_overlap``) and its score is high enough (tasks with no specialist,
+  objects every source missed).
 
 Every input row is accounted for: existing rows are ``kept`` or ``replaced``, model rows are
 ``confirmed``, ``rejected``, ``filled``, ``repaired`` or ``refit``; rows in = rows out + rows
@@ -219,6 +220,17 @@ def _decide(
         )
     if missing:
         return "rejected", missing, None, support
+    near = _nearest_overlap(row, existing)
+    if policy.fill_max_overlap is not None and near >= policy.fill_max_overlap:
+        return (
+            "rejected",
+            (
+                f"overlaps a label of its task by {near:.2f} >= "
+                f"{policy.fill_max_overlap} (refine.merge.fill_max_overlap): not a gap"
+            ),
+            None,
+            support,
+        )
     fill_at = policy.fill_min_score_by_source.get(row["source"].split("@")[0], policy.fill_min_score)
     if score < fill_at:
         return (
@@ -256,6 +268,19 @@ def _about_the_same(row: dict, existing: list[dict], match_iou: float) -> list[t
         for (other, _), overlap in zip(with_boxes, overlaps, strict=True)
         if overlap >= match_iou
     ]
+
+
+def _nearest_overlap(row: dict, existing: list[dict]) -> float:
+    """The largest box overlap of ``row`` with an existing label of its task (0 without one)."""
+    box = region_box(row)
+    boxes = [
+        other_box
+        for other in existing
+        if other["task"] == row["task"] and (other_box := region_box(other)) is not None
+    ]
+    if box is None or not boxes:
+        return 0.0
+    return float(np.nan_to_num(box_iou(np.repeat([box], len(boxes), axis=0), np.array(boxes))).max())
 
 
 def _replaceable_first(

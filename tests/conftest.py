@@ -98,7 +98,10 @@ def write_tiny_project(root: Path, **world: object) -> Path:
         if spec["kind"] == "trained_detector":
             spec["settings"] = {**spec.get("settings", {}), "epochs": 3}
     # self-training on, at a test budget, so the iterations exercise it
-    params["refine"]["self_training"].update(specialists=["tinydet"], settings={"epochs": 2})
+    # (the backbone's features cached in the project: no test writes to the user's cache)
+    params["refine"]["self_training"].update(
+        specialists=["mobilenet"], settings={"epochs": 2, "feature_cache": str(root / "backbone-features")}
+    )
     # the caption specialist fine-tuned for a few steps too (the model trains for 4)
     params["refine"]["caption_specialist"]["steps"] = 2
     # the model phase: the micro preset for a few steps, short answers

@@ -16,6 +16,7 @@ from models.specialists.base import Specialist
 KINDS: dict[str, str] = {
     "opencv_shapes": "models.specialists.shapes:ShapeDetector",
     "trained_detector": "models.specialists.tiny_detector:TinyDetector",
+    "backbone_detector": "models.specialists.backbone_detector:BackboneDetector",
     "contour_polygons": "models.specialists.segmenter:ContourSegmenter",
     "rapidocr": "models.specialists.ocr:RapidOcr",
     "haar_faces": "models.specialists.faces:HaarFaces",
@@ -60,6 +61,7 @@ def build_specialist(kind: str, name: str, settings: dict[str, Any], context: Bu
 # called as function(images, human_labels, resolve_path, out_dir, settings, progress) -> report
 TRAINERS: dict[str, str] = {
     "trained_detector": "models.specialists.tiny_detector:train_tiny_detector",
+    "backbone_detector": "models.specialists.backbone_detector:train_backbone_detector",
     "opencv_shapes": "models.specialists.shapes:fit_shape_prototypes",
 }
 

@@ -688,53 +688,89 @@ class TinyDetector:
         s = self.settings
         centre, classes, sides = self.model(batch)
         if s["flip_test"]:
-            # average with the mirror image's outputs: objects face either way, and two looks
-            # steady the peaks (the sides swap left and right)
-            f_centre, f_classes, f_sides = (t.flip(-1) for t in self.model(batch.flip(-1)))
-            centre = torch.logit((torch.sigmoid(centre) + torch.sigmoid(f_centre)) / 2, eps=1e-6)
-            classes = (classes + f_classes) / 2
-            sides = (sides + f_sides[:, [2, 1, 0, 3]]) / 2
-        results = []
-        for bgr, (boxes, scores, box_classes) in zip(
-            bgrs, decode(centre, classes, sides, s["min_score"]), strict=True
-        ):
-            rows_px, cols_px = bgr.shape[:2]
-            scale = np.array([cols_px / width, rows_px / height] * 2) * self.stride
-            boxes = np.clip(boxes * scale, 0, [cols_px, rows_px, cols_px, rows_px])
-            ok = [
-                i
-                for i in range(len(scores))
-                if box_classes[i] in self.allowed
-                and boxes[i, 2] - boxes[i, 0] >= 2
-                and boxes[i, 3] - boxes[i, 1] >= 2
-            ]
-            kept = []
-            for c in sorted({int(box_classes[i]) for i in ok}):
-                same = [i for i in ok if box_classes[i] == c]
-                kept += [same[j] for j in nms(boxes[same], scores[same], s["nms_iou"])]
-            if kept:
-                kept = [kept[j] for j in nms(boxes[kept], scores[kept], s["cross_class_iou"])][
-                    : s["max_detections"]
-                ]
-            foreground = foreground_mask(bgr) if s["polygons"] and kept else None
-            rows = []
-            for i in kept:
-                box = [round(float(v), 1) for v in boxes[i]]
-                category = self.categories[int(box_classes[i])]
-                row: LabelRow = {
-                    "annotation_type": "region_text",
-                    "task": "object",
-                    "region_kind": "object",
-                    "box": box,
-                    "category": category,
-                    "text": category,
-                    "score": round(float(scores[i]), 4),
-                }
-                if foreground is not None:
-                    x0, y0 = int(math.ceil(box[0])), int(math.ceil(box[1]))
-                    x1, y1 = int(box[2]), int(box[3])
-                    if x1 - x0 >= 2 and y1 - y0 >= 2:
-                        row["polygon"] = [mask_polygon(foreground[y0:y1, x0:x1], (x0, y0, x1, y1))]
-                rows.append(row)
-            results.append(rows)
-        return results
+            centre, classes, sides = average_with_mirror((centre, classes, sides), self.model(batch.flip(-1)))
+        return [
+            detection_rows(
+                bgr,
+                boxes,
+                scores,
+                box_classes,
+                self.categories,
+                self.allowed,
+                self.stride,
+                (width, height),
+                s,
+            )
+            for bgr, (boxes, scores, box_classes) in zip(
+                bgrs, decode(centre, classes, sides, s["min_score"]), strict=True
+            )
+        ]
+
+
+def average_with_mirror(
+    outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    mirrored: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A detector's (centre logits, category logits, log sides) averaged with those it gave for
+    the mirror image: objects face either way, and two looks steady the peaks (the mirror's maps
+    are flipped back, and its left and right sides swap)."""
+    centre, classes, sides = outputs
+    f_centre, f_classes, f_sides = (t.flip(-1) for t in mirrored)
+    centre = torch.logit((torch.sigmoid(centre) + torch.sigmoid(f_centre)) / 2, eps=1e-6)
+    return centre, (classes + f_classes) / 2, (sides + f_sides[:, [2, 1, 0, 3]]) / 2
+
+
+def detection_rows(
+    bgr: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    box_classes: np.ndarray,
+    categories: Sequence[str],
+    allowed: set[int],
+    stride: float,
+    input_size: tuple[int, int],
+    settings: dict[str, Any],
+) -> list[LabelRow]:
+    """One image's decoded detections (``decode``: boxes in output cells of a network that saw
+    the image at ``input_size`` with ``stride`` pixels per cell) as object rows in image
+    pixels: categories outside ``allowed`` and boxes under 2 pixels dropped, per-category then
+    cross-category NMS, at most ``max_detections``, each with the outline of its non-background
+    pixels as its polygon (``settings["polygons"]``)."""
+    width, height = input_size
+    rows_px, cols_px = bgr.shape[:2]
+    scale = np.array([cols_px / width, rows_px / height] * 2) * stride
+    boxes = np.clip(boxes * scale, 0, [cols_px, rows_px, cols_px, rows_px])
+    ok = [
+        i
+        for i in range(len(scores))
+        if box_classes[i] in allowed and boxes[i, 2] - boxes[i, 0] >= 2 and boxes[i, 3] - boxes[i, 1] >= 2
+    ]
+    kept = []
+    for c in sorted({int(box_classes[i]) for i in ok}):
+        same = [i for i in ok if box_classes[i] == c]
+        kept += [same[j] for j in nms(boxes[same], scores[same], settings["nms_iou"])]
+    if kept:
+        kept = [kept[j] for j in nms(boxes[kept], scores[kept], settings["cross_class_iou"])][
+            : settings["max_detections"]
+        ]
+    foreground = foreground_mask(bgr) if settings["polygons"] and kept else None
+    rows = []
+    for i in kept:
+        box = [round(float(v), 1) for v in boxes[i]]
+        category = categories[int(box_classes[i])]
+        row: LabelRow = {
+            "annotation_type": "region_text",
+            "task": "object",
+            "region_kind": "object",
+            "box": box,
+            "category": category,
+            "text": category,
+            "score": round(float(scores[i]), 4),
+        }
+        if foreground is not None:
+            x0, y0 = int(math.ceil(box[0])), int(math.ceil(box[1]))
+            x1, y1 = int(box[2]), int(box[3])
+            if x1 - x0 >= 2 and y1 - y0 >= 2:
+                row["polygon"] = [mask_polygon(foreground[y0:y1, x0:x1], (x0, y0, x1, y1))]
+        rows.append(row)
+    return rows

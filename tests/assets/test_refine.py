@@ -67,7 +67,7 @@ def test_iteration_one_is_iteration_zero_merged_with_the_models_labels_and_loses
         )
         assert verdicts.join(after, on="label_id", how="anti").height == 0
         # the model, and the self-trained detector for the images its fold model never saw
-        assert set(model["source"]) <= {"florence2@iteration-0", "tinydet-self-trained@iteration-0"}
+        assert set(model["source"]) <= {"florence2@iteration-0", "mobilenet-self-trained@iteration-0"}
         metadata = _metadata(results[(MERGE_SHARDS_JOB, f"1|{shard}")], "merge/labels")
         assert (
             "refine/reannotation 0|" in metadata["made_from"]
@@ -90,9 +90,9 @@ def test_the_self_trained_detector_trains_one_model_per_fold_of_the_iterations_l
 
     report = json.loads((folder / "self_training.json").read_text())
     assert report["folds"] == 2 and [r["fold"] for r in report["reports"]] == [0, 1]
-    assert all(r["specialist"] == "tinydet" and r["epochs"] == 2 for r in report["reports"])
+    assert all(r["specialist"] == "mobilenet" and r["epochs"] == 2 for r in report["reports"])
     for fold in (0, 1):
-        assert (folder / "tinydet" / f"fold-{fold}" / "tiny_detector.pt").is_file()
+        assert (folder / "mobilenet" / f"fold-{fold}" / "backbone_head.pt").is_file()
     metadata = _metadata(results[("train_refine_specialists", "0")], "refine/self_trained_specialists")
     assert metadata["trained"] is True and metadata["folds"] == 2 and metadata["training_labels"] > 0
 

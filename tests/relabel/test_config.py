@@ -51,8 +51,10 @@ NOT_THE_SHIPPED_VALUE = {
     "filter.text": "text filters chosen on the default world",
     "filter.region.min_score": "per-source minimums chosen on the default world",
     "filter.phrase_blacklist": "English words that name no object; the default blacklists none",
-    "refine.merge.fill_min_score_by_source": "names the demo's tinydet specialist",
-    "refine.self_training.settings": "the demo's tinydet budget (epochs: 60)",
+    "refine.merge.fill_min_score_by_source": "names the demo's mobilenet specialist",
+    "refine.merge.fill_max_overlap": "chosen on the default world's self-trained fills (0.3-0.5: half wrong)",
+    "refine.self_training.specialists": "the demo's mobilenet specialist; a project names its own",
+    "refine.self_training.settings": "the demo's mobilenet budget (epochs: 80)",
     # the demo's stand-in for a person, and its signature
     "audit.auditor": "the demo audits with the world's truth; the default waits for a person",
     "audit.frozen_by": "the demo signs its freezes relabel-demo",

@@ -135,6 +135,23 @@ def test_a_loose_box_is_refit_when_the_model_agrees_on_the_class():
     assert result.labels.filter(pl.col("replaces") == loose["label_id"]).height == 1
 
 
+def test_a_region_half_on_an_existing_label_fills_no_gap_under_fill_max_overlap():
+    existing = [label("consensus@1", "dog", [10, 10, 70, 70], score=0.5)]
+    half_on = label(MODEL, "cat", [40, 10, 100, 70], score=0.9)  # IoU 0.33 with the dog
+    apart = label(MODEL, "cat", [150, 10, 210, 70], score=0.9)
+    # by default a region is a gap when nothing of its task overlaps it by match_iou (0.5)
+    assert decision_of(merged(existing, [half_on]), half_on)["decision"] == "filled"
+    strict = POLICY.model_copy(update={"fill_max_overlap": 0.3})
+    result = merged(existing, [half_on, apart], strict)
+    refused = decision_of(result, half_on)
+    assert refused["decision"] == "rejected" and "fill_max_overlap" in refused["reason"]
+    assert "0.33" in refused["reason"]
+    assert decision_of(result, apart)["decision"] == "filled"
+    # an image-level text has no region: the overlap rule does not apply to it
+    caption = label(MODEL, None, None, task="detailed_caption", text="a dog and a cat", score=0.9)
+    assert decision_of(merged(existing, [caption], strict), caption)["decision"] == "filled"
+
+
 def test_two_model_labels_never_replace_one_label_twice():
     wrong = label("consensus@1", "dog", [10, 10, 50, 50], score=0.5)
     first = label(MODEL, "cat", [10, 10, 50, 50], score=0.95)
