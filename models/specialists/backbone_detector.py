@@ -56,11 +56,13 @@ from models.specialists.images import read_bgr
 from models.specialists.photo_detectors import WEIGHTS_DIR, stretch
 from models.specialists.shapes import training_images
 from models.specialists.tiny_detector import (
+    TrainedDetector,
     average_with_mirror,
     build_targets,
     decode,
     detection_loss,
     detection_rows,
+    go_on_from,
 )
 
 WEIGHTS_FILE = "backbone_head.pt"
@@ -326,53 +328,34 @@ def train_backbone_detector(
 
 
 def _go_on_from(model: DetectionHead, folder: Path, categories: list[str], width: int) -> None:
-    """Load the head trained into ``folder``: every layer, and of the category head the rows of
-    the classes both know (by name; a class new to ``categories`` keeps its fresh rows)."""
+    """Load the head trained into ``folder`` (``go_on_from``), refusing another width."""
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     if int(config["width"]) != width:
         raise ValueError(f"cannot go on from {folder}: width {config['width']} != {width}")
-    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    before = {name: i for i, name in enumerate(config["categories"])}
-    own = model.state_dict()
-    for key in ("classes.weight", "classes.bias"):
-        rows = own[key].clone()
-        for i, name in enumerate(categories):
-            if name in before:
-                rows[i] = state[key][before[name]]
-        state[key] = rows
-    model.load_state_dict(state)
+    go_on_from(model, folder / WEIGHTS_FILE, config["categories"], categories)
 
 
 # ------------------------------------------------------------------------------- inference
 
 
-class BackboneDetector:
+class BackboneDetector(TrainedDetector):
     """The trained head on the frozen backbone (kind ``backbone_detector``), loaded from
     ``context.workdir``. Settings: ``DETECT_DEFAULTS`` and ``SHARED_DEFAULTS``; training
     settings may sit beside them and are ignored here."""
 
-    annotation_types = ("region_text",)
-
     def __init__(self, name: str, settings: dict[str, Any], context: Any) -> None:
-        checked = _checked(settings)
         self.name = name
         self.settings = {
             **DETECT_DEFAULTS,
             **SHARED_DEFAULTS,
-            **{k: v for k, v in checked.items() if k in DETECT_DEFAULTS or k in SHARED_DEFAULTS},
+            **{k: v for k, v in _checked(settings).items() if k in DETECT_DEFAULTS or k in SHARED_DEFAULTS},
         }
-        folder = Path(context.workdir)
-        weights, config = folder / WEIGHTS_FILE, folder / CONFIG_FILE
-        if not weights.is_file() or not config.is_file():
-            raise FileNotFoundError(
-                f"no trained backbone detector head in {folder} (expected {WEIGHTS_FILE} and {CONFIG_FILE}); "
-                "train it first with models.specialists.backbone_detector.train_backbone_detector"
-            )
-        self.config = json.loads(config.read_text(encoding="utf-8"))
-        self.categories: list[str] = list(self.config["categories"])
+        state = self._load(
+            context, WEIGHTS_FILE, CONFIG_FILE, "models.specialists.backbone_detector.train_backbone_detector"
+        )
         self.grid = int(self.config["grid"])
         self.model = DetectionHead(len(self.categories), int(self.config["width"]))
-        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self.model.load_state_dict(state)
         self.model.eval()
         self.backbone = BackboneFeatures(
             self.settings["model_path"],
@@ -380,23 +363,6 @@ class BackboneDetector:
             self.grid,
             int(self.settings["threads"] or 1),
         )
-        self.version = "w" + hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-        allowed = set(getattr(context, "categories", ()) or ())
-        self.allowed = {i for i, c in enumerate(self.categories) if not allowed or c in allowed}
-
-    def annotate(self, images: Sequence[ImageRef], known: pl.DataFrame) -> list[list[LabelRow]]:
-        """Object rows for each image; ``known`` is not read (a perception specialist)."""
-        threads_before = torch.get_num_threads()
-        if self.settings["threads"]:
-            torch.set_num_threads(int(self.settings["threads"]))
-        try:
-            outputs: list[list[LabelRow]] = []
-            size = int(self.settings["batch_size"])
-            for start in range(0, len(images), size):
-                outputs.extend(self._annotate_batch(images[start : start + size]))
-            return outputs
-        finally:
-            torch.set_num_threads(threads_before)
 
     @torch.no_grad()
     def _annotate_batch(self, refs: Sequence[ImageRef]) -> list[list[LabelRow]]:

@@ -562,18 +562,24 @@ def train_tiny_detector(
 
 
 def _go_on_from(model: TinyCenterNet, folder: Path, categories: list[str], width: int, stem: int) -> None:
-    """Load the weights of the detector trained into ``folder`` into ``model``: every layer,
-    and of the category head the rows of the classes both know (by name; a class new to
-    ``categories`` keeps its fresh rows)."""
+    """Load the weights of the detector trained into ``folder`` into ``model`` (see
+    ``go_on_from``), refusing another network shape."""
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     if (int(config["width"]), int(config.get("stem", 0))) != (width, stem):
         raise ValueError(
             f"cannot go on from {folder}: width {config['width']}, stem "
             f"{config.get('stem', 0)} != width {width}, stem {stem}"
         )
-    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    go_on_from(model, folder / WEIGHTS_FILE, config["categories"], categories)
+
+
+def go_on_from(model: nn.Module, weights: Path, trained_categories: list[str], categories: list[str]) -> None:
+    """Load the ``weights`` of a detector trained on ``trained_categories`` into ``model``:
+    every layer, and of its category head (``classes``) the rows of the classes both know (by
+    name; a class new to ``categories`` keeps its fresh rows)."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)
     own = model.state_dict()
-    before = {name: i for i, name in enumerate(config["categories"])}
+    before = {name: i for i, name in enumerate(trained_categories)}
     for key in ("classes.weight", "classes.bias"):
         rows = own[key].clone()
         for i, name in enumerate(categories):
@@ -615,46 +621,35 @@ def decode(
     return results
 
 
-class TinyDetector:
-    """The trained CNN detector (kind ``trained_detector``), loaded from ``context.workdir``.
-
-    Settings (all optional, see ``DETECT_DEFAULTS``): ``min_score``, ``nms_iou``,
-    ``cross_class_iou``, ``max_detections``, ``batch_size``, ``polygons``, ``threads``;
-    training settings (``epochs``, ``seed``, ...) may sit beside them and are ignored here.
-    """
+class TrainedDetector:
+    """What the project's trained detectors share: the folder they were trained into (weights
+    beside a JSON config), their version (the weights' hash: a retrained detector is a new
+    version), the categories they may name (the context's, when it has any) and annotating in
+    batches of ``settings["batch_size"]`` with ``settings["threads"]`` torch threads."""
 
     annotation_types = ("region_text",)
+    settings: dict[str, Any]
 
-    def __init__(self, name: str, settings: dict[str, Any], context: Any) -> None:
-        self.name = name
-        self.settings = {
-            **DETECT_DEFAULTS,
-            **{k: v for k, v in _checked(settings).items() if k in DETECT_DEFAULTS},
-        }
+    def _load(
+        self, context: Any, weights_file: str, config_file: str, trainer: str
+    ) -> dict[str, torch.Tensor]:
+        """Read the config and the categories; return the weights (a state_dict)."""
         folder = Path(context.workdir)
-        weights, config = folder / WEIGHTS_FILE, folder / CONFIG_FILE
+        weights, config = folder / weights_file, folder / config_file
         if not weights.is_file() or not config.is_file():
             raise FileNotFoundError(
-                f"no trained tiny detector in {folder} (expected {WEIGHTS_FILE} and {CONFIG_FILE}); "
-                "train it first with models.specialists.tiny_detector.train_tiny_detector"
+                f"no trained detector in {folder} (expected {weights_file} and {config_file}); "
+                f"train it first with {trainer}"
             )
         self.config = json.loads(config.read_text(encoding="utf-8"))
         self.categories: list[str] = list(self.config["categories"])
-        self.input_size = tuple(self.config["input_size"])
-        self.model = TinyCenterNet(
-            len(self.categories), int(self.config["width"]), int(self.config.get("stem", 0))
-        )
-        self.stride = int(self.config["stride"])
-        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        self.model.eval()
-        # the weights are the model: a retrained detector is a new version
         self.version = "w" + hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
         allowed = set(getattr(context, "categories", ()) or ())
         self.allowed = {i for i, c in enumerate(self.categories) if not allowed or c in allowed}
+        return torch.load(weights, map_location="cpu", weights_only=True)
 
     def annotate(self, images: Sequence[ImageRef], known: pl.DataFrame) -> list[list[LabelRow]]:
-        """Object rows for each image, in batches of ``settings["batch_size"]``; ``known`` is
-        not read (a perception specialist)."""
+        """Object rows for each image; ``known`` is not read (a perception specialist)."""
         threads_before = torch.get_num_threads()
         if self.settings["threads"]:
             torch.set_num_threads(int(self.settings["threads"]))
@@ -662,15 +657,43 @@ class TinyDetector:
             outputs: list[list[LabelRow]] = []
             size = int(self.settings["batch_size"])
             for start in range(0, len(images), size):
-                outputs.extend(
-                    self._annotate_batch([read_bgr(ref.path) for ref in images[start : start + size]])
-                )
+                outputs.extend(self._annotate_batch(images[start : start + size]))
             return outputs
         finally:
             torch.set_num_threads(threads_before)
 
+    def _annotate_batch(self, images: Sequence[ImageRef]) -> list[list[LabelRow]]:
+        raise NotImplementedError
+
+
+class TinyDetector(TrainedDetector):
+    """The trained CNN detector (kind ``trained_detector``), loaded from ``context.workdir``.
+
+    Settings (all optional, see ``DETECT_DEFAULTS``): ``min_score``, ``nms_iou``,
+    ``cross_class_iou``, ``max_detections``, ``batch_size``, ``polygons``, ``threads``;
+    training settings (``epochs``, ``seed``, ...) may sit beside them and are ignored here.
+    """
+
+    def __init__(self, name: str, settings: dict[str, Any], context: Any) -> None:
+        self.name = name
+        self.settings = {
+            **DETECT_DEFAULTS,
+            **{k: v for k, v in _checked(settings).items() if k in DETECT_DEFAULTS},
+        }
+        state = self._load(
+            context, WEIGHTS_FILE, CONFIG_FILE, "models.specialists.tiny_detector.train_tiny_detector"
+        )
+        self.input_size = tuple(self.config["input_size"])
+        self.model = TinyCenterNet(
+            len(self.categories), int(self.config["width"]), int(self.config.get("stem", 0))
+        )
+        self.stride = int(self.config["stride"])
+        self.model.load_state_dict(state)
+        self.model.eval()
+
     @torch.no_grad()
-    def _annotate_batch(self, bgrs: list[np.ndarray]) -> list[list[LabelRow]]:
+    def _annotate_batch(self, images: Sequence[ImageRef]) -> list[list[LabelRow]]:
+        bgrs = [read_bgr(ref.path) for ref in images]
         width, height = self.input_size
         batch = (
             torch.stack(

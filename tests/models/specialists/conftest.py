@@ -131,3 +131,15 @@ def world_eval() -> SimpleNamespace:
     return SimpleNamespace(
         **{f.__name__: f for f in (human_frames, truth_objects, precision_recall, check_rows)}
     )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[Path, Path]:
+    """A 40-image embedded world (its folder, its ground truth), rendered once per test module;
+    a module that needs another world defines its own ``world``."""
+    from relabel.config import WorldParams
+    from relabel.world import render_world
+
+    base = tmp_path_factory.mktemp("world")
+    render_world(WorldParams(n_images=40), base / "world", base / "truth", progress=False)
+    return base / "world", base / "truth"

@@ -21,19 +21,10 @@ from models.specialists.backbone_detector import (
 )
 from models.specialists.base import Specialist
 from models.specialists.registry import TRAINERS, BuildContext, build_specialist
-from relabel.config import WorldParams
-from relabel.world import render_world
 
 
 def resolve(uri: str) -> Path:
     return Path(uri)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    base = tmp_path_factory.mktemp("backbone_world")
-    render_world(WorldParams(n_images=40), base / "world", base / "truth", progress=False)
-    return base / "world", base / "truth"
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,8 @@ import pytest
 from models.specialists.base import Specialist
 from models.specialists.registry import BuildContext, build_specialist
 from models.specialists.shapes import PROTOTYPES_FILE, ShapeDetector, fit_shape_prototypes
-from relabel.config import WorldParams
-from relabel.world import render_world
 
 # ----------------------------------------------------------------------------------------- tests
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    base = tmp_path_factory.mktemp("shapes_world")
-    render_world(WorldParams(n_images=40), base / "world", base / "truth", progress=False)
-    return base / "world", base / "truth"
 
 
 @pytest.fixture(scope="module")

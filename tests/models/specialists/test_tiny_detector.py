@@ -24,13 +24,6 @@ def resolve(uri: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny_world")
-    render_world(WorldParams(n_images=40), base / "world", base / "truth", progress=False)
-    return base / "world", base / "truth"
-
-
-@pytest.fixture(scope="module")
 def trained(world_eval, world, tmp_path_factory):
     """A short training run (a test budget: 60 epochs on the 40-image world's ~22 labelled
     train images, ~12 s on two cores)."""
