@@ -9,8 +9,8 @@ For each world seed (the default world's, 7, and one no setting was chosen on, 1
 made in ``--workdir`` from this checkout's ``params.yaml`` and ``dvc.yaml`` with only
 ``world.seed`` changed; it runs the set-up (world, ingest, the frozen split, the initial
 annotation) and ``relabel iterate --iterations N``: iterations 0 to N-1 are trained and
-re-annotated, iteration N's labels are filtered and scored. On 2 CPU cores a seed takes about
-15 minutes with the demo's budget.
+re-annotated, iteration N's labels are filtered and scored. On 2 idle CPU cores a seed takes
+about 25 minutes with the demo's budget.
 
 It prints, per seed and iteration, what ``filter/label_quality`` measured on the training images
 against the world's ground truth (the training labels after the filters, one label per object):
