@@ -151,7 +151,8 @@ class BackboneFeatures:
                 / "relabel"
                 / "backbone-features"
             )
-        self.cache_dir = Path(cache) / f"{_file_digest(path)}-g{grid}"
+        self.digest = _file_digest(path)  # the backbone's version
+        self.cache_dir = Path(cache) / f"{self.digest}-g{grid}"
 
     def __call__(self, image_id: str, rgb_or_path: np.ndarray | Path) -> np.ndarray:
         cached = self.cache_dir / f"{image_id}.npy"
@@ -317,7 +318,7 @@ def train_backbone_detector(
             "categories": categories,
             "grid": grid,
             "width": int(settings["width"]),
-            "backbone": _file_digest(Path(settings["model_path"] or WEIGHTS_DIR / "centernet.onnx")),
+            "backbone": backbone.digest,
             "train_settings": {k: v for k, v in settings.items() if k != "feature_cache"},
             "report": {k: v for k, v in report.items() if k != "seconds"},
         }
