@@ -97,9 +97,12 @@ def build_definitions(root: str | None = None) -> Definitions:
     )
     corpus, corpus_checks = build_corpus_assets(by_iteration_and_shard)
     audit, audit_checks = build_audit_assets()
-    # here, a partitioned run's steps go one after another in one process: the gates import GX
-    # once, training and generation take the cores by themselves, and shards run in parallel
-    # as runs of their own; on a Celery cluster, its workers take the steps
+    # here, a run's steps go one after another in its process: a process per step costs a Python
+    # start and the imports (~5 s, more than most steps take; measured on the demo: the annotate
+    # phase took 291 s with a process per step, 193 s without), the gates import GX once,
+    # training and generation take the cores by themselves, and shards run in parallel as runs
+    # of their own. Only the specialists' training, minutes each, runs its steps side by side.
+    # On a Celery cluster, its workers take the steps
     step_executor = (
         in_process_executor if params.executor.kind == "multiprocess" else executor_for(params.executor)
     )
@@ -108,14 +111,14 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=WORLD_JOB,
             selection=AssetSelection.assets(embedded_world),
             partitions=None,
-            stepwise=False,
+            stepwise=True,
             description="Render the embedded world with its human labels and ground truth.",
         ),
         JobSpec(
             name=CATALOG_JOB,
             selection=catalog,
             partitions=None,
-            stepwise=False,
+            stepwise=True,
             description="Hash and shard every image record of every configured source.",
         ),
         JobSpec(
@@ -129,7 +132,7 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=AUDIT_SPLIT_JOB,
             selection=AssetSelection.assets(*audit),
             partitions=None,
-            stepwise=False,
+            stepwise=True,
             description=(
                 "Export the evaluation split's labels as Label Studio tasks, read the completed audit back "
                 "and freeze the split (blocking check: unchanged to the byte)."
@@ -146,14 +149,14 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=ANNOTATE_SHARDS_JOB,
             selection=AssetSelection.assets(*annotate.per_shard),
             partitions=shards,
-            stepwise=False,
+            stepwise=True,
             description="Run every specialist on one shard, fuse them and merge with the human labels.",
         ),
         JobSpec(
             name=SCORE_ANNOTATIONS_JOB,
             selection=AssetSelection.assets(annotate.scores),
             partitions=None,
-            stepwise=False,
+            stepwise=True,
             description=(
                 "Score the specialists and the consensus against the world's ground truth (an MLflow run)."
             ),
@@ -265,7 +268,7 @@ def build_definitions(root: str | None = None) -> Definitions:
                 name=job_name,
                 selection=AssetSelection.assets(EXPORTS[fmt]),
                 partitions=ITERATIONS,
-                stepwise=False,
+                stepwise=True,
                 description=(
                     f"Export an iteration's labels as {fmt}, with a dataset card (relabel export --format "
                     f"{fmt})."
