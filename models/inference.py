@@ -130,10 +130,15 @@ def generate_labels(
     ``model.generation``) says."""
     from PIL import Image
     from tqdm import tqdm
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     device = next(model.parameters()).device
     model.eval()
     rows, problems = [], []
+    # an image's requests side by side, so that its visual tokens (the image encoder: most of
+    # the cost of a short answer) are computed once for all its tasks, not once per request
+    requests = requests.sort("image_id", maintain_order=True)
+    visual: dict[str, torch.Tensor] = {}  # image id -> its projected visual tokens
     batches = range(0, requests.height, settings.batch_size)
     for start in tqdm(batches, desc=f"generating with {source}", unit="batch", disable=not progress):
         batch = requests.slice(start, settings.batch_size).to_dicts()
@@ -144,8 +149,22 @@ def generate_labels(
         inputs = processor(
             text=[r["prompt"] for r in batch], images=images, return_tensors="pt", padding=True
         ).to(device)
+        pixel_values = inputs.pop("pixel_values")
+        image_ids = [request["image_id"] for request in batch]
+        new = [
+            i
+            for i, image_id in enumerate(image_ids)
+            if image_id not in visual and image_ids.index(image_id) == i
+        ]
+        if new:
+            encoded = model.get_image_features(pixel_values=pixel_values[new]).pooler_output
+            visual.update({image_ids[i]: tokens for i, tokens in zip(new, encoded, strict=True)})
+        image_tokens = torch.stack([visual[image_id] for image_id in image_ids])
+        # only the last image's requests can go on into the next batch
+        visual = {image_ids[-1]: visual[image_ids[-1]]}
         output = model.generate(
             **inputs,
+            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=image_tokens)},
             max_new_tokens=settings.max_new_tokens,
             num_beams=settings.num_beams,
             do_sample=False,
