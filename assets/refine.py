@@ -505,6 +505,7 @@ def _self_trained():
                 _self_training_settings(project, spec),
                 settings.folds,
                 go_on_from=before / spec.name if before else None,
+                warm_settings=settings.warm_settings,
             ):
                 reports.append(
                     {

@@ -48,6 +48,7 @@ def train_folds(
     settings: dict[str, Any],
     folds: int,
     go_on_from: Path | None = None,
+    warm_settings: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Train one ``kind`` specialist per fold on the ``labels`` of the images of every other
@@ -56,7 +57,8 @@ def train_folds(
 
     ``go_on_from``: the folder of an earlier ``train_folds`` with the same folds (the previous
     iteration's): each fold's model goes on from that fold's weights (setting ``init_from``),
-    so training accumulates over iterations while every model still never sees its own fold.
+    so training accumulates over iterations while every model still never sees its own fold;
+    ``warm_settings`` then go over ``settings`` (a model that goes on needs fewer epochs).
     """
     if kind not in TRAINERS:
         raise ValueError(f"specialist kind {kind!r} is not trainable; trainable kinds: {sorted(TRAINERS)}")
@@ -68,7 +70,9 @@ def train_folds(
         fitted = assigned.filter(pl.col("_fold") != fold).drop("_fold")
         earlier = fold_dir(go_on_from, fold) if go_on_from is not None else None
         fold_settings = (
-            {**settings, "init_from": str(earlier)} if earlier is not None and earlier.is_dir() else settings
+            {**settings, **(warm_settings or {}), "init_from": str(earlier)}
+            if earlier is not None and earlier.is_dir()
+            else settings
         )
         report = train_specialist(
             kind,

@@ -409,6 +409,8 @@ class SelfTrainingParams(_Strict):
     warm_start: bool = True
     # over the specialist's own settings, for training and detection
     settings: dict[str, Any] = Field(default_factory=dict)
+    # over those, when a fold's model goes on from the previous iteration's (e.g. fewer epochs)
+    warm_settings: dict[str, Any] = Field(default_factory=dict)
 
 
 class RefineParams(_Strict):

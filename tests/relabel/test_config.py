@@ -55,6 +55,8 @@ NOT_THE_SHIPPED_VALUE = {
     "refine.merge.fill_max_overlap": "chosen on the default world's self-trained fills (0.3-0.5: half wrong)",
     "refine.self_training.specialists": "the demo's mobilenet specialist; a project names its own",
     "refine.self_training.settings": "the demo's mobilenet budget (epochs: 80)",
+    "refine.self_training.warm_settings": "the demo's mobilenet budget going on from its folds (epochs: 40)",
+    "shards.count": "the demo's 240 images in 2 shards, one per core",
     # the demo's stand-in for a person, and its signature
     "audit.auditor": "the demo audits with the world's truth; the default waits for a person",
     "audit.frozen_by": "the demo signs its freezes relabel-demo",

@@ -86,7 +86,7 @@ def test_each_image_is_labelled_once_by_the_model_that_never_saw_it(world, train
     )
 
 
-def test_the_next_iteration_goes_on_from_each_folds_weights(world, trained, tmp_path):
+def test_the_next_iteration_goes_on_from_each_folds_weights_with_its_warm_settings(world, trained, tmp_path):
     images, labels = world
     before, _ = trained
     reports = train_folds(
@@ -98,11 +98,31 @@ def test_the_next_iteration_goes_on_from_each_folds_weights(world, trained, tmp_
         {**SETTINGS, "epochs": 1},
         folds=2,
         go_on_from=before,
+        warm_settings={"epochs": 2},
         progress=False,
     )
     assert [r["went_on_from"] for r in reports] == [str(fold_dir(before, 0)), str(fold_dir(before, 1))]
+    assert [r["epochs"] for r in reports] == [2, 2]
     config = json.loads((fold_dir(tmp_path, 0) / CONFIG_FILE).read_text())
     assert config["train_settings"]["init_from"] == str(fold_dir(before, 0))
+    assert config["train_settings"]["epochs"] == 2
+
+
+def test_warm_settings_are_not_used_when_there_is_nothing_to_go_on_from(world, tmp_path):
+    images, labels = world
+    reports = train_folds(
+        "trained_detector",
+        images,
+        labels,
+        resolve,
+        tmp_path,
+        {**SETTINGS, "epochs": 1},
+        folds=2,
+        go_on_from=tmp_path / "no-earlier-iteration",
+        warm_settings={"epochs": 2},
+        progress=False,
+    )
+    assert [(r["epochs"], r["went_on_from"]) for r in reports] == [(1, None), (1, None)]
 
 
 def test_a_kind_that_cannot_be_trained_and_one_fold_are_refused(world, tmp_path):
