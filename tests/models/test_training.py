@@ -12,7 +12,7 @@ import torch
 
 from models.corpus import CORPUS_SCHEMA, corpus_examples
 from models.florence2 import build_model, build_processor
-from models.tasks import CAPTION, OD
+from models.tasks import CAPTION, OCR, OD
 from models.tokenizer import train_tokenizer
 from models.training import CorpusStream, learning_rate_at, train
 from relabel.config import GenerationParams, HumanNoiseParams, TrainParams, WorldParams
@@ -237,6 +237,38 @@ def test_generation_turns_every_request_into_rows_or_a_stated_problem(world):
         assert generated.labels["score"].is_between(0, 1).all() and set(generated.labels["source"]) <= {
             "model@iter0"
         }
+
+
+def test_an_image_is_encoded_once_for_all_its_requests_whatever_the_batches(world):
+    from models.inference import generate_labels, requests_for
+
+    images, truth = world
+    tokenizer = train_tokenizer(truth["text"].drop_nulls().to_list(), vocab_size=600)
+    torch.manual_seed(0)
+    model, processor = build_model("micro", tokenizer, dropout=0.0), build_processor(tokenizer, "micro")
+    encoded = []
+    model.model.vision_tower.register_forward_hook(lambda module, args, output: encoded.append(len(args[0])))
+    # three images' requests, interleaved: sorted by task, as requests_for writes them
+    requests = requests_for(images.head(3).rename({"uri": "image_path"}), [OD, CAPTION, OCR])
+    results = []
+    for batch_size in (2, 4, 9):
+        encoded.clear()
+        generated = generate_labels(
+            model,
+            processor,
+            requests,
+            GenerationParams(batch_size=batch_size, max_new_tokens=8),
+            source="model",
+            iteration=0,
+        )
+        assert sum(encoded) == 3  # one pass of the image encoder per image
+        results.append(
+            (
+                generated.labels.sort("label_id").select("label_id", "text").rows(),
+                generated.problems.sort("image_id", "task", "problem").rows(),
+            )
+        )
+    assert results[0] == results[1] == results[2]
 
 
 @pytest.mark.slow
