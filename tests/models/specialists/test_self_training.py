@@ -86,21 +86,25 @@ def test_each_image_is_labelled_once_by_the_model_that_never_saw_it(world, train
     )
 
 
-def test_the_next_iteration_goes_on_from_each_folds_weights_with_its_warm_settings(world, trained, tmp_path):
+def _one_epoch_then_two_going_on(world, out: Path, go_on_from: Path) -> list[dict]:
     images, labels = world
-    before, _ = trained
-    reports = train_folds(
+    return train_folds(
         "trained_detector",
         images,
         labels,
         resolve,
-        tmp_path,
+        out,
         {**SETTINGS, "epochs": 1},
         folds=2,
-        go_on_from=before,
+        go_on_from=go_on_from,
         warm_settings={"epochs": 2},
         progress=False,
     )
+
+
+def test_the_next_iteration_goes_on_from_each_folds_weights_with_its_warm_settings(world, trained, tmp_path):
+    before, _ = trained
+    reports = _one_epoch_then_two_going_on(world, tmp_path, before)
     assert [r["went_on_from"] for r in reports] == [str(fold_dir(before, 0)), str(fold_dir(before, 1))]
     assert [r["epochs"] for r in reports] == [2, 2]
     config = json.loads((fold_dir(tmp_path, 0) / CONFIG_FILE).read_text())
@@ -109,19 +113,7 @@ def test_the_next_iteration_goes_on_from_each_folds_weights_with_its_warm_settin
 
 
 def test_warm_settings_are_not_used_when_there_is_nothing_to_go_on_from(world, tmp_path):
-    images, labels = world
-    reports = train_folds(
-        "trained_detector",
-        images,
-        labels,
-        resolve,
-        tmp_path,
-        {**SETTINGS, "epochs": 1},
-        folds=2,
-        go_on_from=tmp_path / "no-earlier-iteration",
-        warm_settings={"epochs": 2},
-        progress=False,
-    )
+    reports = _one_epoch_then_two_going_on(world, tmp_path, tmp_path / "no-earlier-iteration")
     assert [(r["epochs"], r["went_on_from"]) for r in reports] == [(1, None), (1, None)]
 
 
