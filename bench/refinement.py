@@ -10,7 +10,7 @@ made in ``--workdir`` from this checkout's ``params.yaml`` and ``dvc.yaml`` with
 ``world.seed`` changed; it runs the set-up (world, ingest, the frozen split, the initial
 annotation) and ``relabel iterate --iterations N``: iterations 0 to N-1 are trained and
 re-annotated, iteration N's labels are filtered and scored. On 2 idle CPU cores a seed takes
-about 25 minutes with the demo's budget.
+about 15 minutes with the demo's budget.
 
 It prints, per seed and iteration, what ``filter/label_quality`` measured on the training images
 against the world's ground truth (the training labels after the filters, one label per object):
