@@ -472,9 +472,11 @@ class CeleryParams(_Strict):
 
 
 class ExecutorParams(_Strict):
-    """Where a run's steps execute. ``multiprocess``: in child processes of the run on this
-    machine (at most ``max_concurrent`` at once); ``celery``: as tasks on an existing Celery
-    cluster (dagster-celery workers reading the same Dagster instance and project)."""
+    """Where a run's steps execute. ``multiprocess``: on this machine, the specialists' training
+    in child processes of its run (at most ``max_concurrent`` at once) and every other run's
+    steps one after another in the run's process; ``celery``: every step as a task on an
+    existing Celery cluster (dagster-celery workers reading the same Dagster instance and
+    project)."""
 
     kind: Literal["multiprocess", "celery"] = "multiprocess"
     max_concurrent: int = Field(2, ge=1)
