@@ -344,26 +344,24 @@ class BackboneDetector(TrainedDetector):
     ``context.workdir``. Settings: ``DETECT_DEFAULTS`` and ``SHARED_DEFAULTS``; training
     settings may sit beside them and are ignored here."""
 
+    DEFAULTS = {**DETECT_DEFAULTS, **SHARED_DEFAULTS}
+    WEIGHTS_FILE = WEIGHTS_FILE
+    CONFIG_FILE = CONFIG_FILE
+    TRAINER = "models.specialists.backbone_detector.train_backbone_detector"
+    _checked = staticmethod(_checked)
+
     def __init__(self, name: str, settings: dict[str, Any], context: Any) -> None:
-        self.name = name
-        self.settings = {
-            **DETECT_DEFAULTS,
-            **SHARED_DEFAULTS,
-            **{k: v for k, v in _checked(settings).items() if k in DETECT_DEFAULTS or k in SHARED_DEFAULTS},
-        }
-        state = self._load(
-            context, WEIGHTS_FILE, CONFIG_FILE, "models.specialists.backbone_detector.train_backbone_detector"
-        )
-        self.grid = int(self.config["grid"])
-        self.model = DetectionHead(len(self.categories), int(self.config["width"]))
-        self.model.load_state_dict(state)
-        self.model.eval()
+        super().__init__(name, settings, context)
         self.backbone = BackboneFeatures(
             self.settings["model_path"],
             self.settings["feature_cache"],
             self.grid,
             int(self.settings["threads"] or 1),
         )
+
+    def _network(self) -> nn.Module:
+        self.grid = int(self.config["grid"])
+        return DetectionHead(len(self.categories), int(self.config["width"]))
 
     @torch.no_grad()
     def _annotate_batch(self, refs: Sequence[ImageRef]) -> list[list[LabelRow]]:

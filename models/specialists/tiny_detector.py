@@ -624,29 +624,46 @@ def decode(
 class TrainedDetector:
     """What the project's trained detectors share: the folder they were trained into (weights
     beside a JSON config), their version (the weights' hash: a retrained detector is a new
-    version), the categories they may name (the context's, when it has any) and annotating in
-    batches of ``settings["batch_size"]`` with ``settings["threads"]`` torch threads."""
+    version), the categories they may name (the context's, when it has any), their settings
+    (``DEFAULTS``, the ones detection reads; the others, training's, are checked and ignored)
+    and annotating in batches of ``settings["batch_size"]`` with ``settings["threads"]`` torch
+    threads. A subclass names its files and trainer and builds its network from ``config``."""
 
     annotation_types = ("region_text",)
-    settings: dict[str, Any]
+    DEFAULTS: dict[str, Any]
+    WEIGHTS_FILE: str
+    CONFIG_FILE: str
+    TRAINER: str  # the function that trains it, named in the error when nothing was trained
 
-    def _load(
-        self, context: Any, weights_file: str, config_file: str, trainer: str
-    ) -> dict[str, torch.Tensor]:
-        """Read the config and the categories; return the weights (a state_dict)."""
+    def __init__(self, name: str, settings: dict[str, Any], context: Any) -> None:
+        self.name = name
+        self.settings = {
+            **self.DEFAULTS,
+            **{k: v for k, v in self._checked(settings).items() if k in self.DEFAULTS},
+        }
         folder = Path(context.workdir)
-        weights, config = folder / weights_file, folder / config_file
+        weights, config = folder / self.WEIGHTS_FILE, folder / self.CONFIG_FILE
         if not weights.is_file() or not config.is_file():
             raise FileNotFoundError(
-                f"no trained detector in {folder} (expected {weights_file} and {config_file}); "
-                f"train it first with {trainer}"
+                f"no trained detector in {folder} (expected {self.WEIGHTS_FILE} and {self.CONFIG_FILE}); "
+                f"train it first with {self.TRAINER}"
             )
         self.config = json.loads(config.read_text(encoding="utf-8"))
         self.categories: list[str] = list(self.config["categories"])
         self.version = "w" + hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
         allowed = set(getattr(context, "categories", ()) or ())
         self.allowed = {i for i, c in enumerate(self.categories) if not allowed or c in allowed}
-        return torch.load(weights, map_location="cpu", weights_only=True)
+        self.model = self._network()
+        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self.model.eval()
+
+    @staticmethod
+    def _checked(settings: dict[str, Any] | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _network(self) -> nn.Module:
+        """The untrained network that ``config`` describes."""
+        raise NotImplementedError
 
     def annotate(self, images: Sequence[ImageRef], known: pl.DataFrame) -> list[list[LabelRow]]:
         """Object rows for each image; ``known`` is not read (a perception specialist)."""
@@ -674,22 +691,16 @@ class TinyDetector(TrainedDetector):
     training settings (``epochs``, ``seed``, ...) may sit beside them and are ignored here.
     """
 
-    def __init__(self, name: str, settings: dict[str, Any], context: Any) -> None:
-        self.name = name
-        self.settings = {
-            **DETECT_DEFAULTS,
-            **{k: v for k, v in _checked(settings).items() if k in DETECT_DEFAULTS},
-        }
-        state = self._load(
-            context, WEIGHTS_FILE, CONFIG_FILE, "models.specialists.tiny_detector.train_tiny_detector"
-        )
+    DEFAULTS = DETECT_DEFAULTS
+    WEIGHTS_FILE = WEIGHTS_FILE
+    CONFIG_FILE = CONFIG_FILE
+    TRAINER = "models.specialists.tiny_detector.train_tiny_detector"
+    _checked = staticmethod(_checked)
+
+    def _network(self) -> nn.Module:
         self.input_size = tuple(self.config["input_size"])
-        self.model = TinyCenterNet(
-            len(self.categories), int(self.config["width"]), int(self.config.get("stem", 0))
-        )
         self.stride = int(self.config["stride"])
-        self.model.load_state_dict(state)
-        self.model.eval()
+        return TinyCenterNet(len(self.categories), int(self.config["width"]), int(self.config.get("stem", 0)))
 
     @torch.no_grad()
     def _annotate_batch(self, images: Sequence[ImageRef]) -> list[list[LabelRow]]:
