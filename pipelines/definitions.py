@@ -72,9 +72,10 @@ class JobSpec(NamedTuple):
     selection: AssetSelection
     # None: the job is unpartitioned
     partitions: PartitionsDefinition | None
-    # the steps of a run go one after another in its process (else the definitions' executor)
-    stepwise: bool
     description: str
+    # the steps of a run side by side in processes of their own (the definitions' executor);
+    # else one after another in the run's process
+    parallel_steps: bool = False
 
 
 def build_definitions(root: str | None = None) -> Definitions:
@@ -111,28 +112,24 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=WORLD_JOB,
             selection=AssetSelection.assets(embedded_world),
             partitions=None,
-            stepwise=True,
             description="Render the embedded world with its human labels and ground truth.",
         ),
         JobSpec(
             name=CATALOG_JOB,
             selection=catalog,
             partitions=None,
-            stepwise=True,
             description="Hash and shard every image record of every configured source.",
         ),
         JobSpec(
             name=INGEST_SHARDS_JOB,
             selection=AssetSelection.groups("ingest") - catalog,
             partitions=shards,
-            stepwise=True,
             description="Read one shard of every source into the label store, with its checks.",
         ),
         JobSpec(
             name=AUDIT_SPLIT_JOB,
             selection=AssetSelection.assets(*audit),
             partitions=None,
-            stepwise=True,
             description=(
                 "Export the evaluation split's labels as Label Studio tasks, read the completed audit back "
                 "and freeze the split (blocking check: unchanged to the byte)."
@@ -142,21 +139,19 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=TRAIN_SPECIALISTS_JOB,
             selection=AssetSelection.assets(*annotate.training),
             partitions=None,
-            stepwise=False,
             description="Fit the trainable specialists on the human labels of every shard.",
+            parallel_steps=True,
         ),
         JobSpec(
             name=ANNOTATE_SHARDS_JOB,
             selection=AssetSelection.assets(*annotate.per_shard),
             partitions=shards,
-            stepwise=True,
             description="Run every specialist on one shard, fuse them and merge with the human labels.",
         ),
         JobSpec(
             name=SCORE_ANNOTATIONS_JOB,
             selection=AssetSelection.assets(annotate.scores),
             partitions=None,
-            stepwise=True,
             description=(
                 "Score the specialists and the consensus against the world's ground truth (an MLflow run)."
             ),
@@ -165,7 +160,6 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=MERGE_SHARDS_JOB,
             selection=AssetSelection.assets(refine.merge),
             partitions=by_iteration_and_shard,
-            stepwise=True,
             description=(
                 "Start an iteration on one shard: its labels are the initial annotations (iteration 0), or "
                 "the previous iteration's labels merged with its model's re-annotation by the merge policy."
@@ -175,7 +169,6 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=FILTER_SHARDS_JOB,
             selection=AssetSelection.assets(*filters.per_shard),
             partitions=by_iteration_and_shard,
-            stepwise=True,
             description=(
                 "Parse, filter and gate one shard's labels of an iteration; the gates block what depends on "
                 "a failing shard."
@@ -185,7 +178,6 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=FILTER_REPORT_JOB,
             selection=AssetSelection.assets(filters.report, filters.quarantine_index, label_quality),
             partitions=ITERATIONS,
-            stepwise=True,
             description=(
                 "An iteration's filter report (table 3, filter precision), its quarantine index, and the "
                 "quality of its labels with the rare-class guard (MLflow runs)."
@@ -195,7 +187,6 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=CORPUS_SHARDS_JOB,
             selection=AssetSelection.assets(*corpus),
             partitions=by_iteration_and_shard,
-            stepwise=True,
             description=(
                 "Write one shard's gated, filtered training labels of an iteration as Florence-2 (prompt, "
                 "target) examples."
@@ -205,7 +196,6 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=TRAIN_MODEL_JOB,
             selection=AssetSelection.assets(FLORENCE2_MODEL),
             partitions=ITERATIONS,
-            stepwise=True,
             description=(
                 "Train the iteration's Florence-2 model on every shard's corpus (an MLflow run and a "
                 "registered model version)."
@@ -215,7 +205,6 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=SCORE_MODEL_JOB,
             selection=AssetSelection.assets(HELDOUT_SCORES),
             partitions=ITERATIONS,
-            stepwise=True,
             description=(
                 "Score the iteration's model on the frozen audited split against a trivial baseline, and "
                 "write the iteration report (an MLflow run of the evaluation experiment)."
@@ -225,7 +214,6 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=REFINE_SPECIALISTS_JOB,
             selection=AssetSelection.assets(refine.caption_specialist, refine.self_trained_specialists),
             partitions=ITERATIONS,
-            stepwise=True,
             description=(
                 "The iteration's specialists for re-annotation: the model fine-tuned on the few labels of "
                 "the tasks no specialist labels (detailed captions), and the self-trained perception "
@@ -237,7 +225,6 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=REANNOTATE_SHARDS_JOB,
             selection=AssetSelection.assets(refine.reannotation),
             partitions=by_iteration_and_shard,
-            stepwise=True,
             description=(
                 "The iteration's model labels every training image of one shard for every task: the raw "
                 "material of the next iteration's merge."
@@ -247,7 +234,6 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=QUEUE_REVIEW_JOB,
             selection=AssetSelection.assets(REVIEW_QUEUE),
             partitions=ITERATIONS,
-            stepwise=True,
             description=(
                 "Score every training label of the iteration by how likely it is wrong and queue the most "
                 "suspicious (review.budget) as Label Studio tasks."
@@ -257,7 +243,6 @@ def build_definitions(root: str | None = None) -> Definitions:
             name=READ_VERDICTS_JOB,
             selection=AssetSelection.assets(REVIEW_VERDICTS),
             partitions=ITERATIONS,
-            stepwise=True,
             description=(
                 "Read the review queue's verdicts back from the completed Label Studio export: human-audit "
                 "labels the next iteration trusts."
@@ -268,7 +253,6 @@ def build_definitions(root: str | None = None) -> Definitions:
                 name=job_name,
                 selection=AssetSelection.assets(EXPORTS[fmt]),
                 partitions=ITERATIONS,
-                stepwise=True,
                 description=(
                     f"Export an iteration's labels as {fmt}, with a dataset card (relabel export --format "
                     f"{fmt})."
@@ -283,7 +267,7 @@ def build_definitions(root: str | None = None) -> Definitions:
             selection=job.selection,
             partitions_def=job.partitions,
             description=job.description,
-            **({"executor_def": step_executor} if job.stepwise else {}),
+            **({} if job.parallel_steps else {"executor_def": step_executor}),
         )
         for job in job_table
     ]
