@@ -51,6 +51,7 @@ def consensus_regions(
         labels.filter(pl.col("task").is_in(FUSED_TASKS)),
         iou_threshold=params.iou_threshold,
         lone_min_score=params.lone_min_score,
+        score_by=params.score_by,
     )
     texts = merge_texts(labels.filter(~pl.col("task").is_in(FUSED_TASKS)), similarity=params.text_similarity)
     return pl.concat([fusion.fused, fusion.passthrough, texts], how="vertical"), fusion.quarantine(PHASE)

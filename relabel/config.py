@@ -149,6 +149,9 @@ class ConsensusParams(_Strict):
     lone_min_score: float = Field(0.3, ge=0, le=1)
     text_similarity: float = Field(0.9, gt=0, le=1)
     human_match_iou: float = Field(0.5, gt=0, le=1)
+    # "source": a cluster's score counts each specialist once, by its best box
+    # (relabel.consensus.fuse_regions)
+    score_by: Literal["box", "source"] = "box"
 
 
 class AnnotateParams(_Strict):

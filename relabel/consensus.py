@@ -54,6 +54,10 @@ CLASS_AGNOSTIC_TASKS = ("ocr",)
 """Tasks fused by region only: two OCR engines reading the same text region differently
 still agree that there is text there."""
 
+SCORE_BY = ("box", "source")
+"""How ``fuse_regions`` scores a cluster: from its boxes (``ensemble_boxes``) or from each
+source's best box."""
+
 REJECTION_REASONS = ("lone_low_score", "low_agreement", "degenerate_box", "invalid_score")
 """The ``reason`` codes of ``Fusion.rejected`` (and of the quarantine rows built from it)."""
 
@@ -166,6 +170,7 @@ def fuse_regions(
     lone_min_score: float = 0.5,
     min_agreement: int = 1,
     weights: Mapping[str, float] | None = None,
+    score_by: str = "box",
 ) -> Fusion:
     """Fuse the object and OCR regions several specialists proposed, by weighted box fusion.
 
@@ -206,6 +211,14 @@ def fuse_regions(
        against every dog).  Object and OCR regions have separate model sets.  The score is clipped to
        at most 1 (only reachable when one heavily weighted source contributes several
        boxes to a cluster).
+
+       With ``score_by="source"`` each source votes once, with its best member::
+
+           sum over the sources of max(s_i of that source) / W
+
+       so a source that puts several boxes into a cluster (a detector without NMS, whose
+       neighbouring peaks land on one object) neither dilutes the mean with its weaker
+       boxes nor counts as several models.
 
     Then each cluster is judged.  Its *agreement* is the number of distinct sources among
     its members.  A cluster with agreement 1 whose highest raw member ``score`` (before
@@ -251,6 +264,9 @@ def fuse_regions(
     weights : mapping of source to float, optional
         A positive weight per source; unnamed sources weigh 1.0.  Names of sources absent
         from ``labels`` are ignored.
+    score_by : {"box", "source"}, default "box"
+        How step 4 scores a cluster: ``"box"`` as ``ensemble_boxes`` does, ``"source"``
+        from each source's best box.
 
     Returns
     -------
@@ -278,6 +294,8 @@ def fuse_regions(
     """
     check_schema(labels, "labels")
     _check_parameters(iou_threshold, lone_min_score, min_agreement, weights)
+    if score_by not in SCORE_BY:
+        raise ValueError(f"score_by must be one of {SCORE_BY}, got {score_by!r}")
 
     indexed = labels.with_row_index("_row")
     eligible = (
@@ -313,7 +331,7 @@ def fuse_regions(
     boxes = rows["box"].to_numpy().reshape(-1, 4).astype(np.float64, copy=False)
     sizes = np.bincount(rows["_group"].to_numpy().astype(np.int64), minlength=0)
     clusters = _wbf_clusters(boxes, rows["_s"].to_numpy(), sizes, iou_threshold)
-    summary = _summarise(rows, clusters, sources, _models(rows, weight_of))
+    summary = _summarise(rows, clusters, sources, _models(rows, weight_of), score_by)
 
     lone = (pl.col("agreement") == 1) & (pl.col("_max_score") < lone_min_score)
     judged = summary.with_columns(
@@ -350,7 +368,7 @@ def fuse_regions(
 
 
 def _summarise(
-    rows: pl.DataFrame, clusters: _Clusters, sources: list[str], models: pl.DataFrame
+    rows: pl.DataFrame, clusters: _Clusters, sources: list[str], models: pl.DataFrame, score_by: str
 ) -> pl.DataFrame:
     """One row per cluster (in group order, then creation order): what ``_fused_rows`` and
     the judgement need, computed with numpy from the cluster index of each row."""
@@ -386,7 +404,12 @@ def _summarise(
     )
     n_models = of_cluster["_n_models"].to_numpy().astype(np.float64)
     weight_sum = of_cluster["_weight_sum"].to_numpy().astype(np.float64)
-    fused_score = np.minimum(clusters.weight / count * np.minimum(count, n_models) / weight_sum, 1.0)
+    if score_by == "source":
+        best_of_source = np.zeros((n_clusters, len(sources)))
+        np.maximum.at(best_of_source, (cluster, code), rows["_s"].to_numpy())
+        fused_score = np.minimum(best_of_source.sum(axis=1) / weight_sum, 1.0)
+    else:
+        fused_score = np.minimum(clusters.weight / count * np.minimum(count, n_models) / weight_sum, 1.0)
 
     return pl.DataFrame(
         {

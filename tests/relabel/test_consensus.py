@@ -77,6 +77,30 @@ def test_two_sources_agreeing_fuse_into_one_box_with_both_ids():
     assert accounted(labels, fusion)
 
 
+def test_scored_by_source_each_source_votes_once_with_its_best_box():
+    # det1 has no NMS: two peaks on one dog; det2 sees the dog once; only det1 sees the cat
+    peak = region("img", "det1@1", [10.0, 10.0, 50.0, 50.0], 0.9)
+    weak_peak = region("img", "det1@1", [11.0, 11.0, 51.0, 51.0], 0.2)
+    other = region("img", "det2@1", [12.0, 12.0, 52.0, 52.0], 0.6)
+    cat = region("img", "det1@1", [100.0, 100.0, 140.0, 140.0], 0.8, category="cat")
+    dog_only_det2 = region("img2", "det2@1", [0.0, 0.0, 20.0, 20.0], 0.7)
+    labels = frame("labels", [peak, weak_peak, other, cat, dog_only_det2])
+
+    by_box = fuse_regions(labels).fused.sort("image_id", "category")
+    by_source = fuse_regions(labels, score_by="source").fused.sort("image_id", "category")
+
+    # the cat's only model is det1 (det2 never proposed a cat); img2's dog is det2's alone
+    assert by_box["category"].to_list() == by_source["category"].to_list() == ["cat", "dog", "dog"]
+    # three boxes, two models: the weak peak pulls the mean down ...
+    assert by_box["score"].to_list() == pytest.approx([0.8, (0.9 + 0.2 + 0.6) / 3, 0.7 / 2])
+    # ... unless each source counts once, by its best box
+    assert by_source["score"].to_list() == pytest.approx([0.8, (0.9 + 0.6) / 2, 0.7 / 2])
+    # the boxes and who agreed are the same either way
+    assert by_source["box"].to_list() == by_box["box"].to_list()
+    assert by_source["agreement"].to_list() == [1, 2, 1]
+    assert accounted(labels, fuse_regions(labels, score_by="source"))
+
+
 def test_lone_low_box_is_rejected_and_lone_high_box_is_kept():
     labels = frame(
         "labels",
@@ -228,6 +252,8 @@ def test_bad_parameters_are_refused():
         fuse_regions(empty("labels"), weights={"det@1": 0.0})
     with pytest.raises(ValueError):
         fuse_regions(empty("labels"), min_agreement=0)
+    with pytest.raises(ValueError, match="score_by"):
+        fuse_regions(empty("labels"), score_by="mean")
 
 
 def _random_case(seed: int, n_images: int = 4, sources: int = 3):
