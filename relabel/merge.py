@@ -4,7 +4,8 @@ The Florence-2 data engine (paper section 4.2) merges the annotations some datas
 have (for example the human boxes of Objects365) with the specialists' synthetic labels.
 Here that merge never drops a label and never stores one object twice:
 
-* a machine region that lands on a human region of the same category *confirms* it: it is
+* a machine region that lands on a human region of the same category (or inside a human
+  crowd region of its category) *confirms* it: it is
   folded into the human label (``fold_evidence``), whose ``provenance`` gains the machine
   label and what it was made from and whose ``agreement`` counts it; the machine row leaves
   the labels as evidence (``Merged.folded``, which the caller quarantines with its reason),
@@ -83,7 +84,9 @@ def merge_with_human(human: pl.DataFrame, machine: pl.DataFrame, *, iou_threshol
         human ``label_id``.
     iou_threshold : float, default 0.5
         A machine region *lands on* a human region when their IoU is at least this, in
-        ``(0, 1]``.
+        ``(0, 1]``; on a human *crowd* region (``is_crowd``) of its category, when at least
+        this share of the machine box is inside it (a crowd is many objects no one boxed one
+        by one; COCO's evaluation matches a detection with a crowd region so).
 
     Returns
     -------
@@ -252,20 +255,32 @@ def _links(human: pl.DataFrame, machine: pl.DataFrame, iou_threshold: float) -> 
     human_regions = (
         human.with_row_index("_h")
         .filter(pl.col("box").is_not_null())
-        .select(*_MATCH_KEYS, "_h", h_label_id="label_id", h_category="category", h_box="box")
+        .select(
+            *_MATCH_KEYS,
+            "_h",
+            h_label_id="label_id",
+            h_category="category",
+            h_box="box",
+            h_crowd=pl.col("is_crowd").fill_null(False),
+        )
     )
     machine_regions = (
         machine.with_row_index("_m")
         .filter(pl.col("box").is_not_null())
         .select(*_MATCH_KEYS, "_m", "label_id", "category", "box")
     )
-    pairs = machine_regions.join(human_regions, on=list(_MATCH_KEYS), how="inner")
-    iou = box_iou(pairs["box"].to_numpy().reshape(-1, 4), pairs["h_box"].to_numpy().reshape(-1, 4))
+    pairs = machine_regions.join(human_regions, on=list(_MATCH_KEYS), how="inner").with_columns(
+        _same=pl.col("category").eq_missing(pl.col("h_category"))
+    )
+    machine_boxes, human_boxes = (pairs[c].to_numpy().reshape(-1, 4) for c in ("box", "h_box"))
+    # a crowd region is many objects of its class that no one boxed one by one: a box of that
+    # class inside it is one of them, however small (COCO scores a detection so against a crowd)
+    in_crowd = (pairs["h_crowd"] & pairs["_same"]).to_numpy()
+    overlap = np.where(
+        in_crowd, box_inside_share(machine_boxes, human_boxes), box_iou(machine_boxes, human_boxes)
+    )
     return (
-        pairs.with_columns(
-            _iou=pl.Series(iou, dtype=pl.Float64),
-            _same=pl.col("category").eq_missing(pl.col("h_category")),
-        )
+        pairs.with_columns(_iou=pl.Series(overlap, dtype=pl.Float64))
         .filter(pl.col("_iou") >= iou_threshold)
         .sort(["_m", "_same", "_iou", "_h"], descending=[False, True, True, False])
         .unique("_m", keep="first", maintain_order=True)
@@ -276,14 +291,31 @@ def _links(human: pl.DataFrame, machine: pl.DataFrame, iou_threshold: float) -> 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise IoU of two (n, 4) arrays of ``[x0, y0, x1, y1]`` boxes (NaN where both
     boxes have no area)."""
+    a, b, inter = _intersection(a, b)
+    union = _area(a) + _area(b) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), np.nan)
+
+
+def box_inside_share(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise share of each box of ``a`` that lies inside its box of ``b`` (NaN where the box
+    of ``a`` has no area): the overlap COCO's evaluation gives a detection with a crowd region."""
+    a, b, inter = _intersection(a, b)
+    area = _area(a)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(area > 0, inter / np.where(area > 0, area, 1.0), np.nan)
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     width = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
     height = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = width * height
-    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), np.nan)
+    return a, b, width * height
+
+
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
 SAME_OBJECT_SCHEMA = pl.Schema(

@@ -237,6 +237,44 @@ def test_other_category_on_a_human_region_is_a_recorded_conflict(human, machine)
     assert row["linked_label_id"] == human["label_id"][1] and row["category"] == "dog"
 
 
+def test_a_box_of_its_class_inside_a_human_crowd_region_is_one_of_the_crowd():
+    crowd = label("a", "human", [0.0, 0.0, 200.0, 100.0], "person", is_crowd=True)
+    single = label("a", "human", [300.0, 0.0, 400.0, 100.0], "person")
+    human = frame("labels", [crowd, single])
+    machine = frame(
+        "labels",
+        [
+            # one person of the crowd: IoU 0.05 with the region, all of it inside
+            label("a", "det@1", [10.0, 10.0, 40.0, 60.0], "person", score=0.9),
+            # half inside: still one of them
+            label("a", "det@1", [180.0, 0.0, 220.0, 50.0], "person", score=0.8),
+            # a bag some of them carry is not a person: no conflict with the crowd
+            label("a", "det@1", [50.0, 50.0, 70.0, 70.0], "handbag", score=0.7),
+            # inside a person boxed alone: a part of him, not him (IoU 0.09 < 0.5)
+            label("a", "det@1", [310.0, 10.0, 340.0, 40.0], "person", score=0.6),
+        ],
+    )
+    merged = merge_with_human(human, machine)
+    ids = machine["label_id"].to_list()
+    assert merged.folded["label_id"].to_list() == ids[:2]
+    assert merged.folded["linked_label_id"].to_list() == [crowd["label_id"]] * 2
+    assert merged.conflicts.height == 0
+    kept = [crowd["label_id"], single["label_id"], *ids[2:]]
+    assert sorted(merged.labels["label_id"].to_list()) == sorted(kept)
+
+
+def test_box_inside_share_is_the_part_of_the_first_box_in_the_second():
+    import numpy as np
+
+    from relabel.merge import box_inside_share
+
+    shares = box_inside_share(
+        np.array([[0, 0, 10, 10], [5, 0, 15, 10], [0, 0, 0, 10]]),
+        np.array([[0, 0, 100, 100], [0, 0, 10, 10], [0, 0, 10, 10]]),
+    )
+    assert shares[:2].tolist() == [1.0, 0.5] and np.isnan(shares[2])
+
+
 def test_same_category_wins_over_a_better_overlapping_other_category():
     human = frame(
         "labels",
