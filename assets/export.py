@@ -141,6 +141,7 @@ def _export_asset(fmt: str, key: AssetKey):
             "candidates": labels.height,
             "exported": selection.labels.height,
             "from quarantine": len(selection.from_quarantine),
+            "in conflict with a person's box": len(selection.in_conflict),
         }
         inputs = _input_hashes(project.data_dir, iteration)
         command = (

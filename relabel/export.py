@@ -100,11 +100,13 @@ class Selection:
 
     ``labels`` is in ``LABELS_SCHEMA``, sorted by ``label_id``; ``from_quarantine`` holds the
     sorted ids of its rows that were brought back from the quarantine (they keep the status
-    they had when they were quarantined).
+    they had when they were quarantined); ``in_conflict`` the sorted ids of the machine boxes
+    left out because they conflict with a person's box (``select_labels``).
     """
 
     labels: pl.DataFrame
     from_quarantine: tuple[str, ...]
+    in_conflict: tuple[str, ...] = ()
 
 
 def select_labels(
@@ -117,7 +119,10 @@ def select_labels(
     categories: Iterable[str] | None = None,
 ) -> Selection:
     """The labels to export: ``labels`` with score >= ``min_score``, status in ``statuses``
-    and, for labels with a category, category in ``categories``.
+    and, for labels with a category, category in ``categories``; never a machine object box
+    in conflict with a person's (one that ``relabel.merge`` linked to a human or audited object
+    label of another category): each object is exported once, with the person's category,
+    and the conflict stays in the labels for a review.
 
     Parameters
     ----------
@@ -170,9 +175,21 @@ def select_labels(
         chosen = chosen.filter(pl.col("status").is_in(statuses))
     if categories is not None:
         chosen = chosen.filter(pl.col("category").is_null() | pl.col("category").is_in(list(categories)))
-    chosen = chosen.sort("label_id")
+    # a machine box linked to a person's object box is a conflict (relabel.merge: it landed on
+    # that object with another category): the object goes out once, as the person named it
+    by_person = pl.col("source").fill_null("").str.starts_with(HUMAN_SOURCE)
+    person_objects = labels.filter(by_person, pl.col("task") == "object")["label_id"]
+    in_conflict = (
+        ~by_person & (pl.col("task") == "object") & pl.col("linked_label_id").is_in(person_objects.implode())
+    ).fill_null(False)
+    conflicting = chosen.filter(in_conflict)["label_id"].sort()
+    chosen = chosen.filter(~in_conflict).sort("label_id")
     from_quarantine = chosen.filter(pl.col("label_id").is_in(restored.implode()))["label_id"]
-    return Selection(labels=chosen, from_quarantine=tuple(from_quarantine.to_list()))
+    return Selection(
+        labels=chosen,
+        from_quarantine=tuple(from_quarantine.to_list()),
+        in_conflict=tuple(conflicting.to_list()),
+    )
 
 
 # what a quarantine record needs to be a label-store row rather than a raw source record

@@ -556,6 +556,39 @@ def test_select_labels_filters_by_score_and_status():
         select_labels(labels, statuses=["approved"])
 
 
+def test_select_labels_leaves_out_a_machine_box_in_conflict_with_a_persons():
+    box = {"image_id": "i", "annotation_type": "region_text", "task": "object", "box": [0.0, 0.0, 4.0, 4.0]}
+
+    def machine(name: str, source: str, linked: str) -> dict:
+        return {**box, "label_id": name, "category": name, "source": source, "linked_label_id": linked}
+
+    labels = frame(
+        "labels",
+        [
+            {**box, "label_id": "car", "category": "car", "source": "human", "status": "accepted"},
+            {**box, "label_id": "van", "category": "van", "source": "human-audit@ls", "status": "audited"},
+            # merged onto the person's car as a truck: a conflict
+            machine("truck", "consensus@1", "car"),
+            machine("bus", "model@iter1", "van"),
+            # linked to a machine box only: not a conflict with a person
+            machine("lorry", "model@iter1", "truck"),
+            # a region caption naming the person's box is about it, not a second box
+            {
+                **box,
+                "label_id": "caption",
+                "task": "region_caption",
+                "text": "a red car",
+                "source": "grounding@1",
+                "linked_label_id": "car",
+            },
+        ],
+    )
+    selection = select_labels(labels)
+    assert selection.labels["label_id"].to_list() == ["caption", "car", "lorry", "van"]
+    assert selection.in_conflict == ("bus", "truck")
+    assert select_labels(labels, categories=["car", "van"]).in_conflict == ()
+
+
 def test_select_labels_keeps_only_the_categories_asked_for_and_every_text():
     region = {
         "image_id": "i",
