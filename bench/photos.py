@@ -46,15 +46,16 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from relabel.consensus import CONSENSUS_SOURCE  # noqa: E402
 from relabel.merge import box_iou  # noqa: E402
 from relabel.metrics import coco_results_map  # noqa: E402
 from relabel.scoring import greedy_pairs  # noqa: E402
 from resources.layout import (  # noqa: E402
-    CONSENSUS_REGIONS,
     EXPORTS,
     FILTERED_LABELS,
     FROZEN_SPLIT,
     IMAGES,
+    INITIAL_ANNOTATIONS,
     files_dir,
     frames_dir,
     specialist,
@@ -292,7 +293,7 @@ def main() -> None:
             f"{len(right)} / {len(labelled_dropped)} = {len(right) / max(len(labelled_dropped), 1):.1%}",
         ),
         ("added boxes right", f"{len(right)} / {len(added)} = {len(right) / max(len(added), 1):.1%}"),
-        *consensus_choices(project, truth, human, dropped_boxes, ids),
+        *consensus_choices(project, truth, dropped_boxes, ids, frozen),
         (
             "kept human boxes surviving",
             f"{len(survived)} / {len(human)} = {len(survived) / max(len(human), 1):.1%}",
@@ -314,28 +315,30 @@ def main() -> None:
 
 
 def consensus_choices(
-    project: Path, truth: dict, human: list[dict], dropped_boxes: list[dict], ids: dict[str, int]
+    project: Path, truth: dict, dropped_boxes: list[dict], ids: dict[str, int], frozen: set[int]
 ) -> list[tuple[str, str]]:
     """What other thresholds on the consensus boxes (``filter.region.min_score.consensus``) would
-    give: of the fused boxes not on a kept human box, those scored at least 0.3 ... 0.5, how
-    many are right and the share of the dropped boxes they find."""
-    frames = sorted(frames_dir(CONSENSUS_REGIONS, project / "data").glob("*.parquet"))
-    fused = pl.concat([pl.read_parquet(path) for path in frames], how="vertical").filter(
-        pl.col("task") == "object", pl.col("image_id").is_in(list(ids))
+    give: of the fused boxes the initial annotations added (not folded into a human box, not in
+    conflict with one, not on a frozen-split photo), those scored at least 0.3 ... 0.5, how many
+    are right and the share of the dropped boxes they find."""
+    frames = sorted(frames_dir(INITIAL_ANNOTATIONS, project / "data").glob("*.parquet"))
+    added = pl.concat([pl.read_parquet(path) for path in frames], how="vertical").filter(
+        pl.col("task") == "object",
+        pl.col("source") == CONSENSUS_SOURCE,
+        pl.col("linked_label_id").is_null(),
+        pl.col("image_id").is_in(list(ids)),
     )
     category_of = {category["name"]: category["id"] for category in truth["categories"]}
-    boxes = [
+    candidates = [
         {
             "image_id": ids[image_id],
             "category_id": category_of[category],
             "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
             "score": score,
         }
-        for image_id, category, box, score in fused.select("image_id", "category", "box", "score").iter_rows()
-        if category in category_of
+        for image_id, category, box, score in added.select("image_id", "category", "box", "score").iter_rows()
+        if category in category_of and ids[image_id] not in frozen
     ]
-    on_human = {i for i, _ in match(boxes, human, 0.5)}
-    candidates = [box for i, box in enumerate(boxes) if i not in on_human]
     rows = []
     for least in (0.3, 0.35, 0.4, 0.45, 0.5):
         chosen = [box for box in candidates if box["score"] >= least]

@@ -68,38 +68,42 @@ def test_exported_boxes_map_files_and_category_names_to_the_truth_ids() -> None:
     ]
 
 
-def test_consensus_choices_score_the_fused_boxes_off_the_kept_human_ones(tmp_path: Path) -> None:
+def test_consensus_choices_score_the_fused_boxes_the_engine_added(tmp_path: Path) -> None:
     from relabel.labels import frame
-    from resources.layout import CONSENSUS_REGIONS, frames_dir
+    from resources.layout import INITIAL_ANNOTATIONS, frames_dir
 
-    truth = _coco([(1, 1, [0, 0, 10, 10]), (1, 1, [50, 50, 10, 10])])
-    kept, dropped = [{**truth["annotations"][0], "score": 1.0}], [truth["annotations"][1]]
+    truth = _coco([(1, 1, [0, 0, 10, 10]), (1, 1, [50, 50, 10, 10]), (2, 1, [0, 0, 10, 10])])
+    dropped = truth["annotations"][1:]
 
-    def fused(box: list[float], score: float, category: str = "dog") -> dict:
+    def row(name: str, box: list[float], score: float, **extra: object) -> dict:
         return {
-            "label_id": f"c{score}",
-            "image_id": "hash-a",
+            "label_id": name,
+            "image_id": extra.pop("image_id", "hash-a"),
             "annotation_type": "region_text",
             "task": "object",
             "box": box,
-            "category": category,
+            "category": extra.pop("category", "dog"),
             "score": score,
-            "source": "consensus@1",
+            "source": extra.pop("source", "consensus@1"),
+            **extra,
         }
 
-    folder = frames_dir(CONSENSUS_REGIONS, tmp_path / "data")
+    folder = frames_dir(INITIAL_ANNOTATIONS, tmp_path / "data")
     folder.mkdir(parents=True)
     frame(
         "labels",
         [
-            fused([0, 0, 10, 10], 0.9),  # the kept human box again: not an addition
-            fused([50, 50, 60, 61], 0.45),  # the dropped dog
-            fused([80, 80, 90, 90], 0.32),  # nothing there
-            fused([0, 0, 10, 10], 0.6, category="face"),  # not a category of the truth
+            row("kept", [0, 0, 10, 10], 1.0, source="human"),  # a person's box: not an addition
+            row("dropped dog", [50, 50, 60, 61], 0.45),
+            row("nothing", [80, 80, 90, 90], 0.32),
+            row("conflict", [0, 0, 10, 10], 0.9, category="cat", linked_label_id="kept"),
+            row("face", [0, 0, 10, 10], 0.6, category="face"),  # not a category of the truth
+            row("frozen", [0, 0, 10, 10], 0.9, image_id="hash-b"),  # the export gives its audit
         ],
     ).write_parquet(folder / "shard-00.parquet")
 
-    rows = dict(photos.consensus_choices(tmp_path, truth, kept, dropped, {"hash-a": 1}))
-    assert rows["consensus boxes >= 0.3: right; recovered"] == "1 / 2 = 50.0%; 100.0%"
-    assert rows["consensus boxes >= 0.45: right; recovered"] == "1 / 1 = 100.0%; 100.0%"
+    ids = {"hash-a": 1, "hash-b": 2}
+    rows = dict(photos.consensus_choices(tmp_path, truth, dropped, ids, frozen={2}))
+    assert rows["consensus boxes >= 0.3: right; recovered"] == "1 / 2 = 50.0%; 50.0%"
+    assert rows["consensus boxes >= 0.45: right; recovered"] == "1 / 1 = 100.0%; 50.0%"
     assert rows["consensus boxes >= 0.5: right; recovered"] == "0 / 0 = 0.0%; 0.0%"
