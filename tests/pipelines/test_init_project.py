@@ -44,6 +44,9 @@ def test_init_on_a_coco_collection_writes_a_project_without_the_world(
     ]
     kinds = {spec.kind for spec in params.annotate.perception if spec.enabled}
     assert {"centernet_onnx", "nanodet_onnx", "blazeface_onnx", "trained_detector", "rapidocr"} == kinds
+    # CenterNet's repeated peaks on one object must not dilute the fused score
+    assert params.annotate.consensus.score_by == "source"
+    assert params.filter.region.min_score_for("consensus@1", "object") == 0.4
     assert params.audit.auditor == "accept-all" and params.review.budget == 0
     assert params.filter.gates.min_labelled_share < 0.9
     ontology = [c["name"] for c in json.loads((project / params.annotate.ontology).read_text())["categories"]]
