@@ -293,9 +293,7 @@ def fuse_regions(
     >>> quarantine = fusion.quarantine(phase="annotate")
     """
     check_schema(labels, "labels")
-    _check_parameters(iou_threshold, lone_min_score, min_agreement, weights)
-    if score_by not in SCORE_BY:
-        raise ValueError(f"score_by must be one of {SCORE_BY}, got {score_by!r}")
+    _check_parameters(iou_threshold, lone_min_score, min_agreement, weights, score_by)
 
     indexed = labels.with_row_index("_row")
     eligible = (
@@ -519,7 +517,11 @@ def _wbf_clusters(
 
 
 def _check_parameters(
-    iou_threshold: float, lone_min_score: float, min_agreement: int, weights: Mapping[str, float] | None
+    iou_threshold: float,
+    lone_min_score: float,
+    min_agreement: int,
+    weights: Mapping[str, float] | None,
+    score_by: str,
 ) -> None:
     if not 0 <= iou_threshold < 1:
         raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
@@ -530,6 +532,8 @@ def _check_parameters(
     for source, weight in (weights or {}).items():
         if not (np.isfinite(weight) and weight > 0):
             raise ValueError(f"weight of {source!r} must be positive and finite, got {weight}")
+    if score_by not in SCORE_BY:
+        raise ValueError(f"score_by must be one of {SCORE_BY}, got {score_by!r}")
 
 
 def _models(rows: pl.DataFrame, weights: Mapping[str, float]) -> pl.DataFrame:

@@ -389,3 +389,12 @@ def test_merging_again_is_idempotent():
     twice = merge_texts(pl.concat([once, frame("labels", [later])]), similarity=0.85)
     assert twice.height == 1 and twice["agreement"][0] == 4
     assert sorted(twice["provenance"][0].to_list()) == sorted([*labels["label_id"], later["label_id"]])
+
+
+def test_the_config_offers_the_scorings_fuse_regions_knows():
+    from typing import get_args
+
+    from relabel.config import ConsensusParams
+    from relabel.consensus import SCORE_BY
+
+    assert get_args(ConsensusParams.model_fields["score_by"].annotation) == SCORE_BY
