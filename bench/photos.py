@@ -46,7 +46,9 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from relabel.config import Params, load_params  # noqa: E402
 from relabel.consensus import CONSENSUS_SOURCE  # noqa: E402
+from relabel.evaluation_split import frozen_manifest  # noqa: E402
 from relabel.merge import box_iou  # noqa: E402
 from relabel.metrics import coco_results_map  # noqa: E402
 from relabel.scoring import greedy_pairs  # noqa: E402
@@ -194,19 +196,16 @@ def content_words(text: str) -> set[str]:
     return {word for word in re.findall(r"[a-z]+", text.lower()) if len(word) > 2 and word not in STOP_WORDS}
 
 
-def last_labels(project: Path, iteration: int) -> pl.DataFrame:
-    folder = frames_dir(FILTERED_LABELS, project / "data", iteration)
+def last_labels(data: Path, iteration: int) -> pl.DataFrame:
+    folder = frames_dir(FILTERED_LABELS, data, iteration)
     return pl.concat([pl.read_parquet(path) for path in sorted(folder.glob("*.parquet"))], how="vertical")
 
 
-def specialist_seconds(project: Path) -> dict[str, float]:
+def specialist_seconds(params: Params, data: Path) -> dict[str, float]:
     """Seconds per image of each annotate specialist, from its materializations' metadata."""
     from dagster import DagsterInstance
 
-    from relabel.config import load_params
-
-    os.environ["DAGSTER_HOME"] = str(project / "data" / "dagster_home")
-    params = load_params(project / "params.yaml")
+    os.environ["DAGSTER_HOME"] = str(data / "dagster_home")
     per_image = {}
     with DagsterInstance.get() as instance:
         for spec in (*params.annotate.perception, *params.annotate.language):
@@ -249,7 +248,9 @@ def main() -> None:
         args.iterations,
     )
     last = args.iterations
-    export = json.loads((files_dir(EXPORTS["coco"], project / "data", last) / "instances.json").read_text())
+    params = load_params(project / "params.yaml")
+    data = project / params.data_dir
+    export = json.loads((files_dir(EXPORTS["coco"], data, last) / "instances.json").read_text())
     boxes = exported_boxes(export, truth)
     human = [{**a, "score": 1.0} for a in instances["annotations"]]
     partial_ap, partial_ap50 = coco_ap(truth, human)
@@ -258,14 +259,14 @@ def main() -> None:
     dropped_boxes = [a for a in truth["annotations"] if a["id"] in dropped]
     added = [b for b in boxes if not b["human"]]
     right = match(added, dropped_boxes, 0.5)
-    ids = _file_ids(truth, project)
+    ids = _file_ids(truth, data)
     # the frozen evaluation split's photos are exported with their audited labels (here the
     # collection's own, accept-all): the engine adds nothing there, by design
-    frozen = frozen_photos(project, ids)
+    frozen = frozen_photos(data, ids)
     labelled_dropped = [a for a in dropped_boxes if a["image_id"] not in frozen]
     survived = match(human, boxes, 0.95)
 
-    labels = last_labels(project, last)
+    labels = last_labels(data, last)
     faces = labels.filter(pl.col("task") == "object", pl.col("category") == "face")
     people = [
         a
@@ -293,7 +294,7 @@ def main() -> None:
             f"{len(right)} / {len(labelled_dropped)} = {len(right) / max(len(labelled_dropped), 1):.1%}",
         ),
         ("added boxes right", f"{len(right)} / {len(added)} = {len(right) / max(len(added), 1):.1%}"),
-        *consensus_choices(project, truth, dropped_boxes, ids, frozen),
+        *consensus_choices(data, truth, dropped_boxes, ids, frozen),
         (
             "kept human boxes surviving",
             f"{len(survived)} / {len(human)} = {len(survived) / max(len(human), 1):.1%}",
@@ -308,20 +309,20 @@ def main() -> None:
     rows += [(f"s/image {phase}", f"{seconds / photos:.2f}") for phase, seconds in result["seconds"].items()]
     rows += [
         (f"s/image specialist {name}", f"{seconds:.3f}")
-        for name, seconds in specialist_seconds(project).items()
+        for name, seconds in specialist_seconds(params, data).items()
     ]
     print(_table(rows))
     print(f"ratio: {export_ap50 / partial_ap50:.3f}")
 
 
 def consensus_choices(
-    project: Path, truth: dict, dropped_boxes: list[dict], ids: dict[str, int], frozen: set[int]
+    data: Path, truth: dict, dropped_boxes: list[dict], ids: dict[str, int], frozen: set[int]
 ) -> list[tuple[str, str]]:
     """What other thresholds on the consensus boxes (``filter.region.min_score.consensus``) would
     give: of the fused boxes the initial annotations added (not folded into a human box, not in
     conflict with one, not on a frozen-split photo), those scored at least 0.3 ... 0.5, how many
     are right and the share of the dropped boxes they find."""
-    frames = sorted(frames_dir(INITIAL_ANNOTATIONS, project / "data").glob("*.parquet"))
+    frames = sorted(frames_dir(INITIAL_ANNOTATIONS, data).glob("*.parquet"))
     added = pl.concat([pl.read_parquet(path) for path in frames], how="vertical").filter(
         pl.col("task") == "object",
         pl.col("source") == CONSENSUS_SOURCE,
@@ -360,11 +361,8 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def _file_ids(truth: dict, project: Path) -> dict[str, int]:
+def _file_ids(truth: dict, data: Path) -> dict[str, int]:
     """image_id (the engine's) -> the truth's image id, through the ingested images' files."""
-    from relabel.config import load_params
-
-    data = project / load_params(project / "params.yaml").data_dir
     images = pl.concat([pl.read_parquet(p) for p in sorted(frames_dir(IMAGES, data).glob("*.parquet"))])
     by_name = {image["file_name"]: image["id"] for image in truth["images"]}
     return {
@@ -374,12 +372,8 @@ def _file_ids(truth: dict, project: Path) -> dict[str, int]:
     }
 
 
-def frozen_photos(project: Path, ids: dict[str, int]) -> set[int]:
+def frozen_photos(data: Path, ids: dict[str, int]) -> set[int]:
     """The truth's ids of the photos in the project's frozen evaluation split."""
-    from relabel.config import load_params
-    from relabel.evaluation_split import frozen_manifest
-
-    data = project / load_params(project / "params.yaml").data_dir
     manifest = frozen_manifest(files_dir(FROZEN_SPLIT, data))
     if manifest is None:
         return set()

@@ -103,7 +103,7 @@ def test_consensus_choices_score_the_fused_boxes_the_engine_added(tmp_path: Path
     ).write_parquet(folder / "shard-00.parquet")
 
     ids = {"hash-a": 1, "hash-b": 2}
-    rows = dict(photos.consensus_choices(tmp_path, truth, dropped, ids, frozen={2}))
+    rows = dict(photos.consensus_choices(tmp_path / "data", truth, dropped, ids, frozen={2}))
     assert rows["consensus boxes >= 0.3: right; recovered"] == "1 / 2 = 50.0%; 50.0%"
     assert rows["consensus boxes >= 0.45: right; recovered"] == "1 / 1 = 100.0%; 50.0%"
     assert rows["consensus boxes >= 0.5: right; recovered"] == "0 / 0 = 0.0%; 0.0%"
