@@ -138,30 +138,32 @@ def generate_labels(
     # an image's requests side by side, so that its visual tokens (the image encoder: most of
     # the cost of a short answer) are computed once for all its tasks, not once per request
     requests = requests.sort("image_id", maintain_order=True)
+    pictures: dict[str, Image.Image] = {}  # image id -> the image, read once
     visual: dict[str, torch.Tensor] = {}  # image id -> its projected visual tokens
     batches = range(0, requests.height, settings.batch_size)
     for start in tqdm(batches, desc=f"generating with {source}", unit="batch", disable=not progress):
         batch = requests.slice(start, settings.batch_size).to_dicts()
-        images = []
+        image_ids = [request["image_id"] for request in batch]
         for request in batch:
-            with Image.open(request["image_path"]) as image:
-                images.append(image.convert("RGB"))
+            if request["image_id"] not in pictures:
+                with Image.open(request["image_path"]) as image:
+                    pictures[request["image_id"]] = image.convert("RGB")
         inputs = processor(
-            text=[r["prompt"] for r in batch], images=images, return_tensors="pt", padding=True
+            text=[r["prompt"] for r in batch],
+            images=[pictures[image_id] for image_id in image_ids],
+            return_tensors="pt",
+            padding=True,
         ).to(device)
         pixel_values = inputs.pop("pixel_values")
-        image_ids = [request["image_id"] for request in batch]
-        new = [
-            i
-            for i, image_id in enumerate(image_ids)
-            if image_id not in visual and image_ids.index(image_id) == i
-        ]
+        new = [image_id for image_id in dict.fromkeys(image_ids) if image_id not in visual]
         if new:
-            encoded = model.get_image_features(pixel_values=pixel_values[new]).pooler_output
-            visual.update({image_ids[i]: tokens for i, tokens in zip(new, encoded, strict=True)})
+            first_rows = [image_ids.index(image_id) for image_id in new]
+            encoded = model.get_image_features(pixel_values=pixel_values[first_rows]).pooler_output
+            visual.update(zip(new, encoded, strict=True))
         image_tokens = torch.stack([visual[image_id] for image_id in image_ids])
         # only the last image's requests can go on into the next batch
-        visual = {image_ids[-1]: visual[image_ids[-1]]}
+        last = image_ids[-1]
+        pictures, visual = {last: pictures[last]}, {last: visual[last]}
         output = model.generate(
             **inputs,
             mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=image_tokens)},
